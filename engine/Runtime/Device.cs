@@ -1,0 +1,276 @@
+using DiffuSharp.Kernels;
+
+namespace DiffuSharp.Runtime;
+
+/// <summary>
+/// A place where tensors live and ops run. Models call ops only through this class and never branch on
+/// the device. The public op methods validate shapes here, once for all devices (an exception inside an
+/// ILGPU simulator kernel would kill the process), then call the device's core implementation.
+/// </summary>
+public abstract class Device : IDisposable
+{
+    protected Device() => Pool = new BufferPool(AllocateStorage);
+
+    /// <summary>Short name as given to --device (cpu, cuda, opencl, ilgpu-cpu).</summary>
+    public abstract string Name { get; }
+
+    /// <summary>A human description (processor or GPU model).</summary>
+    public abstract string Description { get; }
+
+    public BufferPool Pool { get; }
+
+    protected abstract DeviceStorage AllocateStorage(DType dtype, long length);
+
+    /// <summary>A tensor from the pool; its contents are unspecified.</summary>
+    public Tensor Allocate(DType dtype, params int[] shape)
+    {
+        long n = Tensor.Product(shape);
+        if (n == 0) throw new ArgumentException("cannot allocate an empty tensor");
+        return new Tensor(this, Pool.Rent(dtype, n), (int[])shape.Clone());
+    }
+
+    public Tensor Zeros(DType dtype, params int[] shape)
+    {
+        var t = Allocate(dtype, shape);
+        Fill(t, 0f);
+        return t;
+    }
+
+    public Tensor FromArray(ReadOnlySpan<float> data, params int[] shape)
+    {
+        var t = Allocate(DType.F32, shape);
+        Upload(t, 0, data);
+        return t;
+    }
+
+    public Tensor FromArray(ReadOnlySpan<int> data, params int[] shape)
+    {
+        var t = Allocate(DType.I32, shape);
+        Upload(t, 0, data);
+        return t;
+    }
+
+    public Tensor FromArray(ReadOnlySpan<byte> data, params int[] shape)
+    {
+        var t = Allocate(DType.U8, shape);
+        Upload(t, 0, data);
+        return t;
+    }
+
+    // ---- transfers -------------------------------------------------------------------------------
+
+    public void Upload(Tensor dst, long offset, ReadOnlySpan<float> src) { CheckRange(dst, DType.F32, offset, src.Length); UploadCore(dst, offset, src); }
+    public void Upload(Tensor dst, long offset, ReadOnlySpan<int> src) { CheckRange(dst, DType.I32, offset, src.Length); UploadCore(dst, offset, src); }
+    public void Upload(Tensor dst, long offset, ReadOnlySpan<byte> src) { CheckRange(dst, DType.U8, offset, src.Length); UploadCore(dst, offset, src); }
+    public void Download(Tensor src, long offset, Span<float> dst) { CheckRange(src, DType.F32, offset, dst.Length); DownloadCore(src, offset, dst); }
+    public void Download(Tensor src, long offset, Span<int> dst) { CheckRange(src, DType.I32, offset, dst.Length); DownloadCore(src, offset, dst); }
+
+    public float[] ToArray(Tensor t)
+    {
+        var a = new float[t.Length];
+        Download(t, 0, a);
+        return a;
+    }
+
+    public int[] ToIntArray(Tensor t)
+    {
+        var a = new int[t.Length];
+        Download(t, 0, a);
+        return a;
+    }
+
+    protected abstract void UploadCore(Tensor dst, long offset, ReadOnlySpan<float> src);
+    protected abstract void UploadCore(Tensor dst, long offset, ReadOnlySpan<int> src);
+    protected abstract void UploadCore(Tensor dst, long offset, ReadOnlySpan<byte> src);
+    protected abstract void DownloadCore(Tensor src, long offset, Span<float> dst);
+    protected abstract void DownloadCore(Tensor src, long offset, Span<int> dst);
+
+    /// <summary>Waits until all queued work has finished (a no-op on the CPU).</summary>
+    public abstract void Synchronize();
+
+    // ---- ops -------------------------------------------------------------------------------------
+
+    /// <summary>Sets every element of an F32 tensor to <paramref name="value"/>.</summary>
+    public void Fill(Tensor t, float value) { Require(t, DType.F32, nameof(t)); FillCore(t, value); }
+
+    /// <summary>
+    /// Copies <paramref name="rows"/> rows of <paramref name="columns"/> floats from src (starting at
+    /// srcOffset, rows srcStride apart) to dst (dstOffset, dstStride apart). Used to write a KV cache.
+    /// </summary>
+    public void CopyRows(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns)
+    {
+        Require(src, DType.F32, nameof(src));
+        Require(dst, DType.F32, nameof(dst));
+        if (rows <= 0 || columns <= 0 || srcStride < columns || dstStride < columns)
+            throw new ArgumentException($"bad row copy: rows={rows} columns={columns} strides {srcStride}/{dstStride}");
+        CheckRange(src, DType.F32, srcOffset, (long)(rows - 1) * srcStride + columns);
+        CheckRange(dst, DType.F32, dstOffset, (long)(rows - 1) * dstStride + columns);
+        CopyRowsCore(src, srcOffset, srcStride, dst, dstOffset, dstStride, rows, columns);
+    }
+
+    /// <summary>
+    /// output[b, t, :] = wte[ids[b, t], :] + wpe[positionOffset + t, :] for ids [B, T], wte [V, C], wpe [P, C].
+    /// Token ids are checked on the host side by the caller (models validate ids against the vocabulary).
+    /// </summary>
+    public void Embedding(Tensor ids, Tensor wte, Tensor wpe, Tensor output, int positionOffset)
+    {
+        Require(ids, DType.I32, nameof(ids));
+        Require(wte, DType.F32, nameof(wte)); Require(wpe, DType.F32, nameof(wpe)); Require(output, DType.F32, nameof(output));
+        if (ids.Rank != 2) throw new ArgumentException($"ids must be [B, T], got {ids.ShapeText}");
+        int c = wte.Columns;
+        if (wpe.Columns != c || output.Length != ids.Length * c)
+            throw new ArgumentException($"embedding shapes disagree: ids {ids.ShapeText}, wte {wte.ShapeText}, wpe {wpe.ShapeText}, out {output.ShapeText}");
+        if (positionOffset < 0 || positionOffset + ids.Shape[1] > wpe.Shape[0])
+            throw new ArgumentException($"positions {positionOffset}..{positionOffset + ids.Shape[1] - 1} exceed the {wpe.Shape[0]} position embeddings");
+        EmbeddingCore(ids, wte, wpe, output, positionOffset);
+    }
+
+    /// <summary>
+    /// LayerNorm over the last dimension: output = (x - mean) * rstd * weight + bias, keeping mean and rstd
+    /// per row (for the backward pass).
+    /// </summary>
+    public void LayerNorm(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps)
+    {
+        RequireF32(x, weight, bias, output, mean, rstd);
+        int c = x.Columns;
+        if (weight.Length != c || bias.Length != c || output.Length != x.Length || mean.Length != x.Rows || rstd.Length != x.Rows)
+            throw new ArgumentException($"layernorm shapes disagree: x {x.ShapeText}, w {weight.ShapeText}, b {bias.ShapeText}, out {output.ShapeText}, mean {mean.ShapeText}, rstd {rstd.ShapeText}");
+        LayerNormCore(x, weight, bias, output, mean, rstd, eps);
+    }
+
+    /// <summary>output[M, N] = x[M, K] · w[K, N] (+ bias[N]): GPT-2's Conv1D layout.</summary>
+    public void MatMul(Tensor x, Tensor w, Tensor? bias, Tensor output)
+    {
+        RequireF32(x, w, output);
+        if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
+        int k = w.Shape[0], n = w.Shape[1];
+        CheckMatMul(x, k, n, bias, output, w);
+        MatMulCore(x, w, bias, output, (int)(x.Length / k), k, n);
+    }
+
+    /// <summary>output[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N]): nn.Linear layout and GPT-2's tied head.</summary>
+    public void MatMulTransposed(Tensor x, Tensor w, Tensor? bias, Tensor output)
+    {
+        RequireF32(x, w, output);
+        if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
+        int n = w.Shape[0], k = w.Shape[1];
+        CheckMatMul(x, k, n, bias, output, w);
+        MatMulTransposedCore(x, w, bias, output, (int)(x.Length / k), k, n);
+    }
+
+    /// <summary>GPT-2's tanh GELU, elementwise.</summary>
+    public void Gelu(Tensor x, Tensor output)
+    {
+        RequireF32(x, output);
+        SameLength(x, output);
+        GeluCore(x, output);
+    }
+
+    /// <summary>output = a + b, elementwise (output may alias a or b).</summary>
+    public void Add(Tensor a, Tensor b, Tensor output)
+    {
+        RequireF32(a, b, output);
+        SameLength(a, b); SameLength(a, output);
+        AddCore(a, b, output);
+    }
+
+    /// <summary>Softmax over the last dimension.</summary>
+    public void Softmax(Tensor x, Tensor output)
+    {
+        RequireF32(x, output);
+        SameLength(x, output);
+        SoftmaxCore(x, output, (int)x.Rows, x.Columns);
+    }
+
+    /// <summary>
+    /// Scaled dot-product attention. q, k and v are read from their tensors starting at the given element
+    /// offsets with the strides in <paramref name="shape"/>; output is [B, Tq, H * D]; lse (optional) gets
+    /// the log-sum-exp of each query's scaled scores, [B, H, Tq]. allow is a U8 [L, L] mask for
+    /// <see cref="AttentionMaskMode.Explicit"/> (requires QueryOffset 0 and QueryLength = KeyLength = L).
+    /// </summary>
+    public void Attention(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
+        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow)
+    {
+        RequireF32(q, k, v, output);
+        shape.Validate();
+        long qSpan = (shape.Batch - 1) * shape.QueryBatchStride + (long)(shape.QueryLength - 1) * shape.QueryRowStride + shape.Heads * shape.HeadDim;
+        long kSpan = (shape.Batch - 1) * shape.KeyBatchStride + (long)(shape.KeyLength - 1) * shape.KeyRowStride + shape.KvHeads * shape.HeadDim;
+        CheckRange(q, DType.F32, qOffset, qSpan);
+        CheckRange(k, DType.F32, kOffset, kSpan);
+        CheckRange(v, DType.F32, vOffset, kSpan);
+        if (output.Length != (long)shape.Batch * shape.QueryLength * shape.Heads * shape.HeadDim)
+            throw new ArgumentException($"attention output {output.ShapeText} is not [B, Tq, H*D] for {shape}");
+        if (lse is not null)
+        {
+            Require(lse, DType.F32, nameof(lse));
+            if (lse.Length != (long)shape.Batch * shape.Heads * shape.QueryLength)
+                throw new ArgumentException($"attention lse {lse.ShapeText} is not [B, H, Tq]");
+        }
+        if (mode == AttentionMaskMode.Explicit)
+        {
+            if (allow is null) throw new ArgumentException("explicit attention mask mode needs an allow-mask");
+            Require(allow, DType.U8, nameof(allow));
+            if (shape.QueryOffset != 0 || shape.QueryLength != shape.KeyLength || allow.Length != (long)shape.KeyLength * shape.KeyLength)
+                throw new ArgumentException($"allow-mask {allow.ShapeText} must be [L, L] with L = query length = key length");
+        }
+        AttentionCore(q, qOffset, k, kOffset, v, vOffset, output, lse, shape, mode, mode == AttentionMaskMode.Explicit ? allow : null);
+    }
+
+    protected abstract void FillCore(Tensor t, float value);
+    protected abstract void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns);
+    protected abstract void EmbeddingCore(Tensor ids, Tensor wte, Tensor wpe, Tensor output, int positionOffset);
+    protected abstract void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps);
+    protected abstract void MatMulCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n);
+    protected abstract void MatMulTransposedCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n);
+    protected abstract void GeluCore(Tensor x, Tensor output);
+    protected abstract void AddCore(Tensor a, Tensor b, Tensor output);
+    protected abstract void SoftmaxCore(Tensor x, Tensor output, int rows, int columns);
+    protected abstract void AttentionCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
+        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow);
+
+    // ---- checks ----------------------------------------------------------------------------------
+
+    static void Require(Tensor t, DType dtype, string name)
+    {
+        if (t.DType != dtype) throw new ArgumentException($"{name} must be {dtype}, got {t}");
+    }
+
+    void RequireF32(params Tensor[] tensors)
+    {
+        foreach (var t in tensors)
+        {
+            if (t.DType != DType.F32) throw new ArgumentException($"expected an F32 tensor, got {t}");
+            if (t.Device != this) throw new ArgumentException($"tensor {t} belongs to another device than {Name}");
+        }
+    }
+
+    static void SameLength(Tensor a, Tensor b)
+    {
+        if (a.Length != b.Length) throw new ArgumentException($"length mismatch: {a.ShapeText} vs {b.ShapeText}");
+    }
+
+    void CheckRange(Tensor t, DType dtype, long offset, long count)
+    {
+        Require(t, dtype, "tensor");
+        if (t.Device != this) throw new ArgumentException($"tensor {t} belongs to another device than {Name}");
+        if (offset < 0 || count < 0 || offset + count > t.Length)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + count}) outside tensor {t} of {t.Length} elements");
+    }
+
+    static void CheckMatMul(Tensor x, int k, int n, Tensor? bias, Tensor output, Tensor w)
+    {
+        if (x.Columns != k || x.Length % k != 0)
+            throw new ArgumentException($"matmul: x {x.ShapeText} does not end in K={k} of weight {w.ShapeText}");
+        long m = x.Length / k;
+        if (output.Length != m * n)
+            throw new ArgumentException($"matmul: output {output.ShapeText} is not [{m}, {n}]");
+        if (bias is not null && (bias.DType != DType.F32 || bias.Length != n))
+            throw new ArgumentException($"matmul: bias {bias} is not F32 [{n}]");
+    }
+
+    public virtual void Dispose()
+    {
+        Pool.Dispose();
+        GC.SuppressFinalize(this);
+    }
+}
