@@ -1,0 +1,88 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace DiffuSharp.IO;
+
+/// <summary>
+/// Typed access to the fields of a JSON config file (HF config.json), with errors that name the file and
+/// the field. Model configs read their fields through this so every family reports problems the same way.
+/// </summary>
+public sealed class JsonConfig
+{
+    readonly JsonObject root;
+
+    JsonConfig(string path, JsonObject root)
+    {
+        Path = path;
+        this.root = root;
+    }
+
+    public string Path { get; }
+
+    public static JsonConfig Load(string path)
+    {
+        if (!File.Exists(path)) throw new ConfigException(path, "file not found");
+        JsonNode? node;
+        try
+        {
+            node = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+        }
+        catch (JsonException e)
+        {
+            throw new ConfigException(path, $"invalid JSON ({e.Message})");
+        }
+        if (node is not JsonObject obj) throw new ConfigException(path, "the top level must be a JSON object");
+        return new JsonConfig(path, obj);
+    }
+
+    public bool Has(string name) => root.TryGetPropertyValue(name, out var v) && v is not null;
+
+    public int RequireInt(string name, params string[] aliases) =>
+        TryInt(name, aliases) ?? throw new ConfigException(Path, $"missing required field \"{name}\"");
+
+    public int Int(string name, int fallback, params string[] aliases) => TryInt(name, aliases) ?? fallback;
+
+    public double Double(string name, double fallback)
+    {
+        if (!Has(name)) return fallback;
+        var v = root[name]!;
+        if (v is JsonValue jv && jv.TryGetValue(out double d) && double.IsFinite(d)) return d;
+        throw new ConfigException(Path, $"field \"{name}\" must be a number, got {v.ToJsonString()}");
+    }
+
+    public bool Bool(string name, bool fallback)
+    {
+        if (!Has(name)) return fallback;
+        var v = root[name]!;
+        if (v is JsonValue jv && jv.TryGetValue(out bool b)) return b;
+        throw new ConfigException(Path, $"field \"{name}\" must be true or false, got {v.ToJsonString()}");
+    }
+
+    public string? String(string name)
+    {
+        if (!Has(name)) return null;
+        var v = root[name]!;
+        if (v is JsonValue jv && jv.TryGetValue(out string? s)) return s;
+        throw new ConfigException(Path, $"field \"{name}\" must be a string, got {v.ToJsonString()}");
+    }
+
+    public int? OptionalInt(string name) => TryInt(name, []);
+
+    int? TryInt(string name, string[] aliases)
+    {
+        foreach (var key in aliases.Prepend(name))
+        {
+            if (!Has(key)) continue;
+            var v = root[key]!;
+            if (v is JsonValue jv && jv.TryGetValue(out long l) && l is >= int.MinValue and <= int.MaxValue) return (int)l;
+            if (v is JsonValue jd && jd.TryGetValue(out double d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue) return (int)d;
+            throw new ConfigException(Path, $"field \"{key}\" must be an integer, got {v.ToJsonString()}");
+        }
+        return null;
+    }
+
+    public void RequirePositive(string name, int value)
+    {
+        if (value <= 0) throw new ConfigException(Path, $"field \"{name}\" must be positive, got {value}");
+    }
+}

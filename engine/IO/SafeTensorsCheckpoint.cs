@@ -1,0 +1,232 @@
+using System.Text;
+using System.Text.Json;
+
+namespace DiffuSharp.IO;
+
+/// <summary>
+/// The weights of one model: a single .safetensors file, or a folder holding model.safetensors or a
+/// sharded model.safetensors.index.json ({"metadata": {...}, "weight_map": {tensor: shard file}}).
+/// Every shard is opened and cross-checked against the index up front.
+/// </summary>
+public sealed class SafeTensorCheckpoint : IDisposable
+{
+    public const string SingleFileName = "model.safetensors";
+    public const string IndexFileName = "model.safetensors.index.json";
+
+    private readonly string _path;
+    private readonly List<SafeTensorFile> _files;
+    private readonly Dictionary<string, SafeTensorFile> _owner;
+
+    private SafeTensorCheckpoint(string path, List<SafeTensorFile> files, Dictionary<string, string> metadata)
+    {
+        _path = path;
+        _files = files;
+        Metadata = metadata;
+        _owner = new Dictionary<string, SafeTensorFile>(StringComparer.Ordinal);
+        var tensors = new List<SafeTensorInfo>();
+        foreach (var f in files)
+        {
+            foreach (var t in f.Tensors)
+            {
+                _owner.Add(t.Name, f);
+                tensors.Add(t);
+            }
+        }
+        Tensors = tensors;
+        Files = files.ConvertAll(f => f.FilePath);
+    }
+
+    /// <summary>All tensors: file by file (in <see cref="Files"/> order), each file's in data order.</summary>
+    public IReadOnlyList<SafeTensorInfo> Tensors { get; }
+
+    /// <summary>
+    /// A single file's __metadata__; for a sharded checkpoint the index's "metadata" (non-string values
+    /// as their JSON text) followed by the shards' __metadata__ entries whose keys it does not already hold.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>The full paths of the safetensors files, shards sorted by name.</summary>
+    public IReadOnlyList<string> Files { get; }
+
+    public static SafeTensorCheckpoint Open(string fileOrDirectory)
+    {
+        if (Directory.Exists(fileOrDirectory))
+        {
+            string single = Path.Combine(fileOrDirectory, SingleFileName);
+            if (File.Exists(single)) return OpenSingle(single);
+            string index = Path.Combine(fileOrDirectory, IndexFileName);
+            if (File.Exists(index)) return OpenSharded(index);
+            throw new SafeTensorFormatException(fileOrDirectory, $"folder holds neither {SingleFileName} nor {IndexFileName}");
+        }
+        if (!File.Exists(fileOrDirectory))
+            throw new SafeTensorFormatException(fileOrDirectory, "no such file or folder");
+        return fileOrDirectory.EndsWith(".index.json", StringComparison.OrdinalIgnoreCase)
+            ? OpenSharded(fileOrDirectory)
+            : OpenSingle(fileOrDirectory);
+    }
+
+    public bool Contains(string name) => _owner.ContainsKey(name);
+
+    public SafeTensorInfo Info(string name) => Owner(name).Info(name);
+
+    public float[] ReadFloat32(string name) => Owner(name).ReadFloat32(name);
+
+    public void ReadFloat32(string name, Span<float> destination) => Owner(name).ReadFloat32(name, destination);
+
+    public void Dispose()
+    {
+        foreach (var f in _files) f.Dispose();
+    }
+
+    private SafeTensorFile Owner(string name) =>
+        _owner.TryGetValue(name, out var f) ? f : throw new DiffuException($"tensor '{name}' not in {_path}");
+
+    private static SafeTensorCheckpoint OpenSingle(string path)
+    {
+        var file = SafeTensorFile.Open(path);
+        var metadata = new Dictionary<string, string>(file.Metadata, StringComparer.Ordinal);
+        return new SafeTensorCheckpoint(path, [file], metadata);
+    }
+
+    private static SafeTensorCheckpoint OpenSharded(string indexPath)
+    {
+        var (weightMap, metadata) = ReadIndex(indexPath);
+        string folder = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
+        var shardNames = new SortedSet<string>(weightMap.Values, StringComparer.Ordinal);
+        var files = new List<SafeTensorFile>();
+        try
+        {
+            var shardOf = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (string shard in shardNames)
+            {
+                string full = Path.GetFullPath(Path.Combine(folder, shard));
+                if (!full.StartsWith(folder + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                    throw new SafeTensorFormatException(indexPath, $"shard '{shard}' lies outside the checkpoint folder");
+                if (!File.Exists(full))
+                    throw new SafeTensorFormatException(indexPath, $"shard file '{shard}' is missing (expected at {full})");
+                var file = SafeTensorFile.Open(full);
+                files.Add(file);
+                foreach (var t in file.Tensors)
+                {
+                    if (shardOf.TryGetValue(t.Name, out string? other))
+                        throw new SafeTensorFormatException(indexPath, $"tensor '{t.Name}' is in two shards: '{other}' and '{shard}'");
+                    shardOf.Add(t.Name, shard);
+                }
+                foreach (var (key, value) in file.Metadata) metadata.TryAdd(key, value);
+            }
+            foreach (var (name, shard) in weightMap)
+            {
+                if (!shardOf.TryGetValue(name, out string? actual) || actual != shard)
+                    throw new SafeTensorFormatException(indexPath, $"tensor '{name}' is listed for shard '{shard}' but is absent from it");
+            }
+            foreach (var (name, shard) in shardOf)
+            {
+                if (!weightMap.ContainsKey(name))
+                    throw new SafeTensorFormatException(indexPath, $"tensor '{name}' in shard '{shard}' is not listed in the index");
+            }
+            return new SafeTensorCheckpoint(indexPath, files, metadata);
+        }
+        catch
+        {
+            foreach (var f in files) f.Dispose();
+            throw;
+        }
+    }
+
+    private static (Dictionary<string, string> WeightMap, Dictionary<string, string> Metadata) ReadIndex(string indexPath)
+    {
+        byte[] json;
+        try
+        {
+            long length = new FileInfo(indexPath).Length;
+            if (length > SafeTensorsHeader.MaxHeaderBytes)
+                throw new SafeTensorFormatException(indexPath, $"index is {length} bytes, larger than the {SafeTensorsHeader.MaxHeaderBytes}-byte limit");
+            json = File.ReadAllBytes(indexPath);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SafeTensorFormatException(indexPath, $"cannot read: {e.Message}", e);
+        }
+        Dictionary<string, string>? weightMap = null;
+        Dictionary<string, string>? metadata = null;
+        try
+        {
+            var reader = new Utf8JsonReader(json);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+                throw new SafeTensorFormatException(indexPath, "index is not a JSON object");
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                string key = reader.GetString()!;
+                reader.Read();
+                switch (key)
+                {
+                    case "weight_map" when weightMap is null:
+                        weightMap = ReadWeightMap(indexPath, json, ref reader);
+                        break;
+                    case "metadata" when metadata is null:
+                        metadata = ReadIndexMetadata(indexPath, json, ref reader);
+                        break;
+                    case "weight_map" or "metadata":
+                        throw new SafeTensorFormatException(indexPath, $"index names '{key}' twice");
+                    default:
+                        reader.Skip();
+                        break;
+                }
+            }
+            // Reading past the closing brace makes the reader reject anything but whitespace after it.
+            reader.Read();
+        }
+        catch (JsonException e)
+        {
+            throw new SafeTensorFormatException(indexPath, $"index is not valid JSON: {e.Message}", e);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new SafeTensorFormatException(indexPath, $"index is not valid UTF-8 JSON: {e.Message}", e);
+        }
+        if (weightMap is null) throw new SafeTensorFormatException(indexPath, "index has no weight_map");
+        if (weightMap.Count == 0) throw new SafeTensorFormatException(indexPath, "index weight_map lists no tensors");
+        return (weightMap, metadata ?? new Dictionary<string, string>(StringComparer.Ordinal));
+    }
+
+    private static Dictionary<string, string> ReadWeightMap(string indexPath, byte[] json, ref Utf8JsonReader reader)
+    {
+        if (reader.TokenType != JsonTokenType.StartObject)
+            throw new SafeTensorFormatException(indexPath, "index weight_map is not a JSON object");
+        var map = new Dictionary<string, string>(StringComparer.Ordinal);
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            string name = reader.GetString()!;
+            reader.Read();
+            if (reader.TokenType != JsonTokenType.String)
+                throw new SafeTensorFormatException(indexPath, $"index weight_map entry '{name}' is {Describe(json, ref reader)}, not a shard file name");
+            if (!map.TryAdd(name, reader.GetString()!))
+                throw new SafeTensorFormatException(indexPath, $"index weight_map lists tensor '{name}' twice (in '{map[name]}' and '{reader.GetString()}')");
+        }
+        return map;
+    }
+
+    private static Dictionary<string, string> ReadIndexMetadata(string indexPath, byte[] json, ref Utf8JsonReader reader)
+    {
+        if (reader.TokenType != JsonTokenType.StartObject)
+            throw new SafeTensorFormatException(indexPath, "index metadata is not a JSON object");
+        var map = new Dictionary<string, string>(StringComparer.Ordinal);
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            string key = reader.GetString()!;
+            reader.Read();
+            string value = reader.TokenType == JsonTokenType.String ? reader.GetString()! : Describe(json, ref reader);
+            if (!map.TryAdd(key, value))
+                throw new SafeTensorFormatException(indexPath, $"index metadata names '{key}' twice");
+        }
+        return map;
+    }
+
+    /// <summary>The current value's JSON text (skipping over it when it is an object or array).</summary>
+    private static string Describe(byte[] json, ref Utf8JsonReader reader)
+    {
+        int start = (int)reader.TokenStartIndex;
+        reader.Skip();
+        return Encoding.UTF8.GetString(json, start, (int)reader.BytesConsumed - start);
+    }
+}

@@ -1,0 +1,214 @@
+using System.Buffers.Binary;
+using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
+
+namespace DiffuSharp.IO;
+
+/// <summary>
+/// A safetensors file opened for reading. <see cref="Open"/> validates the whole header and the data
+/// layout before anything is read, then maps the file into memory; reads copy (and convert) straight
+/// from the mapping. The format is little-endian, as is every machine this engine runs on.
+/// </summary>
+public sealed unsafe class SafeTensorFile : IDisposable
+{
+    private const int ChunkElements = 1 << 20;
+
+    private readonly Dictionary<string, SafeTensorInfo> _byName;
+    private readonly MemoryMappedFile _map;
+    private readonly MemoryMappedViewAccessor _view;
+    private readonly byte* _data;
+    private bool _disposed;
+
+    private SafeTensorFile(string path, List<SafeTensorInfo> tensors, Dictionary<string, string> metadata,
+                           MemoryMappedFile map, MemoryMappedViewAccessor view, long dataStart)
+    {
+        FilePath = path;
+        Tensors = tensors;
+        Metadata = metadata;
+        _byName = new Dictionary<string, SafeTensorInfo>(StringComparer.Ordinal);
+        foreach (var t in tensors) _byName.Add(t.Name, t);
+        _map = map;
+        _view = view;
+        byte* basePtr = null;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
+        _data = basePtr + view.PointerOffset + dataStart;
+    }
+
+    public string FilePath { get; }
+
+    /// <summary>The header's __metadata__ map (empty when the header has none).</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>All tensors, in the order of their data in the file.</summary>
+    public IReadOnlyList<SafeTensorInfo> Tensors { get; }
+
+    public static SafeTensorFile Open(string path)
+    {
+        if (!File.Exists(path))
+            throw new SafeTensorFormatException(path, Directory.Exists(path)
+                ? "is a directory, not a safetensors file"
+                : "file not found");
+        FileStream? stream = null;
+        MemoryMappedFile? map = null;
+        try
+        {
+            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+            long length = stream.Length;
+            if (length < 8)
+                throw new SafeTensorFormatException(path, $"file is {length} bytes, too short for the 8-byte header length");
+            Span<byte> prefix = stackalloc byte[8];
+            stream.ReadExactly(prefix);
+            ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
+            if (headerLength > SafeTensorsHeader.MaxHeaderBytes)
+                throw new SafeTensorFormatException(path, $"header length {headerLength} is larger than the {SafeTensorsHeader.MaxHeaderBytes}-byte limit");
+            if ((long)headerLength > length - 8)
+                throw new SafeTensorFormatException(path, $"header length {headerLength} is larger than the file ({length - 8} bytes after the length field)");
+            var header = new byte[headerLength];
+            stream.ReadExactly(header);
+            long dataStart = 8 + (long)headerLength;
+            var (tensors, metadata) = SafeTensorsHeader.Parse(path, header, length - dataStart);
+            map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
+            stream = null;
+            var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            return new SafeTensorFile(path, tensors, metadata, map, view, dataStart);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            map?.Dispose();
+            throw new SafeTensorFormatException(path, $"cannot read: {e.Message}", e);
+        }
+        catch
+        {
+            map?.Dispose();
+            throw;
+        }
+        finally
+        {
+            stream?.Dispose();
+        }
+    }
+
+    public bool Contains(string name) => _byName.ContainsKey(name);
+
+    public SafeTensorInfo Info(string name) =>
+        _byName.TryGetValue(name, out var info) ? info : throw new DiffuException($"tensor '{name}' not in {FilePath}");
+
+    /// <summary>A float tensor (F32, F16, BF16 or F64) converted to float32.</summary>
+    public float[] ReadFloat32(string name)
+    {
+        var info = Info(name);
+        var result = new float[CheckedLength(info)];
+        ReadFloat32(info, result);
+        return result;
+    }
+
+    /// <summary>A float tensor converted to float32 into <paramref name="destination"/>, which must hold exactly its elements.</summary>
+    public void ReadFloat32(string name, Span<float> destination) => ReadFloat32(Info(name), destination);
+
+    /// <summary>An integer or BOOL tensor as int32 (I64 values must fit).</summary>
+    public int[] ReadInt32(string name)
+    {
+        var info = Info(name);
+        var wide = ReadIntegers(info);
+        var result = new int[wide.Length];
+        for (int i = 0; i < wide.Length; i++)
+        {
+            if (wide[i] is < int.MinValue or > int.MaxValue)
+                throw new DiffuException($"tensor '{name}' in {FilePath}: element {i} = {wide[i]} does not fit in int32");
+            result[i] = (int)wide[i];
+        }
+        return result;
+    }
+
+    /// <summary>An integer or BOOL tensor as int64.</summary>
+    public long[] ReadInt64(string name) => ReadIntegers(Info(name));
+
+    /// <summary>A tensor's bytes exactly as stored (little-endian); for U8, I8 and BOOL these are the values.</summary>
+    public byte[] ReadBytes(string name)
+    {
+        var info = Info(name);
+        long length = info.End - info.Begin;
+        if (length > Array.MaxLength)
+            throw new DiffuException($"tensor '{name}' in {FilePath} holds {length} bytes, more than one array can hold");
+        return Bytes(info.Begin, (int)length).ToArray();
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _view.SafeMemoryMappedViewHandle.ReleasePointer();
+        _view.Dispose();
+        _map.Dispose();
+    }
+
+    private void ReadFloat32(SafeTensorInfo info, Span<float> destination)
+    {
+        if (!SafeTensorDTypes.IsFloat(info.DType))
+            throw new DiffuException($"tensor '{info.Name}' in {FilePath} has dtype {info.DType}, not a float type");
+        if (destination.Length != info.ElementCount)
+            throw new DiffuException($"tensor '{info.Name}' in {FilePath} has {info.ElementCount} elements (shape " +
+                                     $"{SafeTensorShapes.Format(info.Shape)}), but the destination holds {destination.Length}");
+        int size = SafeTensorDTypes.ElementSize(info.DType);
+        for (int start = 0; start < destination.Length; start += ChunkElements)
+        {
+            int n = Math.Min(ChunkElements, destination.Length - start);
+            var src = Bytes(info.Begin + (long)start * size, n * size);
+            var dst = destination.Slice(start, n);
+            switch (info.DType)
+            {
+                case SafeTensorDType.F32:
+                    src.CopyTo(MemoryMarshal.AsBytes(dst));
+                    break;
+                case SafeTensorDType.F16:
+                    var table = HalfBits.Float16ToSingleTable;
+                    var halves = MemoryMarshal.Cast<byte, ushort>(src);
+                    for (int i = 0; i < n; i++) dst[i] = table[halves[i]];
+                    break;
+                case SafeTensorDType.BF16:
+                    var bfloats = MemoryMarshal.Cast<byte, ushort>(src);
+                    for (int i = 0; i < n; i++) dst[i] = HalfBits.BFloat16ToSingle(bfloats[i]);
+                    break;
+                default:
+                    var doubles = MemoryMarshal.Cast<byte, double>(src);
+                    for (int i = 0; i < n; i++) dst[i] = (float)doubles[i];
+                    break;
+            }
+        }
+    }
+
+    private long[] ReadIntegers(SafeTensorInfo info)
+    {
+        if (info.DType is not (SafeTensorDType.I64 or SafeTensorDType.I32 or SafeTensorDType.I16 or SafeTensorDType.I8
+                               or SafeTensorDType.U8 or SafeTensorDType.BOOL))
+            throw new DiffuException($"tensor '{info.Name}' in {FilePath} has dtype {info.DType}, not an integer type");
+        var result = new long[CheckedLength(info)];
+        long byteLength = info.End - info.Begin;
+        if (byteLength > int.MaxValue)
+            throw new DiffuException($"tensor '{info.Name}' in {FilePath} holds {byteLength} bytes, too many to read as integers at once");
+        var src = Bytes(info.Begin, (int)byteLength);
+        for (int i = 0; i < result.Length; i++)
+        {
+            result[i] = info.DType switch
+            {
+                SafeTensorDType.I64 => BinaryPrimitives.ReadInt64LittleEndian(src[(i * 8)..]),
+                SafeTensorDType.I32 => BinaryPrimitives.ReadInt32LittleEndian(src[(i * 4)..]),
+                SafeTensorDType.I16 => BinaryPrimitives.ReadInt16LittleEndian(src[(i * 2)..]),
+                SafeTensorDType.I8 => (sbyte)src[i],
+                _ => src[i],
+            };
+        }
+        return result;
+    }
+
+    private ReadOnlySpan<byte> Bytes(long offset, int length)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return new ReadOnlySpan<byte>(_data + offset, length);
+    }
+
+    private int CheckedLength(SafeTensorInfo info) =>
+        info.ElementCount <= Array.MaxLength
+            ? (int)info.ElementCount
+            : throw new DiffuException($"tensor '{info.Name}' in {FilePath} has {info.ElementCount} elements, more than one array can hold");
+}

@@ -1,0 +1,115 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+
+namespace DiffuSharp.IO;
+
+/// <summary>One tensor to write: its name, type, shape and little-endian bytes.</summary>
+public sealed record SafeTensorEntry(string Name, SafeTensorDType DType, int[] Shape, byte[] Data)
+{
+    public static SafeTensorEntry FromFloat32(string name, int[] shape, ReadOnlySpan<float> values) =>
+        new(name, SafeTensorDType.F32, shape, MemoryMarshal.AsBytes(values).ToArray());
+
+    public static SafeTensorEntry FromFloat64(string name, int[] shape, ReadOnlySpan<double> values) =>
+        new(name, SafeTensorDType.F64, shape, MemoryMarshal.AsBytes(values).ToArray());
+
+    /// <summary>IEEE binary16, each value rounded to nearest-even (overflow becomes infinity).</summary>
+    public static SafeTensorEntry FromFloat16(string name, int[] shape, ReadOnlySpan<float> values)
+    {
+        var bits = new ushort[values.Length];
+        for (int i = 0; i < values.Length; i++) bits[i] = HalfBits.SingleToFloat16(values[i]);
+        return new(name, SafeTensorDType.F16, shape, MemoryMarshal.AsBytes(bits.AsSpan()).ToArray());
+    }
+
+    /// <summary>bfloat16, each value rounded to nearest-even.</summary>
+    public static SafeTensorEntry FromBFloat16(string name, int[] shape, ReadOnlySpan<float> values)
+    {
+        var bits = new ushort[values.Length];
+        for (int i = 0; i < values.Length; i++) bits[i] = HalfBits.SingleToBFloat16(values[i]);
+        return new(name, SafeTensorDType.BF16, shape, MemoryMarshal.AsBytes(bits.AsSpan()).ToArray());
+    }
+
+    public static SafeTensorEntry FromInt32(string name, int[] shape, ReadOnlySpan<int> values) =>
+        new(name, SafeTensorDType.I32, shape, MemoryMarshal.AsBytes(values).ToArray());
+
+    public static SafeTensorEntry FromInt64(string name, int[] shape, ReadOnlySpan<long> values) =>
+        new(name, SafeTensorDType.I64, shape, MemoryMarshal.AsBytes(values).ToArray());
+
+    public static SafeTensorEntry FromUInt8(string name, int[] shape, ReadOnlySpan<byte> values) =>
+        new(name, SafeTensorDType.U8, shape, values.ToArray());
+}
+
+/// <summary>
+/// Writes safetensors files: tensors in the order given, data packed without gaps, the header padded
+/// with spaces to a multiple of 8 bytes. The file is written beside the target under a temporary name
+/// and renamed over it, so a killed writer never leaves a half-written file at the target path.
+/// </summary>
+public static class SafeTensorWriter
+{
+    public static void Write(string path, IEnumerable<SafeTensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var list = new List<SafeTensorEntry>(tensors);
+        byte[] header = Header(list, metadata);
+        string temp = $"{path}.tmp-{Guid.NewGuid():N}";
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                Span<byte> prefix = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
+                stream.Write(prefix);
+                stream.Write(header);
+                foreach (var t in list) stream.Write(t.Data);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, path, overwrite: true);
+        }
+        catch
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+            throw;
+        }
+    }
+
+    private static byte[] Header(List<SafeTensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata)
+    {
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        {
+            json.WriteStartObject();
+            if (metadata is { Count: > 0 })
+            {
+                json.WriteStartObject(SafeTensorsHeader.MetadataKey);
+                foreach (var (key, value) in metadata) json.WriteString(key, value);
+                json.WriteEndObject();
+            }
+            long offset = 0;
+            foreach (var t in tensors)
+            {
+                if (t.Name.Length == 0 || t.Name == SafeTensorsHeader.MetadataKey)
+                    throw new ArgumentException($"invalid tensor name '{t.Name}'");
+                if (!names.Add(t.Name)) throw new ArgumentException($"tensor '{t.Name}' given twice");
+                long bytes = SafeTensorShapes.ElementCount(t.Shape) * SafeTensorDTypes.ElementSize(t.DType);
+                if (bytes != t.Data.Length)
+                    throw new ArgumentException($"tensor '{t.Name}': shape {SafeTensorShapes.Format(t.Shape)} of {t.DType} needs {bytes} bytes, got {t.Data.Length}");
+                json.WriteStartObject(t.Name);
+                json.WriteString("dtype", t.DType.ToString());
+                json.WriteStartArray("shape");
+                foreach (int d in t.Shape) json.WriteNumberValue(d);
+                json.WriteEndArray();
+                json.WriteStartArray("data_offsets");
+                json.WriteNumberValue(offset);
+                json.WriteNumberValue(offset + bytes);
+                json.WriteEndArray();
+                json.WriteEndObject();
+                offset += bytes;
+            }
+            json.WriteEndObject();
+        }
+        int padded = (int)((buffer.Length + 7) / 8 * 8);
+        while (buffer.Length < padded) buffer.WriteByte((byte)' ');
+        return buffer.ToArray();
+    }
+}

@@ -1,0 +1,356 @@
+using DiffuSharp.IO;
+using DiffuSharp.Kernels;
+using DiffuSharp.Runtime;
+
+namespace DiffuSharp.Models;
+
+/// <summary>The parameters of one GPT-2 block (HF Conv1D layout: weights are [in, out]).</summary>
+public sealed class Gpt2Block
+{
+    public required Tensor Ln1Weight, Ln1Bias, AttnWeight, AttnBias, AttnProjWeight, AttnProjBias;
+    public required Tensor Ln2Weight, Ln2Bias, FcWeight, FcBias, FcProjWeight, FcProjBias;
+
+    public IEnumerable<Tensor> Parameters =>
+        [Ln1Weight, Ln1Bias, AttnWeight, AttnBias, AttnProjWeight, AttnProjBias, Ln2Weight, Ln2Bias, FcWeight, FcBias, FcProjWeight, FcProjBias];
+}
+
+/// <summary>
+/// GPT-2 (and DiffuGPT, which is the same network without a causal mask): token + position embedding,
+/// pre-LN blocks of attention and a tanh-GELU MLP, a final LayerNorm and the head tied to the token
+/// embedding. Every op goes through <see cref="Runtime.Device"/>, so the same code runs on every device.
+/// </summary>
+public sealed class Gpt2Model : IDisposable
+{
+    Gpt2Model(Gpt2Config config, Device device, Tensor wte, Tensor wpe, Gpt2Block[] blocks, Tensor lnfWeight, Tensor lnfBias, Tensor lmHead)
+    {
+        Config = config; Device = device; Wte = wte; Wpe = wpe; Blocks = blocks; LnfWeight = lnfWeight; LnfBias = lnfBias; LmHead = lmHead;
+    }
+
+    public Gpt2Config Config { get; }
+    public Device Device { get; }
+    public Tensor Wte { get; }
+    public Tensor Wpe { get; }
+    public Gpt2Block[] Blocks { get; }
+    public Tensor LnfWeight { get; }
+    public Tensor LnfBias { get; }
+
+    /// <summary>The output projection [V, C]: the same tensor as <see cref="Wte"/> when embeddings are tied.</summary>
+    public Tensor LmHead { get; }
+
+    /// <summary>Loads config.json and the safetensors weights (single file or sharded) of a model folder.</summary>
+    public static Gpt2Model Load(string directory, Device device)
+    {
+        if (!Directory.Exists(directory)) throw new DiffuException($"{directory}: model folder not found");
+        var config = Gpt2Config.Load(Path.Combine(directory, "config.json"));
+        using var checkpoint = SafeTensorCheckpoint.Open(directory);
+        return FromCheckpoint(config, checkpoint, device);
+    }
+
+    public static Gpt2Model FromCheckpoint(Gpt2Config config, SafeTensorCheckpoint checkpoint, Device device)
+    {
+        var names = new Gpt2WeightNames(checkpoint);
+        int c = config.Channels, v = config.VocabSize;
+        var loaded = new List<Tensor>();
+        Tensor Load(string name, params int[] shape)
+        {
+            var info = checkpoint.Info(name);
+            if (!info.Shape.AsSpan().SequenceEqual(shape))
+                throw new DiffuException($"{names.Source}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", shape)}]");
+            var t = device.FromArray(checkpoint.ReadFloat32(name), shape);
+            loaded.Add(t);
+            return t;
+        }
+        try
+        {
+            var wte = Load(names.TokenEmbedding, v, c);
+            var wpe = Load(names.Body("wpe.weight"), config.Positions, c);
+            var blocks = new Gpt2Block[config.Layers];
+            for (int i = 0; i < config.Layers; i++)
+            {
+                string p = $"h.{i}.";
+                blocks[i] = new Gpt2Block
+                {
+                    Ln1Weight = Load(names.Body(p + "ln_1.weight"), c),
+                    Ln1Bias = Load(names.Body(p + "ln_1.bias"), c),
+                    AttnWeight = Load(names.Body(p + "attn.c_attn.weight"), c, 3 * c),
+                    AttnBias = Load(names.Body(p + "attn.c_attn.bias"), 3 * c),
+                    AttnProjWeight = Load(names.Body(p + "attn.c_proj.weight"), c, c),
+                    AttnProjBias = Load(names.Body(p + "attn.c_proj.bias"), c),
+                    Ln2Weight = Load(names.Body(p + "ln_2.weight"), c),
+                    Ln2Bias = Load(names.Body(p + "ln_2.bias"), c),
+                    FcWeight = Load(names.Body(p + "mlp.c_fc.weight"), c, 4 * c),
+                    FcBias = Load(names.Body(p + "mlp.c_fc.bias"), 4 * c),
+                    FcProjWeight = Load(names.Body(p + "mlp.c_proj.weight"), 4 * c, c),
+                    FcProjBias = Load(names.Body(p + "mlp.c_proj.bias"), c),
+                };
+            }
+            var lnfW = Load(names.Body("ln_f.weight"), c);
+            var lnfB = Load(names.Body("ln_f.bias"), c);
+            Tensor head = wte;
+            if (!config.TieWordEmbeddings)
+            {
+                if (!checkpoint.Contains("lm_head.weight"))
+                    throw new DiffuException($"{names.Source}: tie_word_embeddings is false but there is no 'lm_head.weight'");
+                head = Load("lm_head.weight", v, c);
+            }
+            return new Gpt2Model(config, device, wte, wpe, blocks, lnfW, lnfB, head);
+        }
+        catch
+        {
+            foreach (var t in loaded) t.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Activation buffers for a (batch, length); keeps every layer's buffers when training needs them.</summary>
+    public Gpt2Activations CreateActivations(int batch, int length, bool keepAllLayers = false) =>
+        new(this, batch, length, keepAllLayers);
+
+    /// <summary>
+    /// Runs the network on ids [batch, length] and fills <paramref name="act"/>; the logits end up in
+    /// act.Logits [B, T, V]. With a KV cache, the ids continue the cached sequence (positions start at
+    /// cache.Length, attention sees the cached keys) and the cache grows by <paramref name="act"/>.Length.
+    /// </summary>
+    public void Forward(ReadOnlySpan<int> ids, Gpt2Activations act, AttentionMaskMode mode, Tensor? allow = null, Gpt2KvCache? cache = null)
+    {
+        int b = act.Batch, t = act.Length, c = Config.Channels, h = Config.Heads;
+        if (ids.Length != b * t) throw new ArgumentException($"expected {b * t} ids for [{b}, {t}], got {ids.Length}");
+        foreach (int id in ids)
+            if ((uint)id >= (uint)Config.VocabSize)
+                throw new DiffuException($"token id {id} is outside the vocabulary [0, {Config.VocabSize})");
+        int offset = cache?.Length ?? 0;
+        if (offset + t > Config.Positions)
+            throw new DiffuException($"sequence of {offset + t} tokens exceeds the model's {Config.Positions} positions");
+        if (cache is not null && (cache.Batch != b || offset + t > cache.Capacity))
+            throw new ArgumentException($"KV cache [{cache.Batch}, {cache.Capacity}] cannot take {t} more tokens after {offset} for batch {b}");
+        if (cache is not null && mode != AttentionMaskMode.Causal)
+            throw new ArgumentException("a KV cache is only meaningful for causal attention");
+
+        var d = Device;
+        d.Upload(act.Ids, 0, ids);
+        d.Embedding(act.Ids, Wte, Wpe, act.Encoded, offset);
+        var residual = act.Encoded;
+        for (int l = 0; l < Blocks.Length; l++)
+        {
+            var w = Blocks[l];
+            var a = act.Layer(l);
+            d.LayerNorm(residual, w.Ln1Weight, w.Ln1Bias, a.Ln1, a.Ln1Mean, a.Ln1Rstd, Config.LayerNormEpsilon);
+            d.MatMul(a.Ln1, w.AttnWeight, w.AttnBias, a.Qkv);
+            if (cache is null)
+            {
+                var shape = AttentionShape.PackedSelfAttention(b, t, h, Config.HeadDim);
+                d.Attention(a.Qkv, 0, a.Qkv, c, a.Qkv, 2 * c, a.Att, a.AttLse, shape, mode, allow);
+            }
+            else
+            {
+                var (keys, values) = cache.Layer(l);
+                for (int s = 0; s < b; s++)
+                {
+                    long src = (long)s * t * 3 * c, dst = ((long)s * cache.Capacity + offset) * c;
+                    d.CopyRows(a.Qkv, src + c, 3 * c, keys, dst, c, t, c);
+                    d.CopyRows(a.Qkv, src + 2 * c, 3 * c, values, dst, c, t, c);
+                }
+                var shape = new AttentionShape(b, h, h, Config.HeadDim, t, offset + t, offset,
+                    3 * c, c, (long)t * 3 * c, (long)cache.Capacity * c, 1f / MathF.Sqrt(Config.HeadDim));
+                d.Attention(a.Qkv, 0, keys, 0, values, 0, a.Att, a.AttLse, shape, AttentionMaskMode.Causal, null);
+            }
+            d.MatMul(a.Att, w.AttnProjWeight, w.AttnProjBias, a.AttProj);
+            d.Add(residual, a.AttProj, a.Residual2);
+            d.LayerNorm(a.Residual2, w.Ln2Weight, w.Ln2Bias, a.Ln2, a.Ln2Mean, a.Ln2Rstd, Config.LayerNormEpsilon);
+            d.MatMul(a.Ln2, w.FcWeight, w.FcBias, a.Fc);
+            d.Gelu(a.Fc, a.FcGelu);
+            d.MatMul(a.FcGelu, w.FcProjWeight, w.FcProjBias, a.FcProj);
+            d.Add(a.Residual2, a.FcProj, a.Residual3);
+            residual = a.Residual3;
+        }
+        d.LayerNorm(residual, LnfWeight, LnfBias, act.LnF, act.LnFMean, act.LnFRstd, Config.LayerNormEpsilon);
+        if (act.Logits is not null)
+            d.MatMulTransposed(act.LnF, LmHead, null, act.Logits);
+        else
+        {
+            d.CopyRows(act.LnF, (long)(t - 1) * c, t * c, act.LastHidden!, 0, c, b, c);
+            d.MatMulTransposed(act.LastHidden!, LmHead, null, act.LastLogits!);
+        }
+        if (cache is not null) cache.Length = offset + t;
+    }
+
+    public IEnumerable<(string Name, Tensor Tensor)> NamedParameters()
+    {
+        yield return ("transformer.wte.weight", Wte);
+        yield return ("transformer.wpe.weight", Wpe);
+        for (int i = 0; i < Blocks.Length; i++)
+        {
+            var w = Blocks[i];
+            string p = $"transformer.h.{i}.";
+            yield return (p + "ln_1.weight", w.Ln1Weight);
+            yield return (p + "ln_1.bias", w.Ln1Bias);
+            yield return (p + "attn.c_attn.weight", w.AttnWeight);
+            yield return (p + "attn.c_attn.bias", w.AttnBias);
+            yield return (p + "attn.c_proj.weight", w.AttnProjWeight);
+            yield return (p + "attn.c_proj.bias", w.AttnProjBias);
+            yield return (p + "ln_2.weight", w.Ln2Weight);
+            yield return (p + "ln_2.bias", w.Ln2Bias);
+            yield return (p + "mlp.c_fc.weight", w.FcWeight);
+            yield return (p + "mlp.c_fc.bias", w.FcBias);
+            yield return (p + "mlp.c_proj.weight", w.FcProjWeight);
+            yield return (p + "mlp.c_proj.bias", w.FcProjBias);
+        }
+        yield return ("transformer.ln_f.weight", LnfWeight);
+        yield return ("transformer.ln_f.bias", LnfBias);
+        if (!ReferenceEquals(LmHead, Wte)) yield return ("lm_head.weight", LmHead);
+    }
+
+    public void Dispose()
+    {
+        foreach (var (_, t) in NamedParameters()) t.Dispose();
+    }
+}
+
+/// <summary>
+/// Finds GPT-2 weights under the names the various writers use: HF GPT2LMHeadModel (`transformer.*`),
+/// a bare GPT2Model (no prefix), and the DiffuGPT wrapper (`denoise_model.*` with `embed_tokens.weight`).
+/// </summary>
+sealed class Gpt2WeightNames
+{
+    static readonly string[] Prefixes = ["transformer.", "denoise_model.", ""];
+    readonly string prefix;
+
+    public Gpt2WeightNames(SafeTensorCheckpoint checkpoint)
+    {
+        Source = string.Join(", ", checkpoint.Files);
+        prefix = Prefixes.FirstOrDefault(p => checkpoint.Contains(p + "h.0.ln_1.weight") || checkpoint.Contains(p + "ln_f.weight"))
+            ?? throw new DiffuException($"{Source}: no GPT-2 weights found (looked for 'transformer.h.0.ln_1.weight', 'denoise_model.h.0.ln_1.weight' or 'h.0.ln_1.weight')");
+        string[] embeddings = [prefix + "wte.weight", "embed_tokens.weight", "transformer.wte.weight"];
+        TokenEmbedding = embeddings.FirstOrDefault(checkpoint.Contains)
+            ?? throw new DiffuException($"{Source}: no token embedding found (looked for {string.Join(", ", embeddings.Distinct().Select(e => $"'{e}'"))})");
+    }
+
+    public string Source { get; }
+    public string TokenEmbedding { get; }
+    public string Body(string name) => prefix + name;
+}
+
+/// <summary>Per-layer activation buffers of one GPT-2 forward pass.</summary>
+public sealed class Gpt2LayerActivations : IDisposable
+{
+    internal Gpt2LayerActivations(Device d, int b, int t, int c)
+    {
+        int rows = b * t;
+        Ln1 = d.Allocate(DType.F32, b, t, c); Ln1Mean = d.Allocate(DType.F32, rows); Ln1Rstd = d.Allocate(DType.F32, rows);
+        Qkv = d.Allocate(DType.F32, b, t, 3 * c);
+        Att = d.Allocate(DType.F32, b, t, c);
+        AttProj = d.Allocate(DType.F32, b, t, c);
+        Residual2 = d.Allocate(DType.F32, b, t, c);
+        Ln2 = d.Allocate(DType.F32, b, t, c); Ln2Mean = d.Allocate(DType.F32, rows); Ln2Rstd = d.Allocate(DType.F32, rows);
+        Fc = d.Allocate(DType.F32, b, t, 4 * c);
+        FcGelu = d.Allocate(DType.F32, b, t, 4 * c);
+        FcProj = d.Allocate(DType.F32, b, t, c);
+        Residual3 = d.Allocate(DType.F32, b, t, c);
+    }
+
+    public Tensor Ln1, Ln1Mean, Ln1Rstd, Qkv, Att, AttProj, Residual2, Ln2, Ln2Mean, Ln2Rstd, Fc, FcGelu, FcProj, Residual3;
+
+    /// <summary>Attention log-sum-exp [B, H, T], kept for the backward pass; null when not needed.</summary>
+    public Tensor? AttLse;
+
+    public void Dispose()
+    {
+        foreach (var x in new[] { Ln1, Ln1Mean, Ln1Rstd, Qkv, Att, AttProj, Residual2, Ln2, Ln2Mean, Ln2Rstd, Fc, FcGelu, FcProj, Residual3 }) x.Dispose();
+        AttLse?.Dispose();
+    }
+}
+
+/// <summary>
+/// The buffers of a GPT-2 forward pass for one (batch, length). Inference shares one set of layer
+/// buffers among all layers; training keeps every layer's. Buffers come from the device pool, so making
+/// and disposing a set per step allocates nothing after the first step.
+/// </summary>
+public sealed class Gpt2Activations : IDisposable
+{
+    readonly Gpt2LayerActivations[] layers;
+
+    internal Gpt2Activations(Gpt2Model model, int batch, int length, bool keepAllLayers, bool lastLogitsOnly = false)
+    {
+        if (batch <= 0 || length <= 0) throw new ArgumentException($"batch and length must be positive, got [{batch}, {length}]");
+        var cfg = model.Config;
+        var d = model.Device;
+        Batch = batch; Length = length;
+        int c = cfg.Channels;
+        Ids = d.Allocate(DType.I32, batch, length);
+        Encoded = d.Allocate(DType.F32, batch, length, c);
+        int sets = keepAllLayers ? cfg.Layers : 1;
+        layers = new Gpt2LayerActivations[sets];
+        for (int i = 0; i < sets; i++)
+        {
+            layers[i] = new Gpt2LayerActivations(d, batch, length, c);
+            if (keepAllLayers) layers[i].AttLse = d.Allocate(DType.F32, batch, cfg.Heads, length);
+        }
+        LnF = d.Allocate(DType.F32, batch, length, c);
+        LnFMean = d.Allocate(DType.F32, batch * length);
+        LnFRstd = d.Allocate(DType.F32, batch * length);
+        if (lastLogitsOnly)
+        {
+            LastHidden = d.Allocate(DType.F32, batch, c);
+            LastLogits = d.Allocate(DType.F32, batch, cfg.VocabSize);
+        }
+        else Logits = d.Allocate(DType.F32, batch, length, cfg.VocabSize);
+    }
+
+    public int Batch { get; }
+    public int Length { get; }
+    public Tensor Ids { get; }
+    public Tensor Encoded { get; }
+    public Tensor LnF { get; }
+    public Tensor LnFMean { get; }
+    public Tensor LnFRstd { get; }
+
+    /// <summary>Logits [B, T, V] for every position (null when only the last position is computed).</summary>
+    public Tensor? Logits { get; }
+
+    /// <summary>The final hidden state and logits [B, V] of the last position, for decoding.</summary>
+    public Tensor? LastHidden { get; }
+    public Tensor? LastLogits { get; }
+
+    public Gpt2LayerActivations Layer(int index) => layers[layers.Length == 1 ? 0 : index];
+
+    /// <summary>Buffers for one decoding step: only the last position's logits are computed.</summary>
+    public static Gpt2Activations ForDecoding(Gpt2Model model, int batch, int length) => new(model, batch, length, false, true);
+
+    public void Dispose()
+    {
+        Ids.Dispose(); Encoded.Dispose();
+        foreach (var l in layers) l.Dispose();
+        LnF.Dispose(); LnFMean.Dispose(); LnFRstd.Dispose();
+        Logits?.Dispose(); LastHidden?.Dispose(); LastLogits?.Dispose();
+    }
+}
+
+/// <summary>Keys and values of every layer for autoregressive decoding, [B, capacity, C] each.</summary>
+public sealed class Gpt2KvCache : IDisposable
+{
+    readonly (Tensor Keys, Tensor Values)[] layers;
+
+    public Gpt2KvCache(Gpt2Model model, int batch, int capacity)
+    {
+        if (capacity > model.Config.Positions)
+            throw new DiffuException($"KV cache of {capacity} tokens exceeds the model's {model.Config.Positions} positions");
+        Batch = batch; Capacity = capacity;
+        int c = model.Config.Channels;
+        layers = new (Tensor, Tensor)[model.Config.Layers];
+        for (int i = 0; i < layers.Length; i++)
+            layers[i] = (model.Device.Allocate(DType.F32, batch, capacity, c), model.Device.Allocate(DType.F32, batch, capacity, c));
+    }
+
+    public int Batch { get; }
+    public int Capacity { get; }
+
+    /// <summary>How many positions are filled.</summary>
+    public int Length { get; internal set; }
+
+    public (Tensor Keys, Tensor Values) Layer(int index) => layers[index];
+
+    public void Dispose()
+    {
+        foreach (var (k, v) in layers) { k.Dispose(); v.Dispose(); }
+    }
+}

@@ -1,0 +1,48 @@
+using DiffuSharp.IO;
+
+namespace DiffuSharp.Models;
+
+/// <summary>The GPT-2 hyper-parameters DiffuSharp uses, read from an HF config.json.</summary>
+public sealed record Gpt2Config(
+    int VocabSize, int Positions, int Channels, int Layers, int Heads,
+    float LayerNormEpsilon = 1e-5f, bool TieWordEmbeddings = true)
+{
+    public int HeadDim => Channels / Heads;
+
+    /// <summary>The activations HF calls the tanh approximation of GELU (what GPT-2 uses).</summary>
+    static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];
+
+    public static Gpt2Config Load(string path)
+    {
+        var json = JsonConfig.Load(path);
+        var type = json.String("model_type");
+        if (type is not null && type != "gpt2")
+            throw new ConfigException(path, $"model_type \"{type}\" is not a GPT-2 config");
+        int channels = json.RequireInt("n_embd", "hidden_size");
+        int layers = json.RequireInt("n_layer", "num_hidden_layers");
+        int heads = json.RequireInt("n_head", "num_attention_heads");
+        int positions = json.RequireInt("n_positions", "n_ctx", "max_position_embeddings");
+        int vocab = json.RequireInt("vocab_size");
+        foreach (var (name, v) in new[] { ("n_embd", channels), ("n_layer", layers), ("n_head", heads), ("n_positions", positions), ("vocab_size", vocab) })
+            json.RequirePositive(name, v);
+        if (channels % heads != 0)
+            throw new ConfigException(path, $"n_embd ({channels}) must be divisible by n_head ({heads})");
+        var act = json.String("activation_function") ?? "gelu_new";
+        if (!TanhGelu.Contains(act))
+            throw new ConfigException(path, $"unsupported activation_function \"{act}\" (supported: {string.Join(", ", TanhGelu)})");
+        if (json.Has("n_inner") && json.OptionalInt("n_inner") is int inner && inner != 4 * channels)
+            throw new ConfigException(path, $"unsupported n_inner {inner}: only the standard 4 * n_embd = {4 * channels} is supported");
+        double eps = json.Double("layer_norm_epsilon", 1e-5);
+        if (eps <= 0) throw new ConfigException(path, $"layer_norm_epsilon must be positive, got {eps}");
+        foreach (var flag in new[] { "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn" })
+            if (json.Bool(flag, false)) throw new ConfigException(path, $"unsupported option \"{flag}\": true");
+        if (!json.Bool("scale_attn_weights", true)) throw new ConfigException(path, "unsupported option \"scale_attn_weights\": false");
+        return new Gpt2Config(vocab, positions, channels, layers, heads, (float)eps, json.Bool("tie_word_embeddings", true));
+    }
+
+    public long ParameterCount =>
+        (long)VocabSize * Channels + (long)Positions * Channels
+        + Layers * (2L * Channels + 3L * Channels * Channels + 3L * Channels + (long)Channels * Channels + Channels
+                    + 2L * Channels + 4L * Channels * Channels + 4L * Channels + 4L * Channels * Channels + Channels)
+        + 2L * Channels + (TieWordEmbeddings ? 0 : (long)VocabSize * Channels);
+}

@@ -1,0 +1,263 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using DiffuSharp.Kernels;
+using DiffuSharp.Kernels.Gpu;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using ILGPU.Runtime.OpenCL;
+
+namespace DiffuSharp.Runtime;
+
+/// <summary>Which ILGPU accelerator an <see cref="IlgpuDevice"/> runs on.</summary>
+public enum IlgpuBackend
+{
+    /// <summary>An NVIDIA GPU through the CUDA driver.</summary>
+    Cuda,
+    /// <summary>An OpenCL 2.0+ GPU (ILGPU needs the generic address space, so CPU OpenCL such as PoCL is refused).</summary>
+    OpenCL,
+    /// <summary>ILGPU's CPU accelerator: a slow, exact simulator of the GPU programming model, for tests.</summary>
+    CpuSimulator,
+}
+
+/// <summary>Device memory of one ILGPU buffer; <typeparamref name="T"/> is float, int or byte by dtype.</summary>
+public sealed class IlgpuStorage<T> : DeviceStorage where T : unmanaged
+{
+    readonly MemoryBuffer1D<T, Stride1D.Dense> buffer;
+
+    public IlgpuStorage(Accelerator accelerator, DType dtype, long length) : base(dtype, length) =>
+        buffer = accelerator.Allocate1D<T>(length);
+
+    public ArrayView<T> View => buffer.View;
+
+    public override void Dispose() => buffer.Dispose();
+}
+
+/// <summary>
+/// A device whose ops are the ILGPU kernels of DiffuSharp.Kernels.Gpu, on a CUDA GPU, an OpenCL GPU or
+/// the ILGPU CPU simulator. Launches are queued on the accelerator's default stream; downloads wait for them.
+/// </summary>
+public sealed class IlgpuDevice : Device
+{
+    /// <summary>Warp width of the simulator, equal to CUDA's so that kernels run the same way on both.</summary>
+    const int SimulatorWarpSize = 32;
+
+    static readonly object ResolverGate = new();
+    static bool resolverRegistered;
+
+    readonly Context context;
+    readonly Accelerator accelerator;
+    readonly GpuKernels kernels;
+    bool disposed;
+
+    public IlgpuDevice(IlgpuBackend backend)
+    {
+        Backend = backend;
+        RegisterCudaDriverResolver();
+        context = CreateContext(backend);
+        Accelerator? created = null;
+        try
+        {
+            var device = FindDevice(context, backend) ?? throw new DiffuException(backend switch
+            {
+                IlgpuBackend.Cuda => "no CUDA device found (is the NVIDIA driver installed and libcuda.so loadable?)",
+                IlgpuBackend.OpenCL => "no OpenCL GPU device found that ILGPU supports (OpenCL 2.0 with the generic address space)",
+                _ => "the ILGPU CPU simulator is not available",
+            });
+            created = device.CreateAccelerator(context);
+            kernels = new GpuKernels(created);
+            accelerator = created;
+        }
+        catch
+        {
+            created?.Dispose();
+            context.Dispose();
+            throw;
+        }
+    }
+
+    public IlgpuBackend Backend { get; }
+
+    public override string Name => Backend switch
+    {
+        IlgpuBackend.Cuda => "cuda",
+        IlgpuBackend.OpenCL => "opencl",
+        _ => "ilgpu-cpu",
+    };
+
+    public override string Description => Backend == IlgpuBackend.CpuSimulator
+        ? $"ILGPU CPU simulator ({accelerator.MaxNumThreadsPerGroup} threads a group, warp {accelerator.WarpSize})"
+        : $"{accelerator.Name} (ILGPU {accelerator.AcceleratorType}, {accelerator.MemorySize / (1024.0 * 1024 * 1024):F1} GiB)";
+
+    /// <summary>True when the backend has a usable device here. Never throws.</summary>
+    public static bool IsAvailable(IlgpuBackend backend)
+    {
+        if (backend == IlgpuBackend.CpuSimulator) return true;
+        try
+        {
+            RegisterCudaDriverResolver();
+            using var context = CreateContext(backend);
+            return FindDevice(context, backend) is not null;
+        }
+        catch (Exception)
+        {
+            return false;
+        }
+    }
+
+    static Context CreateContext(IlgpuBackend backend) => Context.Create(builder =>
+    {
+        switch (backend)
+        {
+            case IlgpuBackend.Cuda: builder.Cuda(); break;
+            case IlgpuBackend.OpenCL: builder.OpenCL(); break;
+            default:
+                builder.CPU(new CPUDevice(SimulatorWarpSize, GpuKernels.MaxGroupSize / SimulatorWarpSize, numMultiprocessors: 1));
+                break;
+        }
+        builder.EnableAlgorithms();
+    });
+
+    static ILGPU.Runtime.Device? FindDevice(Context context, IlgpuBackend backend) => backend switch
+    {
+        IlgpuBackend.Cuda => context.GetCudaDevices().Count > 0 ? context.GetCudaDevice(0) : null,
+        IlgpuBackend.OpenCL => context.GetCLDevices().Count > 0 ? context.GetCLDevice(0) : null,
+        _ => context.GetCPUDevices().Count > 0 ? context.GetCPUDevice(0) : null,
+    };
+
+    /// <summary>
+    /// ILGPU imports the CUDA driver as "cuda", which .NET probes as libcuda.so; driver-only installs ship
+    /// just libcuda.so.1. Resolve the name for ILGPU's assembly, falling back to the default probing.
+    /// </summary>
+    static void RegisterCudaDriverResolver()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        lock (ResolverGate)
+        {
+            if (resolverRegistered) return;
+            resolverRegistered = true;
+            try
+            {
+                NativeLibrary.SetDllImportResolver(typeof(Context).Assembly, ResolveCudaDriver);
+            }
+            catch (InvalidOperationException)
+            {
+                // Someone else owns ILGPU's resolver already; their mapping stands.
+            }
+        }
+    }
+
+    static IntPtr ResolveCudaDriver(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
+    {
+        if (libraryName != "cuda") return IntPtr.Zero;
+        foreach (var candidate in new[] { "libcuda.so", "libcuda.so.1" })
+            if (NativeLibrary.TryLoad(candidate, assembly, searchPath, out var handle)) return handle;
+        return IntPtr.Zero;
+    }
+
+    // ---- storage and transfers -------------------------------------------------------------------
+
+    protected override DeviceStorage AllocateStorage(DType dtype, long length)
+    {
+        try
+        {
+            return Allocate(dtype, length);
+        }
+        catch (AcceleratorException)
+        {
+            Pool.Trim();
+            try
+            {
+                return Allocate(dtype, length);
+            }
+            catch (AcceleratorException e)
+            {
+                throw new OutOfMemoryException($"{Name}: cannot allocate {length} elements of {dtype}: {e.Message}", e);
+            }
+        }
+    }
+
+    DeviceStorage Allocate(DType dtype, long length) => dtype switch
+    {
+        DType.F32 => new IlgpuStorage<float>(accelerator, dtype, length),
+        DType.I32 => new IlgpuStorage<int>(accelerator, dtype, length),
+        DType.U8 => new IlgpuStorage<byte>(accelerator, dtype, length),
+        _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
+    };
+
+    static ArrayView<float> F32(Tensor t) => ((IlgpuStorage<float>)t.Storage).View;
+    static ArrayView<int> I32(Tensor t) => ((IlgpuStorage<int>)t.Storage).View;
+    static ArrayView<byte> U8(Tensor t) => ((IlgpuStorage<byte>)t.Storage).View;
+
+    protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<float> src)
+    {
+        if (!src.IsEmpty) F32(dst).SubView(offset, src.Length).CopyFromCPU(src);
+    }
+
+    protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<int> src)
+    {
+        if (!src.IsEmpty) I32(dst).SubView(offset, src.Length).CopyFromCPU(src);
+    }
+
+    protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<byte> src)
+    {
+        if (!src.IsEmpty) U8(dst).SubView(offset, src.Length).CopyFromCPU(src);
+    }
+
+    protected override void DownloadCore(Tensor src, long offset, Span<float> dst)
+    {
+        if (!dst.IsEmpty) F32(src).SubView(offset, dst.Length).CopyToCPU(dst);
+    }
+
+    protected override void DownloadCore(Tensor src, long offset, Span<int> dst)
+    {
+        if (!dst.IsEmpty) I32(src).SubView(offset, dst.Length).CopyToCPU(dst);
+    }
+
+    public override void Synchronize() => accelerator.Synchronize();
+
+    // ---- ops -------------------------------------------------------------------------------------
+
+    protected override void FillCore(Tensor t, float value) => kernels.Fill(F32(t), value);
+
+    protected override void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns) =>
+        kernels.CopyRows(F32(src).SubView(srcOffset), srcStride, F32(dst).SubView(dstOffset), dstStride, rows, columns);
+
+    protected override void EmbeddingCore(Tensor ids, Tensor wte, Tensor wpe, Tensor output, int positionOffset) =>
+        kernels.Embedding(I32(ids), F32(wte), F32(wpe), F32(output), ids.Shape[1], wte.Columns, positionOffset);
+
+    protected override void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps) =>
+        kernels.LayerNorm(F32(x), F32(weight), F32(bias), F32(output), F32(mean), F32(rstd), (int)x.Rows, x.Columns, eps);
+
+    protected override void MatMulCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n) =>
+        kernels.MatMul(F32(x), F32(w), bias is null ? null : F32(bias), F32(output), m, k, n);
+
+    protected override void MatMulTransposedCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n) =>
+        kernels.MatMulTransposed(F32(x), F32(w), bias is null ? null : F32(bias), F32(output), m, k, n);
+
+    protected override void GeluCore(Tensor x, Tensor output) => kernels.Gelu(F32(x), F32(output));
+
+    protected override void AddCore(Tensor a, Tensor b, Tensor output) => kernels.Add(F32(a), F32(b), F32(output));
+
+    protected override void SoftmaxCore(Tensor x, Tensor output, int rows, int columns) => kernels.Softmax(F32(x), F32(output), rows, columns);
+
+    protected override void AttentionCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
+        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow)
+    {
+        if (shape.HeadDim > GpuKernels.MaxAttentionHeadDim)
+            throw new ArgumentException($"{Name} attention supports head dimensions up to {GpuKernels.MaxAttentionHeadDim}, got {shape.HeadDim}");
+        kernels.Attention(F32(q).SubView(qOffset), F32(k).SubView(kOffset), F32(v).SubView(vOffset), F32(output),
+            lse is null ? null : F32(lse), shape, mode, allow is null ? null : U8(allow));
+    }
+
+    public override void Dispose()
+    {
+        if (disposed) return;
+        disposed = true;
+        base.Dispose();
+        kernels.Dispose();
+        accelerator.Dispose();
+        context.Dispose();
+    }
+}

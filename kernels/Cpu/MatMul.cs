@@ -1,0 +1,453 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace DiffuSharp.Kernels.Cpu;
+
+/// <summary>
+/// float32 matrix products, the hot path of the CPU device.
+/// <para>
+/// Large products are blocked the GotoBLAS/BLIS way: w is packed per (KC × NC) block into panels of NR
+/// columns stored k-major (each k step is NR contiguous floats), x is packed per MR-row micro-panel
+/// (each k step is MR contiguous floats), and an MR × NR register-blocked micro-kernel broadcasts one x
+/// value and FMAs it into NR/16 vectors of w per row. The x micro-panel stays in L1 while it sweeps the w
+/// block in L2. Packing also absorbs the two layouts: Forward copies rows of w [K, N]; ForwardTransposed
+/// transposes rows of w [N, K] while packing, so both run the same micro-kernel. Edges are zero-padded in
+/// the packs, and a partial tile is computed into a small buffer and added into place.
+/// </para>
+/// <para>
+/// The work is split between cores in one piece per core along the longer of M and N; each piece packs its
+/// own panels, so the threads never wait on each other. Products with very few rows (decoding, one token
+/// per sequence) are memory-bound on w and skip the packing: Forward streams rows of w against broadcast x,
+/// ForwardTransposed takes dot products of x rows with w rows.
+/// </para>
+/// </summary>
+public static class MatMul
+{
+    /// <summary>Rows of the micro-kernel tile.</summary>
+    const int MR = 6;
+    /// <summary>Depth of one packed block: an MR × KC micro-panel of x is 6 KiB, comfortably in L1.</summary>
+    const int KC = 256;
+    /// <summary>Columns of one packed block of w: KC × NC floats = 512 KiB, half of a core's L2.</summary>
+    const int NC = 512;
+    /// <summary>Below this many rows the packing costs more than it saves.</summary>
+    const int SmallRows = 4;
+
+    /// <summary>Columns of the micro-kernel tile: two vectors (32 with AVX-512, 16 with AVX2).</summary>
+    static readonly int NR = Vector512.IsHardwareAccelerated ? 32 : 16;
+
+    /// <summary>output[M, N] = x[M, K] · w[K, N] + bias[N]; an empty bias means none.</summary>
+    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> bias, Span<float> output, int m, int k, int n) =>
+        Run(x, w, bias, output, m, k, n, transposed: false);
+
+    /// <summary>output[M, N] = x[M, K] · wᵀ + bias[N] with w stored [N, K] (nn.Linear, the tied LM head).</summary>
+    public static void ForwardTransposed(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> bias, Span<float> output, int m, int k, int n) =>
+        Run(x, w, bias, output, m, k, n, transposed: true);
+
+    static unsafe void Run(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> bias, Span<float> output, int m, int k, int n, bool transposed)
+    {
+        Guard.Positive(m, nameof(m));
+        Guard.Positive(k, nameof(k));
+        Guard.Positive(n, nameof(n));
+        Guard.Length(x.Length, (long)m * k, nameof(x));
+        Guard.Length(w.Length, (long)k * n, nameof(w));
+        Guard.Length(output.Length, (long)m * n, nameof(output));
+        if (!bias.IsEmpty) Guard.Length(bias.Length, n, nameof(bias));
+        bool hasBias = !bias.IsEmpty;
+
+        fixed (float* px = x, pw = w, pb = bias, po = output)
+        {
+            float* xx = px, xw = pw, xb = hasBias ? pb : null, xo = po;
+            long flops = 2L * m * n * k;
+            int threads = flops < (1 << 20) ? 1 : Environment.ProcessorCount;
+
+            if (m <= SmallRows)
+            {
+                int step = transposed ? 4 : 16;
+                int pieces = Math.Max(1, Math.Min(threads, n / (4 * step)));
+                int width = (n + pieces - 1) / pieces;
+                width = (width + step - 1) / step * step;
+                ForPieces(pieces, piece =>
+                {
+                    int j0 = piece * width, j1 = Math.Min(n, j0 + width);
+                    if (j0 >= j1) return;
+                    if (transposed) DotRows(xx, xw, xb, xo, m, k, n, j0, j1);
+                    else StreamRows(xx, xw, xb, xo, m, k, n, j0, j1);
+                });
+                return;
+            }
+
+            int nr = NR;
+            bool splitRows = m >= n;
+            int unit = splitRows ? MR : nr;
+            int extent = splitRows ? m : n;
+            int count = Math.Max(1, Math.Min(threads, (extent + unit - 1) / unit));
+            int size = ((extent + count - 1) / count + unit - 1) / unit * unit;
+            count = (extent + size - 1) / size;
+            ForPieces(count, piece =>
+            {
+                int s0 = piece * size, s1 = Math.Min(extent, s0 + size);
+                if (splitRows) Blocked(xx, xw, xb, xo, m, k, n, s0, s1, 0, n, transposed);
+                else Blocked(xx, xw, xb, xo, m, k, n, 0, m, s0, s1, transposed);
+            });
+        }
+    }
+
+    static void ForPieces(int count, Action<int> body)
+    {
+        if (count == 1) body(0);
+        else Parallel.For(0, count, body);
+    }
+
+    /// <summary>The blocked product for output rows [i0, i1) and columns [j0, j1).</summary>
+    static unsafe void Blocked(float* x, float* w, float* bias, float* o, int m, int k, int n, int i0, int i1, int j0, int j1, bool transposed)
+    {
+        int nr = NR;
+        float* packB = Scratch.Get((long)KC * NC + MR * KC);
+        float* packA = packB + (long)KC * NC;
+
+        for (int i = i0; i < i1; i++)
+        {
+            float* row = o + (long)i * n;
+            if (bias is null) new Span<float>(row + j0, j1 - j0).Clear();
+            else new Span<float>(bias + j0, j1 - j0).CopyTo(new Span<float>(row + j0, j1 - j0));
+        }
+
+        for (int jc = j0; jc < j1; jc += NC)
+        {
+            int nc = Math.Min(NC, j1 - jc);
+            int panels = (nc + nr - 1) / nr;
+            for (int pc = 0; pc < k; pc += KC)
+            {
+                int kc = Math.Min(KC, k - pc);
+                if (transposed) PackTransposed(w, k, jc, nc, pc, kc, packB, nr);
+                else PackRows(w, n, jc, nc, pc, kc, packB, nr);
+
+                for (int ir = i0; ir < i1; ir += MR)
+                {
+                    int mr = Math.Min(MR, i1 - ir);
+                    PackX(x, k, ir, mr, pc, kc, packA);
+                    for (int jp = 0; jp < panels; jp++)
+                    {
+                        int col = jc + jp * nr;
+                        int ncols = Math.Min(nr, jc + nc - col);
+                        float* c = o + (long)ir * n + col;
+                        float* b = packB + (long)jp * kc * nr;
+                        if (mr == MR && ncols == nr) Tile(packA, b, kc, c, n);
+                        else PartialTile(packA, b, kc, c, n, mr, ncols);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs x[ir .. ir+mr, pc .. pc+kc] k-major, MR values per k, zero rows past mr.</summary>
+    static unsafe void PackX(float* x, int k, int ir, int mr, int pc, int kc, float* dst)
+    {
+        for (int r = 0; r < MR; r++)
+        {
+            if (r < mr)
+            {
+                float* src = x + (long)(ir + r) * k + pc;
+                for (int p = 0; p < kc; p++) dst[p * MR + r] = src[p];
+            }
+            else
+            {
+                for (int p = 0; p < kc; p++) dst[p * MR + r] = 0;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Packs w[pc .. pc+kc, jc .. jc+nc] of a [K, N] matrix into NR-column panels, zero-padding the last. Each row
+    /// of the block is read once from start to end (long runs for the prefetcher) and dealt out to the panels.
+    /// </summary>
+    static unsafe void PackRows(float* w, int n, int jc, int nc, int pc, int kc, float* dst, int nr)
+    {
+        int full = nc / nr, rest = nc - full * nr;
+        long panelSize = (long)kc * nr;
+        for (int p = 0; p < kc; p++)
+        {
+            float* src = w + (long)(pc + p) * n + jc;
+            float* d = dst + p * nr;
+            for (int jp = 0; jp < full; jp++, src += nr, d += panelSize)
+                new ReadOnlySpan<float>(src, nr).CopyTo(new Span<float>(d, nr));
+            if (rest > 0)
+            {
+                new ReadOnlySpan<float>(src, rest).CopyTo(new Span<float>(d, rest));
+                new Span<float>(d + rest, nr - rest).Clear();
+            }
+        }
+    }
+
+    /// <summary>Packs the same block from a [N, K] matrix (rows of w become columns of the panel).</summary>
+    static unsafe void PackTransposed(float* w, int k, int jc, int nc, int pc, int kc, float* dst, int nr)
+    {
+        for (int j = 0; j < nc; j += nr)
+        {
+            int cols = Math.Min(nr, nc - j);
+            float* panel = dst + (long)(j / nr) * kc * nr;
+            for (int c = 0; c < nr; c++)
+            {
+                if (c < cols)
+                {
+                    float* src = w + (long)(jc + j + c) * k + pc;
+                    for (int p = 0; p < kc; p++) panel[p * nr + c] = src[p];
+                }
+                else
+                {
+                    for (int p = 0; p < kc; p++) panel[p * nr + c] = 0;
+                }
+            }
+        }
+    }
+
+    /// <summary>A tile at the bottom or right edge: computed into a zeroed MR × NR buffer, then added into place.</summary>
+    static unsafe void PartialTile(float* a, float* b, int kc, float* c, int ldc, int mr, int ncols)
+    {
+        int nr = NR;
+        float* tile = stackalloc float[MR * 32];
+        new Span<float>(tile, MR * nr).Clear();
+        Tile(a, b, kc, tile, nr);
+        for (int r = 0; r < mr; r++)
+            for (int j = 0; j < ncols; j++) c[(long)r * ldc + j] += tile[r * nr + j];
+    }
+
+    /// <summary>c[MR, NR] += a[MR, kc] · b[kc, NR] on packed panels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void Tile(float* a, float* b, int kc, float* c, int ldc)
+    {
+        if (Vector512.IsHardwareAccelerated) Tile512(a, b, kc, c, ldc);
+        else Tile256(a, b, kc, c, ldc);
+    }
+
+    static unsafe void Tile512(float* a, float* b, int kc, float* c, int ldc)
+    {
+        float* c0 = c, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc, c4 = c3 + ldc, c5 = c4 + ldc;
+        var r00 = Vector512.Load(c0); var r01 = Vector512.Load(c0 + 16);
+        var r10 = Vector512.Load(c1); var r11 = Vector512.Load(c1 + 16);
+        var r20 = Vector512.Load(c2); var r21 = Vector512.Load(c2 + 16);
+        var r30 = Vector512.Load(c3); var r31 = Vector512.Load(c3 + 16);
+        var r40 = Vector512.Load(c4); var r41 = Vector512.Load(c4 + 16);
+        var r50 = Vector512.Load(c5); var r51 = Vector512.Load(c5 + 16);
+        for (int p = 0; p < kc; p++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var a0 = Vector512.Create(a[0]);
+            r00 = Vector512.FusedMultiplyAdd(a0, b0, r00); r01 = Vector512.FusedMultiplyAdd(a0, b1, r01);
+            var a1 = Vector512.Create(a[1]);
+            r10 = Vector512.FusedMultiplyAdd(a1, b0, r10); r11 = Vector512.FusedMultiplyAdd(a1, b1, r11);
+            var a2 = Vector512.Create(a[2]);
+            r20 = Vector512.FusedMultiplyAdd(a2, b0, r20); r21 = Vector512.FusedMultiplyAdd(a2, b1, r21);
+            var a3 = Vector512.Create(a[3]);
+            r30 = Vector512.FusedMultiplyAdd(a3, b0, r30); r31 = Vector512.FusedMultiplyAdd(a3, b1, r31);
+            var a4 = Vector512.Create(a[4]);
+            r40 = Vector512.FusedMultiplyAdd(a4, b0, r40); r41 = Vector512.FusedMultiplyAdd(a4, b1, r41);
+            var a5 = Vector512.Create(a[5]);
+            r50 = Vector512.FusedMultiplyAdd(a5, b0, r50); r51 = Vector512.FusedMultiplyAdd(a5, b1, r51);
+            a += MR;
+            b += 32;
+        }
+        Vector512.Store(r00, c0); Vector512.Store(r01, c0 + 16);
+        Vector512.Store(r10, c1); Vector512.Store(r11, c1 + 16);
+        Vector512.Store(r20, c2); Vector512.Store(r21, c2 + 16);
+        Vector512.Store(r30, c3); Vector512.Store(r31, c3 + 16);
+        Vector512.Store(r40, c4); Vector512.Store(r41, c4 + 16);
+        Vector512.Store(r50, c5); Vector512.Store(r51, c5 + 16);
+    }
+
+    static unsafe void Tile256(float* a, float* b, int kc, float* c, int ldc)
+    {
+        float* c0 = c, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc, c4 = c3 + ldc, c5 = c4 + ldc;
+        var r00 = Vector256.Load(c0); var r01 = Vector256.Load(c0 + 8);
+        var r10 = Vector256.Load(c1); var r11 = Vector256.Load(c1 + 8);
+        var r20 = Vector256.Load(c2); var r21 = Vector256.Load(c2 + 8);
+        var r30 = Vector256.Load(c3); var r31 = Vector256.Load(c3 + 8);
+        var r40 = Vector256.Load(c4); var r41 = Vector256.Load(c4 + 8);
+        var r50 = Vector256.Load(c5); var r51 = Vector256.Load(c5 + 8);
+        for (int p = 0; p < kc; p++)
+        {
+            var b0 = Vector256.Load(b);
+            var b1 = Vector256.Load(b + 8);
+            var a0 = Vector256.Create(a[0]);
+            r00 = Vector256.FusedMultiplyAdd(a0, b0, r00); r01 = Vector256.FusedMultiplyAdd(a0, b1, r01);
+            var a1 = Vector256.Create(a[1]);
+            r10 = Vector256.FusedMultiplyAdd(a1, b0, r10); r11 = Vector256.FusedMultiplyAdd(a1, b1, r11);
+            var a2 = Vector256.Create(a[2]);
+            r20 = Vector256.FusedMultiplyAdd(a2, b0, r20); r21 = Vector256.FusedMultiplyAdd(a2, b1, r21);
+            var a3 = Vector256.Create(a[3]);
+            r30 = Vector256.FusedMultiplyAdd(a3, b0, r30); r31 = Vector256.FusedMultiplyAdd(a3, b1, r31);
+            var a4 = Vector256.Create(a[4]);
+            r40 = Vector256.FusedMultiplyAdd(a4, b0, r40); r41 = Vector256.FusedMultiplyAdd(a4, b1, r41);
+            var a5 = Vector256.Create(a[5]);
+            r50 = Vector256.FusedMultiplyAdd(a5, b0, r50); r51 = Vector256.FusedMultiplyAdd(a5, b1, r51);
+            a += MR;
+            b += 16;
+        }
+        Vector256.Store(r00, c0); Vector256.Store(r01, c0 + 8);
+        Vector256.Store(r10, c1); Vector256.Store(r11, c1 + 8);
+        Vector256.Store(r20, c2); Vector256.Store(r21, c2 + 8);
+        Vector256.Store(r30, c3); Vector256.Store(r31, c3 + 8);
+        Vector256.Store(r40, c4); Vector256.Store(r41, c4 + 8);
+        Vector256.Store(r50, c5); Vector256.Store(r51, c5 + 8);
+    }
+
+    /// <summary>
+    /// Few rows, w [K, N]: output[i, j0..j1) = bias + Σ_p x[i, p] · w[p, j0..j1). Walks w four rows at a time in
+    /// stripes as wide as the output rows allow while they stay in L2 as the accumulator (256 KiB): w is read in
+    /// long contiguous runs that the prefetcher follows, and each accumulator vector is loaded and stored once per
+    /// four rows of w. The product is bound by reading w, not by the FMAs.
+    /// </summary>
+    static unsafe void StreamRows(float* x, float* w, float* bias, float* o, int m, int k, int n, int j0, int j1)
+    {
+        int stripe = (1 << 16) / m;
+        for (int j = j0; j < j1; j += stripe)
+        {
+            int cols = Math.Min(stripe, j1 - j);
+            for (int r = 0; r < m; r++)
+            {
+                var dst = new Span<float>(o + (long)r * n + j, cols);
+                if (bias is null) dst.Clear();
+                else new ReadOnlySpan<float>(bias + j, cols).CopyTo(dst);
+            }
+            int p = 0;
+            for (; p <= k - 4; p += 4)
+            {
+                float* w0 = w + (long)p * n + j;
+                for (int r = 0; r < m; r++)
+                {
+                    float* xr = x + (long)r * k + p;
+                    AddRows(xr[0], xr[1], xr[2], xr[3], w0, n, o + (long)r * n + j, cols);
+                }
+            }
+            for (; p < k; p++)
+            {
+                float* wp = w + (long)p * n + j;
+                for (int r = 0; r < m; r++) VectorOps.Axpy(x[(long)r * k + p], wp, o + (long)r * n + j, cols);
+            }
+        }
+    }
+
+    /// <summary>y[0..cols) += a0 · w[0, :] + a1 · w[1, :] + a2 · w[2, :] + a3 · w[3, :] with rows of w ldw apart.</summary>
+    static unsafe void AddRows(float a0, float a1, float a2, float a3, float* w, int ldw, float* y, int cols)
+    {
+        float* w1 = w + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var v0 = Vector512.Create(a0); var v1 = Vector512.Create(a1); var v2 = Vector512.Create(a2); var v3 = Vector512.Create(a3);
+            for (; i <= cols - 16; i += 16)
+            {
+                var acc = Vector512.FusedMultiplyAdd(v0, Vector512.Load(w + i), Vector512.Load(y + i));
+                acc = Vector512.FusedMultiplyAdd(v1, Vector512.Load(w1 + i), acc);
+                acc = Vector512.FusedMultiplyAdd(v2, Vector512.Load(w2 + i), acc);
+                Vector512.Store(Vector512.FusedMultiplyAdd(v3, Vector512.Load(w3 + i), acc), y + i);
+            }
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var v0 = Vector256.Create(a0); var v1 = Vector256.Create(a1); var v2 = Vector256.Create(a2); var v3 = Vector256.Create(a3);
+            for (; i <= cols - 8; i += 8)
+            {
+                var acc = Vector256.FusedMultiplyAdd(v0, Vector256.Load(w + i), Vector256.Load(y + i));
+                acc = Vector256.FusedMultiplyAdd(v1, Vector256.Load(w1 + i), acc);
+                acc = Vector256.FusedMultiplyAdd(v2, Vector256.Load(w2 + i), acc);
+                Vector256.Store(Vector256.FusedMultiplyAdd(v3, Vector256.Load(w3 + i), acc), y + i);
+            }
+        }
+        for (; i < cols; i++) y[i] += a0 * w[i] + a1 * w1[i] + a2 * w2[i] + a3 * w3[i];
+    }
+
+    /// <summary>
+    /// Few rows, w [N, K]: output[i, j] = bias[j] + x[i, :] · w[j, :] for j in [j0, j1). Blocks of four rows of x
+    /// by four rows of w keep sixteen vector accumulators along K (eight loads feed sixteen FMAs), then take one
+    /// horizontal sum per output. Rows past the edge repeat the last row and are not stored.
+    /// </summary>
+    static unsafe void DotRows(float* x, float* w, float* bias, float* o, int m, int k, int n, int j0, int j1)
+    {
+        float* sums = stackalloc float[16];
+        for (int j = j0; j < j1; j += 4)
+        {
+            int wRows = Math.Min(4, j1 - j);
+            for (int i = 0; i < m; i += 4)
+            {
+                int xRows = Math.Min(4, m - i);
+                DotBlock(x + (long)i * k, xRows, w + (long)j * k, wRows, k, sums);
+                for (int r = 0; r < xRows; r++)
+                {
+                    float* oi = o + (long)(i + r) * n + j;
+                    for (int c = 0; c < wRows; c++) oi[c] = sums[r * 4 + c] + (bias is null ? 0f : bias[j + c]);
+                }
+            }
+        }
+    }
+
+    /// <summary>sums[r * 4 + c] = x[r, :] · w[c, :] for a 4 × 4 block (rows past xRows or wRows repeat the last one).</summary>
+    static unsafe void DotBlock(float* x, int xRows, float* w, int wRows, int k, float* sums)
+    {
+        float* x0 = x, x1 = x + (long)Math.Min(1, xRows - 1) * k, x2 = x + (long)Math.Min(2, xRows - 1) * k, x3 = x + (long)Math.Min(3, xRows - 1) * k;
+        float* w0 = w, w1 = w + (long)Math.Min(1, wRows - 1) * k, w2 = w + (long)Math.Min(2, wRows - 1) * k, w3 = w + (long)Math.Min(3, wRows - 1) * k;
+        int p = 0;
+        new Span<float>(sums, 16).Clear();
+        if (Vector512.IsHardwareAccelerated && k >= 16)
+        {
+            var s00 = Vector512<float>.Zero; var s01 = s00; var s02 = s00; var s03 = s00;
+            var s10 = s00; var s11 = s00; var s12 = s00; var s13 = s00;
+            var s20 = s00; var s21 = s00; var s22 = s00; var s23 = s00;
+            var s30 = s00; var s31 = s00; var s32 = s00; var s33 = s00;
+            for (; p <= k - 16; p += 16)
+            {
+                var b0 = Vector512.Load(w0 + p); var b1 = Vector512.Load(w1 + p); var b2 = Vector512.Load(w2 + p); var b3 = Vector512.Load(w3 + p);
+                var a = Vector512.Load(x0 + p);
+                s00 = Vector512.FusedMultiplyAdd(a, b0, s00); s01 = Vector512.FusedMultiplyAdd(a, b1, s01);
+                s02 = Vector512.FusedMultiplyAdd(a, b2, s02); s03 = Vector512.FusedMultiplyAdd(a, b3, s03);
+                a = Vector512.Load(x1 + p);
+                s10 = Vector512.FusedMultiplyAdd(a, b0, s10); s11 = Vector512.FusedMultiplyAdd(a, b1, s11);
+                s12 = Vector512.FusedMultiplyAdd(a, b2, s12); s13 = Vector512.FusedMultiplyAdd(a, b3, s13);
+                a = Vector512.Load(x2 + p);
+                s20 = Vector512.FusedMultiplyAdd(a, b0, s20); s21 = Vector512.FusedMultiplyAdd(a, b1, s21);
+                s22 = Vector512.FusedMultiplyAdd(a, b2, s22); s23 = Vector512.FusedMultiplyAdd(a, b3, s23);
+                a = Vector512.Load(x3 + p);
+                s30 = Vector512.FusedMultiplyAdd(a, b0, s30); s31 = Vector512.FusedMultiplyAdd(a, b1, s31);
+                s32 = Vector512.FusedMultiplyAdd(a, b2, s32); s33 = Vector512.FusedMultiplyAdd(a, b3, s33);
+            }
+            sums[0] = Vector512.Sum(s00); sums[1] = Vector512.Sum(s01); sums[2] = Vector512.Sum(s02); sums[3] = Vector512.Sum(s03);
+            sums[4] = Vector512.Sum(s10); sums[5] = Vector512.Sum(s11); sums[6] = Vector512.Sum(s12); sums[7] = Vector512.Sum(s13);
+            sums[8] = Vector512.Sum(s20); sums[9] = Vector512.Sum(s21); sums[10] = Vector512.Sum(s22); sums[11] = Vector512.Sum(s23);
+            sums[12] = Vector512.Sum(s30); sums[13] = Vector512.Sum(s31); sums[14] = Vector512.Sum(s32); sums[15] = Vector512.Sum(s33);
+        }
+        else if (Vector256.IsHardwareAccelerated && k >= 8)
+        {
+            for (int r = 0; r < 4; r += 2)
+            {
+                float* xa = r == 0 ? x0 : x2, xb = r == 0 ? x1 : x3;
+                var s0 = Vector256<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0;
+                var s4 = s0; var s5 = s0; var s6 = s0; var s7 = s0;
+                for (p = 0; p <= k - 8; p += 8)
+                {
+                    var b0 = Vector256.Load(w0 + p); var b1 = Vector256.Load(w1 + p); var b2 = Vector256.Load(w2 + p); var b3 = Vector256.Load(w3 + p);
+                    var a = Vector256.Load(xa + p);
+                    s0 = Vector256.FusedMultiplyAdd(a, b0, s0); s1 = Vector256.FusedMultiplyAdd(a, b1, s1);
+                    s2 = Vector256.FusedMultiplyAdd(a, b2, s2); s3 = Vector256.FusedMultiplyAdd(a, b3, s3);
+                    a = Vector256.Load(xb + p);
+                    s4 = Vector256.FusedMultiplyAdd(a, b0, s4); s5 = Vector256.FusedMultiplyAdd(a, b1, s5);
+                    s6 = Vector256.FusedMultiplyAdd(a, b2, s6); s7 = Vector256.FusedMultiplyAdd(a, b3, s7);
+                }
+                float* dst = sums + r * 4;
+                dst[0] = Vector256.Sum(s0); dst[1] = Vector256.Sum(s1); dst[2] = Vector256.Sum(s2); dst[3] = Vector256.Sum(s3);
+                dst[4] = Vector256.Sum(s4); dst[5] = Vector256.Sum(s5); dst[6] = Vector256.Sum(s6); dst[7] = Vector256.Sum(s7);
+            }
+        }
+        for (int r = 0; r < 4; r++)
+        {
+            float* xr = r == 0 ? x0 : r == 1 ? x1 : r == 2 ? x2 : x3;
+            for (int c = 0; c < 4; c++)
+            {
+                float* wc = c == 0 ? w0 : c == 1 ? w1 : c == 2 ? w2 : w3;
+                float tail = 0;
+                for (int t = p; t < k; t++) tail += xr[t] * wc[t];
+                sums[r * 4 + c] += tail;
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+using ILGPU;
+
+namespace DiffuSharp.Kernels.Gpu;
+
+/// <summary>
+/// Memory-bound kernels over flat index ranges. Each uses a grid-stride loop, so a launch with a bounded
+/// number of groups covers any length (the ILGPU CPU simulator pays per group, a GPU wants a full grid).
+/// </summary>
+static class ElementwiseKernels
+{
+    /// <summary>sqrt(2 / pi), the constant of GPT-2's tanh GELU.</summary>
+    const float GeluScale = 0.7978845608028654f;
+    const float GeluCubic = 0.044715f;
+
+    static long FirstIndex => (long)Grid.IdxX * Group.DimX + Group.IdxX;
+    static long GridStride => (long)Grid.DimX * Group.DimX;
+
+    internal static void Fill(ArrayView<float> data, float value)
+    {
+        for (long i = FirstIndex; i < data.Length; i += GridStride)
+            data[i] = value;
+    }
+
+    internal static void CopyRows(ArrayView<float> src, int srcStride, ArrayView<float> dst, int dstStride, int rows, int columns)
+    {
+        long total = (long)rows * columns;
+        for (long i = FirstIndex; i < total; i += GridStride)
+        {
+            long r = i / columns;
+            long c = i - r * columns;
+            dst[r * dstStride + c] = src[r * srcStride + c];
+        }
+    }
+
+    internal static void Embedding(ArrayView<int> ids, ArrayView<float> wte, ArrayView<float> wpe, ArrayView<float> output,
+        int length, int channels, int positionOffset)
+    {
+        for (long i = FirstIndex; i < output.Length; i += GridStride)
+        {
+            long token = i / channels;
+            long c = i - token * channels;
+            long position = positionOffset + token % length;
+            output[i] = wte[(long)ids[token] * channels + c] + wpe[position * channels + c];
+        }
+    }
+
+    /// <summary>
+    /// GELU as x * sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3), which equals 0.5 x (1 + tanh u)
+    /// exactly. PTX's tanh.approx.f32 has a relative error near 2^-11, too coarse for the 1e-5 budget;
+    /// exp stays accurate through ex2.
+    /// </summary>
+    internal static void Gelu(ArrayView<float> x, ArrayView<float> output)
+    {
+        for (long i = FirstIndex; i < x.Length; i += GridStride)
+        {
+            float v = x[i];
+            float u = GeluScale * (v + GeluCubic * v * v * v);
+            output[i] = v / (1f + MathF.Exp(-2f * u));
+        }
+    }
+
+    internal static void Add(ArrayView<float> a, ArrayView<float> b, ArrayView<float> output)
+    {
+        for (long i = FirstIndex; i < output.Length; i += GridStride)
+            output[i] = a[i] + b[i];
+    }
+}

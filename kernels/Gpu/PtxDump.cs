@@ -1,0 +1,53 @@
+using System.Reflection;
+using ILGPU;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.PTX;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+
+namespace DiffuSharp.Kernels.Gpu;
+
+/// <summary>The kernels in this folder, by name.</summary>
+public enum GpuKernel { Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMulTransposed, Attention }
+
+/// <summary>
+/// Compiles a kernel to PTX text with ILGPU's PTX backend. Needs no GPU and no CUDA driver, so the
+/// generated code can be inspected (and shown to compile) on any machine.
+/// </summary>
+public static class PtxDump
+{
+    /// <summary>
+    /// PTX for an H100 (sm_90) with PTX ISA 8.8, ILGPU's newest. ILGPU writes the lowest `.target` that has
+    /// every capability the architecture offers it (sm_80 here); the driver JIT-compiles that for sm_90.
+    /// </summary>
+    public static string Compile(GpuKernel kernel) => Compile(kernel, CudaArchitecture.SM_90, CudaInstructionSet.ISA_88);
+
+    public static string Compile(GpuKernel kernel, CudaArchitecture architecture, CudaInstructionSet instructionSet)
+    {
+        using var context = Context.Create(builder => builder.EnableAlgorithms());
+        using var backend = new PTXBackend(context, new CudaCapabilityContext(architecture), architecture, instructionSet, nvvmAPI: null);
+        var entry = EntryPointDescription.FromExplicitlyGroupedKernel(Method(kernel));
+        var compiled = (PTXCompiledKernel)backend.Compile(entry, KernelSpecialization.Empty);
+        return compiled.PTXAssembly;
+    }
+
+    static MethodInfo Method(GpuKernel kernel)
+    {
+        var (type, name) = kernel switch
+        {
+            GpuKernel.Fill => (typeof(ElementwiseKernels), nameof(ElementwiseKernels.Fill)),
+            GpuKernel.CopyRows => (typeof(ElementwiseKernels), nameof(ElementwiseKernels.CopyRows)),
+            GpuKernel.Embedding => (typeof(ElementwiseKernels), nameof(ElementwiseKernels.Embedding)),
+            GpuKernel.Gelu => (typeof(ElementwiseKernels), nameof(ElementwiseKernels.Gelu)),
+            GpuKernel.Add => (typeof(ElementwiseKernels), nameof(ElementwiseKernels.Add)),
+            GpuKernel.LayerNorm => (typeof(RowKernels), nameof(RowKernels.LayerNorm)),
+            GpuKernel.Softmax => (typeof(RowKernels), nameof(RowKernels.Softmax)),
+            GpuKernel.MatMul => (typeof(MatMulKernels), nameof(MatMulKernels.Forward)),
+            GpuKernel.MatMulTransposed => (typeof(MatMulKernels), nameof(MatMulKernels.ForwardTransposed)),
+            GpuKernel.Attention => (typeof(AttentionKernels), nameof(AttentionKernels.Forward)),
+            _ => throw new ArgumentOutOfRangeException(nameof(kernel)),
+        };
+        return type.GetMethod(name, BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)
+            ?? throw new InvalidOperationException($"kernel method {type.Name}.{name} not found");
+    }
+}

@@ -1,0 +1,125 @@
+using DiffuSharp.Cli;
+using DiffuSharp.IO;
+using DiffuSharp.Tests.Models;
+
+namespace DiffuSharp.Tests.CliTests;
+
+/// <summary>The `diffu` commands run in-process on the PyTorch fixture: outputs, and exit codes for bad input.</summary>
+public sealed class CliTests
+{
+    string temp = null!;
+
+    [SetUp]
+    public void SetUp() => temp = Directory.CreateTempSubdirectory("diffu-cli-").FullName;
+
+    [TearDown]
+    public void TearDown() => Directory.Delete(temp, recursive: true);
+
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = DiffuSharp.Cli.Cli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    static string Fixture => Gpt2FixtureTests.FixtureDir;
+    static string Gpt2Tokenizer => Path.Combine(TestUtil.SharedData, "tokenizers", "gpt2");
+
+    [Test]
+    public void InfoListsConfigTensorsAndParameterCount()
+    {
+        var (code, output, _) = Run("info", Fixture);
+        Assert.That(code, Is.EqualTo(0));
+        Assert.That(output, Does.Contain("transformer.h.1.attn.c_attn.weight").And.Contain("BF16").And.Contain("F16"));
+        using var checkpoint = SafeTensorCheckpoint.Open(Fixture);
+        long total = checkpoint.Tensors.Sum(t => t.ElementCount);
+        Assert.That(output, Does.Contain($"{total:N0} parameters"));
+    }
+
+    [TestCase(false, "logits_causal")]
+    [TestCase(true, "logits_bidirectional")]
+    public void LogitsReproducePyTorch(bool bidirectional, string reference)
+    {
+        using var expected = SafeTensorFile.Open(Path.Combine(Fixture, "expected.safetensors"));
+        var ids = expected.ReadInt32("ids");
+        int length = expected.Info("ids").Shape[1];
+        int vocab = expected.Info(reference).Shape[2];
+        var first = ids.AsSpan(0, length).ToArray();
+        var outPath = Path.Combine(temp, "logits.safetensors");
+        var args = new List<string> { "logits", "--model", Fixture, "--ids", string.Join(",", first), "--out", outPath, "--device", "cpu" };
+        if (bidirectional) args.Add("--bidirectional");
+        var (code, _, err) = Run(args.ToArray());
+        Assert.That(code, Is.EqualTo(0), err);
+        using var written = SafeTensorFile.Open(outPath);
+        Assert.That(written.Info("logits").Shape, Is.EqualTo(new[] { length, vocab }));
+        var want = expected.ReadFloat32(reference).AsSpan(0, length * vocab);
+        Assert.That(TestUtil.RelativeL2(written.ReadFloat32("logits"), want), Is.LessThan(1e-4));
+    }
+
+    [Test]
+    public void GreedyArGenerationPrintsPromptAndContinuation()
+    {
+        var (code, output, err) = Run("generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--prompt", "Once upon a time",
+            "--ar", "--max-new", "8", "--temperature", "0", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(output, Does.StartWith("Once upon a time"));
+        Assert.That(output.Length, Is.GreaterThan("Once upon a time".Length + 1), "a continuation must follow the prompt");
+        Assert.That(err, Does.Contain("8 tokens").And.Contain("tokens/s"));
+        var again = Run("generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--prompt", "Once upon a time",
+            "--ar", "--max-new", "8", "--temperature", "0", "--device", "cpu");
+        Assert.That(again.Out, Is.EqualTo(output), "greedy decoding is deterministic");
+    }
+
+    [Test]
+    public void SampledGenerationIsReproducibleForASeed()
+    {
+        string[] args = ["generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--prompt", "The", "--ar", "--max-new", "10", "--seed", "7", "--device", "cpu"];
+        Assert.That(Run(args).Out, Is.EqualTo(Run(args).Out));
+    }
+
+    [TestCase("info")]
+    [TestCase("logits", "--model", "x")]
+    [TestCase("generate", "--model", "x", "--prompt", "hi", "--ar", "--max-new", "many")]
+    [TestCase("frobnicate")]
+    public void BadArgumentsExitWithCode2(params string[] args)
+    {
+        var (code, _, err) = Run(args);
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(err, Does.Contain("error"));
+    }
+
+    [Test]
+    public void BadInputFilesExitWithCode2AndOneLine()
+    {
+        var missing = Path.Combine(temp, "nope");
+        var (code, _, err) = Run("logits", "--model", missing, "--ids", "1,2", "--out", Path.Combine(temp, "o.safetensors"), "--device", "cpu");
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(err.Trim().Split('\n'), Has.Length.EqualTo(1));
+        Assert.That(err, Does.Contain(missing));
+
+        var broken = Path.Combine(temp, "broken.safetensors");
+        File.WriteAllBytes(broken, [1, 2, 3]);
+        (code, _, err) = Run("info", broken);
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(err, Does.Contain(broken));
+    }
+
+    [Test]
+    public void OutOfVocabularyIdsAndUnknownDeviceAreBadInput()
+    {
+        var outPath = Path.Combine(temp, "o.safetensors");
+        Assert.That(Run("logits", "--model", Fixture, "--ids", "1,99999", "--out", outPath, "--device", "cpu").Code, Is.EqualTo(2));
+        Assert.That(Run("logits", "--model", Fixture, "--ids", "1,x", "--out", outPath, "--device", "cpu").Code, Is.EqualTo(2));
+        Assert.That(Run("logits", "--model", Fixture, "--ids", "1,2", "--out", outPath, "--device", "tpu").Code, Is.EqualTo(2));
+        Assert.That(File.Exists(outPath), Is.False, "nothing is written when the input is bad");
+    }
+
+    [Test]
+    public void GenerateWithoutArSaysDiffusionSamplingIsNotAvailableYet()
+    {
+        var (code, _, err) = Run("generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--prompt", "hi", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(err, Does.Contain("--ar"));
+    }
+}

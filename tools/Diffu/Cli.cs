@@ -1,0 +1,58 @@
+using System.CommandLine;
+using DiffuSharp.Runtime;
+
+namespace DiffuSharp.Cli;
+
+/// <summary>
+/// The `diffu` command line. Exit codes: 0 success, 2 bad arguments or bad input (one-line message on
+/// stderr), 1 an internal error.
+/// </summary>
+public static class Cli
+{
+    public const int Ok = 0, InternalError = 1, BadInput = 2;
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var root = new RootCommand("DiffuSharp: diffusion language models (DiffuGPT, DiffuLLaMA) in .NET")
+        {
+            InfoCommand.Create(stdout),
+            LogitsCommand.Create(stdout),
+            GenerateCommand.Create(stdout, stderr),
+            BenchCommand.Create(stdout),
+        };
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            foreach (var e in parsed.Errors) stderr.WriteLine($"error: {e.Message}");
+            stderr.WriteLine("run 'diffu --help' for usage");
+            return BadInput;
+        }
+        try
+        {
+            return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e) when (e is DiffuException or IOException or UnauthorizedAccessException)
+        {
+            stderr.WriteLine($"error: {e.Message}");
+            return BadInput;
+        }
+        catch (Exception e)
+        {
+            stderr.WriteLine($"internal error: {e.GetType().Name}: {e.Message}");
+            stderr.WriteLine(e.StackTrace);
+            return InternalError;
+        }
+    }
+
+    /// <summary>--device, shared by the commands that run a model.</summary>
+    public static Option<string?> DeviceOption() => new("--device")
+    {
+        Description = $"where to run: {string.Join(", ", Devices.Names)} (default: $DIFFU_DEVICE, else auto = CUDA if present, else cpu)",
+    };
+
+    public static Option<string> ModelOption() => new("--model")
+    {
+        Description = "model folder (config.json + model.safetensors or a sharded index)",
+        Required = true,
+    };
+}

@@ -1,0 +1,54 @@
+using System.CommandLine;
+using DiffuSharp.IO;
+using DiffuSharp.Kernels;
+using DiffuSharp.Models;
+using DiffuSharp.Runtime;
+
+namespace DiffuSharp.Cli;
+
+/// <summary>`diffu logits`: the float32 logits [T, V] of one forward pass, written as safetensors (a probe for outside checks).</summary>
+static class LogitsCommand
+{
+    public static Command Create(TextWriter stdout)
+    {
+        var model = Cli.ModelOption();
+        var ids = new Option<string>("--ids") { Description = "comma-separated token ids, e.g. 1,2,3", Required = true };
+        var bidirectional = new Option<bool>("--bidirectional") { Description = "full attention instead of causal (as a diffusion model sees its input)" };
+        var output = new Option<string>("--out") { Description = "output .safetensors file (tensor 'logits', F32 [T, V])", Required = true };
+        var device = Cli.DeviceOption();
+        var command = new Command("logits", "write the logits of one forward pass") { model, ids, bidirectional, output, device };
+        command.SetAction(parse => Run(parse.GetValue(model)!, ParseIds(parse.GetValue(ids)!), parse.GetValue(bidirectional),
+            parse.GetValue(output)!, parse.GetValue(device), stdout));
+        return command;
+    }
+
+    public static int[] ParseIds(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        if (parts.Length == 0) throw new DiffuException("--ids is empty");
+        var ids = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+            if (!int.TryParse(parts[i], out ids[i]) || ids[i] < 0)
+                throw new DiffuException($"--ids: '{parts[i]}' is not a non-negative integer token id");
+        return ids;
+    }
+
+    static int Run(string modelDir, int[] ids, bool bidirectional, string outPath, string? deviceName, TextWriter stdout)
+    {
+        using var device = Devices.Create(deviceName);
+        using var model = Gpt2Model.Load(modelDir, device);
+        using var act = model.CreateActivations(1, ids.Length);
+        var mode = bidirectional ? AttentionMaskMode.Bidirectional : AttentionMaskMode.Causal;
+        model.Forward(ids, act, mode);
+        var logits = device.ToArray(act.Logits!);
+        var metadata = new Dictionary<string, string>
+        {
+            ["ids"] = string.Join(",", ids),
+            ["attention"] = bidirectional ? "bidirectional" : "causal",
+            ["device"] = device.Name,
+        };
+        SafeTensorWriter.Write(outPath, [SafeTensorEntry.FromFloat32("logits", [ids.Length, model.Config.VocabSize], logits)], metadata);
+        stdout.WriteLine($"wrote logits [{ids.Length}, {model.Config.VocabSize}] ({metadata["attention"]}, {device.Name}) to {outPath}");
+        return Cli.Ok;
+    }
+}
