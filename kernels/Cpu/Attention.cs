@@ -7,11 +7,14 @@ namespace DiffuSharp.Kernels.Cpu;
 /// 64 query rows); it walks the visible keys in blocks of 64 with an online softmax (running maximum and
 /// sum per row, the partial output rescaled when the maximum grows), so no [Tq, Tk] score matrix exists.
 /// <para>
-/// For a block of several query rows the key block is transposed to [D, 64] once, and each score row is
-/// then 64 lanes of FMAs (a broadcast q value times a row of kᵀ); a single row (KV-cache decoding) takes
-/// dot products instead, as the transpose would cost as much as the scores. The weighted sum of values
-/// broadcasts each probability against a row of v with the partial output held in registers.
+/// Each key block goes through three steps. Scores: for a block of several query rows the key block is
+/// transposed to [D, 64] once, and four query rows at a time FMA broadcast q values into sixteen vector
+/// accumulators that share each row of kᵀ; one to three rows (KV-cache decoding) take dot products instead,
+/// as the transpose would cost as much as the scores. Softmax: per row, mask, raise the running maximum and
+/// rescale. Values: four rows at a time broadcast their weights against each vector of v, which is loaded
+/// once for the four. Without AVX-512 the same steps run one row at a time with 256-bit vectors.
 /// </para>
+/// The explicit allow-mask is read as [Tq, Tk] row-major (allow[i * Tk + j] for query i and key j).
 /// Geometry and masks are those of <see cref="AttentionShape"/> and <see cref="AttentionMaskMode"/>. A query
 /// row that sees no key at all (possible only with an explicit mask) outputs zeros and lse = −∞.
 /// </summary>
@@ -79,11 +82,30 @@ public static class Attention
         new Span<float>(rowSum, rows).Clear();
 
         int keyEnd = mode == AttentionMaskMode.Causal ? Math.Min(tk, shape.QueryOffset + r1) : tk;
+        bool grouped = Vector512.IsHardwareAccelerated && rows >= TransposeRows;
         bool transpose = rows >= TransposeRows;
         for (int kb = 0; kb < keyEnd; kb += BlockKeys)
         {
             int nk = Math.Min(BlockKeys, keyEnd - kb);
-            if (transpose) TransposeKeys(kBase + (long)kb * shape.KeyRowStride, shape.KeyRowStride, nk, hd, kt);
+            float* keys = kBase + (long)kb * shape.KeyRowStride;
+            float* values = vBase + (long)kb * shape.KeyRowStride;
+            if (transpose) TransposeKeys(keys, shape.KeyRowStride, nk, hd, kt);
+            if (grouped)
+            {
+                for (int r = 0; r < rows; r += 4)
+                    Scores4(qBase + (long)(r0 + r) * shape.QueryRowStride, shape.QueryRowStride, Math.Min(4, rows - r), kt, hd, shape.Scale,
+                        scores + r * BlockKeys);
+                for (int r = 0; r < rows; r++)
+                {
+                    float* si = scores + r * BlockKeys;
+                    if (!Update(si, nk, mode, shape.QueryOffset + r0 + r - kb, allow + (long)(r0 + r) * tk + kb,
+                            ref rowMax[r], ref rowSum[r], acc + (long)r * hd, hd))
+                        new Span<float>(si, BlockKeys).Clear();
+                }
+                for (int r = 0; r < rows; r += 4)
+                    WeightedValues4(scores + r * BlockKeys, Math.Min(4, rows - r), nk, values, shape.KeyRowStride, hd, acc + (long)r * hd);
+                continue;
+            }
             for (int r = 0; r < rows; r++)
             {
                 int i = r0 + r;
@@ -93,18 +115,11 @@ public static class Attention
                 else
                 {
                     for (int j = 0; j < nk; j++)
-                        si[j] = shape.Scale * VectorOps.Dot(qi, kBase + (long)(kb + j) * shape.KeyRowStride, hd);
+                        si[j] = shape.Scale * VectorOps.Dot(qi, keys + (long)j * shape.KeyRowStride, hd);
                 }
-                int visible = Mask(si, nk, mode, shape.QueryOffset + i - kb, allow + (long)i * tk + kb);
-                if (visible == 0) continue;
-                float blockMax = Reduce.Max(si, BlockKeys);
-                float newMax = MathF.Max(rowMax[r], blockMax);
-                float correction = MathF.Exp(rowMax[r] - newMax);
-                rowMax[r] = newMax;
-                rowSum[r] = rowSum[r] * correction + Softmax.ExpShifted(si, si, BlockKeys, newMax);
                 float* ai = acc + (long)r * hd;
-                if (correction != 1f) Softmax.Scale(ai, hd, correction);
-                WeightedValues(si, nk, vBase + (long)kb * shape.KeyRowStride, shape.KeyRowStride, hd, ai);
+                if (Update(si, nk, mode, shape.QueryOffset + i - kb, allow + (long)i * tk + kb, ref rowMax[r], ref rowSum[r], ai, hd))
+                    WeightedValues(si, nk, values, shape.KeyRowStride, hd, ai);
             }
         }
 
@@ -120,6 +135,23 @@ public static class Attention
             if (lse is not null)
                 lse[((long)b * shape.Heads + h) * shape.QueryLength + i] = sum > 0 ? rowMax[r] + MathF.Log(sum) : float.NegativeInfinity;
         }
+    }
+
+    /// <summary>
+    /// The online-softmax step for one row and one key block: masks the scores, raises the running maximum,
+    /// rescales the running sum and the partial output by exp(old max − new max), and turns the scores into
+    /// weights exp(s − max) in place. Returns false (and changes nothing) when the block hides every key.
+    /// </summary>
+    static unsafe bool Update(float* s, int nk, AttentionMaskMode mode, int lastVisible, byte* allowRow,
+        ref float rowMax, ref float rowSum, float* acc, int hd)
+    {
+        if (Mask(s, nk, mode, lastVisible, allowRow) == 0) return false;
+        float newMax = MathF.Max(rowMax, Reduce.Max(s, BlockKeys));
+        float correction = MathF.Exp(rowMax - newMax);
+        rowMax = newMax;
+        rowSum = rowSum * correction + Softmax.ExpShifted(s, s, BlockKeys, newMax);
+        if (correction != 1f) Softmax.Scale(acc, hd, correction);
+        return true;
     }
 
     /// <summary>
@@ -154,26 +186,109 @@ public static class Attention
             for (int d = 0; d < hd; d++) new Span<float>(kt + d * BlockKeys + nk, BlockKeys - nk).Clear();
     }
 
-    /// <summary>s[0..64) = scale · Σ_d q[d] · kt[d, 0..64).</summary>
+    /// <summary>One row of scores from the transposed key block without AVX-512: s[0..64) = scale · Σ_d q[d] · kt[d, 0..64).</summary>
     static unsafe void ScoresTransposed(float* q, float* kt, int hd, float scale, float* s)
     {
-        if (Vector512.IsHardwareAccelerated)
-        {
-            var s0 = Vector512<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0;
-            for (int d = 0; d < hd; d++, kt += BlockKeys)
-            {
-                var qd = Vector512.Create(q[d]);
-                s0 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(kt), s0);
-                s1 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(kt + 16), s1);
-                s2 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(kt + 32), s2);
-                s3 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(kt + 48), s3);
-            }
-            (s0 * scale).Store(s); (s1 * scale).Store(s + 16); (s2 * scale).Store(s + 32); (s3 * scale).Store(s + 48);
-            return;
-        }
         new Span<float>(s, BlockKeys).Clear();
         for (int d = 0; d < hd; d++, kt += BlockKeys) VectorOps.Axpy(q[d], kt, s, BlockKeys);
         Softmax.Scale(s, BlockKeys, scale);
+    }
+
+    /// <summary>
+    /// Scores of four query rows at once (AVX-512): s[r, 0..64) = scale · Σ_d q[r, d] · kt[d, 0..64), sixteen
+    /// accumulators sharing each row of kt. Rows past count repeat the last query and fill unused slots of s.
+    /// </summary>
+    static unsafe void Scores4(float* q, int stride, int count, float* kt, int hd, float scale, float* s)
+    {
+        float* q0 = q, q1 = q + (long)Math.Min(1, count - 1) * stride, q2 = q + (long)Math.Min(2, count - 1) * stride, q3 = q + (long)Math.Min(3, count - 1) * stride;
+        var s00 = Vector512<float>.Zero; var s01 = s00; var s02 = s00; var s03 = s00;
+        var s10 = s00; var s11 = s00; var s12 = s00; var s13 = s00;
+        var s20 = s00; var s21 = s00; var s22 = s00; var s23 = s00;
+        var s30 = s00; var s31 = s00; var s32 = s00; var s33 = s00;
+        for (int d = 0; d < hd; d++, kt += BlockKeys)
+        {
+            var k0 = Vector512.Load(kt); var k1 = Vector512.Load(kt + 16); var k2 = Vector512.Load(kt + 32); var k3 = Vector512.Load(kt + 48);
+            var a = Vector512.Create(q0[d]);
+            s00 = Vector512.FusedMultiplyAdd(a, k0, s00); s01 = Vector512.FusedMultiplyAdd(a, k1, s01);
+            s02 = Vector512.FusedMultiplyAdd(a, k2, s02); s03 = Vector512.FusedMultiplyAdd(a, k3, s03);
+            a = Vector512.Create(q1[d]);
+            s10 = Vector512.FusedMultiplyAdd(a, k0, s10); s11 = Vector512.FusedMultiplyAdd(a, k1, s11);
+            s12 = Vector512.FusedMultiplyAdd(a, k2, s12); s13 = Vector512.FusedMultiplyAdd(a, k3, s13);
+            a = Vector512.Create(q2[d]);
+            s20 = Vector512.FusedMultiplyAdd(a, k0, s20); s21 = Vector512.FusedMultiplyAdd(a, k1, s21);
+            s22 = Vector512.FusedMultiplyAdd(a, k2, s22); s23 = Vector512.FusedMultiplyAdd(a, k3, s23);
+            a = Vector512.Create(q3[d]);
+            s30 = Vector512.FusedMultiplyAdd(a, k0, s30); s31 = Vector512.FusedMultiplyAdd(a, k1, s31);
+            s32 = Vector512.FusedMultiplyAdd(a, k2, s32); s33 = Vector512.FusedMultiplyAdd(a, k3, s33);
+        }
+        var f = Vector512.Create(scale);
+        (s00 * f).Store(s); (s01 * f).Store(s + 16); (s02 * f).Store(s + 32); (s03 * f).Store(s + 48);
+        s += BlockKeys;
+        (s10 * f).Store(s); (s11 * f).Store(s + 16); (s12 * f).Store(s + 32); (s13 * f).Store(s + 48);
+        s += BlockKeys;
+        (s20 * f).Store(s); (s21 * f).Store(s + 16); (s22 * f).Store(s + 32); (s23 * f).Store(s + 48);
+        s += BlockKeys;
+        (s30 * f).Store(s); (s31 * f).Store(s + 16); (s32 * f).Store(s + 32); (s33 * f).Store(s + 48);
+    }
+
+    /// <summary>
+    /// acc[r, 0..hd) += Σ_j p[r, j] · v[j, 0..hd) for four rows at once (AVX-512): each vector of v is loaded once
+    /// for the four rows. Rows past count repeat the last row's weights into unused slots of acc.
+    /// </summary>
+    static unsafe void WeightedValues4(float* p, int count, int nk, float* values, int stride, int hd, float* acc)
+    {
+        float* p0 = p, p1 = p + Math.Min(1, count - 1) * BlockKeys, p2 = p + Math.Min(2, count - 1) * BlockKeys, p3 = p + Math.Min(3, count - 1) * BlockKeys;
+        float* a0 = acc, a1 = a0 + hd, a2 = a1 + hd, a3 = a2 + hd;
+        int d = 0;
+        for (; d <= hd - 32; d += 32)
+        {
+            var c00 = Vector512.Load(a0 + d); var c01 = Vector512.Load(a0 + d + 16);
+            var c10 = Vector512.Load(a1 + d); var c11 = Vector512.Load(a1 + d + 16);
+            var c20 = Vector512.Load(a2 + d); var c21 = Vector512.Load(a2 + d + 16);
+            var c30 = Vector512.Load(a3 + d); var c31 = Vector512.Load(a3 + d + 16);
+            float* vj = values + d;
+            for (int j = 0; j < nk; j++, vj += stride)
+            {
+                var v0 = Vector512.Load(vj); var v1 = Vector512.Load(vj + 16);
+                var w = Vector512.Create(p0[j]);
+                c00 = Vector512.FusedMultiplyAdd(w, v0, c00); c01 = Vector512.FusedMultiplyAdd(w, v1, c01);
+                w = Vector512.Create(p1[j]);
+                c10 = Vector512.FusedMultiplyAdd(w, v0, c10); c11 = Vector512.FusedMultiplyAdd(w, v1, c11);
+                w = Vector512.Create(p2[j]);
+                c20 = Vector512.FusedMultiplyAdd(w, v0, c20); c21 = Vector512.FusedMultiplyAdd(w, v1, c21);
+                w = Vector512.Create(p3[j]);
+                c30 = Vector512.FusedMultiplyAdd(w, v0, c30); c31 = Vector512.FusedMultiplyAdd(w, v1, c31);
+            }
+            c00.Store(a0 + d); c01.Store(a0 + d + 16);
+            c10.Store(a1 + d); c11.Store(a1 + d + 16);
+            c20.Store(a2 + d); c21.Store(a2 + d + 16);
+            c30.Store(a3 + d); c31.Store(a3 + d + 16);
+        }
+        for (; d <= hd - 16; d += 16)
+        {
+            var c0 = Vector512.Load(a0 + d); var c1 = Vector512.Load(a1 + d); var c2 = Vector512.Load(a2 + d); var c3 = Vector512.Load(a3 + d);
+            float* vj = values + d;
+            for (int j = 0; j < nk; j++, vj += stride)
+            {
+                var v0 = Vector512.Load(vj);
+                c0 = Vector512.FusedMultiplyAdd(Vector512.Create(p0[j]), v0, c0);
+                c1 = Vector512.FusedMultiplyAdd(Vector512.Create(p1[j]), v0, c1);
+                c2 = Vector512.FusedMultiplyAdd(Vector512.Create(p2[j]), v0, c2);
+                c3 = Vector512.FusedMultiplyAdd(Vector512.Create(p3[j]), v0, c3);
+            }
+            c0.Store(a0 + d); c1.Store(a1 + d); c2.Store(a2 + d); c3.Store(a3 + d);
+        }
+        for (; d < hd; d++)
+        {
+            float* vj = values + d;
+            float c0 = a0[d], c1 = a1[d], c2 = a2[d], c3 = a3[d];
+            for (int j = 0; j < nk; j++, vj += stride)
+            {
+                float vv = *vj;
+                c0 += p0[j] * vv; c1 += p1[j] * vv; c2 += p2[j] * vv; c3 += p3[j] * vv;
+            }
+            a0[d] = c0; a1[d] = c1; a2[d] = c2; a3[d] = c3;
+        }
     }
 
     /// <summary>acc[0..hd) += Σ_j p[j] · v[j, 0..hd) over the keys of the block, skipping zero weights.</summary>

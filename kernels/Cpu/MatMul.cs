@@ -16,9 +16,9 @@ namespace DiffuSharp.Kernels.Cpu;
 /// </para>
 /// <para>
 /// The work is split between cores in one piece per core along the longer of M and N; each piece packs its
-/// own panels, so the threads never wait on each other. Products with very few rows (decoding, one token
-/// per sequence) are memory-bound on w and skip the packing: Forward streams rows of w against broadcast x,
-/// ForwardTransposed takes dot products of x rows with w rows.
+/// own panels, so the threads never wait on each other. Products with few rows skip the packing: Forward with
+/// a handful of rows (decoding) is bound by reading w and streams its rows against broadcast x values;
+/// ForwardTransposed with fewer than DotRowsLimit rows takes 4 × 4 blocks of dot products of x rows with w rows.
 /// </para>
 /// </summary>
 public static class MatMul
@@ -29,8 +29,13 @@ public static class MatMul
     const int KC = 256;
     /// <summary>Columns of one packed block of w: KC × NC floats = 512 KiB, half of a core's L2.</summary>
     const int NC = 512;
-    /// <summary>Below this many rows the packing costs more than it saves.</summary>
+    /// <summary>Forward with at most this many rows streams w unpacked (measured: packing wins from 6 rows).</summary>
     const int SmallRows = 4;
+    /// <summary>
+    /// ForwardTransposed with fewer rows takes dot products on w as stored: transposing w into panels is paid once
+    /// per call and only wins back its cost over many rows (measured crossover about 192 rows, K = 768).
+    /// </summary>
+    const int DotRowsLimit = 192;
 
     /// <summary>Columns of the micro-kernel tile: two vectors (32 with AVX-512, 16 with AVX2).</summary>
     static readonly int NR = Vector512.IsHardwareAccelerated ? 32 : 16;
@@ -60,29 +65,28 @@ public static class MatMul
             long flops = 2L * m * n * k;
             int threads = flops < (1 << 20) ? 1 : Environment.ProcessorCount;
 
-            if (m <= SmallRows)
+            if (!transposed && m <= SmallRows)
             {
-                int step = transposed ? 4 : 16;
-                int pieces = Math.Max(1, Math.Min(threads, n / (4 * step)));
-                int width = (n + pieces - 1) / pieces;
-                width = (width + step - 1) / step * step;
+                var (pieces, width) = Split(n, 64, threads);
+                ForPieces(pieces, piece => StreamRows(xx, xw, xb, xo, m, k, n, piece * width, Math.Min(n, (piece + 1) * width)));
+                return;
+            }
+            if (transposed && m < DotRowsLimit)
+            {
+                bool byRows = n < 16 * threads && m >= 8 * threads;
+                var (pieces, width) = Split(byRows ? m : n, 4, threads);
                 ForPieces(pieces, piece =>
                 {
-                    int j0 = piece * width, j1 = Math.Min(n, j0 + width);
-                    if (j0 >= j1) return;
-                    if (transposed) DotRows(xx, xw, xb, xo, m, k, n, j0, j1);
-                    else StreamRows(xx, xw, xb, xo, m, k, n, j0, j1);
+                    int s0 = piece * width, s1 = Math.Min(byRows ? m : n, s0 + width);
+                    if (byRows) DotRows(xx, xw, xb, xo, s0, s1, k, n, 0, n);
+                    else DotRows(xx, xw, xb, xo, 0, m, k, n, s0, s1);
                 });
                 return;
             }
 
-            int nr = NR;
             bool splitRows = m >= n;
-            int unit = splitRows ? MR : nr;
             int extent = splitRows ? m : n;
-            int count = Math.Max(1, Math.Min(threads, (extent + unit - 1) / unit));
-            int size = ((extent + count - 1) / count + unit - 1) / unit * unit;
-            count = (extent + size - 1) / size;
+            var (count, size) = Split(extent, splitRows ? MR : NR, threads);
             ForPieces(count, piece =>
             {
                 int s0 = piece * size, s1 = Math.Min(extent, s0 + size);
@@ -90,6 +94,18 @@ public static class MatMul
                 else Blocked(xx, xw, xb, xo, m, k, n, 0, m, s0, s1, transposed);
             });
         }
+    }
+
+    /// <summary>
+    /// Cuts [0, extent) into at most `threads` pieces whose width is a multiple of unit (the last may be short)
+    /// and at least 4 units, so that no piece is too thin to be worth a thread.
+    /// </summary>
+    static (int Pieces, int Width) Split(int extent, int unit, int threads)
+    {
+        int units = (extent + unit - 1) / unit;
+        int pieces = Math.Max(1, Math.Min(threads, units / 4));
+        int width = (units + pieces - 1) / pieces * unit;
+        return ((extent + width - 1) / width, width);
     }
 
     static void ForPieces(int count, Action<int> body)
@@ -359,19 +375,19 @@ public static class MatMul
     }
 
     /// <summary>
-    /// Few rows, w [N, K]: output[i, j] = bias[j] + x[i, :] · w[j, :] for j in [j0, j1). Blocks of four rows of x
+    /// Few rows, w [N, K]: output[i, j] = bias[j] + x[i, :] · w[j, :] for i in [i0, i1), j in [j0, j1). Blocks of four rows of x
     /// by four rows of w keep sixteen vector accumulators along K (eight loads feed sixteen FMAs), then take one
     /// horizontal sum per output. Rows past the edge repeat the last row and are not stored.
     /// </summary>
-    static unsafe void DotRows(float* x, float* w, float* bias, float* o, int m, int k, int n, int j0, int j1)
+    static unsafe void DotRows(float* x, float* w, float* bias, float* o, int i0, int i1, int k, int n, int j0, int j1)
     {
         float* sums = stackalloc float[16];
         for (int j = j0; j < j1; j += 4)
         {
             int wRows = Math.Min(4, j1 - j);
-            for (int i = 0; i < m; i += 4)
+            for (int i = i0; i < i1; i += 4)
             {
-                int xRows = Math.Min(4, m - i);
+                int xRows = Math.Min(4, i1 - i);
                 DotBlock(x + (long)i * k, xRows, w + (long)j * k, wRows, k, sums);
                 for (int r = 0; r < xRows; r++)
                 {

@@ -110,4 +110,17 @@ public sealed class Gpt2LoadingTests
             Assert.That(() => model.Forward(new int[model.Config.Positions + 1], act, AttentionMaskMode.Causal),
                 Throws.TypeOf<DiffuException>().With.Message.Contains("positions"));
     }
+
+    [Test]
+    public void DecodingStepsReuseBuffersFromThePool()
+    {
+        int[] prompt = [128, 135, 233, 190, 447];
+        using var device = new CpuDevice();
+        using var model = Gpt2Model.Load(Fixture, device);
+        var decoder = new ArDecoder(model);
+        decoder.Generate(prompt, 12, temperature: 0.8f, seed: 1);
+        long before = device.Pool.FreshAllocations;
+        decoder.Generate(prompt, 12, temperature: 0.8f, seed: 2);
+        Assert.That(device.Pool.FreshAllocations, Is.EqualTo(before), "a second generation of the same length must allocate nothing new");
+    }
 }
