@@ -78,6 +78,15 @@ public sealed class CliTests
         Assert.That(Run(args).Out, Is.EqualTo(Run(args).Out));
     }
 
+    [Test]
+    public void BenchReportsMatmulThroughputForBothLayouts()
+    {
+        var (code, output, err) = Run("bench", "--shapes", "33x17x65", "--repeat", "2", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(output, Does.Contain("33 x 17 x 65").And.Contain("[K, N]").And.Contain("[N, K]").And.Contain("GFLOP/s"));
+        Assert.That(Run("bench", "--shapes", "33x17", "--device", "cpu").Code, Is.EqualTo(2));
+    }
+
     [TestCase("info")]
     [TestCase("logits", "--model", "x")]
     [TestCase("generate", "--model", "x", "--prompt", "hi", "--ar", "--max-new", "many")]

@@ -50,7 +50,7 @@ static class BenchCommand
                 Action op = transposed ? () => device.MatMulTransposed(x, w, null, output) : () => device.MatMul(x, w, null, output);
                 var (best, median) = Time(device, op, repeat);
                 double gflops = 2.0 * m * k * n / best / 1e9;
-                table.AddRow($"{m} x {k} x {n}", transposed ? "[N, K] (x·wᵀ)" : "[K, N] (x·w)", (best * 1e3).ToString("F3"),
+                table.AddRow($"{m} x {k} x {n}", Markup.Escape(transposed ? "[N, K] (x·wᵀ)" : "[K, N] (x·w)"), (best * 1e3).ToString("F3"),
                     (median * 1e3).ToString("F3"), gflops.ToString("F1"));
             }
         }
