@@ -47,6 +47,12 @@ public sealed class CpuDevice : Device
 
     protected override void FillCore(Tensor t, float value) => F32(t).Fill(value);
 
+    protected override void UniformCore(Tensor t, ulong seed, ulong stream)
+    {
+        var data = F32(t);
+        for (int i = 0; i < data.Length; i++) data[i] = Philox.Uniform(seed, stream, (ulong)i);
+    }
+
     protected override void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns)
     {
         var s = F32(src);

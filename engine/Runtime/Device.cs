@@ -94,6 +94,12 @@ public abstract class Device : IDisposable
     public void Fill(Tensor t, float value) { Require(t, DType.F32, nameof(t)); FillCore(t, value); }
 
     /// <summary>
+    /// Fills an F32 tensor with uniforms in [0, 1): element i is <see cref="Philox.Uniform"/>(seed, stream, i),
+    /// bit-identical on every device, so masks and noise drawn on a GPU equal those drawn on the CPU.
+    /// </summary>
+    public void Uniform(Tensor t, ulong seed, ulong stream) { Require(t, DType.F32, nameof(t)); UniformCore(t, seed, stream); }
+
+    /// <summary>
     /// Copies <paramref name="rows"/> rows of <paramref name="columns"/> floats from src (starting at
     /// srcOffset, rows srcStride apart) to dst (dstOffset, dstStride apart). Used to write a KV cache.
     /// </summary>
@@ -217,6 +223,7 @@ public abstract class Device : IDisposable
     }
 
     protected abstract void FillCore(Tensor t, float value);
+    protected abstract void UniformCore(Tensor t, ulong seed, ulong stream);
     protected abstract void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns);
     protected abstract void EmbeddingCore(Tensor ids, Tensor wte, Tensor wpe, Tensor output, int positionOffset);
     protected abstract void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps);

@@ -221,6 +221,8 @@ public sealed class IlgpuDevice : Device
 
     protected override void FillCore(Tensor t, float value) => kernels.Fill(F32(t), value);
 
+    protected override void UniformCore(Tensor t, ulong seed, ulong stream) => kernels.Uniform(F32(t), seed, stream);
+
     protected override void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns) =>
         kernels.CopyRows(F32(src).SubView(srcOffset), srcStride, F32(dst).SubView(dstOffset), dstStride, rows, columns);
 

@@ -21,6 +21,13 @@ static class ElementwiseKernels
             data[i] = value;
     }
 
+    /// <summary>data[i] = the i-th uniform of the Philox (seed, stream) sequence, as on every device.</summary>
+    internal static void Uniform(ArrayView<float> data, ulong seed, ulong stream)
+    {
+        for (long i = FirstIndex; i < data.Length; i += GridStride)
+            data[i] = Philox.Uniform(seed, stream, (ulong)i);
+    }
+
     internal static void CopyRows(ArrayView<float> src, int srcStride, ArrayView<float> dst, int dstStride, int rows, int columns)
     {
         long total = (long)rows * columns;

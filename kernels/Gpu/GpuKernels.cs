@@ -25,6 +25,7 @@ public sealed class GpuKernels : IDisposable
     readonly MemoryBuffer1D<byte, Stride1D.Dense> noBytes;
 
     Action<KernelConfig, ArrayView<float>, float>? fill;
+    Action<KernelConfig, ArrayView<float>, ulong, ulong>? uniform;
     Action<KernelConfig, ArrayView<float>, int, ArrayView<float>, int, int, int>? copyRows;
     Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? embedding;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>>? gelu;
@@ -60,6 +61,10 @@ public sealed class GpuKernels : IDisposable
 
     public void Fill(ArrayView<float> data, float value) =>
         (fill ??= accelerator.LoadStreamKernel<ArrayView<float>, float>(ElementwiseKernels.Fill))(Flat(data.Length), data, value);
+
+    /// <summary>data[i] = Philox.Uniform(seed, stream, i).</summary>
+    public void Uniform(ArrayView<float> data, ulong seed, ulong stream) =>
+        (uniform ??= accelerator.LoadStreamKernel<ArrayView<float>, ulong, ulong>(ElementwiseKernels.Uniform))(Flat(data.Length), data, seed, stream);
 
     /// <summary>Row r of src (r * srcStride) goes to row r of dst (r * dstStride); both views start at row 0.</summary>
     public void CopyRows(ArrayView<float> src, int srcStride, ArrayView<float> dst, int dstStride, int rows, int columns) =>
