@@ -10,32 +10,147 @@ public sealed class Gpt2Block
     public required Tensor Ln1Weight, Ln1Bias, AttnWeight, AttnBias, AttnProjWeight, AttnProjBias;
     public required Tensor Ln2Weight, Ln2Bias, FcWeight, FcBias, FcProjWeight, FcProjBias;
 
-    public IEnumerable<Tensor> Parameters =>
-        [Ln1Weight, Ln1Bias, AttnWeight, AttnBias, AttnProjWeight, AttnProjBias, Ln2Weight, Ln2Bias, FcWeight, FcBias, FcProjWeight, FcProjBias];
+    /// <summary>The block's tensors under their HF names relative to `h.{i}.`.</summary>
+    public IEnumerable<(string Name, Tensor Tensor)> Named()
+    {
+        yield return ("ln_1.weight", Ln1Weight);
+        yield return ("ln_1.bias", Ln1Bias);
+        yield return ("attn.c_attn.weight", AttnWeight);
+        yield return ("attn.c_attn.bias", AttnBias);
+        yield return ("attn.c_proj.weight", AttnProjWeight);
+        yield return ("attn.c_proj.bias", AttnProjBias);
+        yield return ("ln_2.weight", Ln2Weight);
+        yield return ("ln_2.bias", Ln2Bias);
+        yield return ("mlp.c_fc.weight", FcWeight);
+        yield return ("mlp.c_fc.bias", FcBias);
+        yield return ("mlp.c_proj.weight", FcProjWeight);
+        yield return ("mlp.c_proj.bias", FcProjBias);
+    }
+}
+
+/// <summary>
+/// A full set of GPT-2 tensors: the parameters of a model, or a same-shaped set for their gradients or
+/// optimizer moments. Names are HF GPT2LMHeadModel's.
+/// </summary>
+public sealed class Gpt2Weights : IDisposable
+{
+    public required Tensor Wte, Wpe, LnfWeight, LnfBias;
+    public required Gpt2Block[] Blocks;
+
+    /// <summary>The untied output head [V, C]; null when the head is tied to <see cref="Wte"/>.</summary>
+    public Tensor? LmHead;
+
+    /// <summary>The element shape of every tensor of a GPT-2 with this config, by HF name, in checkpoint order.</summary>
+    public static IEnumerable<(string Name, int[] Shape)> Shapes(Gpt2Config config)
+    {
+        int c = config.Channels;
+        yield return ("transformer.wte.weight", [config.VocabSize, c]);
+        yield return ("transformer.wpe.weight", [config.Positions, c]);
+        for (int i = 0; i < config.Layers; i++)
+        {
+            string p = $"transformer.h.{i}.";
+            yield return (p + "ln_1.weight", [c]);
+            yield return (p + "ln_1.bias", [c]);
+            yield return (p + "attn.c_attn.weight", [c, 3 * c]);
+            yield return (p + "attn.c_attn.bias", [3 * c]);
+            yield return (p + "attn.c_proj.weight", [c, c]);
+            yield return (p + "attn.c_proj.bias", [c]);
+            yield return (p + "ln_2.weight", [c]);
+            yield return (p + "ln_2.bias", [c]);
+            yield return (p + "mlp.c_fc.weight", [c, 4 * c]);
+            yield return (p + "mlp.c_fc.bias", [4 * c]);
+            yield return (p + "mlp.c_proj.weight", [4 * c, c]);
+            yield return (p + "mlp.c_proj.bias", [c]);
+        }
+        yield return ("transformer.ln_f.weight", [c]);
+        yield return ("transformer.ln_f.bias", [c]);
+        if (!config.TieWordEmbeddings) yield return ("lm_head.weight", [config.VocabSize, c]);
+    }
+
+    /// <summary>Builds a set from one tensor per name of <see cref="Shapes"/>, in that order.</summary>
+    public static Gpt2Weights Create(Gpt2Config config, Func<string, int[], Tensor> make)
+    {
+        var made = new List<Tensor>();
+        try
+        {
+            var tensors = new Dictionary<string, Tensor>();
+            foreach (var (name, shape) in Shapes(config))
+            {
+                var t = make(name, shape);
+                made.Add(t);
+                tensors[name] = t;
+            }
+            var blocks = new Gpt2Block[config.Layers];
+            for (int i = 0; i < config.Layers; i++)
+            {
+                Tensor B(string n) => tensors[$"transformer.h.{i}.{n}"];
+                blocks[i] = new Gpt2Block
+                {
+                    Ln1Weight = B("ln_1.weight"), Ln1Bias = B("ln_1.bias"),
+                    AttnWeight = B("attn.c_attn.weight"), AttnBias = B("attn.c_attn.bias"),
+                    AttnProjWeight = B("attn.c_proj.weight"), AttnProjBias = B("attn.c_proj.bias"),
+                    Ln2Weight = B("ln_2.weight"), Ln2Bias = B("ln_2.bias"),
+                    FcWeight = B("mlp.c_fc.weight"), FcBias = B("mlp.c_fc.bias"),
+                    FcProjWeight = B("mlp.c_proj.weight"), FcProjBias = B("mlp.c_proj.bias"),
+                };
+            }
+            return new Gpt2Weights
+            {
+                Wte = tensors["transformer.wte.weight"], Wpe = tensors["transformer.wpe.weight"], Blocks = blocks,
+                LnfWeight = tensors["transformer.ln_f.weight"], LnfBias = tensors["transformer.ln_f.bias"],
+                LmHead = tensors.GetValueOrDefault("lm_head.weight"),
+            };
+        }
+        catch
+        {
+            foreach (var t in made) t.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A zero-filled set on <paramref name="device"/> (gradients, optimizer moments).</summary>
+    public static Gpt2Weights Zeros(Gpt2Config config, Device device) =>
+        Create(config, (_, shape) => device.Zeros(DType.F32, shape));
+
+    /// <summary>Every tensor under its HF name, in checkpoint order.</summary>
+    public IEnumerable<(string Name, Tensor Tensor)> Named()
+    {
+        yield return ("transformer.wte.weight", Wte);
+        yield return ("transformer.wpe.weight", Wpe);
+        for (int i = 0; i < Blocks.Length; i++)
+            foreach (var (n, t) in Blocks[i].Named()) yield return ($"transformer.h.{i}.{n}", t);
+        yield return ("transformer.ln_f.weight", LnfWeight);
+        yield return ("transformer.ln_f.bias", LnfBias);
+        if (LmHead is not null) yield return ("lm_head.weight", LmHead);
+    }
+
+    public void Dispose()
+    {
+        foreach (var (_, t) in Named()) t.Dispose();
+    }
 }
 
 /// <summary>
 /// GPT-2 (and DiffuGPT, which is the same network without a causal mask): token + position embedding,
 /// pre-LN blocks of attention and a tanh-GELU MLP, a final LayerNorm and the head tied to the token
 /// embedding. Every op goes through <see cref="Runtime.Device"/>, so the same code runs on every device.
+/// The forward pass fills a <see cref="Gpt2Activations"/>; the backward pass walks it in reverse.
 /// </summary>
 public sealed class Gpt2Model : IDisposable
 {
-    Gpt2Model(Gpt2Config config, Device device, Tensor wte, Tensor wpe, Gpt2Block[] blocks, Tensor lnfWeight, Tensor lnfBias, Tensor lmHead)
+    public Gpt2Model(Gpt2Config config, Device device, Gpt2Weights weights)
     {
-        Config = config; Device = device; Wte = wte; Wpe = wpe; Blocks = blocks; LnfWeight = lnfWeight; LnfBias = lnfBias; LmHead = lmHead;
+        if (config.TieWordEmbeddings != (weights.LmHead is null))
+            throw new ArgumentException("the weights' head does not match tie_word_embeddings");
+        Config = config; Device = device; Weights = weights;
     }
 
     public Gpt2Config Config { get; }
     public Device Device { get; }
-    public Tensor Wte { get; }
-    public Tensor Wpe { get; }
-    public Gpt2Block[] Blocks { get; }
-    public Tensor LnfWeight { get; }
-    public Tensor LnfBias { get; }
+    public Gpt2Weights Weights { get; }
 
-    /// <summary>The output projection [V, C]: the same tensor as <see cref="Wte"/> when embeddings are tied.</summary>
-    public Tensor LmHead { get; }
+    /// <summary>The output projection [V, C]: the token embedding when embeddings are tied.</summary>
+    public Tensor LmHead => Weights.LmHead ?? Weights.Wte;
 
     /// <summary>Loads config.json and the safetensors weights (single file or sharded) of a model folder.</summary>
     public static Gpt2Model Load(string directory, Device device)
@@ -49,57 +164,36 @@ public sealed class Gpt2Model : IDisposable
     public static Gpt2Model FromCheckpoint(Gpt2Config config, SafeTensorCheckpoint checkpoint, Device device)
     {
         var names = new Gpt2WeightNames(checkpoint);
-        int c = config.Channels, v = config.VocabSize;
-        var loaded = new List<Tensor>();
-        Tensor Load(string name, params int[] shape)
+        if (!config.TieWordEmbeddings && !checkpoint.Contains("lm_head.weight"))
+            throw new DiffuException($"{names.Source}: tie_word_embeddings is false but there is no 'lm_head.weight'");
+        var weights = Gpt2Weights.Create(config, (hfName, shape) =>
         {
+            string name = names.Resolve(hfName);
             var info = checkpoint.Info(name);
             if (!info.Shape.AsSpan().SequenceEqual(shape))
                 throw new DiffuException($"{names.Source}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", shape)}]");
-            var t = device.FromArray(checkpoint.ReadFloat32(name), shape);
-            loaded.Add(t);
-            return t;
-        }
-        try
+            return device.FromArray(checkpoint.ReadFloat32(name), shape);
+        });
+        return new Gpt2Model(config, device, weights);
+    }
+
+    /// <summary>
+    /// A freshly initialised GPT-2 (GPT-2's scheme: weights N(0, 0.02), the residual projections scaled by
+    /// 1/sqrt(2 · layers), biases 0, LayerNorm weights 1), drawn from the Philox stream of <paramref name="seed"/>.
+    /// </summary>
+    public static Gpt2Model CreateRandom(Gpt2Config config, Device device, ulong seed)
+    {
+        ulong stream = 0;
+        var weights = Gpt2Weights.Create(config, (name, shape) =>
         {
-            var wte = Load(names.TokenEmbedding, v, c);
-            var wpe = Load(names.Body("wpe.weight"), config.Positions, c);
-            var blocks = new Gpt2Block[config.Layers];
-            for (int i = 0; i < config.Layers; i++)
-            {
-                string p = $"h.{i}.";
-                blocks[i] = new Gpt2Block
-                {
-                    Ln1Weight = Load(names.Body(p + "ln_1.weight"), c),
-                    Ln1Bias = Load(names.Body(p + "ln_1.bias"), c),
-                    AttnWeight = Load(names.Body(p + "attn.c_attn.weight"), c, 3 * c),
-                    AttnBias = Load(names.Body(p + "attn.c_attn.bias"), 3 * c),
-                    AttnProjWeight = Load(names.Body(p + "attn.c_proj.weight"), c, c),
-                    AttnProjBias = Load(names.Body(p + "attn.c_proj.bias"), c),
-                    Ln2Weight = Load(names.Body(p + "ln_2.weight"), c),
-                    Ln2Bias = Load(names.Body(p + "ln_2.bias"), c),
-                    FcWeight = Load(names.Body(p + "mlp.c_fc.weight"), c, 4 * c),
-                    FcBias = Load(names.Body(p + "mlp.c_fc.bias"), 4 * c),
-                    FcProjWeight = Load(names.Body(p + "mlp.c_proj.weight"), 4 * c, c),
-                    FcProjBias = Load(names.Body(p + "mlp.c_proj.bias"), c),
-                };
-            }
-            var lnfW = Load(names.Body("ln_f.weight"), c);
-            var lnfB = Load(names.Body("ln_f.bias"), c);
-            Tensor head = wte;
-            if (!config.TieWordEmbeddings)
-            {
-                if (!checkpoint.Contains("lm_head.weight"))
-                    throw new DiffuException($"{names.Source}: tie_word_embeddings is false but there is no 'lm_head.weight'");
-                head = Load("lm_head.weight", v, c);
-            }
-            return new Gpt2Model(config, device, wte, wpe, blocks, lnfW, lnfB, head);
-        }
-        catch
-        {
-            foreach (var t in loaded) t.Dispose();
-            throw;
-        }
+            var values = new float[Tensor.Product(shape)];
+            stream++;
+            if (name.Contains(".ln_") && name.EndsWith(".weight")) Array.Fill(values, 1f);
+            else if (!name.EndsWith(".bias"))
+                Gaussian.Fill(values, name.EndsWith("c_proj.weight") ? 0.02f / MathF.Sqrt(2 * config.Layers) : 0.02f, seed, stream);
+            return device.FromArray(values, shape);
+        });
+        return new Gpt2Model(config, device, weights);
     }
 
     /// <summary>Activation buffers for a (batch, length); keeps every layer's buffers when training needs them.</summary>
@@ -127,12 +221,13 @@ public sealed class Gpt2Model : IDisposable
             throw new ArgumentException("a KV cache is only meaningful for causal attention");
 
         var d = Device;
+        var W = Weights;
         d.Upload(act.Ids, 0, ids);
-        d.Embedding(act.Ids, Wte, Wpe, act.Encoded, offset);
+        d.Embedding(act.Ids, W.Wte, W.Wpe, act.Encoded, offset);
         var residual = act.Encoded;
-        for (int l = 0; l < Blocks.Length; l++)
+        for (int l = 0; l < W.Blocks.Length; l++)
         {
-            var w = Blocks[l];
+            var w = W.Blocks[l];
             var a = act.Layer(l);
             d.LayerNorm(residual, w.Ln1Weight, w.Ln1Bias, a.Ln1, a.Ln1Mean, a.Ln1Rstd, Config.LayerNormEpsilon);
             d.MatMul(a.Ln1, w.AttnWeight, w.AttnBias, a.Qkv);
@@ -163,7 +258,7 @@ public sealed class Gpt2Model : IDisposable
             d.Add(a.Residual2, a.FcProj, a.Residual3);
             residual = a.Residual3;
         }
-        d.LayerNorm(residual, LnfWeight, LnfBias, act.LnF, act.LnFMean, act.LnFRstd, Config.LayerNormEpsilon);
+        d.LayerNorm(residual, W.LnfWeight, W.LnfBias, act.LnF, act.LnFMean, act.LnFRstd, Config.LayerNormEpsilon);
         if (act.Logits is not null)
             d.MatMulTransposed(act.LnF, LmHead, null, act.Logits);
         else
@@ -174,36 +269,58 @@ public sealed class Gpt2Model : IDisposable
         if (cache is not null) cache.Length = offset + t;
     }
 
-    public IEnumerable<(string Name, Tensor Tensor)> NamedParameters()
+    /// <summary>
+    /// Backpropagates from act.Logits, which must already hold dLoss/dLogits (e.g. written in place by
+    /// <see cref="Device.CrossEntropy"/>), through the network of the forward call that filled
+    /// <paramref name="act"/> (made with keepAllLayers, same mode and allow-mask). Adds the parameter
+    /// gradients into <paramref name="grads"/>, so micro-batches accumulate.
+    /// </summary>
+    public void Backward(Gpt2Activations act, Gpt2Weights grads, AttentionMaskMode mode, Tensor? allow = null)
     {
-        yield return ("transformer.wte.weight", Wte);
-        yield return ("transformer.wpe.weight", Wpe);
-        for (int i = 0; i < Blocks.Length; i++)
+        if (!act.KeepsAllLayers || act.Logits is null)
+            throw new ArgumentException("backward needs activations made with keepAllLayers and full logits");
+        int b = act.Batch, t = act.Length, c = Config.Channels;
+        var d = Device;
+        var W = Weights;
+        using var dLn = d.Allocate(DType.F32, b, t, c);
+        using var dResidual = d.Zeros(DType.F32, b, t, c);
+        using var dQkv = d.Allocate(DType.F32, b, t, 3 * c);
+        using var dAtt = d.Allocate(DType.F32, b, t, c);
+        using var dFc = d.Allocate(DType.F32, b, t, 4 * c);
+        using var dFcGelu = d.Allocate(DType.F32, b, t, 4 * c);
+
+        d.Fill(dLn, 0);
+        d.MatMulTransposedBackward(act.Logits, act.LnF, LmHead, dLn, grads.LmHead ?? grads.Wte, null);
+        var last = act.Layer(W.Blocks.Length - 1).Residual3;
+        d.LayerNormBackward(dLn, last, W.LnfWeight, act.LnFMean, act.LnFRstd, dResidual, grads.LnfWeight, grads.LnfBias);
+        var shape = AttentionShape.PackedSelfAttention(b, t, Config.Heads, Config.HeadDim);
+        for (int l = W.Blocks.Length - 1; l >= 0; l--)
         {
-            var w = Blocks[i];
-            string p = $"transformer.h.{i}.";
-            yield return (p + "ln_1.weight", w.Ln1Weight);
-            yield return (p + "ln_1.bias", w.Ln1Bias);
-            yield return (p + "attn.c_attn.weight", w.AttnWeight);
-            yield return (p + "attn.c_attn.bias", w.AttnBias);
-            yield return (p + "attn.c_proj.weight", w.AttnProjWeight);
-            yield return (p + "attn.c_proj.bias", w.AttnProjBias);
-            yield return (p + "ln_2.weight", w.Ln2Weight);
-            yield return (p + "ln_2.bias", w.Ln2Bias);
-            yield return (p + "mlp.c_fc.weight", w.FcWeight);
-            yield return (p + "mlp.c_fc.bias", w.FcBias);
-            yield return (p + "mlp.c_proj.weight", w.FcProjWeight);
-            yield return (p + "mlp.c_proj.bias", w.FcProjBias);
+            var w = W.Blocks[l];
+            var g = grads.Blocks[l];
+            var a = act.Layer(l);
+            var input = l == 0 ? act.Encoded : act.Layer(l - 1).Residual3;
+            // dResidual holds dLoss/dResidual3; the MLP branch and the skip both receive it.
+            d.Fill(dFcGelu, 0);
+            d.MatMulBackward(dResidual, a.FcGelu, w.FcProjWeight, dFcGelu, g.FcProjWeight, g.FcProjBias);
+            d.Fill(dFc, 0);
+            d.GeluBackward(a.Fc, dFcGelu, dFc);
+            d.Fill(dLn, 0);
+            d.MatMulBackward(dFc, a.Ln2, w.FcWeight, dLn, g.FcWeight, g.FcBias);
+            d.LayerNormBackward(dLn, a.Residual2, w.Ln2Weight, a.Ln2Mean, a.Ln2Rstd, dResidual, g.Ln2Weight, g.Ln2Bias);
+            // dResidual now holds dLoss/dResidual2; the attention branch and the skip both receive it.
+            d.Fill(dAtt, 0);
+            d.MatMulBackward(dResidual, a.Att, w.AttnProjWeight, dAtt, g.AttnProjWeight, g.AttnProjBias);
+            d.Fill(dQkv, 0);
+            d.AttentionBackward(a.Qkv, 0, a.Qkv, c, a.Qkv, 2 * c, a.Att, dAtt, a.AttLse!, dQkv, 0, dQkv, c, dQkv, 2 * c, shape, mode, allow);
+            d.Fill(dLn, 0);
+            d.MatMulBackward(dQkv, a.Ln1, w.AttnWeight, dLn, g.AttnWeight, g.AttnBias);
+            d.LayerNormBackward(dLn, input, w.Ln1Weight, a.Ln1Mean, a.Ln1Rstd, dResidual, g.Ln1Weight, g.Ln1Bias);
         }
-        yield return ("transformer.ln_f.weight", LnfWeight);
-        yield return ("transformer.ln_f.bias", LnfBias);
-        if (!ReferenceEquals(LmHead, Wte)) yield return ("lm_head.weight", LmHead);
+        d.EmbeddingBackward(act.Ids, dResidual, grads.Wte, grads.Wpe, 0);
     }
 
-    public void Dispose()
-    {
-        foreach (var (_, t) in NamedParameters()) t.Dispose();
-    }
+    public void Dispose() => Weights.Dispose();
 }
 
 /// <summary>
@@ -227,7 +344,12 @@ sealed class Gpt2WeightNames
 
     public string Source { get; }
     public string TokenEmbedding { get; }
-    public string Body(string name) => prefix + name;
+
+    /// <summary>The checkpoint's name for an HF GPT2LMHeadModel name.</summary>
+    public string Resolve(string hfName) =>
+        hfName == "transformer.wte.weight" ? TokenEmbedding
+        : hfName.StartsWith("transformer.", StringComparison.Ordinal) ? prefix + hfName["transformer.".Length..]
+        : hfName;
 }
 
 /// <summary>Per-layer activation buffers of one GPT-2 forward pass.</summary>
@@ -274,7 +396,7 @@ public sealed class Gpt2Activations : IDisposable
         if (batch <= 0 || length <= 0) throw new ArgumentException($"batch and length must be positive, got [{batch}, {length}]");
         var cfg = model.Config;
         var d = model.Device;
-        Batch = batch; Length = length;
+        Batch = batch; Length = length; KeepsAllLayers = keepAllLayers;
         int c = cfg.Channels;
         Ids = d.Allocate(DType.I32, batch, length);
         Encoded = d.Allocate(DType.F32, batch, length, c);
@@ -298,6 +420,7 @@ public sealed class Gpt2Activations : IDisposable
 
     public int Batch { get; }
     public int Length { get; }
+    public bool KeepsAllLayers { get; }
     public Tensor Ids { get; }
     public Tensor Encoded { get; }
     public Tensor LnF { get; }

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using DiffuSharp.IO;
 
 namespace DiffuSharp.Models;
@@ -38,6 +39,28 @@ public sealed record Gpt2Config(
             if (json.Bool(flag, false)) throw new ConfigException(path, $"unsupported option \"{flag}\": true");
         if (!json.Bool("scale_attn_weights", true)) throw new ConfigException(path, "unsupported option \"scale_attn_weights\": false");
         return new Gpt2Config(vocab, positions, channels, layers, heads, (float)eps, json.Bool("tie_word_embeddings", true));
+    }
+
+    /// <summary>An HF config.json for this config; <paramref name="extra"/> fields (e.g. mask_token_id) are added.</summary>
+    public JsonObject ToJson(IReadOnlyDictionary<string, JsonNode?>? extra = null)
+    {
+        var json = new JsonObject
+        {
+            ["model_type"] = "gpt2",
+            ["architectures"] = new JsonArray("GPT2LMHeadModel"),
+            ["vocab_size"] = VocabSize,
+            ["n_positions"] = Positions,
+            ["n_ctx"] = Positions,
+            ["n_embd"] = Channels,
+            ["n_layer"] = Layers,
+            ["n_head"] = Heads,
+            ["layer_norm_epsilon"] = LayerNormEpsilon,
+            ["activation_function"] = "gelu_new",
+            ["tie_word_embeddings"] = TieWordEmbeddings,
+        };
+        if (extra is not null)
+            foreach (var (k, v) in extra) json[k] = v?.DeepClone();
+        return json;
     }
 
     public long ParameterCount =>

@@ -84,4 +84,17 @@ public sealed class CpuDevice : Device
         Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow) =>
         Cpu.Attention.Forward(F32(q)[(int)qOffset..], F32(k)[(int)kOffset..], F32(v)[(int)vOffset..], F32(output),
             lse is null ? default : F32(lse), shape, mode, allow is null ? default : U8(allow));
+
+    protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset) => throw new NotImplementedException();
+    protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) => throw new NotImplementedException();
+    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) => throw new NotImplementedException();
+    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) => throw new NotImplementedException();
+    protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => throw new NotImplementedException();
+    protected override void AttentionBackwardCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
+        Tensor output, Tensor dOutput, Tensor lse, Tensor dq, long dqOffset, Tensor dk, long dkOffset, Tensor dv, long dvOffset,
+        AttentionShape shape, AttentionMaskMode mode, Tensor? allow) => throw new NotImplementedException();
+    protected override void CrossEntropyCore(Tensor logits, Tensor targets, Tensor weights, Tensor losses, Tensor dLogits, int rows, int vocab) => throw new NotImplementedException();
+    protected override void AdamWCore(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step) => throw new NotImplementedException();
+    protected override double SumOfSquaresCore(Tensor t) => throw new NotImplementedException();
+    protected override void ScaleCore(Tensor t, float factor) => throw new NotImplementedException();
 }

@@ -197,30 +197,134 @@ public abstract class Device : IDisposable
     public void Attention(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
         Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow)
     {
-        RequireF32(q, k, v, output);
-        shape.Validate();
-        long qSpan = (shape.Batch - 1) * shape.QueryBatchStride + (long)(shape.QueryLength - 1) * shape.QueryRowStride + shape.Heads * shape.HeadDim;
-        long kSpan = (shape.Batch - 1) * shape.KeyBatchStride + (long)(shape.KeyLength - 1) * shape.KeyRowStride + shape.KvHeads * shape.HeadDim;
-        CheckRange(q, DType.F32, qOffset, qSpan);
-        CheckRange(k, DType.F32, kOffset, kSpan);
-        CheckRange(v, DType.F32, vOffset, kSpan);
-        if (output.Length != (long)shape.Batch * shape.QueryLength * shape.Heads * shape.HeadDim)
-            throw new ArgumentException($"attention output {output.ShapeText} is not [B, Tq, H*D] for {shape}");
-        if (lse is not null)
-        {
-            Require(lse, DType.F32, nameof(lse));
-            if (lse.Length != (long)shape.Batch * shape.Heads * shape.QueryLength)
-                throw new ArgumentException($"attention lse {lse.ShapeText} is not [B, H, Tq]");
-        }
-        if (mode == AttentionMaskMode.Explicit)
-        {
-            if (allow is null) throw new ArgumentException("explicit attention mask mode needs an allow-mask");
-            Require(allow, DType.U8, nameof(allow));
-            if (shape.QueryOffset != 0 || shape.QueryLength != shape.KeyLength || allow.Length != (long)shape.KeyLength * shape.KeyLength)
-                throw new ArgumentException($"allow-mask {allow.ShapeText} must be [L, L] with L = query length = key length");
-        }
+        CheckAttention(q, qOffset, k, kOffset, v, vOffset, output, lse, shape, mode, allow);
         AttentionCore(q, qOffset, k, kOffset, v, vOffset, output, lse, shape, mode, mode == AttentionMaskMode.Explicit ? allow : null);
     }
+
+    // ---- backward ops: every one ACCUMULATES into its gradient outputs (+=); callers zero them ------
+
+    /// <summary>dWte[ids[b,t], :] += dOutput[b,t,:]; dWpe[positionOffset + t, :] += dOutput[b,t,:].</summary>
+    public void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset)
+    {
+        Require(ids, DType.I32, nameof(ids));
+        RequireF32(dOutput, dWte, dWpe);
+        if (ids.Rank != 2 || dWte.Columns != dWpe.Columns || dOutput.Length != ids.Length * dWte.Columns
+            || positionOffset < 0 || positionOffset + ids.Shape[1] > dWpe.Shape[0])
+            throw new ArgumentException($"embedding backward shapes disagree: ids {ids.ShapeText}, dOut {dOutput.ShapeText}, dWte {dWte.ShapeText}, dWpe {dWpe.ShapeText}, offset {positionOffset}");
+        EmbeddingBackwardCore(ids, dOutput, dWte, dWpe, positionOffset);
+    }
+
+    /// <summary>Backward of <see cref="LayerNorm"/> from the saved mean and rstd: dX, dWeight, dBias += .</summary>
+    public void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias)
+    {
+        RequireF32(dOutput, x, weight, mean, rstd, dX, dWeight, dBias);
+        int c = x.Columns;
+        if (dOutput.Length != x.Length || dX.Length != x.Length || weight.Length != c || dWeight.Length != c || dBias.Length != c
+            || mean.Length != x.Rows || rstd.Length != x.Rows)
+            throw new ArgumentException($"layernorm backward shapes disagree: x {x.ShapeText}, dOut {dOutput.ShapeText}, dX {dX.ShapeText}, w {weight.ShapeText}");
+        LayerNormBackwardCore(dOutput, x, weight, mean, rstd, dX, dWeight, dBias, (int)x.Rows, c);
+    }
+
+    /// <summary>Backward of <see cref="MatMul"/> (w [K, N]): dX += dOut·wᵀ, dW += xᵀ·dOut, dBias += Σ rows of dOut.</summary>
+    public void MatMulBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias)
+    {
+        RequireF32(dOutput, x, w, dX, dW);
+        if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
+        int k = w.Shape[0], n = w.Shape[1];
+        CheckMatMulBackward(dOutput, x, w, dX, dW, dBias, k, n);
+        MatMulBackwardCore(dOutput, x, w, dX, dW, dBias, (int)(x.Length / k), k, n);
+    }
+
+    /// <summary>Backward of <see cref="MatMulTransposed"/> (w [N, K]): dX += dOut·w, dW += dOutᵀ·x, dBias += Σ rows of dOut.</summary>
+    public void MatMulTransposedBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias)
+    {
+        RequireF32(dOutput, x, w, dX, dW);
+        if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
+        int n = w.Shape[0], k = w.Shape[1];
+        CheckMatMulBackward(dOutput, x, w, dX, dW, dBias, k, n);
+        MatMulTransposedBackwardCore(dOutput, x, w, dX, dW, dBias, (int)(x.Length / k), k, n);
+    }
+
+    /// <summary>dX += gelu'(x) · dOutput (tanh GELU).</summary>
+    public void GeluBackward(Tensor x, Tensor dOutput, Tensor dX)
+    {
+        RequireF32(x, dOutput, dX);
+        SameLength(x, dOutput); SameLength(x, dX);
+        GeluBackwardCore(x, dOutput, dX);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="Attention"/>, recomputing the probabilities from q, k and the saved lse
+    /// (flash-style, no [L, L] buffer): dq, dk, dv += , laid out with the same offsets' strides as q, k, v.
+    /// output and lse are those of the forward call; the query offset must be 0 (training).
+    /// </summary>
+    public void AttentionBackward(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
+        Tensor output, Tensor dOutput, Tensor lse, Tensor dq, long dqOffset, Tensor dk, long dkOffset, Tensor dv, long dvOffset,
+        AttentionShape shape, AttentionMaskMode mode, Tensor? allow)
+    {
+        RequireF32(output, dOutput, lse, dq, dk, dv);
+        CheckAttention(q, qOffset, k, kOffset, v, vOffset, output, lse, shape, mode, allow);
+        if (shape.QueryOffset != 0) throw new ArgumentException("attention backward needs query offset 0");
+        SameLength(output, dOutput);
+        long qSpan = AttentionQuerySpan(shape), kSpan = AttentionKeySpan(shape);
+        CheckRange(dq, DType.F32, dqOffset, qSpan);
+        CheckRange(dk, DType.F32, dkOffset, kSpan);
+        CheckRange(dv, DType.F32, dvOffset, kSpan);
+        AttentionBackwardCore(q, qOffset, k, kOffset, v, vOffset, output, dOutput, lse, dq, dqOffset, dk, dkOffset, dv, dvOffset,
+            shape, mode, mode == AttentionMaskMode.Explicit ? allow : null);
+    }
+
+    /// <summary>
+    /// Fused softmax + cross-entropy over rows of logits [R, V] with targets [R] (I32) and per-row weights
+    /// [R]: losses[r] = weights[r] · (logsumexp(logits[r]) − logits[r, targets[r]]) and
+    /// dLogits[r] = weights[r] · (softmax(logits[r]) − onehot(targets[r])) (written, not accumulated; may
+    /// alias logits). A row with weight 0 is ignored: loss 0, gradient 0, its target is not read.
+    /// </summary>
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor weights, Tensor losses, Tensor dLogits)
+    {
+        RequireF32(logits, weights, losses, dLogits);
+        Require(targets, DType.I32, nameof(targets));
+        long rows = logits.Rows;
+        if (targets.Length != rows || weights.Length != rows || losses.Length != rows || dLogits.Length != logits.Length)
+            throw new ArgumentException($"cross-entropy shapes disagree: logits {logits.ShapeText}, targets {targets.ShapeText}, weights {weights.ShapeText}, losses {losses.ShapeText}, dLogits {dLogits.ShapeText}");
+        CrossEntropyCore(logits, targets, weights, losses, dLogits, (int)rows, logits.Columns);
+    }
+
+    /// <summary>One AdamW update of param from grad, with moments m and v (all the same length).</summary>
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step)
+    {
+        RequireF32(param, grad, m, v);
+        SameLength(param, grad); SameLength(param, m); SameLength(param, v);
+        step.Validate();
+        AdamWCore(param, grad, m, v, step);
+    }
+
+    /// <summary>Σ t² over an F32 tensor, accumulated in double where the device can, returned to the host.</summary>
+    public double SumOfSquares(Tensor t)
+    {
+        RequireF32(t);
+        return SumOfSquaresCore(t);
+    }
+
+    /// <summary>t *= factor, elementwise.</summary>
+    public void Scale(Tensor t, float factor)
+    {
+        RequireF32(t);
+        ScaleCore(t, factor);
+    }
+
+    protected abstract void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset);
+    protected abstract void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns);
+    protected abstract void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n);
+    protected abstract void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n);
+    protected abstract void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX);
+    protected abstract void AttentionBackwardCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
+        Tensor output, Tensor dOutput, Tensor lse, Tensor dq, long dqOffset, Tensor dk, long dkOffset, Tensor dv, long dvOffset,
+        AttentionShape shape, AttentionMaskMode mode, Tensor? allow);
+    protected abstract void CrossEntropyCore(Tensor logits, Tensor targets, Tensor weights, Tensor losses, Tensor dLogits, int rows, int vocab);
+    protected abstract void AdamWCore(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step);
+    protected abstract double SumOfSquaresCore(Tensor t);
+    protected abstract void ScaleCore(Tensor t, float factor);
 
     protected abstract void FillCore(Tensor t, float value);
     protected abstract void UniformCore(Tensor t, ulong seed, ulong stream);
@@ -262,6 +366,44 @@ public abstract class Device : IDisposable
         if (t.Device != this) throw new ArgumentException($"tensor {t} belongs to another device than {Name}");
         if (offset < 0 || count < 0 || offset + count > t.Length)
             throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + count}) outside tensor {t} of {t.Length} elements");
+    }
+
+    static long AttentionQuerySpan(AttentionShape s) =>
+        (s.Batch - 1) * s.QueryBatchStride + (long)(s.QueryLength - 1) * s.QueryRowStride + s.Heads * s.HeadDim;
+
+    static long AttentionKeySpan(AttentionShape s) =>
+        (s.Batch - 1) * s.KeyBatchStride + (long)(s.KeyLength - 1) * s.KeyRowStride + s.KvHeads * s.HeadDim;
+
+    void CheckAttention(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
+        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow)
+    {
+        RequireF32(q, k, v, output);
+        shape.Validate();
+        CheckRange(q, DType.F32, qOffset, AttentionQuerySpan(shape));
+        CheckRange(k, DType.F32, kOffset, AttentionKeySpan(shape));
+        CheckRange(v, DType.F32, vOffset, AttentionKeySpan(shape));
+        if (output.Length != (long)shape.Batch * shape.QueryLength * shape.Heads * shape.HeadDim)
+            throw new ArgumentException($"attention output {output.ShapeText} is not [B, Tq, H*D] for {shape}");
+        if (lse is not null)
+        {
+            Require(lse, DType.F32, nameof(lse));
+            if (lse.Length != (long)shape.Batch * shape.Heads * shape.QueryLength)
+                throw new ArgumentException($"attention lse {lse.ShapeText} is not [B, H, Tq]");
+        }
+        if (mode == AttentionMaskMode.Explicit)
+        {
+            if (allow is null) throw new ArgumentException("explicit attention mask mode needs an allow-mask");
+            Require(allow, DType.U8, nameof(allow));
+            if (shape.QueryOffset != 0 || shape.QueryLength != shape.KeyLength || allow.Length != (long)shape.KeyLength * shape.KeyLength)
+                throw new ArgumentException($"allow-mask {allow.ShapeText} must be [L, L] with L = query length = key length");
+        }
+    }
+
+    static void CheckMatMulBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int k, int n)
+    {
+        CheckMatMul(x, k, n, dBias, dOutput, w);
+        if (dX.Length != x.Length || dW.Length != w.Length)
+            throw new ArgumentException($"matmul backward: dX {dX.ShapeText} / dW {dW.ShapeText} do not match x {x.ShapeText} / w {w.ShapeText}");
     }
 
     static void CheckMatMul(Tensor x, int k, int n, Tensor? bias, Tensor output, Tensor w)

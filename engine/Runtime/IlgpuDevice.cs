@@ -262,4 +262,44 @@ public sealed class IlgpuDevice : Device
         accelerator.Dispose();
         context.Dispose();
     }
+
+    // ---- backward and training ops ----------------------------------------------------------------
+
+    protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset) =>
+        kernels.EmbeddingBackward(I32(ids), F32(dOutput), F32(dWte), F32(dWpe), ids.Shape[1], dWte.Columns, positionOffset);
+
+    protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) =>
+        kernels.LayerNormBackward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
+
+    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
+        kernels.MatMulBackward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? null : F32(dBias), m, k, n);
+
+    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
+        kernels.MatMulTransposedBackward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? null : F32(dBias), m, k, n);
+
+    protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => kernels.GeluBackward(F32(x), F32(dOutput), F32(dX));
+
+    /// <summary>The per-query D = rowsum(dO ∘ O) goes to a pooled [B, H, Tq] buffer; returning it to the pool while
+    /// the kernels are queued is safe because every later use runs on the same stream.</summary>
+    protected override void AttentionBackwardCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
+        Tensor output, Tensor dOutput, Tensor lse, Tensor dq, long dqOffset, Tensor dk, long dkOffset, Tensor dv, long dvOffset,
+        AttentionShape shape, AttentionMaskMode mode, Tensor? allow)
+    {
+        if (shape.HeadDim > GpuKernels.MaxAttentionHeadDim)
+            throw new ArgumentException($"{Name} attention supports head dimensions up to {GpuKernels.MaxAttentionHeadDim}, got {shape.HeadDim}");
+        using var delta = Allocate(DType.F32, shape.Batch, shape.Heads, shape.QueryLength);
+        kernels.AttentionBackward(F32(q).SubView(qOffset), F32(k).SubView(kOffset), F32(v).SubView(vOffset), F32(output), F32(dOutput),
+            F32(lse), F32(delta), F32(dq).SubView(dqOffset), F32(dk).SubView(dkOffset), F32(dv).SubView(dvOffset),
+            shape, mode, allow is null ? null : U8(allow));
+    }
+
+    protected override void CrossEntropyCore(Tensor logits, Tensor targets, Tensor weights, Tensor losses, Tensor dLogits, int rows, int vocab) =>
+        kernels.CrossEntropy(F32(logits), I32(targets), F32(weights), F32(losses), F32(dLogits), rows, vocab);
+
+    protected override void AdamWCore(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step) =>
+        kernels.AdamW(F32(param), F32(grad), F32(m), F32(v), step);
+
+    protected override double SumOfSquaresCore(Tensor t) => kernels.SumOfSquares(F32(t));
+
+    protected override void ScaleCore(Tensor t, float factor) => kernels.Scale(F32(t), factor);
 }

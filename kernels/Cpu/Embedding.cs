@@ -37,4 +37,45 @@ public static class Embedding
             });
         }
     }
+
+    /// <summary>
+    /// dWte[ids[b, t], :] += dOutput[b, t, :] and dWpe[positionOffset + t, :] += dOutput[b, t, :]. A token that occurs
+    /// twice adds twice into one row of dWte, so the work is split by channels rather than by tokens: each thread
+    /// walks every token over its own stripe of columns, which needs no locks and adds in a fixed order.
+    /// </summary>
+    public static unsafe void Backward(ReadOnlySpan<int> ids, ReadOnlySpan<float> dOutput, Span<float> dWte, Span<float> dWpe,
+        int batch, int length, int channels, int positionOffset)
+    {
+        Guard.Positive(channels, nameof(channels));
+        int rows = batch * length;
+        int vocab = dWte.Length / channels;
+        Guard.Length(ids.Length, rows, nameof(ids));
+        Guard.Length(dOutput.Length, (long)rows * channels, nameof(dOutput));
+        if (positionOffset < 0 || (long)(positionOffset + length) * channels > dWpe.Length)
+            throw new ArgumentOutOfRangeException(nameof(positionOffset),
+                $"positions {positionOffset}..{positionOffset + length - 1} exceed the {dWpe.Length / channels} rows of the position table");
+        for (int r = 0; r < rows; r++)
+        {
+            if ((uint)ids[r] >= (uint)vocab)
+                throw new ArgumentOutOfRangeException(nameof(ids), $"token id {ids[r]} at row {r} is outside the vocabulary of {vocab}");
+        }
+
+        fixed (int* pid = ids)
+        fixed (float* pg = dOutput, pte = dWte, ppe = dWpe)
+        {
+            int* xid = pid;
+            float* xg = pg, xte = pte, xpe = ppe;
+            Work.For(channels, Math.Max(16, (1 << 14) / Math.Max(1, rows)), (c0, c1) =>
+            {
+                for (int r = 0; r < rows; r++)
+                {
+                    float* g = xg + (long)r * channels;
+                    float* te = xte + (long)xid[r] * channels;
+                    float* pe = xpe + (long)(positionOffset + r % length) * channels;
+                    Residual.AddRange(te, g, te, c0, c1);
+                    Residual.AddRange(pe, g, pe, c0, c1);
+                }
+            });
+        }
+    }
 }

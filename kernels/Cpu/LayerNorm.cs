@@ -56,4 +56,154 @@ public static class LayerNorm
         }
         for (; i < n; i++) o[i] = (x[i] - mean) * rstd * w[i] + b[i];
     }
+
+    /// <summary>
+    /// Backward from the saved mean and rstd, accumulating: with n = (x − mean) · rstd and g = dOutput · weight,
+    /// dX += rstd · (g − mean(g) − n · mean(g · n)) per row, dWeight += Σ_rows dOutput · n and dBias += Σ_rows dOutput.
+    /// dX is split over rows; dWeight and dBias are sums over rows, so they are done in a second pass split over
+    /// columns (each thread owns a stripe of channels): no locks and a fixed order of additions.
+    /// </summary>
+    public static unsafe void Backward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> x, ReadOnlySpan<float> weight,
+        ReadOnlySpan<float> mean, ReadOnlySpan<float> rstd, Span<float> dX, Span<float> dWeight, Span<float> dBias, int rows, int channels)
+    {
+        Guard.Positive(channels, nameof(channels));
+        Guard.Length(dOutput.Length, (long)rows * channels, nameof(dOutput));
+        Guard.Length(x.Length, (long)rows * channels, nameof(x));
+        Guard.Length(dX.Length, (long)rows * channels, nameof(dX));
+        Guard.Length(weight.Length, channels, nameof(weight));
+        Guard.Length(dWeight.Length, channels, nameof(dWeight));
+        Guard.Length(dBias.Length, channels, nameof(dBias));
+        Guard.Length(mean.Length, rows, nameof(mean));
+        Guard.Length(rstd.Length, rows, nameof(rstd));
+        fixed (float* pg = dOutput, px = x, pw = weight, pm = mean, ps = rstd, pdx = dX, pdw = dWeight, pdb = dBias)
+        {
+            float* xg = pg, xx = px, xw = pw, xm = pm, xs = ps, xdx = pdx, xdw = pdw, xdb = pdb;
+            Work.For(rows, Math.Max(1, (1 << 14) / channels), (start, end) =>
+            {
+                for (int r = start; r < end; r++)
+                {
+                    long o = (long)r * channels;
+                    InputGradient(xg + o, xx + o, xw, xm[r], xs[r], xdx + o, channels);
+                }
+            });
+            Work.For(channels, Math.Max(16, (1 << 14) / Math.Max(1, rows)), (c0, c1) =>
+            {
+                for (int r = 0; r < rows; r++)
+                {
+                    long o = (long)r * channels;
+                    ParameterGradients(xg + o, xx + o, xm[r], xs[r], xdw, xdb, c0, c1);
+                }
+            });
+        }
+    }
+
+    /// <summary>dx += rstd · (g·w − mean(g·w) − n · mean(g·w·n)) for one row, n = (x − mean) · rstd.</summary>
+    static unsafe void InputGradient(float* g, float* x, float* w, float mean, float rstd, float* dx, int n)
+    {
+        int i = 0;
+        double sumG = 0, sumGn = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var m = Vector512.Create(mean);
+            var s = Vector512.Create(rstd);
+            var accG = Vector512<float>.Zero;
+            var accGn = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                var gw = Vector512.Load(g + i) * Vector512.Load(w + i);
+                accG += gw;
+                accGn = Vector512.FusedMultiplyAdd(gw, (Vector512.Load(x + i) - m) * s, accGn);
+            }
+            sumG += Vector512.Sum(accG);
+            sumGn += Vector512.Sum(accGn);
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var m = Vector256.Create(mean);
+            var s = Vector256.Create(rstd);
+            var accG = Vector256<float>.Zero;
+            var accGn = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8)
+            {
+                var gw = Vector256.Load(g + i) * Vector256.Load(w + i);
+                accG += gw;
+                accGn = Vector256.FusedMultiplyAdd(gw, (Vector256.Load(x + i) - m) * s, accGn);
+            }
+            sumG += Vector256.Sum(accG);
+            sumGn += Vector256.Sum(accGn);
+        }
+        for (; i < n; i++)
+        {
+            float gw = g[i] * w[i];
+            sumG += gw;
+            sumGn += gw * (x[i] - mean) * rstd;
+        }
+
+        float meanG = (float)(sumG / n), meanGn = (float)(sumGn / n);
+        i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var m = Vector512.Create(mean);
+            var s = Vector512.Create(rstd);
+            var mg = Vector512.Create(meanG);
+            var mgn = Vector512.Create(meanGn);
+            for (; i <= n - 16; i += 16)
+            {
+                var norm = (Vector512.Load(x + i) - m) * s;
+                var t = Vector512.FusedMultiplyAdd(-norm, mgn, Vector512.Load(g + i) * Vector512.Load(w + i) - mg);
+                Vector512.Store(Vector512.FusedMultiplyAdd(t, s, Vector512.Load(dx + i)), dx + i);
+            }
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var m = Vector256.Create(mean);
+            var s = Vector256.Create(rstd);
+            var mg = Vector256.Create(meanG);
+            var mgn = Vector256.Create(meanGn);
+            for (; i <= n - 8; i += 8)
+            {
+                var norm = (Vector256.Load(x + i) - m) * s;
+                var t = Vector256.FusedMultiplyAdd(-norm, mgn, Vector256.Load(g + i) * Vector256.Load(w + i) - mg);
+                Vector256.Store(Vector256.FusedMultiplyAdd(t, s, Vector256.Load(dx + i)), dx + i);
+            }
+        }
+        for (; i < n; i++)
+        {
+            float norm = (x[i] - mean) * rstd;
+            dx[i] += rstd * (g[i] * w[i] - meanG - norm * meanGn);
+        }
+    }
+
+    /// <summary>dw[c] += g[c] · (x[c] − mean) · rstd and db[c] += g[c] for the columns [c0, c1) of one row.</summary>
+    static unsafe void ParameterGradients(float* g, float* x, float mean, float rstd, float* dw, float* db, int c0, int c1)
+    {
+        int i = c0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var m = Vector512.Create(mean);
+            var s = Vector512.Create(rstd);
+            for (; i <= c1 - 16; i += 16)
+            {
+                var gv = Vector512.Load(g + i);
+                Vector512.Store(Vector512.Load(db + i) + gv, db + i);
+                Vector512.Store(Vector512.FusedMultiplyAdd(gv, (Vector512.Load(x + i) - m) * s, Vector512.Load(dw + i)), dw + i);
+            }
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var m = Vector256.Create(mean);
+            var s = Vector256.Create(rstd);
+            for (; i <= c1 - 8; i += 8)
+            {
+                var gv = Vector256.Load(g + i);
+                Vector256.Store(Vector256.Load(db + i) + gv, db + i);
+                Vector256.Store(Vector256.FusedMultiplyAdd(gv, (Vector256.Load(x + i) - m) * s, Vector256.Load(dw + i)), dw + i);
+            }
+        }
+        for (; i < c1; i++)
+        {
+            db[i] += g[i];
+            dw[i] += g[i] * (x[i] - mean) * rstd;
+        }
+    }
 }

@@ -10,9 +10,11 @@ namespace DiffuSharp.Kernels.Cpu;
 /// columns stored k-major (each k step is NR contiguous floats), x is packed per MR-row micro-panel
 /// (each k step is MR contiguous floats), and an MR × NR register-blocked micro-kernel broadcasts one x
 /// value and FMAs it into NR/16 vectors of w per row. The x micro-panel stays in L1 while it sweeps the w
-/// block in L2. Packing also absorbs the two layouts: Forward copies rows of w [K, N]; ForwardTransposed
-/// transposes rows of w [N, K] while packing, so both run the same micro-kernel. Edges are zero-padded in
-/// the packs, and a partial tile is computed into a small buffer and added into place.
+/// block in L2. Packing also absorbs the layouts: either operand may be read as stored or as the transpose
+/// of a row-major matrix (<see cref="Operand"/>), so Forward (w [K, N]), ForwardTransposed (w [N, K]) and the
+/// four products of the backward passes (dX += dOut·wᵀ or dOut·w, dW += xᵀ·dOut or dOutᵀ·x) all run the
+/// same micro-kernel. Edges are zero-padded in the packs, and a partial tile is computed into a small buffer
+/// and added into place. The micro-kernel adds into the output, so the backward products accumulate for free.
 /// </para>
 /// <para>
 /// The work is split between cores in one piece per core along the longer of M and N; each piece packs its
@@ -84,16 +86,96 @@ public static class MatMul
                 return;
             }
 
-            bool splitRows = m >= n;
-            int extent = splitRows ? m : n;
-            var (count, size) = Split(extent, splitRows ? MR : NR, threads);
-            ForPieces(count, piece =>
-            {
-                int s0 = piece * size, s1 = Math.Min(extent, s0 + size);
-                if (splitRows) Blocked(xx, xw, xb, xo, m, k, n, s0, s1, 0, n, transposed);
-                else Blocked(xx, xw, xb, xo, m, k, n, 0, m, s0, s1, transposed);
-            });
+            Gemm(new Operand(xx, k, false), new Operand(xw, transposed ? k : n, transposed), xb, accumulate: false, xo, m, k, n);
         }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="Forward"/> (w [K, N]), accumulating: dX += dOutput · wᵀ, dW += xᵀ · dOutput and, when
+    /// dBias is not empty, dBias += Σ rows of dOutput.
+    /// </summary>
+    public static void Backward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> x, ReadOnlySpan<float> w,
+        Span<float> dX, Span<float> dW, Span<float> dBias, int m, int k, int n) =>
+        RunBackward(dOutput, x, w, dX, dW, dBias, m, k, n, transposed: false);
+
+    /// <summary>
+    /// Backward of <see cref="ForwardTransposed"/> (w [N, K]), accumulating: dX += dOutput · w, dW += dOutputᵀ · x and,
+    /// when dBias is not empty, dBias += Σ rows of dOutput.
+    /// </summary>
+    public static void BackwardTransposed(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> x, ReadOnlySpan<float> w,
+        Span<float> dX, Span<float> dW, Span<float> dBias, int m, int k, int n) =>
+        RunBackward(dOutput, x, w, dX, dW, dBias, m, k, n, transposed: true);
+
+    static unsafe void RunBackward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> x, ReadOnlySpan<float> w,
+        Span<float> dX, Span<float> dW, Span<float> dBias, int m, int k, int n, bool transposed)
+    {
+        Guard.Positive(m, nameof(m));
+        Guard.Positive(k, nameof(k));
+        Guard.Positive(n, nameof(n));
+        Guard.Length(dOutput.Length, (long)m * n, nameof(dOutput));
+        Guard.Length(x.Length, (long)m * k, nameof(x));
+        Guard.Length(w.Length, (long)k * n, nameof(w));
+        Guard.Length(dX.Length, (long)m * k, nameof(dX));
+        Guard.Length(dW.Length, (long)k * n, nameof(dW));
+        if (!dBias.IsEmpty) Guard.Length(dBias.Length, n, nameof(dBias));
+
+        fixed (float* pg = dOutput, px = x, pw = w, pdx = dX, pdw = dW, pdb = dBias)
+        {
+            var g = new Operand(pg, n, false);
+            if (transposed)
+            {
+                Gemm(g, new Operand(pw, k, false), null, accumulate: true, pdx, m, n, k);
+                Gemm(new Operand(pg, n, true), new Operand(px, k, false), null, accumulate: true, pdw, n, m, k);
+            }
+            else
+            {
+                Gemm(g, new Operand(pw, n, true), null, accumulate: true, pdx, m, n, k);
+                Gemm(new Operand(px, k, true), g, null, accumulate: true, pdw, k, m, n);
+            }
+            if (!dBias.IsEmpty) SumRows(pg, pdb, m, n);
+        }
+    }
+
+    /// <summary>bias[0..n) += Σ_i g[i, 0..n), split over the cores by columns so that no two threads share an output.</summary>
+    static unsafe void SumRows(float* g, float* bias, int m, int n)
+    {
+        long work = (long)m * n;
+        var (pieces, width) = Split(n, 64, work < (1 << 18) ? 1 : Environment.ProcessorCount);
+        ForPieces(pieces, piece =>
+        {
+            int j0 = piece * width, j1 = Math.Min(n, j0 + width);
+            for (int i = 0; i < m; i++) Residual.AddRange(bias, g + (long)i * n, bias, j0, j1);
+        });
+    }
+
+    /// <summary>
+    /// One operand of a product, M × K on the left or K × N on the right: stored row-major with rows ld floats
+    /// apart, or (Transposed) as the transpose of such a matrix, element (r, c) at Data[c · ld + r].
+    /// </summary>
+    readonly unsafe struct Operand(float* data, int ld, bool transposed)
+    {
+        public readonly float* Data = data;
+        public readonly int Ld = ld;
+        public readonly bool Transposed = transposed;
+    }
+
+    /// <summary>
+    /// c[M, N] = a · b + bias, or c += a · b when accumulating (bias then unused). The work is split in one piece per
+    /// core along the longer of M and N; each piece packs its own panels, so the threads never wait on each other.
+    /// </summary>
+    static unsafe void Gemm(Operand a, Operand b, float* bias, bool accumulate, float* c, int m, int k, int n)
+    {
+        long flops = 2L * m * n * k;
+        int threads = flops < (1 << 20) ? 1 : Environment.ProcessorCount;
+        bool splitRows = m >= n;
+        int extent = splitRows ? m : n;
+        var (count, size) = Split(extent, splitRows ? MR : NR, threads);
+        ForPieces(count, piece =>
+        {
+            int s0 = piece * size, s1 = Math.Min(extent, s0 + size);
+            if (splitRows) Blocked(a, b, bias, accumulate, c, k, n, s0, s1, 0, n);
+            else Blocked(a, b, bias, accumulate, c, k, n, 0, m, s0, s1);
+        });
     }
 
     /// <summary>
@@ -114,14 +196,14 @@ public static class MatMul
         else Parallel.For(0, count, body);
     }
 
-    /// <summary>The blocked product for output rows [i0, i1) and columns [j0, j1).</summary>
-    static unsafe void Blocked(float* x, float* w, float* bias, float* o, int m, int k, int n, int i0, int i1, int j0, int j1, bool transposed)
+    /// <summary>The blocked product for output rows [i0, i1) and columns [j0, j1) of o [M, N] (rows n apart).</summary>
+    static unsafe void Blocked(Operand a, Operand b, float* bias, bool accumulate, float* o, int k, int n, int i0, int i1, int j0, int j1)
     {
         int nr = NR;
         float* packB = Scratch.Get((long)KC * NC + MR * KC);
         float* packA = packB + (long)KC * NC;
 
-        for (int i = i0; i < i1; i++)
+        for (int i = i0; i < i1 && !accumulate; i++)
         {
             float* row = o + (long)i * n;
             if (bias is null) new Span<float>(row + j0, j1 - j0).Clear();
@@ -135,35 +217,36 @@ public static class MatMul
             for (int pc = 0; pc < k; pc += KC)
             {
                 int kc = Math.Min(KC, k - pc);
-                if (transposed) PackTransposed(w, k, jc, nc, pc, kc, packB, nr);
-                else PackRows(w, n, jc, nc, pc, kc, packB, nr);
+                if (b.Transposed) PackTransposed(b.Data, b.Ld, jc, nc, pc, kc, packB, nr);
+                else PackRows(b.Data, b.Ld, jc, nc, pc, kc, packB, nr);
 
                 for (int ir = i0; ir < i1; ir += MR)
                 {
                     int mr = Math.Min(MR, i1 - ir);
-                    PackX(x, k, ir, mr, pc, kc, packA);
+                    if (a.Transposed) PackXTransposed(a.Data, a.Ld, ir, mr, pc, kc, packA);
+                    else PackX(a.Data, a.Ld, ir, mr, pc, kc, packA);
                     for (int jp = 0; jp < panels; jp++)
                     {
                         int col = jc + jp * nr;
                         int ncols = Math.Min(nr, jc + nc - col);
                         float* c = o + (long)ir * n + col;
-                        float* b = packB + (long)jp * kc * nr;
-                        if (mr == MR && ncols == nr) Tile(packA, b, kc, c, n);
-                        else PartialTile(packA, b, kc, c, n, mr, ncols);
+                        float* panel = packB + (long)jp * kc * nr;
+                        if (mr == MR && ncols == nr) Tile(packA, panel, kc, c, n);
+                        else PartialTile(packA, panel, kc, c, n, mr, ncols);
                     }
                 }
             }
         }
     }
 
-    /// <summary>Packs x[ir .. ir+mr, pc .. pc+kc] k-major, MR values per k, zero rows past mr.</summary>
-    static unsafe void PackX(float* x, int k, int ir, int mr, int pc, int kc, float* dst)
+    /// <summary>Packs x[ir .. ir+mr, pc .. pc+kc] (rows ld apart) k-major, MR values per k, zero rows past mr.</summary>
+    static unsafe void PackX(float* x, int ld, int ir, int mr, int pc, int kc, float* dst)
     {
         for (int r = 0; r < MR; r++)
         {
             if (r < mr)
             {
-                float* src = x + (long)(ir + r) * k + pc;
+                float* src = x + (long)(ir + r) * ld + pc;
                 for (int p = 0; p < kc; p++) dst[p * MR + r] = src[p];
             }
             else
@@ -174,16 +257,32 @@ public static class MatMul
     }
 
     /// <summary>
-    /// Packs w[pc .. pc+kc, jc .. jc+nc] of a [K, N] matrix into NR-column panels, zero-padding the last. Each row
-    /// of the block is read once from start to end (long runs for the prefetcher) and dealt out to the panels.
+    /// Packs the same micro-panel of a left operand stored transposed (element (i, p) at x[p · ld + i]): each k step
+    /// is MR contiguous floats of the source, so this is a run of short copies.
     /// </summary>
-    static unsafe void PackRows(float* w, int n, int jc, int nc, int pc, int kc, float* dst, int nr)
+    static unsafe void PackXTransposed(float* x, int ld, int ir, int mr, int pc, int kc, float* dst)
+    {
+        for (int p = 0; p < kc; p++, dst += MR)
+        {
+            float* src = x + (long)(pc + p) * ld + ir;
+            int r = 0;
+            for (; r < mr; r++) dst[r] = src[r];
+            for (; r < MR; r++) dst[r] = 0;
+        }
+    }
+
+    /// <summary>
+    /// Packs w[pc .. pc+kc, jc .. jc+nc] of a row-major matrix (rows ld apart) into NR-column panels, zero-padding
+    /// the last. Each row of the block is read once from start to end (long runs for the prefetcher) and dealt out
+    /// to the panels.
+    /// </summary>
+    static unsafe void PackRows(float* w, int ld, int jc, int nc, int pc, int kc, float* dst, int nr)
     {
         int full = nc / nr, rest = nc - full * nr;
         long panelSize = (long)kc * nr;
         for (int p = 0; p < kc; p++)
         {
-            float* src = w + (long)(pc + p) * n + jc;
+            float* src = w + (long)(pc + p) * ld + jc;
             float* d = dst + p * nr;
             for (int jp = 0; jp < full; jp++, src += nr, d += panelSize)
                 new ReadOnlySpan<float>(src, nr).CopyTo(new Span<float>(d, nr));
@@ -195,8 +294,8 @@ public static class MatMul
         }
     }
 
-    /// <summary>Packs the same block from a [N, K] matrix (rows of w become columns of the panel).</summary>
-    static unsafe void PackTransposed(float* w, int k, int jc, int nc, int pc, int kc, float* dst, int nr)
+    /// <summary>Packs the same block of a matrix stored transposed, rows ld apart (rows of w become columns of the panel).</summary>
+    static unsafe void PackTransposed(float* w, int ld, int jc, int nc, int pc, int kc, float* dst, int nr)
     {
         for (int j = 0; j < nc; j += nr)
         {
@@ -206,7 +305,7 @@ public static class MatMul
             {
                 if (c < cols)
                 {
-                    float* src = w + (long)(jc + j + c) * k + pc;
+                    float* src = w + (long)(jc + j + c) * ld + pc;
                     for (int p = 0; p < kc; p++) panel[p * nr + c] = src[p];
                 }
                 else

@@ -180,7 +180,7 @@ static class AttentionKernels
         }
     }
 
-    static bool Visible(ArrayView<byte> allow, AttentionArgs a, int query, int key) =>
+    internal static bool Visible(ArrayView<byte> allow, AttentionArgs a, int query, int key) =>
         a.Mode == Causal ? key <= a.QueryOffset + query
         : a.Mode == Explicit ? allow[(long)query * a.KeyLength + key] != 0
         : true;

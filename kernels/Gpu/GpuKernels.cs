@@ -19,6 +19,9 @@ public sealed class GpuKernels : IDisposable
     const int FlatGroupSize = 256;
     const int FlatGroupsPerMultiprocessor = 8;
     const int RowWarpsPerGroup = 4;
+    const int CrossEntropyThreads = 256;
+    /// <summary>A column-sum thread adds at least this many rows before its atomic add.</summary>
+    const int MinRowsPerColumnChunk = 32;
 
     readonly Accelerator accelerator;
     readonly MemoryBuffer1D<float, Stride1D.Dense> noFloats;
@@ -35,6 +38,20 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? matMul;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? matMulTransposed;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attention;
+    Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? embeddingBackward;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? geluBackward;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? layerNormInput;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? layerNormParameters;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int>? columnSums;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>? matMulAccumulate;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? attentionDelta;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attentionBackward;
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>? crossEntropy;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamWArgs>? adamW;
+    Action<KernelConfig, ArrayView<float>, float>? scale;
+    Action<KernelConfig, ArrayView<float>, ArrayView<double>>? sumOfSquares;
+    MemoryBuffer1D<double, Stride1D.Dense>? partialSums;
 
     public GpuKernels(Accelerator accelerator)
     {
@@ -47,12 +64,27 @@ public sealed class GpuKernels : IDisposable
 
     public Accelerator Accelerator => accelerator;
 
+    /// <summary>The most groups a grid-stride launch uses: enough to fill every multiprocessor.</summary>
+    int MaxFlatGroups => accelerator.NumMultiprocessors * FlatGroupsPerMultiprocessor;
+
     /// <summary>A bounded grid for grid-stride loops over <paramref name="length"/> elements.</summary>
     KernelConfig Flat(long length)
     {
         long needed = (length + FlatGroupSize - 1) / FlatGroupSize;
-        long cap = (long)accelerator.NumMultiprocessors * FlatGroupsPerMultiprocessor;
-        return new KernelConfig((int)Math.Max(1, Math.Min(needed, cap)), FlatGroupSize);
+        return new KernelConfig((int)Math.Max(1, Math.Min(needed, MaxFlatGroups)), FlatGroupSize);
+    }
+
+    /// <summary>
+    /// A grid of (column blocks of 256) x (row chunks) for column sums: chunks of at least
+    /// <see cref="MinRowsPerColumnChunk"/> rows, and no more groups than a grid-stride launch would use.
+    /// </summary>
+    KernelConfig ColumnChunks(int rows, int columns, out int rowsPerGroup)
+    {
+        int columnBlocks = (columns + FlatGroupSize - 1) / FlatGroupSize;
+        int chunks = Math.Min((rows + MinRowsPerColumnChunk - 1) / MinRowsPerColumnChunk, Math.Max(1, MaxFlatGroups / columnBlocks));
+        rowsPerGroup = (rows + chunks - 1) / chunks;
+        chunks = (rows + rowsPerGroup - 1) / rowsPerGroup;
+        return new KernelConfig(columnBlocks * chunks, FlatGroupSize);
     }
 
     /// <summary>One warp per row, several warps per group.</summary>
@@ -113,9 +145,112 @@ public sealed class GpuKernels : IDisposable
             new KernelConfig(AttentionKernels.Groups(shape), AttentionKernels.Threads), q, k, v, output,
             lse ?? noFloats.View, allow ?? noBytes.View, new AttentionArgs(shape, mode, lse.HasValue));
 
+    // ---- backward and training: every gradient output is accumulated (+=) unless said otherwise ----
+
+    /// <summary>dWte[ids[b, t], :] += dOutput[b, t, :] and dWpe[positionOffset + t, :] += dOutput[b, t, :] (atomics).</summary>
+    public void EmbeddingBackward(ArrayView<int> ids, ArrayView<float> dOutput, ArrayView<float> dWte, ArrayView<float> dWpe,
+        int length, int channels, int positionOffset) =>
+        (embeddingBackward ??= accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(BackwardKernels.Embedding))(
+            Flat(dOutput.Length), ids, dOutput, dWte, dWpe, length, channels, positionOffset);
+
+    /// <summary>dX += gelu'(x) · dOutput.</summary>
+    public void GeluBackward(ArrayView<float> x, ArrayView<float> dOutput, ArrayView<float> dX) =>
+        (geluBackward ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernels.Gelu))(Flat(x.Length), x, dOutput, dX);
+
+    /// <summary>LayerNorm backward from the saved mean and rstd: dX (one warp per row), then dWeight and dBias (column sums).</summary>
+    public void LayerNormBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> weight, ArrayView<float> mean, ArrayView<float> rstd,
+        ArrayView<float> dX, ArrayView<float> dWeight, ArrayView<float> dBias, int rows, int channels)
+    {
+        (layerNormInput ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(BackwardKernels.LayerNormInput))(
+            PerRow(rows), dOutput, x, weight, mean, rstd, dX, rows, channels);
+        var config = ColumnChunks(rows, channels, out int rowsPerGroup);
+        (layerNormParameters ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(BackwardKernels.LayerNormParameters))(
+            config, dOutput, x, mean, rstd, dWeight, dBias, rows, channels, rowsPerGroup);
+    }
+
+    /// <summary>Backward of <see cref="MatMul"/> (w [K, N]): dX[M, K] += dOut · wᵀ, dW[K, N] += xᵀ · dOut, dBias[N] += Σ rows of dOut.</summary>
+    public void MatMulBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dX, ArrayView<float> dW,
+        ArrayView<float>? dBias, int m, int k, int n)
+    {
+        MatMulAccumulate(dOutput, w, dX, m, n, k, transposeA: false, transposeB: true);
+        MatMulAccumulate(x, dOutput, dW, k, m, n, transposeA: true, transposeB: false);
+        if (dBias.HasValue) ColumnSums(dOutput, dBias.Value, m, n);
+    }
+
+    /// <summary>Backward of <see cref="MatMulTransposed"/> (w [N, K]): dX[M, K] += dOut · w, dW[N, K] += dOutᵀ · x, dBias[N] += Σ rows of dOut.</summary>
+    public void MatMulTransposedBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dX, ArrayView<float> dW,
+        ArrayView<float>? dBias, int m, int k, int n)
+    {
+        MatMulAccumulate(dOutput, w, dX, m, n, k, transposeA: false, transposeB: false);
+        MatMulAccumulate(dOutput, x, dW, n, m, k, transposeA: true, transposeB: false);
+        if (dBias.HasValue) ColumnSums(dOutput, dBias.Value, m, n);
+    }
+
+    /// <summary>output[M, N] += a · b with a stored [M, K] (or [K, M] transposed) and b stored [K, N] (or [N, K] transposed).</summary>
+    void MatMulAccumulate(ArrayView<float> a, ArrayView<float> b, ArrayView<float> output, int m, int k, int n, bool transposeA, bool transposeB) =>
+        (matMulAccumulate ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(MatMulKernels.Accumulate))(
+            new KernelConfig(MatMulKernels.Groups(m, n), MatMulKernels.Threads), a, b, output, m, k, n, transposeA ? 1 : 0, transposeB ? 1 : 0);
+
+    /// <summary>output[c] += Σ_r data[r, c] over data [rows, columns].</summary>
+    void ColumnSums(ArrayView<float> data, ArrayView<float> output, int rows, int columns)
+    {
+        var config = ColumnChunks(rows, columns, out int rowsPerGroup);
+        (columnSums ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int, int>(BackwardKernels.ColumnSums))(
+            config, data, output, rows, columns, rowsPerGroup);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="Attention"/> (query offset 0): dq, dk, dv += , each laid out like q, k, v (views at
+    /// their first element, strides from <paramref name="shape"/>). output, dOutput [B, Tq, H * D] and lse
+    /// [B, H, Tq] are the forward's; <paramref name="delta"/> is [B, H, Tq] scratch that this call overwrites.
+    /// </summary>
+    public void AttentionBackward(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output, ArrayView<float> dOutput,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<float> dq, ArrayView<float> dk, ArrayView<float> dv,
+        in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow)
+    {
+        (attentionDelta ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(AttentionBackwardKernels.Delta))(
+            PerRow(shape.Batch * shape.Heads * shape.QueryLength), output, dOutput, delta, shape.Heads, shape.QueryLength, shape.HeadDim);
+        (attentionBackward ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>(AttentionBackwardKernels.Backward))(
+            new KernelConfig(AttentionBackwardKernels.Groups(shape), AttentionBackwardKernels.Threads),
+            q, k, v, dOutput, lse, delta, dq, dk, dv, allow ?? noBytes.View, new AttentionArgs(shape, mode, hasLse: true));
+    }
+
+    /// <summary>
+    /// Fused softmax + cross-entropy over logits [rows, vocab], one group per row: losses and dLogits are
+    /// written (not accumulated); dLogits may alias logits; rows of weight 0 get zeros and their targets are not read.
+    /// </summary>
+    public void CrossEntropy(ArrayView<float> logits, ArrayView<int> targets, ArrayView<float> weights, ArrayView<float> losses,
+        ArrayView<float> dLogits, int rows, int vocab) =>
+        (crossEntropy ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(CrossEntropyKernels.Forward))(
+            new KernelConfig(rows, CrossEntropyThreads), logits, targets, weights, losses, dLogits, vocab);
+
+    /// <summary>One AdamW update of param, m and v in place.</summary>
+    public void AdamW(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v, in AdamWStep step) =>
+        (adamW ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamWArgs>(OptimizerKernels.AdamW))(
+            Flat(param.Length), param, grad, m, v, new AdamWArgs(step));
+
+    /// <summary>data *= factor.</summary>
+    public void Scale(ArrayView<float> data, float factor) =>
+        (scale ??= accelerator.LoadStreamKernel<ArrayView<float>, float>(OptimizerKernels.Scale))(Flat(data.Length), data, factor);
+
+    /// <summary>Σ data²: one double partial sum per group on the device, added up in double here (waits for the device).</summary>
+    public double SumOfSquares(ArrayView<float> data)
+    {
+        var config = Flat(data.Length);
+        partialSums ??= accelerator.Allocate1D<double>(MaxFlatGroups);
+        (sumOfSquares ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<double>>(OptimizerKernels.SumOfSquares))(config, data, partialSums.View);
+        var partials = new double[config.GridDim.X];
+        partialSums.View.SubView(0, partials.Length).CopyToCPU(partials);
+        double sum = 0;
+        foreach (double p in partials) sum += p;
+        return sum;
+    }
+
     public void Dispose()
     {
         noFloats.Dispose();
         noBytes.Dispose();
+        partialSums?.Dispose();
     }
 }

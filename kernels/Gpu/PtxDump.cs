@@ -8,7 +8,12 @@ using ILGPU.Runtime.Cuda;
 namespace DiffuSharp.Kernels.Gpu;
 
 /// <summary>The kernels in this folder, by name.</summary>
-public enum GpuKernel { Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMulTransposed, Attention }
+public enum GpuKernel
+{
+    Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMulTransposed, Attention,
+    EmbeddingBackward, GeluBackward, LayerNormBackward, LayerNormParameters, ColumnSums, MatMulAccumulate,
+    AttentionDelta, AttentionBackward, CrossEntropy, AdamW, Scale, SumOfSquares,
+}
 
 /// <summary>
 /// Compiles a kernel to PTX text with ILGPU's PTX backend. Needs no GPU and no CUDA driver, so the
@@ -45,6 +50,18 @@ public static class PtxDump
             GpuKernel.MatMul => (typeof(MatMulKernels), nameof(MatMulKernels.Forward)),
             GpuKernel.MatMulTransposed => (typeof(MatMulKernels), nameof(MatMulKernels.ForwardTransposed)),
             GpuKernel.Attention => (typeof(AttentionKernels), nameof(AttentionKernels.Forward)),
+            GpuKernel.EmbeddingBackward => (typeof(BackwardKernels), nameof(BackwardKernels.Embedding)),
+            GpuKernel.GeluBackward => (typeof(BackwardKernels), nameof(BackwardKernels.Gelu)),
+            GpuKernel.LayerNormBackward => (typeof(BackwardKernels), nameof(BackwardKernels.LayerNormInput)),
+            GpuKernel.LayerNormParameters => (typeof(BackwardKernels), nameof(BackwardKernels.LayerNormParameters)),
+            GpuKernel.ColumnSums => (typeof(BackwardKernels), nameof(BackwardKernels.ColumnSums)),
+            GpuKernel.MatMulAccumulate => (typeof(MatMulKernels), nameof(MatMulKernels.Accumulate)),
+            GpuKernel.AttentionDelta => (typeof(AttentionBackwardKernels), nameof(AttentionBackwardKernels.Delta)),
+            GpuKernel.AttentionBackward => (typeof(AttentionBackwardKernels), nameof(AttentionBackwardKernels.Backward)),
+            GpuKernel.CrossEntropy => (typeof(CrossEntropyKernels), nameof(CrossEntropyKernels.Forward)),
+            GpuKernel.AdamW => (typeof(OptimizerKernels), nameof(OptimizerKernels.AdamW)),
+            GpuKernel.Scale => (typeof(OptimizerKernels), nameof(OptimizerKernels.Scale)),
+            GpuKernel.SumOfSquares => (typeof(OptimizerKernels), nameof(OptimizerKernels.SumOfSquares)),
             _ => throw new ArgumentOutOfRangeException(nameof(kernel)),
         };
         return type.GetMethod(name, BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)

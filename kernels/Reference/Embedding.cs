@@ -18,4 +18,24 @@ public static class Embedding
             }
         }
     }
+
+    /// <summary>dWte[ids[b, t], :] += dOutput[b, t, :] and dWpe[positionOffset + t, :] += dOutput[b, t, :].</summary>
+    public static void Backward(ReadOnlySpan<int> ids, ReadOnlySpan<double> dOutput, Span<double> dWte, Span<double> dWpe,
+        int batch, int length, int channels, int positionOffset)
+    {
+        for (int b = 0; b < batch; b++)
+        {
+            for (int t = 0; t < length; t++)
+            {
+                int row = b * length + t;
+                int token = ids[row];
+                for (int c = 0; c < channels; c++)
+                {
+                    double g = dOutput[row * channels + c];
+                    dWte[token * channels + c] += g;
+                    dWpe[(positionOffset + t) * channels + c] += g;
+                }
+            }
+        }
+    }
 }

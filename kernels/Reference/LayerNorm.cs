@@ -23,4 +23,35 @@ public static class LayerNorm
             rstd[r] = s;
         }
     }
+
+    /// <summary>
+    /// Backward from the saved mean and rstd, accumulating: with n = (x − mean) · rstd and g = dOutput · weight,
+    /// dBias += dOutput, dWeight += dOutput · n and dX += rstd · (g − mean(g) − n · mean(g · n)) per row.
+    /// </summary>
+    public static void Backward(ReadOnlySpan<double> dOutput, ReadOnlySpan<double> x, ReadOnlySpan<double> weight,
+        ReadOnlySpan<double> mean, ReadOnlySpan<double> rstd, Span<double> dX, Span<double> dWeight, Span<double> dBias, int rows, int channels)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            int o = r * channels;
+            double meanG = 0, meanGn = 0;
+            for (int c = 0; c < channels; c++)
+            {
+                double n = (x[o + c] - mean[r]) * rstd[r];
+                double g = dOutput[o + c] * weight[c];
+                meanG += g;
+                meanGn += g * n;
+            }
+            meanG /= channels;
+            meanGn /= channels;
+            for (int c = 0; c < channels; c++)
+            {
+                double n = (x[o + c] - mean[r]) * rstd[r];
+                double g = dOutput[o + c] * weight[c];
+                dBias[c] += dOutput[o + c];
+                dWeight[c] += dOutput[o + c] * n;
+                dX[o + c] += rstd[r] * (g - meanG - n * meanGn);
+            }
+        }
+    }
 }

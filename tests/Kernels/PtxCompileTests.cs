@@ -13,6 +13,10 @@ public class PtxCompileTests
     [TestCase(GpuKernel.Attention)]
     [TestCase(GpuKernel.MatMul)]
     [TestCase(GpuKernel.MatMulTransposed)]
+    [TestCase(GpuKernel.MatMulAccumulate)]
+    [TestCase(GpuKernel.AttentionBackward)]
+    [TestCase(GpuKernel.CrossEntropy)]
+    [TestCase(GpuKernel.SumOfSquares)]
     public void TiledKernelCompilesWithSharedMemory(GpuKernel kernel)
     {
         string ptx = PtxDump.Compile(kernel);
@@ -29,6 +33,14 @@ public class PtxCompileTests
     [TestCase(GpuKernel.Add)]
     [TestCase(GpuKernel.LayerNorm)]
     [TestCase(GpuKernel.Softmax)]
+    [TestCase(GpuKernel.EmbeddingBackward)]
+    [TestCase(GpuKernel.GeluBackward)]
+    [TestCase(GpuKernel.LayerNormBackward)]
+    [TestCase(GpuKernel.LayerNormParameters)]
+    [TestCase(GpuKernel.ColumnSums)]
+    [TestCase(GpuKernel.AttentionDelta)]
+    [TestCase(GpuKernel.AdamW)]
+    [TestCase(GpuKernel.Scale)]
     public void KernelCompiles(GpuKernel kernel)
     {
         Assert.That(PtxDump.Compile(kernel), Does.Contain(".entry"));
@@ -39,6 +51,32 @@ public class PtxCompileTests
     {
         Assert.That(PtxDump.Compile(GpuKernel.LayerNorm), Does.Contain("shfl.sync.bfly"));
         Assert.That(PtxDump.Compile(GpuKernel.Gelu), Does.Not.Contain("tanh.approx"));
+    }
+
+    /// <summary>dQ gathers every key block's share with float atomics; dK and dV need none (key-parallel groups).</summary>
+    [Test]
+    public void AttentionBackwardUsesFloatAtomicsAndNoTanhApprox()
+    {
+        string ptx = PtxDump.Compile(GpuKernel.AttentionBackward);
+        Assert.That(ptx, Does.Match(@"(red|atom)(\.global)?\.add\.f32"));
+        Assert.That(ptx, Does.Not.Contain("tanh.approx"));
+        Assert.That(PtxDump.Compile(GpuKernel.GeluBackward), Does.Not.Contain("tanh.approx"));
+    }
+
+    [Test]
+    public void CrossEntropyReducesWithWarpShuffles()
+    {
+        string ptx = PtxDump.Compile(GpuKernel.CrossEntropy);
+        Assert.That(ptx, Does.Contain("shfl.sync.bfly"));
+        Assert.That(ptx, Does.Contain("bar.sync"));
+    }
+
+    [TestCase(GpuKernel.AttentionBackward)]
+    [TestCase(GpuKernel.CrossEntropy)]
+    public void BackwardKernelCompilesForAnOlderArchitecture(GpuKernel kernel)
+    {
+        string ptx = PtxDump.Compile(kernel, CudaArchitecture.SM_75, CudaInstructionSet.ISA_80);
+        Assert.That(ptx, Does.Contain(".target sm_75"));
     }
 
     [Test]

@@ -15,6 +15,30 @@ Files written:
                        (computed in float64); allow_mask U8 [16,16] (1 = may attend; used for
                        logits_explicit); greedy_prompt I32 [5] and greedy_tokens I32 [12] (greedy causal
                        continuation, the full forward re-run for every new token, no cache).
+  gradients.safetensors
+                       Training losses and their gradients (torch autograd, float64, on the stored
+                       rounded weights), drawn from a second generator (GRAD_SEED) so that the files above
+                       do not depend on it. Spec: shared/spec/diffullama.md sections 2-4.
+                       x0 I32 [2,16]: clean tokens, never the mask id; mask_id I32 [1] = 3;
+                       t F32 [2]: one noise level per sequence, 1e-3 + (1-1e-3)*u, u ~ U[0,1), rounded to
+                         float32 and that rounded value used in the float64 computation;
+                       noise U8 [2,16]: 1 = token replaced by the mask (Bernoulli(t_b) per token, then at
+                         least 3 masked target positions (1..15) per row forced, and position 0 of row 0
+                         forced masked: it must never contribute, having no logit to its left);
+                       xt I32 [2,16] = where(noise, mask_id, x0);
+                       allow_mask U8 [16,16]: annealing mask for ratio r = 0.5, causal (j <= i) OR
+                         Bernoulli(r) per entry, 1 = may attend, shared by the batch and the heads;
+                       diffusion_loss F32 [1] = sum_b sum_j (1/t_b) ce[b,j] m[b,j] / sum m, with
+                         logits = Model(xt, allow_mask), ce[b,j] = CE(logits[b,j], x0[b,j+1]) and
+                         m = noise[:,1:] (= (xt == mask_id)[:,1:]), j = 0..14 (the shift: the logit at j
+                         predicts token j+1, the last logit is dropped, position 0 is never a target);
+                       ar_loss F32 [1]: mean over all 2*15 positions of CE(logits[:,:-1], x0[:,1:]),
+                         logits = Model(x0, causal);
+                       bidirectional_loss F32 [1]: diffusion_loss with full attention (r = 1), same xt, t;
+                       diffusion_grad.<name>, ar_grad.<name>, bidirectional_grad.<name> F32: d(loss)/d(weight)
+                         for every tensor of model.safetensors, same names and shapes (the tied wte gets
+                         the sum of its embedding and output-head gradients).
+                       The script checks a few gradient entries against central finite differences.
 
 Run with Debian's torch (python3-torch):  /usr/bin/python3 tests/reference/gpt2_reference.py
 The output is deterministic (fixed seed, float64 arithmetic).
@@ -35,6 +59,16 @@ BATCH, LENGTH, PROMPT, NEW_TOKENS = 3, 16, 5, 12
 GREEDY_MIN_MARGIN = 1e-3
 # Random tiny models often fall into repeating one token; a continuation that does is a weak test.
 GREEDY_MIN_DISTINCT = 6
+
+# gradients.safetensors: a second generator, so the draws above stay exactly as they were.
+GRAD_SEED = SEED + 1
+GRAD_BATCH, GRAD_LENGTH, MASK_ID = 2, 16, 3
+T_EPS = 1e-3                # t = T_EPS + (1 - T_EPS) * u (spec 2.2 step 1)
+ANNEAL_RATIO = 0.5          # r of the annealing mask (spec 4)
+MIN_MASKED_TARGETS = 3      # masked positions among 1..L-1 forced per row
+FD_SEED, FD_STEP, FD_ENTRIES = SEED + 2, 1e-4, 4   # 1e-6 is roundoff-limited (~1e-5 rel)
+FD_PARAMS = ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.attn.c_attn.weight",
+             "transformer.h.1.mlp.c_fc.bias", "transformer.h.0.ln_1.weight", "transformer.ln_f.bias"]
 
 CONFIG = {
     "model_type": "gpt2",
@@ -145,6 +179,56 @@ def greedy(w, prompt):
     return seq[len(prompt):], margin
 
 
+def token_ce(logits, targets):
+    """Per-token cross entropy -log softmax(logits)[target], no reduction."""
+    return -torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def diffusion_loss(w, x0, xt, noise, t, allow):
+    """Spec 2.2: the logit at j predicts token j+1; only targets whose input is masked count; each weighted
+    by 1/t_b; divided by the number of masked targets in the whole batch."""
+    logits = forward(w, xt, allow)
+    m = noise[:, 1:].to(torch.float64)
+    ce = token_ce(logits[:, :-1], x0[:, 1:])
+    return (ce * m / t[:, None]).sum() / m.sum()
+
+
+def ar_loss(w, x0):
+    """Plain next-token loss with the causal mask: mean CE over all B*(L-1) positions."""
+    logits = forward(w, x0, causal(x0.shape[1]))
+    return token_ce(logits[:, :-1], x0[:, 1:]).mean()
+
+
+def loss_and_grads(weights, loss_fn):
+    """loss_fn(w) in float64 and d(loss)/d(w[name]) for every name, by autograd. The tied wte is a single
+    leaf used for both the embedding and the output head, so its gradient is the sum of both uses."""
+    leaves = {name: value.detach().clone().requires_grad_(True) for name, value in weights.items()}
+    loss = loss_fn(leaves)
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return loss.detach(), dict(zip(leaves.keys(), grads))
+
+
+def finite_difference_check(weights, loss_fn, grads, picks):
+    """Central differences (step FD_STEP) for the (name, flat index) entries in picks. Returns the largest
+    relative error |fd - autograd| / max(|fd|, |autograd|) and the largest absolute error."""
+    worst_rel = worst_abs = 0.0
+    with torch.no_grad():
+        for name, k in picks:
+            w = dict(weights)
+            w[name] = weights[name].clone()
+            flat = w[name].view(-1)
+            base = flat[k].item()
+            flat[k] = base + FD_STEP
+            up = loss_fn(w).item()
+            flat[k] = base - FD_STEP
+            down = loss_fn(w).item()
+            fd = (up - down) / (2 * FD_STEP)
+            g = grads[name].reshape(-1)[k].item()
+            worst_abs = max(worst_abs, abs(fd - g))
+            worst_rel = max(worst_rel, abs(fd - g) / max(abs(fd), abs(g), 1e-300))
+    return worst_rel, worst_abs
+
+
 def write_safetensors(path, tensors, metadata=None):
     """tensors: list of (name, tensor). Data in list order; header padded with spaces to 8 bytes."""
     header = {}
@@ -207,8 +291,58 @@ def main():
     ]
     write_safetensors(os.path.join(OUT, "expected.safetensors"), expected, source)
 
+    # gradients.safetensors. Every draw comes from its own generator, after all the draws above.
+    g2 = torch.Generator().manual_seed(GRAD_SEED)
+    B, L = GRAD_BATCH, GRAD_LENGTH
+    x0 = torch.randint(0, VOCAB - 1, (B, L), generator=g2)
+    x0 = x0 + (x0 >= MASK_ID).long()                      # uniform over the vocab without the mask id
+    u = torch.rand(B, generator=g2, dtype=torch.float64)
+    t = (T_EPS + (1 - T_EPS) * u).to(torch.float32).to(torch.float64)
+    noise = torch.rand(B, L, generator=g2, dtype=torch.float64) < t[:, None]
+    anneal = (torch.rand(L, L, generator=g2, dtype=torch.float64) < ANNEAL_RATIO) | causal(L)
+    noise[0, 0] = True                                    # masked but never a target
+    for b in range(B):
+        need = MIN_MASKED_TARGETS - int(noise[b, 1:].sum())
+        if need > 0:
+            free = (~noise[b, 1:]).nonzero().flatten() + 1
+            noise[b, free[torch.randperm(len(free), generator=g2)[:need]]] = True
+    xt = torch.where(noise, torch.full_like(x0, MASK_ID), x0)
+    assert not (x0 == MASK_ID).any() and torch.equal(xt == MASK_ID, noise)
+
+    losses = {
+        "diffusion": lambda w: diffusion_loss(w, x0, xt, noise, t, anneal),
+        "ar": lambda w: ar_loss(w, x0),
+        "bidirectional": lambda w: diffusion_loss(w, x0, xt, noise, t, None),
+    }
+    results = {kind: loss_and_grads(w, fn) for kind, fn in losses.items()}
+
+    gradients = [
+        ("x0", x0.to(torch.int32)),
+        ("mask_id", torch.tensor([MASK_ID], dtype=torch.int32)),
+        ("t", t.to(torch.float32)),
+        ("noise", noise.to(torch.uint8)),
+        ("xt", xt.to(torch.int32)),
+        ("allow_mask", anneal.to(torch.uint8)),
+    ]
+    for kind, (loss, grads) in results.items():
+        gradients.append(("%s_loss" % kind, loss.reshape(1).to(torch.float32)))
+        gradients += [("%s_grad.%s" % (kind, name), grads[name].to(torch.float32)) for name, _ in stored]
+    write_safetensors(os.path.join(OUT, "gradients.safetensors"), gradients,
+                      dict(source, seed=str(GRAD_SEED), anneal_ratio=str(ANNEAL_RATIO)))
+
+    # Sanity check of the autograd gradients: central differences on a few entries. For the tied wte, the
+    # rows of the mask id and of an input token (embedding + head gradient) plus random rows (head only).
+    g3 = torch.Generator().manual_seed(FD_SEED)
+    picks = []
+    for name in FD_PARAMS:
+        n = w[name].numel() if name != "transformer.wpe.weight" else L * EMBD   # rows >= L get no gradient
+        picks += [(name, int(k)) for k in torch.randint(0, n, (FD_ENTRIES,), generator=g3)]
+    col = int(torch.randint(0, EMBD, (1,), generator=g3))
+    picks += [("transformer.wte.weight", MASK_ID * EMBD + col), ("transformer.wte.weight", int(x0[1, 2]) * EMBD + col)]
+    fd_report = {kind: finite_difference_check(w, losses[kind], results[kind][1], picks) for kind in losses}
+
     print("wrote %s" % os.path.normpath(OUT))
-    for name in ("config.json", "model.safetensors", "expected.safetensors"):
+    for name in ("config.json", "model.safetensors", "expected.safetensors", "gradients.safetensors"):
         print("  %-22s %8d bytes" % (name, os.path.getsize(os.path.join(OUT, name))))
     print("  weights: %d tensors, %d parameters (wte/wpe BF16, c_attn.weight F16, rest F32)"
           % (len(stored), sum(t.numel() for _, t in stored)))
@@ -217,6 +351,13 @@ def main():
     print("  |causal - bidirectional| max = %.4f, |causal - explicit| max = %.4f"
           % ((logits_causal - logits_bidirectional).abs().max(), (logits_causal - logits_explicit).abs().max()))
     print("  greedy: prompt %s (attempt %d) -> %s, smallest top-2 logit gap %.4f" % (prompt, attempt + 1, tokens, margin))
+    print("  gradients: t = %s, masked per row %s (targets %s), allow_mask opens %d of %d future entries"
+          % ([round(v, 6) for v in t.tolist()], noise.sum(1).tolist(), noise[:, 1:].sum(1).tolist(),
+             int(anneal.triu(1).sum()), L * (L - 1) // 2))
+    for kind, (loss, grads) in results.items():
+        rel, ab = fd_report[kind]
+        print("  %-13s loss %.9f  |grad| max %.3e  finite differences on %d entries: max rel err %.2e, max abs err %.2e"
+              % (kind, loss.item(), max(g.abs().max().item() for g in grads.values()), len(picks), rel, ab))
 
 
 if __name__ == "__main__":

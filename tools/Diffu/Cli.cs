@@ -19,6 +19,7 @@ public static class Cli
             LogitsCommand.Create(stdout),
             GenerateCommand.Create(stdout, stderr),
             BenchCommand.Create(stdout),
+            TrainCommand.Create(stdout, stderr),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

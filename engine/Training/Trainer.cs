@@ -1,0 +1,250 @@
+using System.Diagnostics;
+using System.Text.Json;
+using DiffuSharp.Diffusion;
+using DiffuSharp.Kernels;
+using DiffuSharp.Models;
+using DiffuSharp.Runtime;
+
+namespace DiffuSharp.Training;
+
+/// <summary>Fixed-length token blocks for training, with a validation split and a resumable position.</summary>
+public interface ITokenBlocks
+{
+    int BlockLength { get; }
+    int ValidationBlockCount { get; }
+
+    /// <summary>The next <paramref name="batch"/> training blocks, [batch, BlockLength]; advances the position.</summary>
+    void NextTrainingBatch(int batch, Span<int> destination);
+
+    /// <summary>Validation blocks first .. first + batch − 1 (wrapping around), [batch, BlockLength].</summary>
+    void ReadValidationBatch(int first, int batch, Span<int> destination);
+
+    /// <summary>The position in the training stream, to store in a checkpoint and restore on resume.</summary>
+    long[] State { get; set; }
+}
+
+/// <summary>A non-finite loss or gradient: the step is abandoned and the last checkpoint kept.</summary>
+public sealed class TrainingDivergedException(string message) : DiffuException(message);
+
+/// <summary>
+/// The training loop: micro-batches under the objective, gradient accumulation, global-norm clipping,
+/// AdamW with a warm-up/decay schedule, validation, train_log.jsonl and checkpoints in the output folder.
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    public const string LogFile = "train_log.jsonl";
+
+    /// <summary>Validation noise uses its own seed so every evaluation scores the same masks.</summary>
+    const ulong ValidationSeedSalt = 0x76616c6964617465;
+
+    readonly Gpt2Model model;
+    readonly ITokenBlocks data;
+    readonly Objective objective, validationObjective;
+    readonly LearningRateSchedule schedule;
+    readonly Gpt2Weights grads, moment1, moment2;
+    readonly ObjectiveBatch batch;
+    readonly int[] ids;
+    readonly List<TrainLogRow> history = new();
+    readonly bool ownsModel;
+
+    /// <summary>A new run (or, with <paramref name="resumed"/> and its moments, a continued one).
+    /// With <paramref name="ownsModel"/> the trainer disposes the model with itself.</summary>
+    public Trainer(Gpt2Model model, ITokenBlocks data, TrainOptions options, TrainingState? resumed = null,
+        (Gpt2Weights M, Gpt2Weights V)? moments = null, bool ownsModel = false)
+    {
+        options.Validate();
+        if (data.BlockLength != options.SequenceLength)
+            throw new DiffuException($"data blocks are {data.BlockLength} tokens, --seq-len is {options.SequenceLength}");
+        if (options.SequenceLength > model.Config.Positions)
+            throw new DiffuException($"--seq-len {options.SequenceLength} exceeds the model's {model.Config.Positions} positions");
+        if (options.Objective == TrainingObjective.Diffusion && (uint)options.MaskTokenId >= (uint)model.Config.VocabSize)
+            throw new DiffuException($"mask token {options.MaskTokenId} is outside the vocabulary [0, {model.Config.VocabSize})");
+        this.model = model;
+        this.data = data;
+        this.ownsModel = ownsModel;
+        Options = options;
+        objective = new Objective(options.Objective, options.MaskTokenId, options.Seed);
+        validationObjective = new Objective(options.Objective, options.MaskTokenId, options.Seed ^ ValidationSeedSalt);
+        schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.Decay);
+        grads = Gpt2Weights.Zeros(model.Config, model.Device);
+        (moment1, moment2) = moments ?? (Gpt2Weights.Zeros(model.Config, model.Device), Gpt2Weights.Zeros(model.Config, model.Device));
+        batch = new ObjectiveBatch(options.Batch, options.SequenceLength);
+        ids = new int[options.Batch * options.SequenceLength];
+        if (resumed is not null)
+        {
+            Step = resumed.Step;
+            data.State = resumed.DataState;
+        }
+    }
+
+    public TrainOptions Options { get; }
+
+    /// <summary>Optimizer steps completed.</summary>
+    public long Step { get; private set; }
+
+    public IReadOnlyList<TrainLogRow> History => history;
+
+    /// <summary>Continues a run from its output folder: weights, moments, step and data position.</summary>
+    public static Trainer Resume(string directory, Device device, ITokenBlocks data, long? steps = null)
+    {
+        var model = Gpt2Model.Load(directory, device);
+        try
+        {
+            var (state, m, v) = Checkpoint.LoadState(directory, model.Config, device);
+            var options = steps is long total ? state.Options with { Steps = total } : state.Options;
+            return new Trainer(model, data, options, state, (m, v), ownsModel: true);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    public Gpt2Model Model => model;
+
+    /// <summary>One optimizer step over Options.GradientAccumulation micro-batches. Throws <see cref="TrainingDivergedException"/> on a non-finite loss or gradient, before touching the weights.</summary>
+    public TrainLogRow TrainStep()
+    {
+        var clock = Stopwatch.StartNew();
+        var d = model.Device;
+        foreach (var (_, g) in grads.Named()) d.Fill(g, 0);
+        var (mode, allowBytes) = Attention(Step);
+        using var allow = allowBytes is null ? null : d.FromArray(allowBytes, Options.SequenceLength, Options.SequenceLength);
+        double loss = 0;
+        int accumulation = Options.GradientAccumulation;
+        for (int micro = 0; micro < accumulation; micro++)
+        {
+            data.NextTrainingBatch(Options.Batch, ids);
+            objective.Prepare(ids, batch, (ulong)(Step * accumulation + micro), 1f / accumulation);
+            loss += GradientStep.Run(model, batch, grads, mode, allow);
+        }
+        double norm = 0;
+        foreach (var (_, g) in grads.Named()) norm += d.SumOfSquares(g);
+        norm = Math.Sqrt(norm);
+        if (!double.IsFinite(loss) || !double.IsFinite(norm))
+            throw new TrainingDivergedException($"step {Step + 1}: loss {loss}, gradient norm {norm} are not finite; stopped before the update, the last checkpoint is kept");
+        if (Options.ClipNorm > 0 && norm > Options.ClipNorm)
+            foreach (var (_, g) in grads.Named()) d.Scale(g, (float)(Options.ClipNorm / norm));
+        double lr = schedule.At(Step);
+        var update = new AdamWStep((float)lr, Options.Beta1, Options.Beta2, Options.Epsilon, Options.WeightDecay, (int)(Step + 1));
+        using (var p = model.Weights.Named().GetEnumerator())
+        using (var g = grads.Named().GetEnumerator())
+        using (var m = moment1.Named().GetEnumerator())
+        using (var v = moment2.Named().GetEnumerator())
+            while (p.MoveNext() && g.MoveNext() && m.MoveNext() && v.MoveNext())
+                d.AdamW(p.Current.Tensor, g.Current.Tensor, m.Current.Tensor, v.Current.Tensor, update);
+        d.Synchronize();
+        Step++;
+        double tokens = (double)Options.Batch * Options.SequenceLength * accumulation;
+        var row = new TrainLogRow(Step, loss, lr, norm, tokens / clock.Elapsed.TotalSeconds);
+        history.Add(row);
+        return row;
+    }
+
+    /// <summary>
+    /// The attention of a step: causal for AR; for diffusion the annealing mask of spec §4 while
+    /// r &lt; 1, then full bidirectional attention.
+    /// </summary>
+    (AttentionMaskMode Mode, byte[]? Allow) Attention(long step)
+    {
+        if (Options.Objective == TrainingObjective.Autoregressive) return (AttentionMaskMode.Causal, null);
+        var allow = objective.AnnealMask(Options.SequenceLength, step, Options.AnnealSteps);
+        return allow is null ? (AttentionMaskMode.Bidirectional, null) : (AttentionMaskMode.Explicit, allow);
+    }
+
+    /// <summary>
+    /// Mean loss over the first Options.EvalBatches batches of the validation split, with fixed noise (the
+    /// same masks at every evaluation) and the attention the model is trained towards: causal for AR,
+    /// bidirectional for diffusion.
+    /// </summary>
+    public double ValidationLoss()
+    {
+        if (data.ValidationBlockCount == 0) throw new DiffuException("the data has no validation blocks");
+        var mode = Options.Objective == TrainingObjective.Autoregressive ? AttentionMaskMode.Causal : AttentionMaskMode.Bidirectional;
+        int batches = Math.Max(1, Math.Min(Options.EvalBatches, data.ValidationBlockCount / Options.Batch));
+        double total = 0;
+        for (int i = 0; i < batches; i++)
+        {
+            data.ReadValidationBatch(i * Options.Batch, Options.Batch, ids);
+            validationObjective.Prepare(ids, batch, (ulong)i);
+            total += GradientStep.Loss(model, batch, mode, null);
+        }
+        return total / batches;
+    }
+
+    /// <summary>
+    /// Trains up to Options.Steps. Every EvalEvery steps and at the end: validation loss, a checkpoint in
+    /// <paramref name="outDirectory"/> and the <paramref name="evaluated"/> callback (plots). Every step
+    /// appends a row to train_log.jsonl and calls <paramref name="stepped"/> (progress display).
+    /// </summary>
+    public void Run(string outDirectory, string? tokenizerDirectory, Action<TrainLogRow>? stepped = null,
+        Action<IReadOnlyList<TrainLogRow>>? evaluated = null, CancellationToken cancel = default)
+    {
+        Directory.CreateDirectory(outDirectory);
+        var logPath = Path.Combine(outDirectory, LogFile);
+        history.Clear();
+        history.AddRange(ReadLog(logPath).Where(r => r.Step <= Step));
+        File.WriteAllLines(logPath, history.Select(r => JsonSerializer.Serialize(r, LogJson)));
+        if (Step == 0 && !history.Any(r => r.ValLoss is not null))
+        {
+            var initial = new TrainLogRow(0, double.NaN, 0, 0, 0, ValidationLoss());
+            history.Add(initial);
+            File.AppendAllLines(logPath, [JsonSerializer.Serialize(initial, LogJson)]);
+        }
+        while (Step < Options.Steps)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var row = TrainStep();
+            bool evaluate = Step % Options.EvalEvery == 0 || Step == Options.Steps;
+            if (evaluate)
+            {
+                row = row with { ValLoss = ValidationLoss() };
+                history[^1] = row;
+            }
+            File.AppendAllLines(logPath, [JsonSerializer.Serialize(row, LogJson)]);
+            stepped?.Invoke(row);
+            if (evaluate)
+            {
+                Checkpoint.Save(outDirectory, model, moment1, moment2, new TrainingState(Step, Options, data.State), tokenizerDirectory,
+                    Options.Objective == TrainingObjective.Diffusion ? Options.MaskTokenId : null);
+                evaluated?.Invoke(history);
+            }
+        }
+    }
+
+    static readonly JsonSerializerOptions LogJson = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull,
+    };
+
+    /// <summary>The rows of a train_log.jsonl (none if the file does not exist).</summary>
+    public static List<TrainLogRow> ReadLog(string path)
+    {
+        if (!File.Exists(path)) return [];
+        var rows = new List<TrainLogRow>();
+        foreach (var line in File.ReadLines(path))
+        {
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            try
+            {
+                rows.Add(JsonSerializer.Deserialize<TrainLogRow>(line, LogJson) ?? throw new JsonException("null row"));
+            }
+            catch (JsonException e)
+            {
+                throw new DiffuException($"{path}: bad log line ({e.Message})");
+            }
+        }
+        return rows;
+    }
+
+    public void Dispose()
+    {
+        grads.Dispose();
+        moment1.Dispose();
+        moment2.Dispose();
+        if (ownsModel) model.Dispose();
+    }
+}
