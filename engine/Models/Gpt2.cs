@@ -145,7 +145,7 @@ public sealed class Gpt2Model : IDisposable
         Config = config; Device = device; Weights = weights;
     }
 
-    public Gpt2Config Config { get; }
+    public Gpt2Config Config { get; private set; }
     public Device Device { get; }
     public Gpt2Weights Weights { get; }
 
@@ -194,6 +194,34 @@ public sealed class Gpt2Model : IDisposable
             return device.FromArray(values, shape);
         });
         return new Gpt2Model(config, device, weights);
+    }
+
+    /// <summary>
+    /// Appends one token to the vocabulary (a new [MASK], as DiffuGPT-M does) whose embedding, and head row
+    /// when untied, is the mean of the existing rows. Returns its id (the old vocabulary size).
+    /// </summary>
+    public int AppendToken()
+    {
+        int v = Config.VocabSize, c = Config.Channels;
+        Tensor Grow(Tensor table)
+        {
+            var rows = Device.ToArray(table);
+            var grown = new float[(long)(v + 1) * c];
+            rows.CopyTo(grown, 0);
+            for (int j = 0; j < c; j++)
+            {
+                double sum = 0;
+                for (int i = 0; i < v; i++) sum += rows[(long)i * c + j];
+                grown[(long)v * c + j] = (float)(sum / v);
+            }
+            var result = Device.FromArray(grown, v + 1, c);
+            table.Dispose();
+            return result;
+        }
+        Weights.Wte = Grow(Weights.Wte);
+        if (Weights.LmHead is not null) Weights.LmHead = Grow(Weights.LmHead);
+        Config = Config with { VocabSize = v + 1 };
+        return v;
     }
 
     /// <summary>Activation buffers for a (batch, length); keeps every layer's buffers when training needs them.</summary>

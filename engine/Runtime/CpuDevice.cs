@@ -85,16 +85,33 @@ public sealed class CpuDevice : Device
         Cpu.Attention.Forward(F32(q)[(int)qOffset..], F32(k)[(int)kOffset..], F32(v)[(int)vOffset..], F32(output),
             lse is null ? default : F32(lse), shape, mode, allow is null ? default : U8(allow));
 
-    protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset) => throw new NotImplementedException();
-    protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) => throw new NotImplementedException();
-    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) => throw new NotImplementedException();
-    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) => throw new NotImplementedException();
-    protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => throw new NotImplementedException();
+    protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset) =>
+        Cpu.Embedding.Backward(I32(ids), F32(dOutput), F32(dWte), F32(dWpe), ids.Shape[0], ids.Shape[1], dWte.Columns, positionOffset);
+
+    protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) =>
+        Cpu.LayerNorm.Backward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
+
+    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
+        Cpu.MatMul.Backward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? default : F32(dBias), m, k, n);
+
+    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
+        Cpu.MatMul.BackwardTransposed(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? default : F32(dBias), m, k, n);
+
+    protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => Cpu.Gelu.Backward(F32(x), F32(dOutput), F32(dX));
+
     protected override void AttentionBackwardCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
         Tensor output, Tensor dOutput, Tensor lse, Tensor dq, long dqOffset, Tensor dk, long dkOffset, Tensor dv, long dvOffset,
-        AttentionShape shape, AttentionMaskMode mode, Tensor? allow) => throw new NotImplementedException();
-    protected override void CrossEntropyCore(Tensor logits, Tensor targets, Tensor weights, Tensor losses, Tensor dLogits, int rows, int vocab) => throw new NotImplementedException();
-    protected override void AdamWCore(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step) => throw new NotImplementedException();
-    protected override double SumOfSquaresCore(Tensor t) => throw new NotImplementedException();
-    protected override void ScaleCore(Tensor t, float factor) => throw new NotImplementedException();
+        AttentionShape shape, AttentionMaskMode mode, Tensor? allow) =>
+        Cpu.Attention.Backward(F32(q)[(int)qOffset..], F32(k)[(int)kOffset..], F32(v)[(int)vOffset..], F32(output), F32(dOutput), F32(lse),
+            F32(dq)[(int)dqOffset..], F32(dk)[(int)dkOffset..], F32(dv)[(int)dvOffset..], shape, mode, allow is null ? default : U8(allow));
+
+    protected override void CrossEntropyCore(Tensor logits, Tensor targets, Tensor weights, Tensor losses, Tensor dLogits, int rows, int vocab) =>
+        Cpu.CrossEntropy.Forward(F32(logits), I32(targets), F32(weights), F32(losses), F32(dLogits), rows, vocab);
+
+    protected override void AdamWCore(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step) =>
+        Cpu.AdamW.Update(F32(param), F32(grad), F32(m), F32(v), step);
+
+    protected override double SumOfSquaresCore(Tensor t) => Cpu.Vectors.SumOfSquares(F32(t));
+
+    protected override void ScaleCore(Tensor t, float factor) => Cpu.Vectors.Scale(F32(t), factor);
 }

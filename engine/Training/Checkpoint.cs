@@ -67,8 +67,12 @@ public static class Checkpoint
         {
             string v = Path.Combine(source, vocab), m = Path.Combine(source, merges);
             if (!File.Exists(v) || !File.Exists(m)) continue;
-            File.Copy(v, stage("vocab.json"), overwrite: true);
-            File.Copy(m, stage("merges.txt"), overwrite: true);
+            foreach (var (from, name) in new[] { (v, "vocab.json"), (m, "merges.txt") })
+            {
+                var to = stage(name);
+                File.Copy(from, to, overwrite: true);
+                File.SetAttributes(to, FileAttributes.Normal);
+            }
             return;
         }
         throw new DiffuException($"{source}: no tokenizer files (vocab.json + merges.txt or encoder.json + vocab.bpe) to copy into the checkpoint");

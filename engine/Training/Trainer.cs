@@ -188,7 +188,7 @@ public sealed class Trainer : IDisposable
         File.WriteAllLines(logPath, history.Select(r => JsonSerializer.Serialize(r, LogJson)));
         if (Step == 0 && !history.Any(r => r.ValLoss is not null))
         {
-            var initial = new TrainLogRow(0, double.NaN, 0, 0, 0, ValidationLoss());
+            var initial = new TrainLogRow(0, null, 0, 0, 0, ValidationLoss());
             history.Add(initial);
             File.AppendAllLines(logPath, [JsonSerializer.Serialize(initial, LogJson)]);
         }
@@ -216,7 +216,6 @@ public sealed class Trainer : IDisposable
     static readonly JsonSerializerOptions LogJson = new()
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
-        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
         DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull,
     };
 

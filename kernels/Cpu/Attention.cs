@@ -14,6 +14,14 @@ namespace DiffuSharp.Kernels.Cpu;
 /// rescale. Values: four rows at a time broadcast their weights against each vector of v, which is loaded
 /// once for the four. Without AVX-512 the same steps run one row at a time with 256-bit vectors.
 /// </para>
+/// <para>
+/// Backward (FlashAttention-2's order) is one work item per (batch, key/value head), so that the query heads of a
+/// group, which all add into the same dk and dv rows, run on one thread and no locks are needed. It walks the keys
+/// in blocks of 64 (transposed once per block for all the heads of the group), and for each block the query rows
+/// that can see it in blocks of 64: it recomputes the scores and P = exp(S − lse) from q, k and the saved lse,
+/// forms dP = dO·vᵀ and dS = Scale · P ∘ (dP − D) with D_i = dO_i · O_i, and adds dv += Pᵀ·dO, dk += dSᵀ·q and
+/// dq += dS·k straight into the caller's gradients with the same four-row kernels as the forward pass.
+/// </para>
 /// The explicit allow-mask is read as [Tq, Tk] row-major (allow[i * Tk + j] for query i and key j).
 /// Geometry and masks are those of <see cref="AttentionShape"/> and <see cref="AttentionMaskMode"/>. A query
 /// row that sees no key at all (possible only with an explicit mask) outputs zeros and lse = −∞.
@@ -62,6 +70,189 @@ public static class Attention
         }
     }
 
+    /// <summary>
+    /// Backward of <see cref="Forward"/>, accumulating into dq, dk and dv, which are laid out with the strides of q, k
+    /// and v. output and lse are those of the forward call; a query row with lse = −∞ (no visible key) adds nothing.
+    /// </summary>
+    public static unsafe void Backward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, ReadOnlySpan<float> output,
+        ReadOnlySpan<float> dOutput, ReadOnlySpan<float> lse, Span<float> dq, Span<float> dk, Span<float> dv,
+        in AttentionShape shape, AttentionMaskMode mode, ReadOnlySpan<byte> allow)
+    {
+        shape.Validate();
+        int tq = shape.QueryLength, tk = shape.KeyLength, heads = shape.Heads, hd = shape.HeadDim;
+        long qNeeded = (shape.Batch - 1) * shape.QueryBatchStride + (long)(tq - 1) * shape.QueryRowStride + heads * hd;
+        long kvNeeded = (shape.Batch - 1) * shape.KeyBatchStride + (long)(tk - 1) * shape.KeyRowStride + shape.KvHeads * hd;
+        long outNeeded = (long)shape.Batch * tq * heads * hd;
+        Guard.Length(q.Length, qNeeded, nameof(q));
+        Guard.Length(dq.Length, qNeeded, nameof(dq));
+        Guard.Length(k.Length, kvNeeded, nameof(k));
+        Guard.Length(v.Length, kvNeeded, nameof(v));
+        Guard.Length(dk.Length, kvNeeded, nameof(dk));
+        Guard.Length(dv.Length, kvNeeded, nameof(dv));
+        Guard.Length(output.Length, outNeeded, nameof(output));
+        Guard.Length(dOutput.Length, outNeeded, nameof(dOutput));
+        Guard.Length(lse.Length, (long)shape.Batch * heads * tq, nameof(lse));
+        if (mode == AttentionMaskMode.Explicit) Guard.Length(allow.Length, (long)tq * tk, nameof(allow));
+
+        int items = shape.Batch * shape.KvHeads;
+        long work = (long)shape.Batch * heads * tq * tk * hd;
+        var s = shape;
+        fixed (float* pq = q, pk = k, pv = v, po = output, pdo = dOutput, pl = lse, pdq = dq, pdk = dk, pdv = dv)
+        fixed (byte* pa = allow)
+        {
+            var t = new BackwardTensors(pq, pk, pv, po, pdo, pl, pdq, pdk, pdv, pa);
+            Work.For(items, work < (1 << 18) ? items : 1, (start, end) =>
+            {
+                for (int item = start; item < end; item++) KvHeadBackward(t, s, mode, item / s.KvHeads, item % s.KvHeads);
+            });
+        }
+    }
+
+    /// <summary>The buffers of one backward call, each at element 0 of the caller's view.</summary>
+    readonly unsafe struct BackwardTensors(float* q, float* k, float* v, float* output, float* dOutput, float* lse,
+        float* dq, float* dk, float* dv, byte* allow)
+    {
+        public readonly float* Q = q, K = k, V = v, Output = output, DOutput = dOutput, Lse = lse, DQ = dq, DK = dk, DV = dv;
+        public readonly byte* Allow = allow;
+    }
+
+    /// <summary>Everything that reads or writes key/value head kvh of batch b: the query heads of its group.</summary>
+    static unsafe void KvHeadBackward(in BackwardTensors t, in AttentionShape shape, AttentionMaskMode mode, int b, int kvh)
+    {
+        int hd = shape.HeadDim, tq = shape.QueryLength, tk = shape.KeyLength, group = shape.GroupSize;
+        int outStride = shape.Heads * hd, qStride = shape.QueryRowStride, kStride = shape.KeyRowStride;
+        long kvOffset = b * shape.KeyBatchStride + (long)kvh * hd;
+        float* kBase = t.K + kvOffset, vBase = t.V + kvOffset, dkBase = t.DK + kvOffset, dvBase = t.DV + kvOffset;
+
+        float* kt = Scratch.Get(2L * hd * BlockKeys + 2 * BlockRows * BlockKeys + (long)group * tq);
+        float* vt = kt + (long)hd * BlockKeys;
+        float* p = vt + (long)hd * BlockKeys;
+        float* dS = p + BlockRows * BlockKeys;
+        float* rowD = dS + BlockRows * BlockKeys;
+
+        for (int g = 0; g < group; g++)
+        {
+            long o = (long)b * tq * outStride + (long)(kvh * group + g) * hd;
+            for (int i = 0; i < tq; i++)
+                rowD[g * tq + i] = VectorOps.Dot(t.DOutput + o + (long)i * outStride, t.Output + o + (long)i * outStride, hd);
+        }
+
+        for (int kb = 0; kb < tk; kb += BlockKeys)
+        {
+            int nk = Math.Min(BlockKeys, tk - kb);
+            float* keys = kBase + (long)kb * kStride;
+            TransposeKeys(keys, kStride, nk, hd, kt);
+            TransposeKeys(vBase + (long)kb * kStride, kStride, nk, hd, vt);
+            float* dKeys = dkBase + (long)kb * kStride, dValues = dvBase + (long)kb * kStride;
+            int firstRow = mode == AttentionMaskMode.Causal ? Math.Max(0, kb - shape.QueryOffset) : 0;
+            for (int g = 0; g < group; g++)
+            {
+                int h = kvh * group + g;
+                float* qHead = t.Q + b * shape.QueryBatchStride + (long)h * hd;
+                float* dqHead = t.DQ + b * shape.QueryBatchStride + (long)h * hd;
+                float* dOHead = t.DOutput + (long)b * tq * outStride + (long)h * hd;
+                float* lseHead = t.Lse + ((long)b * shape.Heads + h) * tq;
+                for (int r0 = firstRow; r0 < tq; r0 += BlockRows)
+                {
+                    int rows = Math.Min(BlockRows, tq - r0);
+                    float* qRows = qHead + (long)r0 * qStride, dORows = dOHead + (long)r0 * outStride;
+                    BlockScores(qRows, qStride, rows, kt, hd, shape.Scale, p);
+                    BlockScores(dORows, outStride, rows, vt, hd, 1f, dS);
+                    for (int r = 0; r < rows; r++)
+                    {
+                        int i = r0 + r;
+                        float* pi = p + r * BlockKeys, dSi = dS + r * BlockKeys;
+                        float rowLse = lseHead[i];
+                        if (float.IsNegativeInfinity(rowLse) || Mask(pi, nk, mode, shape.QueryOffset + i - kb, t.Allow + (long)i * tk + kb) == 0)
+                        {
+                            new Span<float>(pi, BlockKeys).Clear();
+                            new Span<float>(dSi, BlockKeys).Clear();
+                        }
+                        else ScoreGradients(pi, dSi, rowLse, rowD[g * tq + i], shape.Scale);
+                    }
+                    Weighted(p, 1, BlockKeys, nk, rows, dORows, outStride, hd, dValues, kStride);
+                    Weighted(dS, 1, BlockKeys, nk, rows, qRows, qStride, hd, dKeys, kStride);
+                    Weighted(dS, BlockKeys, 1, rows, nk, keys, kStride, hd, dqHead + (long)r0 * qStride, qStride);
+                }
+            }
+        }
+    }
+
+    /// <summary>s[r, 0..64) = scale · Σ_d x[r, d] · kt[d, 0..64) for count rows of x (rows stride apart).</summary>
+    static unsafe void BlockScores(float* x, int stride, int count, float* kt, int hd, float scale, float* s)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (int r = 0; r < count; r += 4)
+                Scores4(x + (long)r * stride, stride, Math.Min(4, count - r), kt, hd, scale, s + r * BlockKeys);
+        }
+        else
+        {
+            for (int r = 0; r < count; r++) ScoresTransposed(x + (long)r * stride, kt, hd, scale, s + r * BlockKeys);
+        }
+    }
+
+    /// <summary>
+    /// For one query row: p = exp(s − lse) over the 64 lanes (masked scores are −∞, so their weight is 0), and in
+    /// place of dP, dS = scale · p · (dP − D).
+    /// </summary>
+    static unsafe void ScoreGradients(float* p, float* dS, float lse, float rowD, float scale)
+    {
+        int c = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var l = Vector512.Create(lse);
+            var d = Vector512.Create(rowD);
+            var f = Vector512.Create(scale);
+            for (; c < BlockKeys; c += 16)
+            {
+                var pc = FastExp.Exp(Vector512.Load(p + c) - l);
+                Vector512.Store(pc, p + c);
+                Vector512.Store(f * pc * (Vector512.Load(dS + c) - d), dS + c);
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var l = Vector256.Create(lse);
+            var d = Vector256.Create(rowD);
+            var f = Vector256.Create(scale);
+            for (; c < BlockKeys; c += 8)
+            {
+                var pc = FastExp.Exp(Vector256.Load(p + c) - l);
+                Vector256.Store(pc, p + c);
+                Vector256.Store(f * pc * (Vector256.Load(dS + c) - d), dS + c);
+            }
+        }
+        for (; c < BlockKeys; c++)
+        {
+            float pc = MathF.Exp(p[c] - lse);
+            p[c] = pc;
+            dS[c] = scale * pc * (dS[c] - rowD);
+        }
+    }
+
+    /// <summary>
+    /// acc[r, :] += Σ_j w[r, j] · values[j, :] for count rows and n values, the weight w[r, j] read at p[r · pRow + j · pCol]
+    /// (see <see cref="WeightedValues4"/>); without AVX-512, one row and one non-zero weight at a time.
+    /// </summary>
+    static unsafe void Weighted(float* p, int pRow, int pCol, int count, int n, float* values, int stride, int hd, float* acc, int accStride)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (int r = 0; r < count; r += 4)
+                WeightedValues4(p + (long)r * pRow, pRow, pCol, Math.Min(4, count - r), n, values, stride, hd, acc + (long)r * accStride, accStride);
+            return;
+        }
+        for (int r = 0; r < count; r++)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                float w = p[(long)r * pRow + (long)j * pCol];
+                if (w != 0f) VectorOps.Axpy(w, values + (long)j * stride, acc + (long)r * accStride, hd);
+            }
+        }
+    }
+
     /// <summary>Query rows [r0, r1) of head h in batch b.</summary>
     static unsafe void RowBlock(float* q, float* k, float* v, float* output, float* lse, in AttentionShape shape,
         AttentionMaskMode mode, byte* allow, int b, int h, int r0, int r1)
@@ -103,7 +294,7 @@ public static class Attention
                         new Span<float>(si, BlockKeys).Clear();
                 }
                 for (int r = 0; r < rows; r += 4)
-                    WeightedValues4(scores + r * BlockKeys, Math.Min(4, rows - r), nk, values, shape.KeyRowStride, hd, acc + (long)r * hd);
+                    WeightedValues4(scores + r * BlockKeys, BlockKeys, 1, Math.Min(4, rows - r), nk, values, shape.KeyRowStride, hd, acc + (long)r * hd, hd);
                 continue;
             }
             for (int r = 0; r < rows; r++)
@@ -233,12 +424,16 @@ public static class Attention
 
     /// <summary>
     /// acc[r, 0..hd) += Σ_j p[r, j] · v[j, 0..hd) for four rows at once (AVX-512): each vector of v is loaded once
-    /// for the four rows. Rows past count repeat the last row's weights into unused slots of acc.
+    /// for the four rows. The weight p[r, j] is read at p[r · pRow + j · pCol], so the same kernel multiplies by a
+    /// block of weights or by its transpose; rows of acc are accStride apart and rows of v stride apart. Rows past
+    /// count alias the last row (weights and accumulator): it is computed again and stored twice with the same
+    /// value, so nothing outside the count rows is touched and acc may be a caller's gradient.
     /// </summary>
-    static unsafe void WeightedValues4(float* p, int count, int nk, float* values, int stride, int hd, float* acc)
+    static unsafe void WeightedValues4(float* p, int pRow, int pCol, int count, int nk, float* values, int stride, int hd, float* acc, int accStride)
     {
-        float* p0 = p, p1 = p + Math.Min(1, count - 1) * BlockKeys, p2 = p + Math.Min(2, count - 1) * BlockKeys, p3 = p + Math.Min(3, count - 1) * BlockKeys;
-        float* a0 = acc, a1 = a0 + hd, a2 = a1 + hd, a3 = a2 + hd;
+        int o1 = Math.Min(1, count - 1) * pRow, o2 = Math.Min(2, count - 1) * pRow, o3 = Math.Min(3, count - 1) * pRow;
+        float* a0 = acc, a1 = acc + (long)Math.Min(1, count - 1) * accStride, a2 = acc + (long)Math.Min(2, count - 1) * accStride,
+            a3 = acc + (long)Math.Min(3, count - 1) * accStride;
         int d = 0;
         for (; d <= hd - 32; d += 32)
         {
@@ -247,16 +442,17 @@ public static class Attention
             var c20 = Vector512.Load(a2 + d); var c21 = Vector512.Load(a2 + d + 16);
             var c30 = Vector512.Load(a3 + d); var c31 = Vector512.Load(a3 + d + 16);
             float* vj = values + d;
-            for (int j = 0; j < nk; j++, vj += stride)
+            float* pj = p;
+            for (int j = 0; j < nk; j++, vj += stride, pj += pCol)
             {
                 var v0 = Vector512.Load(vj); var v1 = Vector512.Load(vj + 16);
-                var w = Vector512.Create(p0[j]);
+                var w = Vector512.Create(pj[0]);
                 c00 = Vector512.FusedMultiplyAdd(w, v0, c00); c01 = Vector512.FusedMultiplyAdd(w, v1, c01);
-                w = Vector512.Create(p1[j]);
+                w = Vector512.Create(pj[o1]);
                 c10 = Vector512.FusedMultiplyAdd(w, v0, c10); c11 = Vector512.FusedMultiplyAdd(w, v1, c11);
-                w = Vector512.Create(p2[j]);
+                w = Vector512.Create(pj[o2]);
                 c20 = Vector512.FusedMultiplyAdd(w, v0, c20); c21 = Vector512.FusedMultiplyAdd(w, v1, c21);
-                w = Vector512.Create(p3[j]);
+                w = Vector512.Create(pj[o3]);
                 c30 = Vector512.FusedMultiplyAdd(w, v0, c30); c31 = Vector512.FusedMultiplyAdd(w, v1, c31);
             }
             c00.Store(a0 + d); c01.Store(a0 + d + 16);
@@ -268,24 +464,26 @@ public static class Attention
         {
             var c0 = Vector512.Load(a0 + d); var c1 = Vector512.Load(a1 + d); var c2 = Vector512.Load(a2 + d); var c3 = Vector512.Load(a3 + d);
             float* vj = values + d;
-            for (int j = 0; j < nk; j++, vj += stride)
+            float* pj = p;
+            for (int j = 0; j < nk; j++, vj += stride, pj += pCol)
             {
                 var v0 = Vector512.Load(vj);
-                c0 = Vector512.FusedMultiplyAdd(Vector512.Create(p0[j]), v0, c0);
-                c1 = Vector512.FusedMultiplyAdd(Vector512.Create(p1[j]), v0, c1);
-                c2 = Vector512.FusedMultiplyAdd(Vector512.Create(p2[j]), v0, c2);
-                c3 = Vector512.FusedMultiplyAdd(Vector512.Create(p3[j]), v0, c3);
+                c0 = Vector512.FusedMultiplyAdd(Vector512.Create(pj[0]), v0, c0);
+                c1 = Vector512.FusedMultiplyAdd(Vector512.Create(pj[o1]), v0, c1);
+                c2 = Vector512.FusedMultiplyAdd(Vector512.Create(pj[o2]), v0, c2);
+                c3 = Vector512.FusedMultiplyAdd(Vector512.Create(pj[o3]), v0, c3);
             }
             c0.Store(a0 + d); c1.Store(a1 + d); c2.Store(a2 + d); c3.Store(a3 + d);
         }
         for (; d < hd; d++)
         {
             float* vj = values + d;
+            float* pj = p;
             float c0 = a0[d], c1 = a1[d], c2 = a2[d], c3 = a3[d];
-            for (int j = 0; j < nk; j++, vj += stride)
+            for (int j = 0; j < nk; j++, vj += stride, pj += pCol)
             {
                 float vv = *vj;
-                c0 += p0[j] * vv; c1 += p1[j] * vv; c2 += p2[j] * vv; c3 += p3[j] * vv;
+                c0 += pj[0] * vv; c1 += pj[o1] * vv; c2 += pj[o2] * vv; c3 += pj[o3] * vv;
             }
             a0[d] = c0; a1[d] = c1; a2[d] = c2; a3[d] = c3;
         }

@@ -2,7 +2,7 @@ namespace DiffuSharp.Kernels.Cpu;
 
 /// <summary>
 /// Fused softmax and cross-entropy, one row per work item: a vector maximum, one pass that writes
-/// exp(logit − max) into the gradient row while summing it, and one scaling pass. GPT-2 rows are 50257 wide,
+/// exp(logit − max) into the gradient row while summing it (<see cref="FastExp"/>), and one scaling pass. GPT-2 rows are 50257 wide,
 /// so a row is plenty of work for a thread.
 /// </summary>
 public static class CrossEntropy
@@ -51,7 +51,7 @@ public static class CrossEntropy
         }
         float max = Reduce.Max(x, n);
         float targetLogit = x[target];
-        float sum = Softmax.ExpShifted(x, d, n, max);
+        float sum = FastExp.ExpShifted(x, d, n, max);
         float logSum = max + MathF.Log(sum);
         Softmax.Scale(d, n, weight / sum);
         d[target] -= weight;

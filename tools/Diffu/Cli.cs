@@ -19,6 +19,7 @@ public static class Cli
             LogitsCommand.Create(stdout),
             GenerateCommand.Create(stdout, stderr),
             BenchCommand.Create(stdout),
+            TokenizeCommand.Create(stdout, stderr),
             TrainCommand.Create(stdout, stderr),
         };
         var parsed = root.Parse(args);

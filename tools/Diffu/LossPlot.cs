@@ -10,11 +10,11 @@ static class LossPlot
     public static void Write(string path, IReadOnlyList<TrainLogRow> rows, string title)
     {
         var plot = new ScottPlot.Plot();
-        var train = rows.Where(r => r.Step > 0 && double.IsFinite(r.Loss)).ToArray();
+        var train = rows.Where(r => r.Loss is double l && double.IsFinite(l)).ToArray();
         var validation = rows.Where(r => r.ValLoss is double v && double.IsFinite(v)).ToArray();
         if (train.Length > 0)
         {
-            var line = plot.Add.Scatter(train.Select(r => (double)r.Step).ToArray(), train.Select(r => r.Loss).ToArray());
+            var line = plot.Add.Scatter(train.Select(r => (double)r.Step).ToArray(), train.Select(r => r.Loss!.Value).ToArray());
             line.LegendText = "train";
             line.MarkerSize = train.Length > 50 ? 0 : 4;
         }

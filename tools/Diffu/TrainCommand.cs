@@ -33,7 +33,11 @@ static class TrainCommand
         var evalEvery = new Option<long>("--eval-every") { Description = "validate, checkpoint and plot every N steps", DefaultValueFactory = _ => 100 };
         var evalBatches = new Option<int>("--eval-batches") { Description = "validation batches per evaluation", DefaultValueFactory = _ => 8 };
         var seed = new Option<ulong>("--seed") { Description = "seed for initialisation, data order and noise", DefaultValueFactory = _ => 0 };
-        var mask = new Option<int>("--mask-token") { Description = "[MASK] token id (DiffuGPT-S: 10541)", DefaultValueFactory = _ => 10541 };
+        var mask = new Option<string>("--mask-token")
+        {
+            Description = "[MASK] token: an existing id (DiffuGPT-S uses 10541) or 'new' to append one with the mean embedding",
+            DefaultValueFactory = _ => "10541",
+        };
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay", DefaultValueFactory = _ => 0f };
         var clip = new Option<float>("--clip") { Description = "global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1f };
         var valFraction = new Option<double>("--val-fraction") { Description = "share of blocks held out for validation", DefaultValueFactory = _ => 0.05 };
@@ -54,70 +58,74 @@ static class TrainCommand
                 LearningRate = parse.GetValue(lr), WarmupSteps = parse.GetValue(warmup),
                 Decay = parse.GetValue(schedule) == "constant" ? LearningRateDecay.Constant : LearningRateDecay.Cosine,
                 AnnealSteps = parse.GetValue(anneal), GradientAccumulation = parse.GetValue(accum), EvalEvery = parse.GetValue(evalEvery),
-                EvalBatches = parse.GetValue(evalBatches), Seed = parse.GetValue(seed), MaskTokenId = parse.GetValue(mask),
+                EvalBatches = parse.GetValue(evalBatches), Seed = parse.GetValue(seed),
                 WeightDecay = parse.GetValue(weightDecay), ClipNorm = parse.GetValue(clip),
                 Data = (parse.GetValue(data) ?? []).Select(Path.GetFullPath).ToArray(),
             };
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
                 parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(valFraction),
-                parse.GetResult(steps) is not null);
+                parse.GetResult(steps) is not null, parse.GetValue(mask)!);
             return Run(request, options, stdout, stderr);
         });
         return command;
     }
 
     sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device,
-        double ValidationFraction, bool StepsGiven);
+        double ValidationFraction, bool StepsGiven, string MaskToken);
 
     static int Run(Request request, TrainOptions options, TextWriter stdout, TextWriter stderr)
     {
         int sources = (request.Init is null ? 0 : 1) + (request.Config is null ? 0 : 1) + (request.Resume is null ? 0 : 1);
         if (sources != 1) throw new DiffuException("give exactly one of --init DIR, --config PRESET or --resume DIR");
         string outDir = request.Out ?? request.Resume ?? throw new DiffuException("--out DIR is required");
+        var saved = request.Resume is string resumeFrom ? Checkpoint.LoadOptions(resumeFrom) : null;
+        var run = saved ?? options;
+        var shards = options.Data.Length > 0 ? options.Data : saved?.Data ?? [];
+        if (shards.Length == 0) throw new DiffuException("--data FILE is required (make one with `diffu tokenize`)");
 
+        string tokenizerDir = request.Resume ?? TokenizerFor(request);
         using var device = Devices.Create(request.Device);
-        Trainer trainer;
-        string tokenizerDir;
-        if (request.Resume is string resumeDir)
-        {
-            var saved = Checkpoint.LoadOptions(resumeDir);
-            var shards = options.Data.Length > 0 ? options.Data : saved.Data;
-            var blocks = TrainingData.Open(shards, saved.SequenceLength, saved.Seed, request.ValidationFraction);
-            trainer = Trainer.Resume(resumeDir, device, blocks, request.StepsGiven ? options.Steps : null);
-            tokenizerDir = resumeDir;
-        }
-        else
-        {
-            if (options.Data.Length == 0) throw new DiffuException("--data FILE is required (make one with `diffu tokenize`)");
-            var model = request.Init is string initDir ? Gpt2Model.Load(initDir, device) : Gpt2Model.CreateRandom(Presets.Load(request.Config!), device, options.Seed);
-            try
-            {
-                tokenizerDir = request.Init is string dir && Directory.Exists(dir) && HasTokenizer(dir) ? dir
-                    : request.Tokenizer ?? Environment.GetEnvironmentVariable("DIFFU_TOKENIZER")
-                      ?? throw new DiffuException("no tokenizer to store with the checkpoint: pass --tokenizer DIR");
-                var blocks = TrainingData.Open(options.Data, options.SequenceLength, options.Seed, request.ValidationFraction);
-                trainer = new Trainer(model, blocks, options, ownsModel: true);
-            }
-            catch
-            {
-                model.Dispose();
-                throw;
-            }
-        }
+        using var blocks = TrainingData.Open(shards, run.SequenceLength, run.Seed, request.ValidationFraction);
+        using var trainer = request.Resume is string resumeDir
+            ? Trainer.Resume(resumeDir, device, blocks, request.StepsGiven ? options.Steps : null)
+            : NewRun(request, options, device, blocks);
 
-        using (trainer)
-        {
-            var o = trainer.Options;
-            stderr.WriteLine($"training {o.Objective} on {device.Description}: {trainer.Model.Config.ParameterCount:N0} parameters, "
-                + $"steps {trainer.Step} -> {o.Steps}, batch {o.Batch} x {o.SequenceLength} x {o.GradientAccumulation}, lr {o.LearningRate:g3}, out {outDir}");
-            var title = $"{(o.Objective == TrainingObjective.Diffusion ? "diffusion" : "AR")} training, {Path.GetFileName(Path.GetFullPath(outDir))}";
-            void Plot(IReadOnlyList<TrainLogRow> rows) => LossPlot.Write(Path.Combine(outDir, LossPlot.FileName), rows, title);
-            ProgressView.Run(trainer, outDir, tokenizerDir, Plot, stdout);
-            var last = trainer.History.LastOrDefault(r => r.ValLoss is not null);
-            stdout.WriteLine($"done: step {trainer.Step}, validation loss {last?.ValLoss:F4}; checkpoint, {Trainer.LogFile} and {LossPlot.FileName} in {outDir}");
-        }
+        var o = trainer.Options;
+        stderr.WriteLine($"training {o.Objective} on {device.Description}: {trainer.Model.Config.ParameterCount:N0} parameters, "
+            + $"steps {trainer.Step} -> {o.Steps}, batch {o.Batch} x {o.SequenceLength} x {o.GradientAccumulation}, lr {o.LearningRate:g3}, out {outDir}");
+        var title = $"{(o.Objective == TrainingObjective.Diffusion ? "diffusion" : "AR")} training, {Path.GetFileName(Path.GetFullPath(outDir))}";
+        void Plot(IReadOnlyList<TrainLogRow> rows) => LossPlot.Write(Path.Combine(outDir, LossPlot.FileName), rows, title);
+        ProgressView.Run(trainer, outDir, tokenizerDir, Plot, stdout);
+        var last = trainer.History.LastOrDefault(r => r.ValLoss is not null);
+        stdout.WriteLine($"done: step {trainer.Step}, validation loss {last?.ValLoss:F4}; checkpoint, {Trainer.LogFile} and {LossPlot.FileName} in {outDir}");
         return Cli.Ok;
     }
+
+    /// <summary>A run from --init or --config; for diffusion the mask token is set (or appended) first.</summary>
+    static Trainer NewRun(Request request, TrainOptions options, Device device, ITokenBlocks blocks)
+    {
+        var model = request.Init is string initDir ? Gpt2Model.Load(initDir, device) : Gpt2Model.CreateRandom(Presets.Load(request.Config!), device, options.Seed);
+        try
+        {
+            if (options.Objective == TrainingObjective.Diffusion)
+                options = options with { MaskTokenId = request.MaskToken == "new" ? model.AppendToken() : ParseMaskToken(request.MaskToken) };
+            return new Trainer(model, blocks, options, ownsModel: true);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The tokenizer files stored with the checkpoint: the --init folder's own, else --tokenizer, else $DIFFU_TOKENIZER.</summary>
+    static string TokenizerFor(Request request) =>
+        request.Init is string dir && HasTokenizer(dir) ? dir
+        : request.Tokenizer ?? Environment.GetEnvironmentVariable("DIFFU_TOKENIZER")
+          ?? throw new DiffuException("no tokenizer to store with the checkpoint: pass --tokenizer DIR");
+
+    static int ParseMaskToken(string text) =>
+        int.TryParse(text, out int id) && id >= 0 ? id : throw new DiffuException($"--mask-token: '{text}' is neither a token id nor 'new'");
 
     static bool HasTokenizer(string dir) =>
         (File.Exists(Path.Combine(dir, "vocab.json")) && File.Exists(Path.Combine(dir, "merges.txt")))

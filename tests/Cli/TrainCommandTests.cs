@@ -1,0 +1,94 @@
+using System.Text.Json;
+using DiffuSharp.Tests.Models;
+using DiffuSharp.Training;
+
+namespace DiffuSharp.Tests.CliTests;
+
+/// <summary>`diffu tokenize` + `diffu train` end to end on the PyTorch fixture (vocabulary 512), in-process.</summary>
+public sealed class TrainCommandTests
+{
+    string temp = null!;
+    string shard = null!;
+
+    static string Tokenizer => Path.Combine(TestUtil.SharedData, "tokenizers", "gpt2");
+
+    [SetUp]
+    public void SetUp()
+    {
+        temp = Directory.CreateTempSubdirectory("diffu-traincli-").FullName;
+        var text = Path.Combine(temp, "stories.txt");
+        File.WriteAllText(text, string.Join("<|endoftext|>", File.ReadAllText(Path.Combine(TestUtil.SharedData, "corpora", "tinystories", "train_v2_head.txt"))
+            .Split("<|endoftext|>").Take(40)));
+        shard = Path.Combine(temp, "stories.tok");
+        var (code, _, err) = Run("tokenize", "--tokenizer", Tokenizer, "--vocab-limit", "512", "--out", shard, text);
+        Assert.That(code, Is.EqualTo(0), err);
+    }
+
+    [TearDown]
+    public void TearDown() => Directory.Delete(temp, recursive: true);
+
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = DiffuSharp.Cli.Cli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    [Test]
+    public void AdaptsTheFixtureIntoADiffusionModelAndResumes()
+    {
+        var outDir = Path.Combine(temp, "run");
+        var (code, output, err) = Run("train", "--init", Gpt2FixtureTests.FixtureDir, "--tokenizer", Tokenizer, "--data", shard,
+            "--objective", "diffusion", "--mask-token", "3", "--anneal-steps", "3", "--steps", "4", "--batch", "2", "--seq-len", "32",
+            "--eval-every", "2", "--eval-batches", "1", "--lr", "1e-3", "--out", outDir, "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(output, Does.Contain("step 4/4"));
+        foreach (var file in new[] { "model.safetensors", "config.json", "training_state.safetensors", "vocab.json", "merges.txt", "train_log.jsonl", "loss.png" })
+            Assert.That(File.Exists(Path.Combine(outDir, file)), file);
+        Assert.That(File.ReadAllBytes(Path.Combine(outDir, "loss.png")).Take(4), Is.EqualTo(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }));
+        using (var config = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "config.json"))))
+            Assert.That(config.RootElement.GetProperty("mask_token_id").GetInt32(), Is.EqualTo(3));
+        var lines = File.ReadAllLines(Path.Combine(outDir, "train_log.jsonl"));
+        Assert.That(lines, Has.Length.EqualTo(5), "step 0 (validation only) and steps 1-4");
+        using (var row = JsonDocument.Parse(lines[1]))
+            foreach (var field in new[] { "step", "loss", "lr", "tokens_per_s" })
+                Assert.That(row.RootElement.TryGetProperty(field, out _), field);
+        using (var row = JsonDocument.Parse(lines[2]))
+            Assert.That(row.RootElement.GetProperty("val_loss").GetDouble(), Is.GreaterThan(0));
+
+        (code, _, err) = Run("train", "--resume", outDir, "--steps", "6", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        var log = Trainer.ReadLog(Path.Combine(outDir, "train_log.jsonl"));
+        Assert.That(log.Select(r => r.Step), Is.EqualTo(new long[] { 0, 1, 2, 3, 4, 5, 6 }));
+
+        (code, output, err) = Run("generate", "--model", outDir, "--prompt", "Once", "--ar", "--max-new", "3", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(output, Does.StartWith("Once"));
+    }
+
+    [Test]
+    public void AppendsANewMaskTokenWhenAsked()
+    {
+        var outDir = Path.Combine(temp, "new-mask");
+        var (code, _, err) = Run("train", "--init", Gpt2FixtureTests.FixtureDir, "--tokenizer", Tokenizer, "--data", shard, "--mask-token", "new",
+            "--steps", "1", "--batch", "2", "--seq-len", "16", "--eval-every", "1", "--eval-batches", "1", "--out", outDir, "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        using var config = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "config.json")));
+        Assert.That(config.RootElement.GetProperty("vocab_size").GetInt32(), Is.EqualTo(513));
+        Assert.That(config.RootElement.GetProperty("mask_token_id").GetInt32(), Is.EqualTo(512));
+    }
+
+    [Test]
+    public void BadTrainingArgumentsExitWithCode2()
+    {
+        string[] common = ["--tokenizer", Tokenizer, "--steps", "1", "--out", Path.Combine(temp, "x"), "--device", "cpu"];
+        Assert.That(Run(["train", "--data", shard, .. common]).Code, Is.EqualTo(2), "no --init/--config/--resume");
+        Assert.That(Run(["train", "--config", "gpt2-tiny", "--init", Gpt2FixtureTests.FixtureDir, "--data", shard, .. common]).Code, Is.EqualTo(2));
+        Assert.That(Run(["train", "--init", Gpt2FixtureTests.FixtureDir, .. common]).Code, Is.EqualTo(2), "no --data");
+        Assert.That(Run(["train", "--init", Gpt2FixtureTests.FixtureDir, "--data", Path.Combine(temp, "missing.tok"), .. common]).Code, Is.EqualTo(2));
+        Assert.That(Run(["train", "--config", "no-such-preset", "--data", shard, .. common]).Code, Is.EqualTo(2));
+        Assert.That(Run(["train", "--init", Gpt2FixtureTests.FixtureDir, "--data", shard, "--mask-token", "999", .. common]).Code, Is.EqualTo(2), "mask id outside the vocabulary");
+        Assert.That(Run(["train", "--resume", Path.Combine(temp, "nothing-here"), .. common]).Code, Is.EqualTo(2));
+    }
+}

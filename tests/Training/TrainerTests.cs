@@ -1,0 +1,159 @@
+using DiffuSharp.Diffusion;
+using DiffuSharp.IO;
+using DiffuSharp.Models;
+using DiffuSharp.Runtime;
+using DiffuSharp.Tests.Models;
+using DiffuSharp.Training;
+
+namespace DiffuSharp.Tests.Training;
+
+/// <summary>Blocks cycled in order from an array: a deterministic stand-in for the token-shard loader.</summary>
+sealed class ArrayBlocks(int[][] train, int[][] validation) : ITokenBlocks
+{
+    long position;
+    public int BlockLength => train[0].Length;
+    public int ValidationBlockCount => validation.Length;
+
+    public void NextTrainingBatch(int batch, Span<int> destination)
+    {
+        for (int i = 0; i < batch; i++) train[position++ % train.Length].CopyTo(destination.Slice(i * BlockLength, BlockLength));
+    }
+
+    public void ReadValidationBatch(int first, int batch, Span<int> destination)
+    {
+        for (int i = 0; i < batch; i++) validation[(first + i) % validation.Length].CopyTo(destination.Slice(i * BlockLength, BlockLength));
+    }
+
+    public long[] State { get => [position]; set => position = value[0]; }
+
+    public static ArrayBlocks Random(int seed, int blocks, int length, int vocab)
+    {
+        var rng = new Random(seed);
+        int[][] Make(int n) => Enumerable.Range(0, n).Select(_ => Enumerable.Range(0, length).Select(_ => rng.Next(vocab)).ToArray()).ToArray();
+        return new ArrayBlocks(Make(blocks), Make(4));
+    }
+}
+
+public sealed class TrainerTests
+{
+    string temp = null!;
+
+    [SetUp]
+    public void SetUp() => temp = Directory.CreateTempSubdirectory("diffu-train-").FullName;
+
+    [TearDown]
+    public void TearDown() => Directory.Delete(temp, recursive: true);
+
+    static TrainOptions Options(TrainingObjective kind) => new()
+    {
+        Objective = kind, Steps = 6, Batch = 2, SequenceLength = 16, LearningRate = 3e-3, WarmupSteps = 2,
+        AnnealSteps = 4, MaskTokenId = 3, EvalEvery = 3, EvalBatches = 2, Seed = 9, GradientAccumulation = 2,
+    };
+
+    static string Fixture => Gpt2FixtureTests.FixtureDir;
+
+    [TestCase(TrainingObjective.Diffusion)]
+    [TestCase(TrainingObjective.Autoregressive)]
+    public void ResumedRunReproducesTheUninterruptedLossSequence(TrainingObjective kind)
+    {
+        using var device = new CpuDevice();
+        string full = Path.Combine(temp, "full"), split = Path.Combine(temp, "split");
+        using (var model = Gpt2Model.Load(Fixture, device))
+        using (var trainer = new Trainer(model, ArrayBlocks.Random(1, 10, 16, 512), Options(kind)))
+            trainer.Run(full, null);
+        using (var model = Gpt2Model.Load(Fixture, device))
+        using (var trainer = new Trainer(model, ArrayBlocks.Random(1, 10, 16, 512), Options(kind) with { Steps = 3 }))
+            trainer.Run(split, null);
+        using (var trainer = Trainer.Resume(split, device, ArrayBlocks.Random(1, 10, 16, 512), steps: 6))
+            trainer.Run(split, null);
+
+        var a = Trainer.ReadLog(Path.Combine(full, Trainer.LogFile));
+        var b = Trainer.ReadLog(Path.Combine(split, Trainer.LogFile));
+        Assert.That(b.Select(r => r.Step), Is.EqualTo(a.Select(r => r.Step)));
+        Assert.That(b.Select(r => r.Loss), Is.EqualTo(a.Select(r => r.Loss)), "bit-identical training losses");
+        Assert.That(b.Select(r => r.ValLoss), Is.EqualTo(a.Select(r => r.ValLoss)));
+        using var wa = SafeTensorFile.Open(Path.Combine(full, Checkpoint.ModelFile));
+        using var wb = SafeTensorFile.Open(Path.Combine(split, Checkpoint.ModelFile));
+        foreach (var t in wa.Tensors) Assert.That(wb.ReadFloat32(t.Name), Is.EqualTo(wa.ReadFloat32(t.Name)), t.Name);
+    }
+
+    [Test]
+    public void TrainingLowersTheLossAndWritesALoadableCheckpoint()
+    {
+        using var device = new CpuDevice();
+        var data = ArrayBlocks.Random(2, 2, 16, 512);
+        using (var model = Gpt2Model.Load(Fixture, device))
+        using (var trainer = new Trainer(model, data, Options(TrainingObjective.Autoregressive) with { Steps = 30, EvalEvery = 30, WarmupSteps = 0, GradientAccumulation = 1 }))
+            trainer.Run(temp, null);
+        var log = Trainer.ReadLog(Path.Combine(temp, Trainer.LogFile));
+        Assert.That(log[^1].Loss, Is.LessThan(log[1].Loss * 0.7), "memorising two blocks must lower the loss");
+        Assert.That(log.Where(r => r.Step > 0).Select(r => r.Step), Is.EqualTo(Enumerable.Range(1, 30).Select(i => (long)i)));
+        using var reloaded = Gpt2Model.Load(temp, device);
+        Assert.That(reloaded.Config.VocabSize, Is.EqualTo(512));
+    }
+
+    [Test]
+    public void NonFiniteLossStopsTheStepAndKeepsTheLastCheckpoint()
+    {
+        using var device = new CpuDevice();
+        using var model = Gpt2Model.Load(Fixture, device);
+        using var trainer = new Trainer(model, ArrayBlocks.Random(3, 4, 16, 512), Options(TrainingObjective.Diffusion) with { Steps = 3, EvalEvery = 1 });
+        trainer.TrainStep();
+        Checkpoint.Save(temp, model, null, null, null, null, 3);
+        var before = File.ReadAllBytes(Path.Combine(temp, Checkpoint.ModelFile));
+        var bias = device.ToArray(model.Weights.LnfBias);
+        bias[0] = float.NaN;
+        device.Upload(model.Weights.LnfBias, 0, bias);
+        var weights = device.ToArray(model.Weights.Wte);
+        var e = Assert.Throws<TrainingDivergedException>(() => trainer.TrainStep())!;
+        Assert.That(e.Message, Does.Contain("not finite"));
+        Assert.That(device.ToArray(model.Weights.Wte), Is.EqualTo(weights), "no update after a non-finite loss");
+        Assert.That(File.ReadAllBytes(Path.Combine(temp, Checkpoint.ModelFile)), Is.EqualTo(before));
+    }
+
+    [Test]
+    public void GradientAccumulationEqualsOneLargeBatch()
+    {
+        using var device = new CpuDevice();
+        using var model = Gpt2Model.Load(Fixture, device);
+        var data = ArrayBlocks.Random(4, 4, 16, 512);
+        var ids = new int[4 * 16];
+        data.NextTrainingBatch(4, ids);
+        var objective = new Objective(TrainingObjective.Autoregressive, -1, 0);
+        using var whole = Gpt2Weights.Zeros(model.Config, device);
+        using var parts = Gpt2Weights.Zeros(model.Config, device);
+        var big = new ObjectiveBatch(4, 16);
+        objective.Prepare(ids, big, 0);
+        double lossWhole = GradientStep.Run(model, big, whole, Kernels.AttentionMaskMode.Causal, null);
+        var half = new ObjectiveBatch(2, 16);
+        double lossParts = 0;
+        for (int k = 0; k < 2; k++)
+        {
+            objective.Prepare(ids.AsSpan(k * 32, 32), half, 0, scale: 0.5f);
+            lossParts += GradientStep.Run(model, half, parts, Kernels.AttentionMaskMode.Causal, null);
+        }
+        Assert.That(lossParts, Is.EqualTo(lossWhole).Within(1e-5).Percent);
+        foreach (var ((name, a), (_, b)) in whole.Named().Zip(parts.Named()))
+            Assert.That(TestUtil.RelativeL2(device.ToArray(b), device.ToArray(a)), Is.LessThan(1e-5), name);
+    }
+
+    [Test]
+    public void AppendedMaskTokenHasTheMeanEmbedding()
+    {
+        using var device = new CpuDevice();
+        using var model = Gpt2Model.Load(Fixture, device);
+        var before = device.ToArray(model.Weights.Wte);
+        int id = model.AppendToken();
+        Assert.That(id, Is.EqualTo(512));
+        Assert.That(model.Config.VocabSize, Is.EqualTo(513));
+        var after = device.ToArray(model.Weights.Wte);
+        int c = model.Config.Channels;
+        Assert.That(after.AsSpan(0, before.Length).ToArray(), Is.EqualTo(before));
+        for (int j = 0; j < c; j++)
+        {
+            double mean = 0;
+            for (int i = 0; i < 512; i++) mean += before[i * c + j];
+            Assert.That(after[512 * c + j], Is.EqualTo(mean / 512).Within(1e-6));
+        }
+    }
+}
