@@ -197,6 +197,23 @@ public class CpuBackwardTests
         CheckAttentionBackward(rng, q, k, v, 0, 0, shape, mode, allow);
     }
 
+    /// <summary>A chunk of queries after a prefix of keys (the device API asks for offset 0, the kernels do not need it).</summary>
+    [TestCase(5, 10, 16)]
+    [TestCase(70, 100, 32)]
+    public void AttentionBackwardWithQueryOffset(int queries, int offset, int headDim)
+    {
+        var rng = TestUtil.NewRandom();
+        const int batch = 2, heads = 2;
+        int keys = offset + queries;
+        var shape = new AttentionShape(batch, heads, heads, headDim, queries, keys, offset,
+            heads * headDim, heads * headDim, (long)queries * heads * headDim, (long)keys * heads * headDim, 0.3f);
+        var q = TestUtil.RandomFloats(rng, batch * queries * heads * headDim, 2f);
+        var k = TestUtil.RandomFloats(rng, batch * keys * heads * headDim, 2f);
+        var v = TestUtil.RandomFloats(rng, batch * keys * heads * headDim);
+        CheckAttentionBackward(rng, q, k, v, 0, 0, shape, AttentionMaskMode.Causal, null);
+        CheckAttentionBackward(rng, q, k, v, 0, 0, shape, AttentionMaskMode.Bidirectional, null);
+    }
+
     [TestCase(AttentionMaskMode.Causal, 1, 8)]
     [TestCase(AttentionMaskMode.Causal, 70, 16)]
     [TestCase(AttentionMaskMode.Bidirectional, 33, 64)]
