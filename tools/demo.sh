@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
-# The main job, end to end on the CPU: build the `diffu` CLI, inspect the PyTorch-written GPT-2 fixture,
-# write the logits of one forward pass, and decode from it autoregressively with a KV cache.
+# The main job, end to end on the CPU (about 10 minutes on 2 cores):
+#   1. build the `diffu` CLI;
+#   2. tokenize the TinyStories text in ../shared/data with the GPT-2 BPE;
+#   3. train a tiny GPT-2 (models/gpt2-tiny) autoregressively and sample from it;
+#   4. adapt it into a DiffuGPT with the paper's objective (masking, 1/t, shift, attention annealing).
+# Each training run leaves a checkpoint, train_log.jsonl and loss.png in its folder under out/demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v dotnet >/dev/null || { echo "the .NET 10 SDK is required (dotnet not on PATH)" >&2; exit 1; }
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DIFFU_DEVICE="${DIFFU_DEVICE:-cpu}"
 SHARED="${SHARED:-../shared/data}"
 OUT="${OUT:-out/demo}"
+AR_STEPS="${AR_STEPS:-300}"
+DIFFUSION_STEPS="${DIFFUSION_STEPS:-300}"
 mkdir -p "$OUT"
 
 dotnet build tools/Diffu/Diffu.csproj -c Release -o out/diffu -v quiet -nologo
 diffu() { out/diffu/diffu "$@"; }
-model=tests/fixtures/gpt2-tiny
+tokenizer="$SHARED/tokenizers/gpt2"
 
-echo "== diffu info $model"
-diffu info "$model"
+echo "== tokenize TinyStories"
+diffu tokenize --tokenizer "$tokenizer" --out "$OUT/stories.tok" \
+  "$SHARED/corpora/tinystories/train_v2_head.txt" "$SHARED/corpora/tinystories/train_data00_head.txt"
 
-echo "== diffu logits (causal and bidirectional)"
-ids=15,42,7,300,511,2
-diffu logits --model "$model" --ids "$ids" --out "$OUT/logits_causal.safetensors"
-diffu logits --model "$model" --ids "$ids" --bidirectional --out "$OUT/logits_bidirectional.safetensors"
+echo "== train a tiny GPT-2 (AR, causal attention)"
+rm -rf "$OUT/gpt2-tiny-ar"
+diffu train --config gpt2-tiny --objective ar --data "$OUT/stories.tok" --tokenizer "$tokenizer" \
+  --steps "$AR_STEPS" --batch 16 --seq-len 128 --lr 2e-3 --warmup 30 --eval-every 50 --seed 1 --out "$OUT/gpt2-tiny-ar"
 
-echo "== diffu generate --ar (greedy, KV cache)"
-diffu generate --model "$model" --tokenizer "$SHARED/tokenizers/gpt2" --prompt "Once upon a time" --ar --max-new 24 --temperature 0
+echo "== sample from it (greedy, KV cache)"
+diffu generate --model "$OUT/gpt2-tiny-ar" --prompt "Once upon a time" --ar --max-new 40 --temperature 0
+
+echo "== adapt it into a DiffuGPT (diffusion objective, attention annealed over the first third)"
+rm -rf "$OUT/diffugpt-tiny"
+diffu train --init "$OUT/gpt2-tiny-ar" --objective diffusion --data "$OUT/stories.tok" \
+  --steps "$DIFFUSION_STEPS" --batch 16 --seq-len 128 --lr 2e-3 --warmup 20 --anneal-steps $((DIFFUSION_STEPS / 3)) \
+  --eval-every 50 --seed 2 --out "$OUT/diffugpt-tiny"
+
+echo "== results: $OUT/gpt2-tiny-ar/loss.png and $OUT/diffugpt-tiny/loss.png"
+diffu info "$OUT/diffugpt-tiny" | tail -n 3

@@ -5,18 +5,24 @@ using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Training;
 
+/// <summary>
+/// The objective's loss Σ weight · CE of a micro-batch, and the plain mean cross-entropy over its target
+/// rows (for diffusion: the masked tokens, unweighted by 1/t, which the spec logs beside the loss).
+/// </summary>
+public readonly record struct BatchLoss(double Loss, double MeanCrossEntropy);
+
 /// <summary>The loss and gradients of one prepared micro-batch: forward, weighted cross-entropy, backward.</summary>
 public static class GradientStep
 {
-    /// <summary>Adds the gradients of Σ weight · CE into <paramref name="grads"/> and returns that loss.</summary>
-    public static double Run(Gpt2Model model, ObjectiveBatch batch, Gpt2Weights grads, AttentionMaskMode mode, Tensor? allow) =>
+    /// <summary>Adds the gradients of Σ weight · CE into <paramref name="grads"/> and returns the loss.</summary>
+    public static BatchLoss Run(Gpt2Model model, ObjectiveBatch batch, Gpt2Weights grads, AttentionMaskMode mode, Tensor? allow) =>
         Evaluate(model, batch, grads, mode, allow);
 
-    /// <summary>The loss Σ weight · CE of a micro-batch, without gradients (validation).</summary>
-    public static double Loss(Gpt2Model model, ObjectiveBatch batch, AttentionMaskMode mode, Tensor? allow) =>
+    /// <summary>The loss of a micro-batch, without gradients (validation).</summary>
+    public static BatchLoss Loss(Gpt2Model model, ObjectiveBatch batch, AttentionMaskMode mode, Tensor? allow) =>
         Evaluate(model, batch, null, mode, allow);
 
-    static double Evaluate(Gpt2Model model, ObjectiveBatch batch, Gpt2Weights? grads, AttentionMaskMode mode, Tensor? allow)
+    static BatchLoss Evaluate(Gpt2Model model, ObjectiveBatch batch, Gpt2Weights? grads, AttentionMaskMode mode, Tensor? allow)
     {
         var d = model.Device;
         int rows = batch.Batch * batch.Length;
@@ -28,8 +34,13 @@ public static class GradientStep
         var logits = act.Logits!;
         d.CrossEntropy(logits, targets, weights, losses, logits);
         if (grads is not null) model.Backward(act, grads, mode, allow);
-        double total = 0;
-        foreach (float x in d.ToArray(losses)) total += x;
-        return total;
+        var rowLosses = d.ToArray(losses);
+        double total = 0, crossEntropy = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            total += rowLosses[r];
+            if (batch.Weights[r] != 0) crossEntropy += rowLosses[r] / batch.Weights[r];
+        }
+        return new BatchLoss(total, batch.TargetCount == 0 ? 0 : crossEntropy / batch.TargetCount);
     }
 }

@@ -111,13 +111,15 @@ public sealed class Trainer : IDisposable
         foreach (var (_, g) in grads.Named()) d.Fill(g, 0);
         var (mode, allowBytes) = Attention(Step);
         using var allow = allowBytes is null ? null : d.FromArray(allowBytes, Options.SequenceLength, Options.SequenceLength);
-        double loss = 0;
+        double loss = 0, crossEntropy = 0;
         int accumulation = Options.GradientAccumulation;
         for (int micro = 0; micro < accumulation; micro++)
         {
             data.NextTrainingBatch(Options.Batch, ids);
             objective.Prepare(ids, batch, (ulong)(Step * accumulation + micro), 1f / accumulation);
-            loss += GradientStep.Run(model, batch, grads, mode, allow);
+            var part = GradientStep.Run(model, batch, grads, mode, allow);
+            loss += part.Loss;
+            crossEntropy += part.MeanCrossEntropy / accumulation;
         }
         double norm = 0;
         foreach (var (_, g) in grads.Named()) norm += d.SumOfSquares(g);
@@ -137,7 +139,7 @@ public sealed class Trainer : IDisposable
         d.Synchronize();
         Step++;
         double tokens = (double)Options.Batch * Options.SequenceLength * accumulation;
-        var row = new TrainLogRow(Step, loss, lr, norm, tokens / clock.Elapsed.TotalSeconds);
+        var row = new TrainLogRow(Step, loss, crossEntropy, lr, norm, tokens / clock.Elapsed.TotalSeconds);
         history.Add(row);
         return row;
     }
@@ -158,19 +160,21 @@ public sealed class Trainer : IDisposable
     /// same masks at every evaluation) and the attention the model is trained towards: causal for AR,
     /// bidirectional for diffusion.
     /// </summary>
-    public double ValidationLoss()
+    public BatchLoss ValidationLoss()
     {
         if (data.ValidationBlockCount == 0) throw new DiffuException("the data has no validation blocks");
         var mode = Options.Objective == TrainingObjective.Autoregressive ? AttentionMaskMode.Causal : AttentionMaskMode.Bidirectional;
         int batches = Math.Max(1, Math.Min(Options.EvalBatches, data.ValidationBlockCount / Options.Batch));
-        double total = 0;
+        double loss = 0, crossEntropy = 0;
         for (int i = 0; i < batches; i++)
         {
             data.ReadValidationBatch(i * Options.Batch, Options.Batch, ids);
             validationObjective.Prepare(ids, batch, (ulong)i);
-            total += GradientStep.Loss(model, batch, mode, null);
+            var part = GradientStep.Loss(model, batch, mode, null);
+            loss += part.Loss;
+            crossEntropy += part.MeanCrossEntropy;
         }
-        return total / batches;
+        return new BatchLoss(loss / batches, crossEntropy / batches);
     }
 
     /// <summary>
@@ -188,7 +192,8 @@ public sealed class Trainer : IDisposable
         File.WriteAllLines(logPath, history.Select(r => JsonSerializer.Serialize(r, LogJson)));
         if (Step == 0 && !history.Any(r => r.ValLoss is not null))
         {
-            var initial = new TrainLogRow(0, null, 0, 0, 0, ValidationLoss());
+            var validation = ValidationLoss();
+            var initial = new TrainLogRow(0, null, null, 0, 0, 0, validation.Loss, validation.MeanCrossEntropy);
             history.Add(initial);
             File.AppendAllLines(logPath, [JsonSerializer.Serialize(initial, LogJson)]);
         }
@@ -199,7 +204,8 @@ public sealed class Trainer : IDisposable
             bool evaluate = Step % Options.EvalEvery == 0 || Step == Options.Steps;
             if (evaluate)
             {
-                row = row with { ValLoss = ValidationLoss() };
+                var validation = ValidationLoss();
+                row = row with { ValLoss = validation.Loss, ValCe = validation.MeanCrossEntropy };
                 history[^1] = row;
             }
             File.AppendAllLines(logPath, [JsonSerializer.Serialize(row, LogJson)]);

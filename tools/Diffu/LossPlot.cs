@@ -2,34 +2,39 @@ using DiffuSharp.Training;
 
 namespace DiffuSharp.Cli;
 
-/// <summary>The loss curve of a run as a PNG: training loss per step and validation loss at each evaluation.</summary>
+/// <summary>
+/// The loss curve of a run as a PNG: training loss per step and validation loss at each evaluation; for
+/// diffusion also the mean cross-entropy of the masked tokens (the loss without the 1/t weight).
+/// </summary>
 static class LossPlot
 {
     public const string FileName = "loss.png";
 
-    public static void Write(string path, IReadOnlyList<TrainLogRow> rows, string title)
+    public static void Write(string path, IReadOnlyList<TrainLogRow> rows, string title, bool showCrossEntropy)
     {
         var plot = new ScottPlot.Plot();
-        var train = rows.Where(r => r.Loss is double l && double.IsFinite(l)).ToArray();
-        var validation = rows.Where(r => r.ValLoss is double v && double.IsFinite(v)).ToArray();
-        if (train.Length > 0)
+        Series(plot, rows, r => r.Loss, "train loss", false);
+        Series(plot, rows, r => r.ValLoss, "validation loss", true);
+        if (showCrossEntropy)
         {
-            var line = plot.Add.Scatter(train.Select(r => (double)r.Step).ToArray(), train.Select(r => r.Loss!.Value).ToArray());
-            line.LegendText = "train";
-            line.MarkerSize = train.Length > 50 ? 0 : 4;
-        }
-        if (validation.Length > 0)
-        {
-            var points = plot.Add.Scatter(validation.Select(r => (double)r.Step).ToArray(), validation.Select(r => r.ValLoss!.Value).ToArray());
-            points.LegendText = "validation";
-            points.MarkerSize = 7;
+            Series(plot, rows, r => r.Ce, "train masked-token CE", false);
+            Series(plot, rows, r => r.ValCe, "validation masked-token CE", true);
         }
         plot.Title(title);
         plot.XLabel("optimizer step");
-        plot.YLabel("loss");
+        plot.YLabel("loss (nats)");
         plot.ShowLegend();
         string temp = path + ".tmp.png";
         plot.SavePng(temp, 900, 560);
         File.Move(temp, path, overwrite: true);
+    }
+
+    static void Series(ScottPlot.Plot plot, IReadOnlyList<TrainLogRow> rows, Func<TrainLogRow, double?> value, string label, bool markers)
+    {
+        var points = rows.Where(r => value(r) is double v && double.IsFinite(v)).ToArray();
+        if (points.Length == 0) return;
+        var line = plot.Add.Scatter(points.Select(r => (double)r.Step).ToArray(), points.Select(r => value(r)!.Value).ToArray());
+        line.LegendText = label;
+        line.MarkerSize = markers ? 7 : points.Length > 50 ? 0 : 4;
     }
 }

@@ -11,7 +11,7 @@ static class ProgressView
         var o = trainer.Options;
         long first = trainer.Step, total = o.Steps;
         string Describe(TrainLogRow r) =>
-            $"step {r.Step}/{total} loss {r.Loss ?? double.NaN:F4}{(r.ValLoss is double v ? $" val {v:F4}" : "")} lr {r.Lr:0.###e0} {r.TokensPerSecond:N0} tok/s";
+            $"step {r.Step}/{total} loss {r.Loss ?? double.NaN:F4} ce {r.Ce ?? double.NaN:F3}{(r.ValLoss is double v ? $" val {v:F4} val-ce {r.ValCe:F3}" : "")} lr {r.Lr:0.###e0} {r.TokensPerSecond:N0} tok/s";
 
         bool interactive = AnsiConsole.Profile.Capabilities.Interactive && ReferenceEquals(stdout, Console.Out);
         if (!interactive)

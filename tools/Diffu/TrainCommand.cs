@@ -94,10 +94,13 @@ static class TrainCommand
         stderr.WriteLine($"training {o.Objective} on {device.Description}: {trainer.Model.Config.ParameterCount:N0} parameters, "
             + $"steps {trainer.Step} -> {o.Steps}, batch {o.Batch} x {o.SequenceLength} x {o.GradientAccumulation}, lr {o.LearningRate:g3}, out {outDir}");
         var title = $"{(o.Objective == TrainingObjective.Diffusion ? "diffusion" : "AR")} training, {Path.GetFileName(Path.GetFullPath(outDir))}";
-        void Plot(IReadOnlyList<TrainLogRow> rows) => LossPlot.Write(Path.Combine(outDir, LossPlot.FileName), rows, title);
+        void Plot(IReadOnlyList<TrainLogRow> rows) =>
+            LossPlot.Write(Path.Combine(outDir, LossPlot.FileName), rows, title, o.Objective == TrainingObjective.Diffusion);
         ProgressView.Run(trainer, outDir, tokenizerDir, Plot, stdout);
         var last = trainer.History.LastOrDefault(r => r.ValLoss is not null);
-        stdout.WriteLine($"done: step {trainer.Step}, validation loss {last?.ValLoss:F4}; checkpoint, {Trainer.LogFile} and {LossPlot.FileName} in {outDir}");
+        var first = trainer.History.FirstOrDefault(r => r.ValLoss is not null);
+        stdout.WriteLine($"done: step {trainer.Step}; validation loss {first?.ValLoss:F4} -> {last?.ValLoss:F4}, "
+            + $"mean target CE {first?.ValCe:F4} -> {last?.ValCe:F4}; checkpoint, {Trainer.LogFile} and {LossPlot.FileName} in {outDir}");
         return Cli.Ok;
     }
 
