@@ -8,6 +8,9 @@ public sealed record Gpt2Config(
     int VocabSize, int Positions, int Channels, int Layers, int Heads,
     float LayerNormEpsilon = 1e-5f, bool TieWordEmbeddings = true)
 {
+    /// <summary>The [MASK] token of a diffusion model (config.json's mask_token_id), if it names one.</summary>
+    public int? MaskTokenId { get; init; }
+
     public int HeadDim => Channels / Heads;
 
     /// <summary>The activations HF calls the tanh approximation of GELU (what GPT-2 uses).</summary>
@@ -38,11 +41,14 @@ public sealed record Gpt2Config(
         foreach (var flag in new[] { "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn" })
             if (json.Bool(flag, false)) throw new ConfigException(path, $"unsupported option \"{flag}\": true");
         if (!json.Bool("scale_attn_weights", true)) throw new ConfigException(path, "unsupported option \"scale_attn_weights\": false");
-        return new Gpt2Config(vocab, positions, channels, layers, heads, (float)eps, json.Bool("tie_word_embeddings", true));
+        int? mask = json.OptionalInt("mask_token_id");
+        if (mask is int m && (m < 0 || m >= vocab))
+            throw new ConfigException(path, $"mask_token_id {m} is outside the vocabulary [0, {vocab})");
+        return new Gpt2Config(vocab, positions, channels, layers, heads, (float)eps, json.Bool("tie_word_embeddings", true)) { MaskTokenId = mask };
     }
 
-    /// <summary>An HF config.json for this config; <paramref name="extra"/> fields (e.g. mask_token_id) are added.</summary>
-    public JsonObject ToJson(IReadOnlyDictionary<string, JsonNode?>? extra = null)
+    /// <summary>An HF config.json for this config.</summary>
+    public JsonObject ToJson()
     {
         var json = new JsonObject
         {
@@ -58,8 +64,7 @@ public sealed record Gpt2Config(
             ["activation_function"] = "gelu_new",
             ["tie_word_embeddings"] = TieWordEmbeddings,
         };
-        if (extra is not null)
-            foreach (var (k, v) in extra) json[k] = v?.DeepClone();
+        if (MaskTokenId is int mask) json["mask_token_id"] = mask;
         return json;
     }
 

@@ -114,4 +114,7 @@ public sealed class CpuDevice : Device
     protected override double SumOfSquaresCore(Tensor t) => Cpu.Vectors.SumOfSquares(F32(t));
 
     protected override void ScaleCore(Tensor t, float factor) => Cpu.Vectors.Scale(F32(t), factor);
+
+    protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
+        throw new NotImplementedException();
 }

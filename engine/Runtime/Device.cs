@@ -313,6 +313,25 @@ public abstract class Device : IDisposable
         ScaleCore(t, factor);
     }
 
+    /// <summary>
+    /// Draws one token per row of logits [R, V] as <see cref="SamplingOptions"/> describes (temperature,
+    /// top-k, top-p, Philox uniform of (seed, stream, row)), writing tokens [R] (I32) and stats
+    /// [R, <see cref="SamplingOptions.StatCount"/>] (log p of the token, max p, top1−top2 margin, Σ p log p).
+    /// The logits stay on the device; only tokens and stats need to come back.
+    /// </summary>
+    public void SampleTokens(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats)
+    {
+        RequireF32(logits, stats);
+        Require(tokens, DType.I32, nameof(tokens));
+        options.Validate();
+        long rows = logits.Rows;
+        if (tokens.Length != rows || stats.Length != rows * SamplingOptions.StatCount)
+            throw new ArgumentException($"sampling shapes disagree: logits {logits.ShapeText}, tokens {tokens.ShapeText}, stats {stats.ShapeText}");
+        SampleTokensCore(logits, options, seed, stream, tokens, stats, (int)rows, logits.Columns);
+    }
+
+    protected abstract void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab);
+
     protected abstract void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset);
     protected abstract void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns);
     protected abstract void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n);

@@ -302,4 +302,7 @@ public sealed class IlgpuDevice : Device
     protected override double SumOfSquaresCore(Tensor t) => kernels.SumOfSquares(F32(t));
 
     protected override void ScaleCore(Tensor t, float factor) => kernels.Scale(F32(t), factor);
+
+    protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
+        throw new NotImplementedException();
 }

@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.Json;
-using System.Text.Json.Nodes;
 using DiffuSharp.IO;
 using DiffuSharp.Models;
 using DiffuSharp.Runtime;
@@ -35,9 +34,8 @@ public static class Checkpoint
             SafeTensorWriter.Write(Stage(ModelFile),
                 model.Weights.Named().Select(p => SafeTensorEntry.FromFloat32(p.Name, p.Tensor.Shape, device.ToArray(p.Tensor))),
                 new Dictionary<string, string> { ["format"] = "pt", ["step"] = step });
-            var extra = new Dictionary<string, JsonNode?>();
-            if (maskTokenId is int mask) extra["mask_token_id"] = mask;
-            File.WriteAllText(Stage(ConfigFile), model.Config.ToJson(extra).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+            var config = model.Config with { MaskTokenId = maskTokenId ?? model.Config.MaskTokenId };
+            File.WriteAllText(Stage(ConfigFile), config.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
             if (state is not null && moment1 is not null && moment2 is not null)
             {
                 var entries = moment1.Named().Select(p => SafeTensorEntry.FromFloat32("adam.m." + p.Name, p.Tensor.Shape, device.ToArray(p.Tensor)))

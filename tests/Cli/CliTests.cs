@@ -125,10 +125,35 @@ public sealed class CliTests
     }
 
     [Test]
-    public void GenerateWithoutArSaysDiffusionSamplingIsNotAvailableYet()
+    public void DiffusionGenerationCompletesAndInfills()
     {
-        var (code, _, err) = Run("generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--prompt", "hi", "--device", "cpu");
-        Assert.That(code, Is.EqualTo(2));
-        Assert.That(err, Does.Contain("--ar"));
+        var (code, output, err) = Run("generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--prompt", "Once upon", "--length", "6",
+            "--steps", "3", "--mask-token", "3", "--seed", "2", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(output, Does.StartWith("Once upon"));
+        Assert.That(err, Does.Contain("6 tokens").And.Contain("3 steps").And.Contain("forward").And.Contain("selection"));
+
+        (code, output, err) = Run("generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--infill", "The <mask:3> sat.", "--steps", "3",
+            "--mask-token", "3", "--sampler", "maxprob", "--temperature", "0", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(output.TrimEnd(), Does.StartWith("The").And.EndWith(" sat."));
+
+        (code, output, _) = Run("generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--length", "5", "--steps", "5", "--batch", "3",
+            "--mask-token", "3", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0));
+        Assert.That(output, Does.Contain("--- sample 3"));
+    }
+
+    [Test]
+    public void BadDiffusionArgumentsExitWithCode2()
+    {
+        string[] common = ["generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--device", "cpu"];
+        Assert.That(Run([.. common, "--mask-token", "3", "--sampler", "nope"]).Code, Is.EqualTo(2));
+        Assert.That(Run([.. common, "--mask-token", "3", "--top-p", "0"]).Code, Is.EqualTo(2));
+        Assert.That(Run([.. common, "--mask-token", "3", "--steps", "0"]).Code, Is.EqualTo(2));
+        Assert.That(Run([.. common, "--mask-token", "3", "--infill", "no placeholder"]).Code, Is.EqualTo(2));
+        Assert.That(Run([.. common, "--mask-token", "3", "--infill", "a <mask:2>", "--prompt", "b"]).Code, Is.EqualTo(2));
+        Assert.That(Run([.. common, "--mask-token", "3", "--length", "100"]).Code, Is.EqualTo(2), "longer than the model's 64 positions");
+        Assert.That(Run([.. common, "--mask-token", "600"]).Code, Is.EqualTo(2));
     }
 }

@@ -1,35 +1,141 @@
 using System.CommandLine;
 using System.Diagnostics;
+using DiffuSharp.Diffusion;
+using DiffuSharp.Kernels;
 using DiffuSharp.Models;
 using DiffuSharp.Runtime;
+using DiffuSharp.Text;
+using Spectre.Console;
 
 namespace DiffuSharp.Cli;
 
-/// <summary>`diffu generate`: text from a model. For now autoregressive decoding with a KV cache (--ar).</summary>
+/// <summary>
+/// `diffu generate`: text from a model, by iterative denoising (the default: unconditional, prefix
+/// completion, infilling, batches) or, with --ar, by autoregressive decoding with a KV cache.
+/// </summary>
 static class GenerateCommand
 {
+    static readonly Dictionary<string, DenoisingStrategy> Samplers = new()
+    {
+        ["random"] = DenoisingStrategy.Random, ["topk"] = DenoisingStrategy.TopK, ["maxprob"] = DenoisingStrategy.MaxProb,
+        ["margin"] = DenoisingStrategy.Margin, ["entropy"] = DenoisingStrategy.Entropy,
+    };
+
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = Cli.ModelOption();
-        var prompt = new Option<string>("--prompt") { Description = "the text to continue", Required = true };
-        var ar = new Option<bool>("--ar") { Description = "autoregressive decoding (causal attention, KV cache)" };
-        var maxNew = new Option<int>("--max-new") { Description = "how many tokens to generate", DefaultValueFactory = _ => 64 };
-        var temperature = new Option<float>("--temperature") { Description = "sampling temperature; 0 = greedy", DefaultValueFactory = _ => 1f };
+        var prompt = new Option<string[]>("--prompt") { Description = "text to continue; repeat for a batch of prompts", AllowMultipleArgumentsPerToken = false };
+        var infill = new Option<string?>("--infill") { Description = "text with <mask:N> placeholders to fill, prefix and suffix kept (e.g. \"Tom <mask:12> the park.\")" };
+        var length = new Option<int>("--length") { Description = "tokens to generate after the prompt (diffusion)", DefaultValueFactory = _ => 64 };
+        var steps = new Option<int>("--steps") { Description = "denoising steps T = forward passes (diffusion)", DefaultValueFactory = _ => 64 };
+        var sampler = new Option<string>("--sampler") { Description = "which slots to commit each step: topk (the paper's confidence top-k), random (ancestral), maxprob, margin, entropy", DefaultValueFactory = _ => "topk" };
+        sampler.AcceptOnlyFromAmong(Samplers.Keys.ToArray());
+        var temperature = new Option<float>("--temperature") { Description = "sampling temperature; 0 = argmax", DefaultValueFactory = _ => 1f };
+        var topP = new Option<float>("--top-p") { Description = "nucleus sampling mass (1 = off)", DefaultValueFactory = _ => 1f };
+        var topK = new Option<int>("--top-k") { Description = "sample among the k most likely tokens (0 = off)", DefaultValueFactory = _ => 0 };
+        var block = new Option<int>("--block") { Description = "semi-autoregressive: decode in blocks of this many positions, left to right (0 = off)", DefaultValueFactory = _ => 0 };
+        var budget = new Option<int>("--tokens-per-step") { Description = "commit at most this many tokens per step (0 = no cap)", DefaultValueFactory = _ => 0 };
+        var batch = new Option<int>("--batch") { Description = "samples per prompt (or unconditional samples)", DefaultValueFactory = _ => 1 };
         var seed = new Option<ulong>("--seed") { Description = "random seed (same seed, same text, on every device)", DefaultValueFactory = _ => 0 };
+        var mask = new Option<int?>("--mask-token") { Description = "[MASK] id (default: config.json's mask_token_id, else 10541)" };
+        var showSteps = new Option<bool>("--show-steps") { Description = "on a terminal, redraw the text at every denoising step" };
+        var ar = new Option<bool>("--ar") { Description = "autoregressive decoding instead (causal attention, KV cache)" };
+        var maxNew = new Option<int>("--max-new") { Description = "tokens to generate with --ar", DefaultValueFactory = _ => 64 };
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
-        var command = new Command("generate", "generate text from a prompt") { model, prompt, ar, maxNew, temperature, seed, tokenizer, device };
+        var command = new Command("generate", "generate, complete or infill text")
+        {
+            model, prompt, infill, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, tokenizer, device,
+        };
         command.SetAction(parse =>
         {
-            if (!parse.GetValue(ar))
-                throw new DiffuException("diffusion sampling is not implemented yet; pass --ar for autoregressive decoding");
-            return Run(parse.GetValue(model)!, parse.GetValue(prompt)!, parse.GetValue(maxNew), parse.GetValue(temperature),
-                parse.GetValue(seed), parse.GetValue(tokenizer), parse.GetValue(device), stdout, stderr);
+            var prompts = parse.GetValue(prompt) ?? [];
+            if (parse.GetValue(ar))
+            {
+                if (prompts.Length != 1) throw new DiffuException("--ar decodes one --prompt");
+                return RunAutoregressive(parse.GetValue(model)!, prompts[0], parse.GetValue(maxNew), parse.GetValue(temperature),
+                    parse.GetValue(seed), parse.GetValue(tokenizer), parse.GetValue(device), stdout, stderr);
+            }
+            var settings = new DenoiseSettings
+            {
+                Steps = parse.GetValue(steps), Strategy = Samplers[parse.GetValue(sampler)!], Seed = parse.GetValue(seed),
+                Sampling = new SamplingOptions(parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP)),
+                BlockLength = parse.GetValue(block), TokensPerStep = parse.GetValue(budget),
+            };
+            return RunDiffusion(new DiffusionRequest(parse.GetValue(model)!, prompts, parse.GetValue(infill), parse.GetValue(length),
+                parse.GetValue(batch), parse.GetValue(mask), parse.GetValue(showSteps), parse.GetValue(tokenizer), parse.GetValue(device)),
+                settings, stdout, stderr);
         });
         return command;
     }
 
-    static int Run(string modelDir, string prompt, int maxNew, float temperature, ulong seed, string? tokenizerDir, string? deviceName,
+    sealed record DiffusionRequest(string Model, string[] Prompts, string? Infill, int Length, int Samples, int? MaskToken, bool ShowSteps,
+        string? Tokenizer, string? Device);
+
+    static int RunDiffusion(DiffusionRequest request, DenoiseSettings settings, TextWriter stdout, TextWriter stderr)
+    {
+        settings.Validate();
+        if (request.Samples <= 0) throw new DiffuException($"--batch must be positive, got {request.Samples}");
+        if (request.Infill is not null && request.Prompts.Length > 0) throw new DiffuException("give either --prompt or --infill, not both");
+        using var device = Devices.Create(request.Device);
+        using var model = Gpt2Model.Load(request.Model, device);
+        var tokenizer = ModelFolder.Tokenizer(request.Model, model.Config, request.Tokenizer);
+        int start = tokenizer.EndOfTextId ?? 0;
+        var rows = new List<DenoisingRow>();
+        for (int s = 0; s < request.Samples; s++)
+        {
+            if (request.Infill is string text) rows.Add(DenoisingPrompts.Infill(start, text, tokenizer));
+            else if (request.Prompts.Length == 0) rows.Add(DenoisingPrompts.Unconditional(start, request.Length));
+            else rows.AddRange(request.Prompts.Select(p => DenoisingPrompts.Completion(start, tokenizer.Encode(p), request.Length)));
+        }
+        var problem = DenoisingPrompts.Stack(rows);
+        var denoiser = new Denoiser(model, request.MaskToken ?? model.Config.MaskTokenId ?? 10541);
+
+        var clock = Stopwatch.StartNew();
+        DenoiseResult result;
+        if (request.ShowSteps && AnsiConsole.Profile.Capabilities.Interactive && ReferenceEquals(stdout, Console.Out))
+        {
+            DenoiseResult? done = null;
+            AnsiConsole.Live(new Spectre.Console.Text("")).Start(live =>
+            {
+                done = denoiser.Run(problem, settings, progress =>
+                {
+                    live.UpdateTarget(new Panel(new Spectre.Console.Text(Render(progress.Tokens, progress.Masked, problem, tokenizer)))
+                        .Header($"step {progress.Pass}/{progress.Passes}"));
+                    live.Refresh();
+                });
+            });
+            result = done!;
+        }
+        else result = denoiser.Run(problem, settings);
+        clock.Stop();
+
+        int n = problem.Length;
+        for (int r = 0; r < problem.Batch; r++)
+        {
+            if (problem.Batch > 1) stdout.WriteLine($"--- sample {r + 1}");
+            stdout.WriteLine(tokenizer.Decode(result.Tokens.AsSpan(r * n + 1, n - 1).ToArray()));
+        }
+        int generated = problem.Fixed.Count(f => f == 0);
+        double seconds = clock.Elapsed.TotalSeconds;
+        stderr.WriteLine($"{generated} tokens in {seconds:F2} s ({generated / Math.Max(seconds, 1e-9):F1} tokens/s): {result.ForwardPasses} steps of "
+            + $"{Ms(result.ForwardTime, result.ForwardPasses)} forward + {Ms(result.SelectionTime, result.ForwardPasses)} selection, "
+            + $"{problem.Batch} x {n} tokens, {device.Name}");
+        return Cli.Ok;
+    }
+
+    static string Ms(TimeSpan total, int passes) => $"{total.TotalMilliseconds / Math.Max(1, passes):F1} ms";
+
+    /// <summary>The text of row 0 with still-masked slots shown as a placeholder.</summary>
+    static string Render(int[] tokens, byte[] masked, DenoisingProblem problem, TextTokenizer tokenizer)
+    {
+        var text = new System.Text.StringBuilder();
+        for (int i = 1; i < problem.Length; i++)
+            text.Append(masked[i] != 0 ? "░" : tokenizer.Decode([tokens[i]]));
+        return text.ToString();
+    }
+
+    static int RunAutoregressive(string modelDir, string prompt, int maxNew, float temperature, ulong seed, string? tokenizerDir, string? deviceName,
         TextWriter stdout, TextWriter stderr)
     {
         using var device = Devices.Create(deviceName);
