@@ -116,5 +116,5 @@ public sealed class CpuDevice : Device
     protected override void ScaleCore(Tensor t, float factor) => Cpu.Vectors.Scale(F32(t), factor);
 
     protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
-        throw new NotImplementedException();
+        Cpu.Sampling.SampleTokens(F32(logits), rows, vocab, options, seed, stream, I32(tokens), F32(stats));
 }

@@ -303,6 +303,8 @@ public sealed class IlgpuDevice : Device
 
     protected override void ScaleCore(Tensor t, float factor) => kernels.Scale(F32(t), factor);
 
+    /// <summary>One group per row on the device; a row without a finite maximum gives meaningless stats (a checked
+    /// row would cost a download), but its token always lies in the vocabulary.</summary>
     protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
-        throw new NotImplementedException();
+        kernels.SampleTokens(F32(logits), I32(tokens), F32(stats), rows, vocab, options, seed, stream);
 }

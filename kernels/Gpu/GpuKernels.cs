@@ -51,6 +51,7 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamWArgs>? adamW;
     Action<KernelConfig, ArrayView<float>, float>? scale;
     Action<KernelConfig, ArrayView<float>, ArrayView<double>>? sumOfSquares;
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, SamplingArgs>? sampleTokens;
     MemoryBuffer1D<double, Stride1D.Dense>? partialSums;
 
     public GpuKernels(Accelerator accelerator)
@@ -246,6 +247,16 @@ public sealed class GpuKernels : IDisposable
         foreach (double p in partials) sum += p;
         return sum;
     }
+
+    /// <summary>
+    /// One token per row of logits [rows, vocab] as <paramref name="options"/> defines, drawn with the Philox
+    /// uniform (seed, stream, row): tokens [rows] and stats [rows, <see cref="SamplingOptions.StatCount"/>] are
+    /// written. One group per row, sized to the row (up to 256 threads); rows must be at least 1 and vocab at least 1.
+    /// </summary>
+    public void SampleTokens(ArrayView<float> logits, ArrayView<int> tokens, ArrayView<float> stats, int rows, int vocab,
+        in SamplingOptions options, ulong seed, ulong stream) =>
+        (sampleTokens ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, SamplingArgs>(SamplingKernels.Sample))(
+            new KernelConfig(rows, SamplingKernels.Threads(vocab, accelerator.WarpSize)), logits, tokens, stats, vocab, new SamplingArgs(options, seed, stream));
 
     public void Dispose()
     {

@@ -12,7 +12,7 @@ public enum GpuKernel
 {
     Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMulTransposed, Attention,
     EmbeddingBackward, GeluBackward, LayerNormBackward, LayerNormParameters, ColumnSums, MatMulAccumulate,
-    AttentionDelta, AttentionBackward, CrossEntropy, AdamW, Scale, SumOfSquares,
+    AttentionDelta, AttentionBackward, CrossEntropy, AdamW, Scale, SumOfSquares, SampleTokens,
 }
 
 /// <summary>
@@ -62,6 +62,7 @@ public static class PtxDump
             GpuKernel.AdamW => (typeof(OptimizerKernels), nameof(OptimizerKernels.AdamW)),
             GpuKernel.Scale => (typeof(OptimizerKernels), nameof(OptimizerKernels.Scale)),
             GpuKernel.SumOfSquares => (typeof(OptimizerKernels), nameof(OptimizerKernels.SumOfSquares)),
+            GpuKernel.SampleTokens => (typeof(SamplingKernels), nameof(SamplingKernels.Sample)),
             _ => throw new ArgumentOutOfRangeException(nameof(kernel)),
         };
         return type.GetMethod(name, BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)

@@ -149,6 +149,19 @@ public sealed class DenoiserTests
         Assert.That(masks[^1], Is.Zero, "the last pass fills what the budget left");
     }
 
+    [TestCase("ilgpu-cpu")]
+    [TestCase("cuda")]
+    public void SameSeedGivesTheSameTextOnAnotherDevice(string deviceName)
+    {
+        using var other = TestDevices.Create(deviceName);
+        using var otherModel = Gpt2Model.Load(Gpt2FixtureTests.FixtureDir, other);
+        var problem = Prompted(2, 3, 9);
+        var settings = new DenoiseSettings { Steps = 3, Strategy = DenoisingStrategy.TopK, Sampling = new SamplingOptions(0.8f, 0, 0.95f), Seed = 12 };
+        var here = new Denoiser(model, Mask).Run(problem, settings);
+        var there = new Denoiser(otherModel, Mask).Run(problem, settings);
+        Assert.That(there.Tokens, Is.EqualTo(here.Tokens));
+    }
+
     [Test]
     public void InfillSliceArithmetic()
     {

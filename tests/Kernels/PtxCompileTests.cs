@@ -71,6 +71,20 @@ public class PtxCompileTests
         Assert.That(ptx, Does.Contain("bar.sync"));
     }
 
+    /// <summary>The sampler reduces through shuffles and shared memory, scans with shuffle-up, and computes in
+    /// float32 (the one f64 register is the exact uint → float conversion of Philox's 24-bit uniform).</summary>
+    [Test]
+    public void SamplingScansWithShufflesInFloat32()
+    {
+        string ptx = PtxDump.Compile(GpuKernel.SampleTokens);
+        Assert.That(ptx, Does.Contain(".shared"));
+        Assert.That(ptx, Does.Contain("bar.sync"));
+        Assert.That(ptx, Does.Contain("shfl.sync.bfly"));
+        Assert.That(ptx, Does.Contain("shfl.sync.up"));
+        Assert.That(ptx, Does.Not.Match(@"\b(add|sub|mul|fma|div|ex2|lg2)(\.[a-z]+)*\.f64"));
+        Assert.That(PtxDump.Compile(GpuKernel.SampleTokens, CudaArchitecture.SM_75, CudaInstructionSet.ISA_80), Does.Contain(".target sm_75"));
+    }
+
     [TestCase(GpuKernel.AttentionBackward)]
     [TestCase(GpuKernel.CrossEntropy)]
     public void BackwardKernelCompilesForAnOlderArchitecture(GpuKernel kernel)
