@@ -61,8 +61,8 @@ public sealed class CpuDevice : Device
             s.Slice((int)(srcOffset + (long)r * srcStride), columns).CopyTo(d.Slice((int)(dstOffset + (long)r * dstStride), columns));
     }
 
-    protected override void EmbeddingCore(Tensor ids, Tensor wte, Tensor wpe, Tensor output, int positionOffset) =>
-        Cpu.Embedding.Forward(I32(ids), F32(wte), F32(wpe), F32(output), ids.Shape[0], ids.Shape[1], wte.Columns, positionOffset);
+    protected override void EmbeddingCore(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset) =>
+        Cpu.Embedding.Forward(I32(ids), F32(wte), wpe is null ? default : F32(wpe), F32(output), ids.Shape[0], ids.Shape[1], wte.Columns, positionOffset);
 
     protected override void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps) =>
         Cpu.LayerNorm.Forward(F32(x), F32(weight), F32(bias), F32(output), F32(mean), F32(rstd), (int)x.Rows, x.Columns, eps);
@@ -85,8 +85,8 @@ public sealed class CpuDevice : Device
         Cpu.Attention.Forward(F32(q)[(int)qOffset..], F32(k)[(int)kOffset..], F32(v)[(int)vOffset..], F32(output),
             lse is null ? default : F32(lse), shape, mode, allow is null ? default : U8(allow));
 
-    protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset) =>
-        Cpu.Embedding.Backward(I32(ids), F32(dOutput), F32(dWte), F32(dWpe), ids.Shape[0], ids.Shape[1], dWte.Columns, positionOffset);
+    protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset) =>
+        Cpu.Embedding.Backward(I32(ids), F32(dOutput), F32(dWte), dWpe is null ? default : F32(dWpe), ids.Shape[0], ids.Shape[1], dWte.Columns, positionOffset);
 
     protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) =>
         Cpu.LayerNorm.Backward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
@@ -117,4 +117,10 @@ public sealed class CpuDevice : Device
 
     protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
         Cpu.Sampling.SampleTokens(F32(logits), rows, vocab, options, seed, stream, I32(tokens), F32(stats));
+
+    protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) => throw new NotImplementedException();
+    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns) => throw new NotImplementedException();
+    protected override void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse) => throw new NotImplementedException();
+    protected override void SwiGluCore(Tensor gate, Tensor up, Tensor output) => throw new NotImplementedException();
+    protected override void SwiGluBackwardCore(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) => throw new NotImplementedException();
 }

@@ -115,19 +115,24 @@ public abstract class Device : IDisposable
     }
 
     /// <summary>
-    /// output[b, t, :] = wte[ids[b, t], :] + wpe[positionOffset + t, :] for ids [B, T], wte [V, C], wpe [P, C].
-    /// Token ids are checked on the host side by the caller (models validate ids against the vocabulary).
+    /// output[b, t, :] = wte[ids[b, t], :] + wpe[positionOffset + t, :] for ids [B, T], wte [V, C], wpe [P, C];
+    /// without wpe (LLaMA: positions come from RoPE) the token rows alone. Token ids are checked on the host
+    /// side by the caller (models validate ids against the vocabulary).
     /// </summary>
-    public void Embedding(Tensor ids, Tensor wte, Tensor wpe, Tensor output, int positionOffset)
+    public void Embedding(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset)
     {
         Require(ids, DType.I32, nameof(ids));
-        Require(wte, DType.F32, nameof(wte)); Require(wpe, DType.F32, nameof(wpe)); Require(output, DType.F32, nameof(output));
+        RequireF32(wte, output);
         if (ids.Rank != 2) throw new ArgumentException($"ids must be [B, T], got {ids.ShapeText}");
         int c = wte.Columns;
-        if (wpe.Columns != c || output.Length != ids.Length * c)
-            throw new ArgumentException($"embedding shapes disagree: ids {ids.ShapeText}, wte {wte.ShapeText}, wpe {wpe.ShapeText}, out {output.ShapeText}");
-        if (positionOffset < 0 || positionOffset + ids.Shape[1] > wpe.Shape[0])
-            throw new ArgumentException($"positions {positionOffset}..{positionOffset + ids.Shape[1] - 1} exceed the {wpe.Shape[0]} position embeddings");
+        if (output.Length != ids.Length * c || wpe is not null && wpe.Columns != c)
+            throw new ArgumentException($"embedding shapes disagree: ids {ids.ShapeText}, wte {wte.ShapeText}, wpe {wpe?.ShapeText}, out {output.ShapeText}");
+        if (wpe is not null)
+        {
+            RequireF32(wpe);
+            if (positionOffset < 0 || positionOffset + ids.Shape[1] > wpe.Shape[0])
+                throw new ArgumentException($"positions {positionOffset}..{positionOffset + ids.Shape[1] - 1} exceed the {wpe.Shape[0]} position embeddings");
+        }
         EmbeddingCore(ids, wte, wpe, output, positionOffset);
     }
 
@@ -203,14 +208,15 @@ public abstract class Device : IDisposable
 
     // ---- backward ops: every one ACCUMULATES into its gradient outputs (+=); callers zero them ------
 
-    /// <summary>dWte[ids[b,t], :] += dOutput[b,t,:]; dWpe[positionOffset + t, :] += dOutput[b,t,:].</summary>
-    public void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset)
+    /// <summary>dWte[ids[b,t], :] += dOutput[b,t,:]; dWpe[positionOffset + t, :] += dOutput[b,t,:] when dWpe is given.</summary>
+    public void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset)
     {
         Require(ids, DType.I32, nameof(ids));
-        RequireF32(dOutput, dWte, dWpe);
-        if (ids.Rank != 2 || dWte.Columns != dWpe.Columns || dOutput.Length != ids.Length * dWte.Columns
-            || positionOffset < 0 || positionOffset + ids.Shape[1] > dWpe.Shape[0])
-            throw new ArgumentException($"embedding backward shapes disagree: ids {ids.ShapeText}, dOut {dOutput.ShapeText}, dWte {dWte.ShapeText}, dWpe {dWpe.ShapeText}, offset {positionOffset}");
+        RequireF32(dOutput, dWte);
+        if (dWpe is not null) RequireF32(dWpe);
+        if (ids.Rank != 2 || dOutput.Length != ids.Length * dWte.Columns
+            || dWpe is not null && (dWpe.Columns != dWte.Columns || positionOffset < 0 || positionOffset + ids.Shape[1] > dWpe.Shape[0]))
+            throw new ArgumentException($"embedding backward shapes disagree: ids {ids.ShapeText}, dOut {dOutput.ShapeText}, dWte {dWte.ShapeText}, dWpe {dWpe?.ShapeText}, offset {positionOffset}");
         EmbeddingBackwardCore(ids, dOutput, dWte, dWpe, positionOffset);
     }
 
@@ -332,7 +338,64 @@ public abstract class Device : IDisposable
 
     protected abstract void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab);
 
-    protected abstract void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset);
+    // ---- LLaMA-family ops ---------------------------------------------------------------------------
+
+    /// <summary>RMSNorm over the last dimension in float32 statistics: output = x · rstd · weight, rstd = 1/sqrt(mean(x²) + eps) kept per row.</summary>
+    public void RmsNorm(Tensor x, Tensor weight, Tensor output, Tensor rstd, float eps)
+    {
+        RequireF32(x, weight, output, rstd);
+        if (weight.Length != x.Columns || output.Length != x.Length || rstd.Length != x.Rows)
+            throw new ArgumentException($"rmsnorm shapes disagree: x {x.ShapeText}, w {weight.ShapeText}, out {output.ShapeText}, rstd {rstd.ShapeText}");
+        RmsNormCore(x, weight, output, rstd, (int)x.Rows, x.Columns, eps);
+    }
+
+    /// <summary>Backward of <see cref="RmsNorm"/> from the saved rstd: dX, dWeight += .</summary>
+    public void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight)
+    {
+        RequireF32(dOutput, x, weight, rstd, dX, dWeight);
+        if (dOutput.Length != x.Length || dX.Length != x.Length || weight.Length != x.Columns || dWeight.Length != x.Columns || rstd.Length != x.Rows)
+            throw new ArgumentException($"rmsnorm backward shapes disagree: x {x.ShapeText}, dOut {dOutput.ShapeText}, dX {dX.ShapeText}, w {weight.ShapeText}");
+        RmsNormBackwardCore(dOutput, x, weight, rstd, dX, dWeight, (int)x.Rows, x.Columns);
+    }
+
+    /// <summary>
+    /// Rotary position embedding in HF's rotate-half convention, in place: for each row (b, t) of a strided
+    /// view (element (b, t, h, d) at offset + (b·length + t)·rowStride + h·headDim + d) and each head, the
+    /// pair (d, d + headDim/2) is rotated by angle (positionOffset + t)·theta^(−2d/headDim). With
+    /// <paramref name="inverse"/> the rotation is undone, which is also the backward pass (RoPE is orthogonal).
+    /// </summary>
+    public void Rope(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse)
+    {
+        RequireF32(x);
+        if (batch <= 0 || length <= 0 || heads <= 0 || headDim <= 0 || headDim % 2 != 0 || rowStride < heads * headDim || positionOffset < 0 || !(theta > 0))
+            throw new ArgumentException($"bad rope geometry: batch {batch}, length {length}, heads {heads}, head dim {headDim} (must be even), stride {rowStride}, theta {theta}");
+        CheckRange(x, DType.F32, offset, ((long)batch * length - 1) * rowStride + (long)heads * headDim);
+        RopeCore(x, offset, rowStride, batch, length, heads, headDim, positionOffset, theta, inverse);
+    }
+
+    /// <summary>SwiGLU: output = silu(gate) · up, elementwise (silu(g) = g · sigmoid(g)).</summary>
+    public void SwiGlu(Tensor gate, Tensor up, Tensor output)
+    {
+        RequireF32(gate, up, output);
+        SameLength(gate, up); SameLength(gate, output);
+        SwiGluCore(gate, up, output);
+    }
+
+    /// <summary>Backward of <see cref="SwiGlu"/>: dGate, dUp += .</summary>
+    public void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp)
+    {
+        RequireF32(gate, up, dOutput, dGate, dUp);
+        SameLength(gate, up); SameLength(gate, dOutput); SameLength(gate, dGate); SameLength(gate, dUp);
+        SwiGluBackwardCore(gate, up, dOutput, dGate, dUp);
+    }
+
+    protected abstract void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps);
+    protected abstract void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns);
+    protected abstract void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse);
+    protected abstract void SwiGluCore(Tensor gate, Tensor up, Tensor output);
+    protected abstract void SwiGluBackwardCore(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp);
+
+    protected abstract void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset);
     protected abstract void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns);
     protected abstract void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n);
     protected abstract void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n);
@@ -348,7 +411,7 @@ public abstract class Device : IDisposable
     protected abstract void FillCore(Tensor t, float value);
     protected abstract void UniformCore(Tensor t, ulong seed, ulong stream);
     protected abstract void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns);
-    protected abstract void EmbeddingCore(Tensor ids, Tensor wte, Tensor wpe, Tensor output, int positionOffset);
+    protected abstract void EmbeddingCore(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset);
     protected abstract void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps);
     protected abstract void MatMulCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n);
     protected abstract void MatMulTransposedCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n);

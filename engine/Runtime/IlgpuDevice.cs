@@ -226,8 +226,8 @@ public sealed class IlgpuDevice : Device
     protected override void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns) =>
         kernels.CopyRows(F32(src).SubView(srcOffset), srcStride, F32(dst).SubView(dstOffset), dstStride, rows, columns);
 
-    protected override void EmbeddingCore(Tensor ids, Tensor wte, Tensor wpe, Tensor output, int positionOffset) =>
-        kernels.Embedding(I32(ids), F32(wte), F32(wpe), F32(output), ids.Shape[1], wte.Columns, positionOffset);
+    protected override void EmbeddingCore(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset) =>
+        kernels.Embedding(I32(ids), F32(wte), wpe is null ? null : F32(wpe), F32(output), ids.Shape[1], wte.Columns, positionOffset);
 
     protected override void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps) =>
         kernels.LayerNorm(F32(x), F32(weight), F32(bias), F32(output), F32(mean), F32(rstd), (int)x.Rows, x.Columns, eps);
@@ -265,8 +265,8 @@ public sealed class IlgpuDevice : Device
 
     // ---- backward and training ops ----------------------------------------------------------------
 
-    protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor dWpe, int positionOffset) =>
-        kernels.EmbeddingBackward(I32(ids), F32(dOutput), F32(dWte), F32(dWpe), ids.Shape[1], dWte.Columns, positionOffset);
+    protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset) =>
+        kernels.EmbeddingBackward(I32(ids), F32(dOutput), F32(dWte), dWpe is null ? null : F32(dWpe), ids.Shape[1], dWte.Columns, positionOffset);
 
     protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) =>
         kernels.LayerNormBackward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
@@ -307,4 +307,10 @@ public sealed class IlgpuDevice : Device
     /// row would cost a download), but its token always lies in the vocabulary.</summary>
     protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
         kernels.SampleTokens(F32(logits), I32(tokens), F32(stats), rows, vocab, options, seed, stream);
+
+    protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) => throw new NotImplementedException();
+    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns) => throw new NotImplementedException();
+    protected override void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse) => throw new NotImplementedException();
+    protected override void SwiGluCore(Tensor gate, Tensor up, Tensor output) => throw new NotImplementedException();
+    protected override void SwiGluBackwardCore(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) => throw new NotImplementedException();
 }

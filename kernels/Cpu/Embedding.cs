@@ -3,7 +3,10 @@ namespace DiffuSharp.Kernels.Cpu;
 /// <summary>Token plus position embedding: one vectorised row add per token.</summary>
 public static class Embedding
 {
-    /// <summary>output[b, t, :] = wte[ids[b, t], :] + wpe[positionOffset + t, :]; ids are checked against the table first.</summary>
+    /// <summary>
+    /// output[b, t, :] = wte[ids[b, t], :] + wpe[positionOffset + t, :]; an empty wpe means token rows alone
+    /// (LLaMA). ids are checked against the table first.
+    /// </summary>
     public static unsafe void Forward(ReadOnlySpan<int> ids, ReadOnlySpan<float> wte, ReadOnlySpan<float> wpe, Span<float> output,
         int batch, int length, int channels, int positionOffset)
     {
@@ -12,7 +15,8 @@ public static class Embedding
         int vocab = wte.Length / channels;
         Guard.Length(ids.Length, rows, nameof(ids));
         Guard.Length(output.Length, (long)rows * channels, nameof(output));
-        if (positionOffset < 0 || (long)(positionOffset + length) * channels > wpe.Length)
+        bool positions = !wpe.IsEmpty;
+        if (positions && (positionOffset < 0 || (long)(positionOffset + length) * channels > wpe.Length))
             throw new ArgumentOutOfRangeException(nameof(positionOffset),
                 $"positions {positionOffset}..{positionOffset + length - 1} exceed the {wpe.Length / channels} rows of the position table");
         for (int r = 0; r < rows; r++)
@@ -31,15 +35,18 @@ public static class Embedding
                 for (int r = start; r < end; r++)
                 {
                     int t = r % length;
-                    Residual.AddRange(xte + (long)xid[r] * channels, xpe + (long)(positionOffset + t) * channels,
-                        xo + (long)r * channels, 0, channels);
+                    if (positions)
+                        Residual.AddRange(xte + (long)xid[r] * channels, xpe + (long)(positionOffset + t) * channels,
+                            xo + (long)r * channels, 0, channels);
+                    else
+                        new ReadOnlySpan<float>(xte + (long)xid[r] * channels, channels).CopyTo(new Span<float>(xo + (long)r * channels, channels));
                 }
             });
         }
     }
 
     /// <summary>
-    /// dWte[ids[b, t], :] += dOutput[b, t, :] and dWpe[positionOffset + t, :] += dOutput[b, t, :]. A token that occurs
+    /// dWte[ids[b, t], :] += dOutput[b, t, :] and (unless dWpe is empty) dWpe[positionOffset + t, :] += dOutput[b, t, :]. A token that occurs
     /// twice adds twice into one row of dWte, so the work is split by channels rather than by tokens: each thread
     /// walks every token over its own stripe of columns, which needs no locks and adds in a fixed order.
     /// </summary>
@@ -51,7 +58,8 @@ public static class Embedding
         int vocab = dWte.Length / channels;
         Guard.Length(ids.Length, rows, nameof(ids));
         Guard.Length(dOutput.Length, (long)rows * channels, nameof(dOutput));
-        if (positionOffset < 0 || (long)(positionOffset + length) * channels > dWpe.Length)
+        bool positions = !dWpe.IsEmpty;
+        if (positions && (positionOffset < 0 || (long)(positionOffset + length) * channels > dWpe.Length))
             throw new ArgumentOutOfRangeException(nameof(positionOffset),
                 $"positions {positionOffset}..{positionOffset + length - 1} exceed the {dWpe.Length / channels} rows of the position table");
         for (int r = 0; r < rows; r++)
@@ -71,9 +79,12 @@ public static class Embedding
                 {
                     float* g = xg + (long)r * channels;
                     float* te = xte + (long)xid[r] * channels;
-                    float* pe = xpe + (long)(positionOffset + r % length) * channels;
                     Residual.AddRange(te, g, te, c0, c1);
-                    Residual.AddRange(pe, g, pe, c0, c1);
+                    if (positions)
+                    {
+                        float* pe = xpe + (long)(positionOffset + r % length) * channels;
+                        Residual.AddRange(pe, g, pe, c0, c1);
+                    }
                 }
             });
         }

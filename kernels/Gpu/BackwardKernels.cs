@@ -17,9 +17,9 @@ static class BackwardKernels
     static long FirstIndex => (long)Grid.IdxX * Group.DimX + Group.IdxX;
     static long GridStride => (long)Grid.DimX * Group.DimX;
 
-    /// <summary>dWte[ids[token], c] += dOut[token, c]; dWpe[positionOffset + token % length, c] += dOut[token, c].</summary>
+    /// <summary>dWte[ids[token], c] += dOut[token, c]; dWpe[positionOffset + token % length, c] += dOut[token, c] when <paramref name="usePositions"/> is 1.</summary>
     internal static void Embedding(ArrayView<int> ids, ArrayView<float> dOutput, ArrayView<float> dWte, ArrayView<float> dWpe,
-        int length, int channels, int positionOffset)
+        int length, int channels, int positionOffset, int usePositions)
     {
         for (long i = FirstIndex; i < dOutput.Length; i += GridStride)
         {
@@ -28,7 +28,7 @@ static class BackwardKernels
             long position = positionOffset + token % length;
             float g = dOutput[i];
             Atomic.Add(ref dWte[(long)ids[token] * channels + c], g);
-            Atomic.Add(ref dWpe[position * channels + c], g);
+            if (usePositions != 0) Atomic.Add(ref dWpe[position * channels + c], g);
         }
     }
 

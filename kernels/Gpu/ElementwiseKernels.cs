@@ -39,15 +39,17 @@ static class ElementwiseKernels
         }
     }
 
+    /// <summary>Token plus position embedding; with <paramref name="usePositions"/> 0 the token row alone (LLaMA).</summary>
     internal static void Embedding(ArrayView<int> ids, ArrayView<float> wte, ArrayView<float> wpe, ArrayView<float> output,
-        int length, int channels, int positionOffset)
+        int length, int channels, int positionOffset, int usePositions)
     {
         for (long i = FirstIndex; i < output.Length; i += GridStride)
         {
             long token = i / channels;
             long c = i - token * channels;
-            long position = positionOffset + token % length;
-            output[i] = wte[(long)ids[token] * channels + c] + wpe[position * channels + c];
+            float value = wte[(long)ids[token] * channels + c];
+            if (usePositions != 0) value += wpe[(positionOffset + token % length) * channels + c];
+            output[i] = value;
         }
     }
 

@@ -30,7 +30,7 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, float>? fill;
     Action<KernelConfig, ArrayView<float>, ulong, ulong>? uniform;
     Action<KernelConfig, ArrayView<float>, int, ArrayView<float>, int, int, int>? copyRows;
-    Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? embedding;
+    Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? embedding;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>>? gelu;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? add;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>? layerNorm;
@@ -38,7 +38,7 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? matMul;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? matMulTransposed;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attention;
-    Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? embeddingBackward;
+    Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? embeddingBackward;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? geluBackward;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? layerNormInput;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? layerNormParameters;
@@ -104,11 +104,11 @@ public sealed class GpuKernels : IDisposable
         (copyRows ??= accelerator.LoadStreamKernel<ArrayView<float>, int, ArrayView<float>, int, int, int>(ElementwiseKernels.CopyRows))(
             Flat((long)rows * columns), src, srcStride, dst, dstStride, rows, columns);
 
-    /// <summary>output[b, t, :] = wte[ids[b, t], :] + wpe[positionOffset + t, :]; output is [B, T, C].</summary>
-    public void Embedding(ArrayView<int> ids, ArrayView<float> wte, ArrayView<float> wpe, ArrayView<float> output,
+    /// <summary>output[b, t, :] = wte[ids[b, t], :] (+ wpe[positionOffset + t, :] when wpe is given); output is [B, T, C].</summary>
+    public void Embedding(ArrayView<int> ids, ArrayView<float> wte, ArrayView<float>? wpe, ArrayView<float> output,
         int length, int channels, int positionOffset) =>
-        (embedding ??= accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(ElementwiseKernels.Embedding))(
-            Flat(output.Length), ids, wte, wpe, output, length, channels, positionOffset);
+        (embedding ??= accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(ElementwiseKernels.Embedding))(
+            Flat(output.Length), ids, wte, wpe ?? noFloats.View, output, length, channels, positionOffset, wpe is null ? 0 : 1);
 
     public void Gelu(ArrayView<float> x, ArrayView<float> output) =>
         (gelu ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>>(ElementwiseKernels.Gelu))(Flat(x.Length), x, output);
@@ -149,10 +149,10 @@ public sealed class GpuKernels : IDisposable
     // ---- backward and training: every gradient output is accumulated (+=) unless said otherwise ----
 
     /// <summary>dWte[ids[b, t], :] += dOutput[b, t, :] and dWpe[positionOffset + t, :] += dOutput[b, t, :] (atomics).</summary>
-    public void EmbeddingBackward(ArrayView<int> ids, ArrayView<float> dOutput, ArrayView<float> dWte, ArrayView<float> dWpe,
+    public void EmbeddingBackward(ArrayView<int> ids, ArrayView<float> dOutput, ArrayView<float> dWte, ArrayView<float>? dWpe,
         int length, int channels, int positionOffset) =>
-        (embeddingBackward ??= accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(BackwardKernels.Embedding))(
-            Flat(dOutput.Length), ids, dOutput, dWte, dWpe, length, channels, positionOffset);
+        (embeddingBackward ??= accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(BackwardKernels.Embedding))(
+            Flat(dOutput.Length), ids, dOutput, dWte, dWpe ?? noFloats.View, length, channels, positionOffset, dWpe is null ? 0 : 1);
 
     /// <summary>dX += gelu'(x) · dOutput.</summary>
     public void GeluBackward(ArrayView<float> x, ArrayView<float> dOutput, ArrayView<float> dX) =>
