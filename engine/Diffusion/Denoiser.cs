@@ -87,12 +87,12 @@ public sealed record DenoiseResult(int[] Tokens, int ForwardPasses, TimeSpan For
 public sealed class Denoiser
 {
     const ulong CommitStream = 0x636f6d6d6974;
-    readonly Gpt2Model model;
+    readonly ILanguageModel model;
 
-    public Denoiser(Gpt2Model model, int maskTokenId)
+    public Denoiser(ILanguageModel model, int maskTokenId)
     {
-        if ((uint)maskTokenId >= (uint)model.Config.VocabSize)
-            throw new DiffuException($"mask token {maskTokenId} is outside the model's vocabulary [0, {model.Config.VocabSize})");
+        if ((uint)maskTokenId >= (uint)model.VocabSize)
+            throw new DiffuException($"mask token {maskTokenId} is outside the model's vocabulary [0, {model.VocabSize})");
         this.model = model;
         MaskTokenId = maskTokenId;
     }
@@ -103,7 +103,7 @@ public sealed class Denoiser
     {
         settings.Validate();
         int b = problem.Batch, n = problem.Length;
-        if (n > model.Config.Positions) throw new DiffuException($"sequence of {n} tokens exceeds the model's {model.Config.Positions} positions");
+        if (n > model.Positions) throw new DiffuException($"sequence of {n} tokens exceeds the model's {model.Positions} positions");
         for (int r = 0; r < b; r++)
             if (problem.Fixed[r * n] == 0) throw new DiffuException("position 0 of every row must be a fixed start token");
 
@@ -139,14 +139,13 @@ public sealed class Denoiser
 
             for (int t = stepsPerBlock; t >= 1; t--)
             {
-                using (var act = model.CreateActivations(b, n))
+                forward.Start();
+                using (var result = model.Logits(xt, b, n, AttentionMaskMode.Bidirectional))
                 {
-                    forward.Start();
-                    model.Forward(xt, act, AttentionMaskMode.Bidirectional);
                     d.Synchronize();
                     forward.Stop();
                     selection.Start();
-                    d.SampleTokens(act.Logits!, settings.Sampling, settings.Seed, (ulong)pass, tokensOut, statsOut);
+                    d.SampleTokens(result.Logits, settings.Sampling, settings.Seed, (ulong)pass, tokensOut, statsOut);
                     d.Download(tokensOut, 0, predicted);
                     d.Download(statsOut, 0, stats);
                 }

@@ -9,9 +9,9 @@ namespace DiffuSharp.Models;
 /// </summary>
 public sealed class ArDecoder
 {
-    readonly Gpt2Model model;
+    readonly ILanguageModel model;
 
-    public ArDecoder(Gpt2Model model) => this.model = model;
+    public ArDecoder(ILanguageModel model) => this.model = model;
 
     /// <summary>
     /// Continues <paramref name="prompt"/> by up to <paramref name="maxNew"/> tokens. Temperature 0 is greedy
@@ -25,21 +25,17 @@ public sealed class ArDecoder
         if (maxNew < 0) throw new DiffuException($"--max-new must be non-negative, got {maxNew}");
         if (temperature < 0 || !float.IsFinite(temperature)) throw new DiffuException($"temperature must be a finite number >= 0, got {temperature}");
         int capacity = prompt.Count + maxNew;
-        if (capacity > model.Config.Positions)
-            throw new DiffuException($"prompt ({prompt.Count}) + new tokens ({maxNew}) exceed the model's {model.Config.Positions} positions");
+        if (capacity > model.Positions)
+            throw new DiffuException($"prompt ({prompt.Count}) + new tokens ({maxNew}) exceed the model's {model.Positions} positions");
 
         var output = new List<int>(maxNew);
         if (maxNew == 0) return [];
-        var logits = new float[model.Config.VocabSize];
-        using var cache = new Gpt2KvCache(model, 1, capacity);
+        var logits = new float[model.VocabSize];
+        using var cache = model.CreateKvCache(1, capacity);
         int[] step = prompt.ToArray();
         for (int i = 0; i < maxNew; i++)
         {
-            using (var act = Gpt2Activations.ForDecoding(model, 1, step.Length))
-            {
-                model.Forward(step, act, AttentionMaskMode.Causal, null, cache);
-                model.Device.Download(act.LastLogits!, 0, logits);
-            }
+            model.Decode(step, 1, cache, logits);
             int next = TokenSampler.Sample(logits, temperature, Philox.Uniform(seed, 0, (ulong)i));
             output.Add(next);
             onToken?.Invoke(next);

@@ -136,7 +136,7 @@ public sealed class Gpt2Weights : IDisposable
 /// embedding. Every op goes through <see cref="Runtime.Device"/>, so the same code runs on every device.
 /// The forward pass fills a <see cref="Gpt2Activations"/>; the backward pass walks it in reverse.
 /// </summary>
-public sealed class Gpt2Model : IDisposable
+public sealed class Gpt2Model : ILanguageModel
 {
     public Gpt2Model(Gpt2Config config, Device device, Gpt2Weights weights)
     {
@@ -151,6 +151,34 @@ public sealed class Gpt2Model : IDisposable
 
     /// <summary>The output projection [V, C]: the token embedding when embeddings are tied.</summary>
     public Tensor LmHead => Weights.LmHead ?? Weights.Wte;
+
+    public int VocabSize => Config.VocabSize;
+    public int Positions => Config.Positions;
+    public int Layers => Config.Layers;
+    public int KvWidth => Config.Channels;
+    public int? MaskTokenId => Config.MaskTokenId;
+
+    public ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null)
+    {
+        var act = CreateActivations(batch, length);
+        try
+        {
+            Forward(ids, act, mode, allow);
+            return new ForwardResult(act.Logits!, act);
+        }
+        catch
+        {
+            act.Dispose();
+            throw;
+        }
+    }
+
+    public void Decode(ReadOnlySpan<int> ids, int batch, KvCache cache, Span<float> lastLogits)
+    {
+        using var act = Gpt2Activations.ForDecoding(this, batch, ids.Length / batch);
+        Forward(ids, act, AttentionMaskMode.Causal, null, cache);
+        Device.Download(act.LastLogits!, 0, lastLogits);
+    }
 
     /// <summary>Loads config.json and the safetensors weights (single file or sharded) of a model folder.</summary>
     public static Gpt2Model Load(string directory, Device device)
@@ -233,7 +261,7 @@ public sealed class Gpt2Model : IDisposable
     /// act.Logits [B, T, V]. With a KV cache, the ids continue the cached sequence (positions start at
     /// cache.Length, attention sees the cached keys) and the cache grows by <paramref name="act"/>.Length.
     /// </summary>
-    public void Forward(ReadOnlySpan<int> ids, Gpt2Activations act, AttentionMaskMode mode, Tensor? allow = null, Gpt2KvCache? cache = null)
+    public void Forward(ReadOnlySpan<int> ids, Gpt2Activations act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null)
     {
         int b = act.Batch, t = act.Length, c = Config.Channels, h = Config.Heads;
         if (ids.Length != b * t) throw new ArgumentException($"expected {b * t} ids for [{b}, {t}], got {ids.Length}");
@@ -266,13 +294,8 @@ public sealed class Gpt2Model : IDisposable
             }
             else
             {
+                cache.Append(l, a.Qkv, c, a.Qkv, 2 * c, 3 * c, t);
                 var (keys, values) = cache.Layer(l);
-                for (int s = 0; s < b; s++)
-                {
-                    long src = (long)s * t * 3 * c, dst = ((long)s * cache.Capacity + offset) * c;
-                    d.CopyRows(a.Qkv, src + c, 3 * c, keys, dst, c, t, c);
-                    d.CopyRows(a.Qkv, src + 2 * c, 3 * c, values, dst, c, t, c);
-                }
                 var shape = new AttentionShape(b, h, h, Config.HeadDim, t, offset + t, offset,
                     3 * c, c, (long)t * 3 * c, (long)cache.Capacity * c, 1f / MathF.Sqrt(Config.HeadDim));
                 d.Attention(a.Qkv, 0, keys, 0, values, 0, a.Att, a.AttLse, shape, AttentionMaskMode.Causal, null);
@@ -473,35 +496,5 @@ public sealed class Gpt2Activations : IDisposable
         foreach (var l in layers) l.Dispose();
         LnF.Dispose(); LnFMean.Dispose(); LnFRstd.Dispose();
         Logits?.Dispose(); LastHidden?.Dispose(); LastLogits?.Dispose();
-    }
-}
-
-/// <summary>Keys and values of every layer for autoregressive decoding, [B, capacity, C] each.</summary>
-public sealed class Gpt2KvCache : IDisposable
-{
-    readonly (Tensor Keys, Tensor Values)[] layers;
-
-    public Gpt2KvCache(Gpt2Model model, int batch, int capacity)
-    {
-        if (capacity > model.Config.Positions)
-            throw new DiffuException($"KV cache of {capacity} tokens exceeds the model's {model.Config.Positions} positions");
-        Batch = batch; Capacity = capacity;
-        int c = model.Config.Channels;
-        layers = new (Tensor, Tensor)[model.Config.Layers];
-        for (int i = 0; i < layers.Length; i++)
-            layers[i] = (model.Device.Allocate(DType.F32, batch, capacity, c), model.Device.Allocate(DType.F32, batch, capacity, c));
-    }
-
-    public int Batch { get; }
-    public int Capacity { get; }
-
-    /// <summary>How many positions are filled.</summary>
-    public int Length { get; internal set; }
-
-    public (Tensor Keys, Tensor Values) Layer(int index) => layers[index];
-
-    public void Dispose()
-    {
-        foreach (var (k, v) in layers) { k.Dispose(); v.Dispose(); }
     }
 }

@@ -118,9 +118,17 @@ public sealed class CpuDevice : Device
     protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
         Cpu.Sampling.SampleTokens(F32(logits), rows, vocab, options, seed, stream, I32(tokens), F32(stats));
 
-    protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) => throw new NotImplementedException();
-    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns) => throw new NotImplementedException();
-    protected override void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse) => throw new NotImplementedException();
-    protected override void SwiGluCore(Tensor gate, Tensor up, Tensor output) => throw new NotImplementedException();
-    protected override void SwiGluBackwardCore(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) => throw new NotImplementedException();
+    protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) =>
+        Cpu.RmsNorm.Forward(F32(x), F32(weight), F32(output), F32(rstd), rows, columns, eps);
+
+    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns) =>
+        Cpu.RmsNorm.Backward(F32(dOutput), F32(x), F32(weight), F32(rstd), F32(dX), F32(dWeight), rows, columns);
+
+    protected override void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse) =>
+        Cpu.Rope.Apply(F32(x)[(int)offset..], rowStride, batch, length, heads, headDim, positionOffset, theta, inverse);
+
+    protected override void SwiGluCore(Tensor gate, Tensor up, Tensor output) => Cpu.SwiGlu.Forward(F32(gate), F32(up), F32(output));
+
+    protected override void SwiGluBackwardCore(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) =>
+        Cpu.SwiGlu.Backward(F32(gate), F32(up), F32(dOutput), F32(dGate), F32(dUp));
 }

@@ -308,9 +308,17 @@ public sealed class IlgpuDevice : Device
     protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
         kernels.SampleTokens(F32(logits), I32(tokens), F32(stats), rows, vocab, options, seed, stream);
 
-    protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) => throw new NotImplementedException();
-    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns) => throw new NotImplementedException();
-    protected override void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse) => throw new NotImplementedException();
-    protected override void SwiGluCore(Tensor gate, Tensor up, Tensor output) => throw new NotImplementedException();
-    protected override void SwiGluBackwardCore(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) => throw new NotImplementedException();
+    protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) =>
+        kernels.RmsNorm(F32(x), F32(weight), F32(output), F32(rstd), rows, columns, eps);
+
+    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns) =>
+        kernels.RmsNormBackward(F32(dOutput), F32(x), F32(weight), F32(rstd), F32(dX), F32(dWeight), rows, columns);
+
+    protected override void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse) =>
+        kernels.Rope(F32(x).SubView(offset), rowStride, batch, length, heads, headDim, positionOffset, theta, inverse);
+
+    protected override void SwiGluCore(Tensor gate, Tensor up, Tensor output) => kernels.SwiGlu(F32(gate), F32(up), F32(output));
+
+    protected override void SwiGluBackwardCore(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) =>
+        kernels.SwiGluBackward(F32(gate), F32(up), F32(dOutput), F32(dGate), F32(dUp));
 }

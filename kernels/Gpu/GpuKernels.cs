@@ -52,6 +52,12 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, float>? scale;
     Action<KernelConfig, ArrayView<float>, ArrayView<double>>? sumOfSquares;
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, SamplingArgs>? sampleTokens;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>? rmsNorm;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? rmsNormInput;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? rmsNormWeight;
+    Action<KernelConfig, ArrayView<float>, int, int, int, int, int, int, double, float>? rope;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? swiGlu;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>? swiGluBackward;
     MemoryBuffer1D<double, Stride1D.Dense>? partialSums;
 
     public GpuKernels(Accelerator accelerator)
@@ -257,6 +263,46 @@ public sealed class GpuKernels : IDisposable
         in SamplingOptions options, ulong seed, ulong stream) =>
         (sampleTokens ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, SamplingArgs>(SamplingKernels.Sample))(
             new KernelConfig(rows, SamplingKernels.Threads(vocab, accelerator.WarpSize)), logits, tokens, stats, vocab, new SamplingArgs(options, seed, stream));
+
+    // ---- LLaMA family ------------------------------------------------------------------------------
+
+    /// <summary>RMSNorm of x [rows, channels]: output = x · rstd · weight, rstd [rows] = 1/sqrt(mean(x²) + eps); one warp per row.</summary>
+    public void RmsNorm(ArrayView<float> x, ArrayView<float> weight, ArrayView<float> output, ArrayView<float> rstd, int rows, int channels, float eps) =>
+        (rmsNorm ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(LlamaKernels.RmsNorm))(
+            PerRow(rows), x, weight, output, rstd, rows, channels, eps);
+
+    /// <summary>RMSNorm backward from the saved rstd: dX += (one warp per row), then dWeight += (column sums).</summary>
+    public void RmsNormBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> weight, ArrayView<float> rstd,
+        ArrayView<float> dX, ArrayView<float> dWeight, int rows, int channels)
+    {
+        (rmsNormInput ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(LlamaKernels.RmsNormInput))(
+            PerRow(rows), dOutput, x, weight, rstd, dX, rows, channels);
+        var config = ColumnChunks(rows, channels, out int rowsPerGroup);
+        (rmsNormWeight ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(LlamaKernels.RmsNormWeight))(
+            config, dOutput, x, rstd, dWeight, rows, channels, rowsPerGroup);
+    }
+
+    /// <summary>
+    /// Rotate-half RoPE in place over a view starting at element (0, 0, 0, 0): element (b, t, h, d) at
+    /// (b·length + t)·rowStride + h·headDim + d, angle (positionOffset + t)·theta^(−2d/headDim), negated when
+    /// <paramref name="inverse"/>. theta^(−2/headDim) is computed here in double and raised to d on the device.
+    /// </summary>
+    public void Rope(ArrayView<float> x, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse)
+    {
+        int rows = batch * length;
+        (rope ??= accelerator.LoadStreamKernel<ArrayView<float>, int, int, int, int, int, int, double, float>(LlamaKernels.Rope))(
+            Flat((long)rows * (headDim / 2)), x, rowStride, rows, length, heads, headDim, positionOffset,
+            Math.Pow(theta, -2.0 / headDim), inverse ? -1f : 1f);
+    }
+
+    /// <summary>output = silu(gate) · up, elementwise.</summary>
+    public void SwiGlu(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> output) =>
+        (swiGlu ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(LlamaKernels.SwiGlu))(Flat(output.Length), gate, up, output);
+
+    /// <summary>dGate += dOutput · up · silu'(gate), dUp += dOutput · silu(gate).</summary>
+    public void SwiGluBackward(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> dOutput, ArrayView<float> dGate, ArrayView<float> dUp) =>
+        (swiGluBackward ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(LlamaKernels.SwiGluBackward))(
+            Flat(gate.Length), gate, up, dOutput, dGate, dUp);
 
     public void Dispose()
     {

@@ -13,6 +13,7 @@ public enum GpuKernel
     Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMulTransposed, Attention,
     EmbeddingBackward, GeluBackward, LayerNormBackward, LayerNormParameters, ColumnSums, MatMulAccumulate,
     AttentionDelta, AttentionBackward, CrossEntropy, AdamW, Scale, SumOfSquares, SampleTokens,
+    RmsNorm, RmsNormBackward, RmsNormWeight, Rope, SwiGlu, SwiGluBackward,
 }
 
 /// <summary>
@@ -63,6 +64,12 @@ public static class PtxDump
             GpuKernel.Scale => (typeof(OptimizerKernels), nameof(OptimizerKernels.Scale)),
             GpuKernel.SumOfSquares => (typeof(OptimizerKernels), nameof(OptimizerKernels.SumOfSquares)),
             GpuKernel.SampleTokens => (typeof(SamplingKernels), nameof(SamplingKernels.Sample)),
+            GpuKernel.RmsNorm => (typeof(LlamaKernels), nameof(LlamaKernels.RmsNorm)),
+            GpuKernel.RmsNormBackward => (typeof(LlamaKernels), nameof(LlamaKernels.RmsNormInput)),
+            GpuKernel.RmsNormWeight => (typeof(LlamaKernels), nameof(LlamaKernels.RmsNormWeight)),
+            GpuKernel.Rope => (typeof(LlamaKernels), nameof(LlamaKernels.Rope)),
+            GpuKernel.SwiGlu => (typeof(LlamaKernels), nameof(LlamaKernels.SwiGlu)),
+            GpuKernel.SwiGluBackward => (typeof(LlamaKernels), nameof(LlamaKernels.SwiGluBackward)),
             _ => throw new ArgumentOutOfRangeException(nameof(kernel)),
         };
         return type.GetMethod(name, BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)

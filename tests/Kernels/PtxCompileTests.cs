@@ -46,6 +46,40 @@ public class PtxCompileTests
         Assert.That(PtxDump.Compile(kernel), Does.Contain(".entry"));
     }
 
+    [TestCase(GpuKernel.RmsNorm)]
+    [TestCase(GpuKernel.RmsNormBackward)]
+    [TestCase(GpuKernel.RmsNormWeight)]
+    [TestCase(GpuKernel.Rope)]
+    [TestCase(GpuKernel.SwiGlu)]
+    [TestCase(GpuKernel.SwiGluBackward)]
+    public void LlamaKernelCompiles(GpuKernel kernel)
+    {
+        Assert.That(PtxDump.Compile(kernel), Does.Contain(".entry"));
+    }
+
+    /// <summary>RMSNorm reduces with warp shuffles and its weight gradient with float atomics; SwiGLU's sigmoid uses exp, never tanh.approx.</summary>
+    [Test]
+    public void LlamaKernelsUseShufflesAtomicsAndNoTanhApprox()
+    {
+        Assert.That(PtxDump.Compile(GpuKernel.RmsNorm), Does.Contain("shfl.sync.bfly"));
+        Assert.That(PtxDump.Compile(GpuKernel.RmsNormBackward), Does.Contain("shfl.sync.bfly"));
+        Assert.That(PtxDump.Compile(GpuKernel.RmsNormWeight), Does.Match(@"\b(red|atom)(\.global)?\.add\.f32"));
+        Assert.That(PtxDump.Compile(GpuKernel.SwiGlu), Does.Not.Contain("tanh.approx"));
+        Assert.That(PtxDump.Compile(GpuKernel.SwiGluBackward), Does.Not.Contain("tanh.approx"));
+    }
+
+    /// <summary>
+    /// RoPE forms and reduces its angle in double (a float angle at position 2048 is off by up to 1e-4 rad), so
+    /// the float sine and cosine (sin.approx / cos.approx, absolute error near 5e-7 on [−π, π]) see a small argument.
+    /// </summary>
+    [Test]
+    public void RopeFormsTheAngleInDouble()
+    {
+        string ptx = PtxDump.Compile(GpuKernel.Rope);
+        Assert.That(ptx, Does.Contain("mul.f64"));
+        Assert.That(ptx, Does.Contain("cvt.rn.f32.f64"));
+    }
+
     [Test]
     public void RowKernelsUseWarpShufflesAndGeluAvoidsTanhApprox()
     {

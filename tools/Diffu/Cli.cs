@@ -21,6 +21,7 @@ public static class Cli
             BenchCommand.Create(stdout),
             TokenizeCommand.Create(stdout, stderr),
             TrainCommand.Create(stdout, stderr),
+            ConvertCommand.Create(stdout),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

@@ -37,7 +37,7 @@ static class GenerateCommand
         var budget = new Option<int>("--tokens-per-step") { Description = "commit at most this many tokens per step (0 = no cap)", DefaultValueFactory = _ => 0 };
         var batch = new Option<int>("--batch") { Description = "samples per prompt (or unconditional samples)", DefaultValueFactory = _ => 1 };
         var seed = new Option<ulong>("--seed") { Description = "random seed (same seed, same text, on every device)", DefaultValueFactory = _ => 0 };
-        var mask = new Option<int?>("--mask-token") { Description = "[MASK] id (default: config.json's mask_token_id, else 10541)" };
+        var mask = new Option<int?>("--mask-token") { Description = "[MASK] id (default: config.json's mask_token_id, else 10541 for GPT-2, 811 for LLaMA)" };
         var showSteps = new Option<bool>("--show-steps") { Description = "on a terminal, redraw the text at every denoising step" };
         var ar = new Option<bool>("--ar") { Description = "autoregressive decoding instead (causal attention, KV cache)" };
         var maxNew = new Option<int>("--max-new") { Description = "tokens to generate with --ar", DefaultValueFactory = _ => 64 };
@@ -78,9 +78,9 @@ static class GenerateCommand
         if (request.Samples <= 0) throw new DiffuException($"--batch must be positive, got {request.Samples}");
         if (request.Infill is not null && request.Prompts.Length > 0) throw new DiffuException("give either --prompt or --infill, not both");
         using var device = Devices.Create(request.Device);
-        using var model = Gpt2Model.Load(request.Model, device);
-        var tokenizer = ModelFolder.Tokenizer(request.Model, model.Config, request.Tokenizer);
-        int start = tokenizer.EndOfTextId ?? 0;
+        using var model = ModelLoader.Load(request.Model, device);
+        var tokenizer = ModelFolder.Tokenizer(request.Model, model, request.Tokenizer);
+        int start = ModelFolder.StartToken(model, tokenizer);
         var rows = new List<DenoisingRow>();
         for (int s = 0; s < request.Samples; s++)
         {
@@ -89,7 +89,7 @@ static class GenerateCommand
             else rows.AddRange(request.Prompts.Select(p => DenoisingPrompts.Completion(start, tokenizer.Encode(p), request.Length)));
         }
         var problem = DenoisingPrompts.Stack(rows);
-        var denoiser = new Denoiser(model, request.MaskToken ?? model.Config.MaskTokenId ?? 10541);
+        var denoiser = new Denoiser(model, request.MaskToken ?? model.MaskTokenId ?? DefaultMaskToken(model));
 
         var clock = Stopwatch.StartNew();
         DenoiseResult result;
@@ -124,6 +124,9 @@ static class GenerateCommand
         return Cli.Ok;
     }
 
+    /// <summary>The paper's [MASK] ids when the config names none: 10541 for GPT-2 (DiffuGPT-S), 811 for LLaMA (DiffuLLaMA).</summary>
+    static int DefaultMaskToken(ILanguageModel model) => model is LlamaModel ? 811 : 10541;
+
     static string Ms(TimeSpan total, int passes) => $"{total.TotalMilliseconds / Math.Max(1, passes):F1} ms";
 
     /// <summary>The text of row 0 with still-masked slots shown as a placeholder.</summary>
@@ -139,9 +142,9 @@ static class GenerateCommand
         TextWriter stdout, TextWriter stderr)
     {
         using var device = Devices.Create(deviceName);
-        using var model = Gpt2Model.Load(modelDir, device);
-        var tokenizer = ModelFolder.Tokenizer(modelDir, model.Config, tokenizerDir);
-        var promptIds = tokenizer.Encode(prompt);
+        using var model = ModelLoader.Load(modelDir, device);
+        var tokenizer = ModelFolder.Tokenizer(modelDir, model, tokenizerDir);
+        var promptIds = model is LlamaModel ? [ModelFolder.StartToken(model, tokenizer), .. tokenizer.Encode(prompt)] : tokenizer.Encode(prompt);
         stdout.Write(prompt);
         stdout.Flush();
 

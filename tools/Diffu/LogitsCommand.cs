@@ -36,19 +36,18 @@ static class LogitsCommand
     static int Run(string modelDir, int[] ids, bool bidirectional, string outPath, string? deviceName, TextWriter stdout)
     {
         using var device = Devices.Create(deviceName);
-        using var model = Gpt2Model.Load(modelDir, device);
-        using var act = model.CreateActivations(1, ids.Length);
+        using var model = ModelLoader.Load(modelDir, device);
         var mode = bidirectional ? AttentionMaskMode.Bidirectional : AttentionMaskMode.Causal;
-        model.Forward(ids, act, mode);
-        var logits = device.ToArray(act.Logits!);
+        float[] logits;
+        using (var result = model.Logits(ids, 1, ids.Length, mode)) logits = device.ToArray(result.Logits);
         var metadata = new Dictionary<string, string>
         {
             ["ids"] = string.Join(",", ids),
             ["attention"] = bidirectional ? "bidirectional" : "causal",
             ["device"] = device.Name,
         };
-        SafeTensorWriter.Write(outPath, [SafeTensorEntry.FromFloat32("logits", [ids.Length, model.Config.VocabSize], logits)], metadata);
-        stdout.WriteLine($"wrote logits [{ids.Length}, {model.Config.VocabSize}] ({metadata["attention"]}, {device.Name}) to {outPath}");
+        SafeTensorWriter.Write(outPath, [SafeTensorEntry.FromFloat32("logits", [ids.Length, model.VocabSize], logits)], metadata);
+        stdout.WriteLine($"wrote logits [{ids.Length}, {model.VocabSize}] ({metadata["attention"]}, {device.Name}) to {outPath}");
         return Cli.Ok;
     }
 }

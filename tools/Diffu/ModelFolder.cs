@@ -8,25 +8,46 @@ namespace DiffuSharp.Cli;
 static class ModelFolder
 {
     /// <summary>
-    /// The tokenizer for a GPT-2 model: the model folder's own files, else --tokenizer, else $DIFFU_TOKENIZER.
-    /// A model with fewer than the 50257 GPT-2 tokens uses the first vocab_size tokens of the BPE.
+    /// The tokenizer of a model: the model folder's own files, else --tokenizer, else $DIFFU_TOKENIZER.
+    /// GPT-2 models read BPE files (a model with fewer than the 50257 GPT-2 tokens uses the first
+    /// vocab_size tokens of the BPE); LLaMA models read a SentencePiece tokenizer.model or a llama2.c
+    /// tokenizer.bin (a folder holding one, or the file itself).
     /// </summary>
-    public static TextTokenizer Tokenizer(string modelDir, Gpt2Config config, string? tokenizerDir)
+    public static TextTokenizer Tokenizer(string modelDir, ILanguageModel model, string? tokenizerOption)
     {
-        int? limit = config.VocabSize < 50257 ? config.VocabSize : null;
-        var candidates = new[] { modelDir, tokenizerDir, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") };
-        foreach (var dir in candidates)
+        var candidates = new[] { modelDir, tokenizerOption, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") }
+            .Where(c => !string.IsNullOrWhiteSpace(c)).Select(c => c!);
+        foreach (var place in candidates)
         {
-            if (string.IsNullOrWhiteSpace(dir)) continue;
-            if (!Directory.Exists(dir)) throw new DiffuException($"{dir}: tokenizer folder not found");
-            var tok = Gpt2Tokenizer.FromDirectory(dir, limit);
-            if (tok is not null) return tok;
+            if (!Directory.Exists(place) && !File.Exists(place)) throw new DiffuException($"{place}: tokenizer folder or file not found");
+            var tokenizer = model is LlamaModel ? Llama(place) : Gpt2(place, model.VocabSize);
+            if (tokenizer is null) continue;
+            if (tokenizer.VocabSize > model.VocabSize)
+                throw new DiffuException($"{place}: the tokenizer has {tokenizer.VocabSize} tokens, the model only {model.VocabSize}");
+            return tokenizer;
         }
-        throw new DiffuException($"{modelDir}: no tokenizer (vocab.json + merges.txt or encoder.json + vocab.bpe); pass --tokenizer DIR or set DIFFU_TOKENIZER");
+        throw new DiffuException(model is LlamaModel
+            ? $"{modelDir}: no tokenizer (tokenizer.model or tokenizer.bin); pass --tokenizer FILE or set DIFFU_TOKENIZER"
+            : $"{modelDir}: no tokenizer (vocab.json + merges.txt or encoder.json + vocab.bpe); pass --tokenizer DIR or set DIFFU_TOKENIZER");
     }
+
+    static TextTokenizer? Gpt2(string place, int vocabSize) =>
+        Directory.Exists(place) ? Gpt2Tokenizer.FromDirectory(place, vocabSize < 50257 ? vocabSize : null) : null;
+
+    static TextTokenizer? Llama(string place)
+    {
+        if (File.Exists(place)) return LlamaTokenizers.FromFile(place);
+        foreach (var name in new[] { "tokenizer.model", "tokenizer.bin" })
+            if (File.Exists(Path.Combine(place, name))) return LlamaTokenizers.FromFile(Path.Combine(place, name));
+        return null;
+    }
+
+    /// <summary>The fixed first token of a sequence: LLaMA's BOS, GPT-2's end-of-text (which also separates documents).</summary>
+    public static int StartToken(ILanguageModel model, TextTokenizer tokenizer) =>
+        model is LlamaModel ? LlamaTokenizers.BeginOfSentenceId : tokenizer.EndOfTextId ?? 0;
 
     public static Option<string?> TokenizerOption() => new("--tokenizer")
     {
-        Description = "folder with GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe) when the model folder has none",
+        Description = "tokenizer when the model folder has none: a folder with GPT-2 BPE files, or a LLaMA tokenizer.model / llama2.c tokenizer.bin",
     };
 }
