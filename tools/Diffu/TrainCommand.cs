@@ -107,6 +107,8 @@ static class TrainCommand
     /// <summary>A run from --init or --config; for diffusion the mask token is set (or appended) first.</summary>
     static Trainer NewRun(Request request, TrainOptions options, Device device, ITokenBlocks blocks)
     {
+        if (request.Init is string dir && File.Exists(Path.Combine(dir, "config.json")) && LlamaConfig.IsLlama(Path.Combine(dir, "config.json")))
+            throw new DiffuException($"{dir}: training LLaMA models is not supported yet (GPT-2 only); LLaMA runs inference");
         var model = request.Init is string initDir ? Gpt2Model.Load(initDir, device) : Gpt2Model.CreateRandom(Presets.Load(request.Config!), device, options.Seed);
         try
         {
