@@ -46,9 +46,10 @@ The output is deterministic (fixed seed, float64 arithmetic).
 import json
 import math
 import os
-import struct
 
 import torch
+
+from reference_common import causal, finite_difference_check, greedy, loss_and_grads, token_ce, write_safetensors
 
 SEED = 20240611
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "gpt2-tiny")
@@ -66,7 +67,7 @@ GRAD_BATCH, GRAD_LENGTH, MASK_ID = 2, 16, 3
 T_EPS = 1e-3                # t = T_EPS + (1 - T_EPS) * u (spec 2.2 step 1)
 ANNEAL_RATIO = 0.5          # r of the annealing mask (spec 4)
 MIN_MASKED_TARGETS = 3      # masked positions among 1..L-1 forced per row
-FD_SEED, FD_STEP, FD_ENTRIES = SEED + 2, 1e-4, 4   # 1e-6 is roundoff-limited (~1e-5 rel)
+FD_SEED, FD_ENTRIES = SEED + 2, 4
 FD_PARAMS = ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.attn.c_attn.weight",
              "transformer.h.1.mlp.c_fc.bias", "transformer.h.0.ln_1.weight", "transformer.ln_f.bias"]
 
@@ -90,9 +91,6 @@ CONFIG = {
     "attn_pdrop": 0.0,
     "resid_pdrop": 0.0,
 }
-
-STORAGE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32", torch.uint8: "U8"}
-
 
 def make_weights(gen):
     """HF GPT-2 names and shapes (Conv1D weights are [in, out]), each with the dtype it is stored in.
@@ -162,28 +160,6 @@ def forward(w, ids, allow):
     return h @ w["transformer.wte.weight"].T
 
 
-def causal(length):
-    return torch.ones(length, length, dtype=torch.bool).tril()
-
-
-def greedy(w, prompt):
-    """Greedy causal continuation, the full forward re-run for each token. Returns the new tokens and
-    the smallest gap between the best and second-best logit over all steps."""
-    seq = list(prompt)
-    margin = math.inf
-    for _ in range(NEW_TOKENS):
-        logits = forward(w, torch.tensor([seq]), causal(len(seq)))[0, -1]
-        top = torch.topk(logits, 2).values
-        margin = min(margin, (top[0] - top[1]).item())
-        seq.append(int(torch.argmax(logits)))
-    return seq[len(prompt):], margin
-
-
-def token_ce(logits, targets):
-    """Per-token cross entropy -log softmax(logits)[target], no reduction."""
-    return -torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
 def diffusion_loss(w, x0, xt, noise, t, allow):
     """Spec 2.2: the logit at j predicts token j+1; only targets whose input is masked count; each weighted
     by 1/t_b; divided by the number of masked targets in the whole batch."""
@@ -197,61 +173,6 @@ def ar_loss(w, x0):
     """Plain next-token loss with the causal mask: mean CE over all B*(L-1) positions."""
     logits = forward(w, x0, causal(x0.shape[1]))
     return token_ce(logits[:, :-1], x0[:, 1:]).mean()
-
-
-def loss_and_grads(weights, loss_fn):
-    """loss_fn(w) in float64 and d(loss)/d(w[name]) for every name, by autograd. The tied wte is a single
-    leaf used for both the embedding and the output head, so its gradient is the sum of both uses."""
-    leaves = {name: value.detach().clone().requires_grad_(True) for name, value in weights.items()}
-    loss = loss_fn(leaves)
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    return loss.detach(), dict(zip(leaves.keys(), grads))
-
-
-def finite_difference_check(weights, loss_fn, grads, picks):
-    """Central differences (step FD_STEP) for the (name, flat index) entries in picks. Returns the largest
-    relative error |fd - autograd| / max(|fd|, |autograd|) and the largest absolute error."""
-    worst_rel = worst_abs = 0.0
-    with torch.no_grad():
-        for name, k in picks:
-            w = dict(weights)
-            w[name] = weights[name].clone()
-            flat = w[name].view(-1)
-            base = flat[k].item()
-            flat[k] = base + FD_STEP
-            up = loss_fn(w).item()
-            flat[k] = base - FD_STEP
-            down = loss_fn(w).item()
-            fd = (up - down) / (2 * FD_STEP)
-            g = grads[name].reshape(-1)[k].item()
-            worst_abs = max(worst_abs, abs(fd - g))
-            worst_rel = max(worst_rel, abs(fd - g) / max(abs(fd), abs(g), 1e-300))
-    return worst_rel, worst_abs
-
-
-def write_safetensors(path, tensors, metadata=None):
-    """tensors: list of (name, tensor). Data in list order; header padded with spaces to 8 bytes."""
-    header = {}
-    if metadata:
-        header["__metadata__"] = metadata
-    blobs = []
-    offset = 0
-    for name, t in tensors:
-        t = t.contiguous()
-        if t.dtype in (torch.float16, torch.bfloat16):
-            blob = t.view(torch.int16).numpy().astype("<i2").tobytes()
-        else:
-            blob = t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": STORAGE[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
 
 
 def main():
@@ -268,7 +189,7 @@ def main():
     # Draw prompts until one's greedy continuation has no near-tie and does not just repeat itself.
     for attempt in range(1000):
         prompt = torch.randint(0, VOCAB, (PROMPT,), generator=gen).tolist()
-        tokens, margin = greedy(w, prompt)
+        tokens, margin = greedy(forward, w, prompt, NEW_TOKENS)
         if margin >= GREEDY_MIN_MARGIN and len(set(tokens)) >= GREEDY_MIN_DISTINCT:
             break
     else:
