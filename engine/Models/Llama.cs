@@ -11,28 +11,117 @@ public sealed class LlamaBlock
 }
 
 /// <summary>
+/// A full set of LLaMA tensors under HF LlamaForCausalLM names: a model's parameters, or a same-shaped set
+/// for their gradients. Head is null when the output head is tied to the embedding.
+/// </summary>
+public sealed class LlamaWeights : IDisposable
+{
+    public required Tensor Embed, Norm;
+    public required LlamaBlock[] Blocks;
+    public Tensor? Head;
+
+    public static IEnumerable<(string Name, int[] Shape)> Shapes(LlamaConfig config)
+    {
+        int c = config.Channels, kv = config.KvHeads * config.HeadDim, hidden = config.Hidden;
+        yield return ("model.embed_tokens.weight", [config.VocabSize, c]);
+        for (int i = 0; i < config.Layers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            yield return (p + "input_layernorm.weight", [c]);
+            yield return (p + "self_attn.q_proj.weight", [c, c]);
+            yield return (p + "self_attn.k_proj.weight", [kv, c]);
+            yield return (p + "self_attn.v_proj.weight", [kv, c]);
+            yield return (p + "self_attn.o_proj.weight", [c, c]);
+            yield return (p + "post_attention_layernorm.weight", [c]);
+            yield return (p + "mlp.gate_proj.weight", [hidden, c]);
+            yield return (p + "mlp.up_proj.weight", [hidden, c]);
+            yield return (p + "mlp.down_proj.weight", [c, hidden]);
+        }
+        yield return ("model.norm.weight", [c]);
+        if (!config.TieWordEmbeddings) yield return ("lm_head.weight", [config.VocabSize, c]);
+    }
+
+    /// <summary>Builds a set from one tensor per name of <see cref="Shapes"/>, disposing what was made if one fails.</summary>
+    public static LlamaWeights Create(LlamaConfig config, Func<string, int[], Tensor> make)
+    {
+        var made = new Dictionary<string, Tensor>();
+        try
+        {
+            foreach (var (name, shape) in Shapes(config)) made[name] = make(name, shape);
+            var blocks = new LlamaBlock[config.Layers];
+            for (int i = 0; i < config.Layers; i++)
+            {
+                Tensor B(string n) => made[$"model.layers.{i}.{n}"];
+                blocks[i] = new LlamaBlock
+                {
+                    InputNorm = B("input_layernorm.weight"), Query = B("self_attn.q_proj.weight"), Key = B("self_attn.k_proj.weight"),
+                    Value = B("self_attn.v_proj.weight"), Output = B("self_attn.o_proj.weight"),
+                    PostAttentionNorm = B("post_attention_layernorm.weight"), Gate = B("mlp.gate_proj.weight"),
+                    Up = B("mlp.up_proj.weight"), Down = B("mlp.down_proj.weight"),
+                };
+            }
+            return new LlamaWeights
+            {
+                Embed = made["model.embed_tokens.weight"], Norm = made["model.norm.weight"], Blocks = blocks,
+                Head = made.GetValueOrDefault("lm_head.weight"),
+            };
+        }
+        catch
+        {
+            foreach (var t in made.Values) t.Dispose();
+            throw;
+        }
+    }
+
+    public static LlamaWeights Zeros(LlamaConfig config, Device device) => Create(config, (_, shape) => device.Zeros(DType.F32, shape));
+
+    public IEnumerable<(string Name, Tensor Tensor)> Named()
+    {
+        yield return ("model.embed_tokens.weight", Embed);
+        for (int i = 0; i < Blocks.Length; i++)
+        {
+            var b = Blocks[i];
+            string p = $"model.layers.{i}.";
+            yield return (p + "input_layernorm.weight", b.InputNorm);
+            yield return (p + "self_attn.q_proj.weight", b.Query);
+            yield return (p + "self_attn.k_proj.weight", b.Key);
+            yield return (p + "self_attn.v_proj.weight", b.Value);
+            yield return (p + "self_attn.o_proj.weight", b.Output);
+            yield return (p + "post_attention_layernorm.weight", b.PostAttentionNorm);
+            yield return (p + "mlp.gate_proj.weight", b.Gate);
+            yield return (p + "mlp.up_proj.weight", b.Up);
+            yield return (p + "mlp.down_proj.weight", b.Down);
+        }
+        yield return ("model.norm.weight", Norm);
+        if (Head is not null) yield return ("lm_head.weight", Head);
+    }
+
+    public void Dispose()
+    {
+        foreach (var (_, t) in Named()) t.Dispose();
+    }
+}
+
+/// <summary>
 /// LLaMA (and DiffuLLaMA, the same network run with bidirectional attention): token embedding, pre-norm
 /// decoder layers of RMSNorm, grouped-query attention with rotate-half RoPE on q and k, RMSNorm and a
 /// SwiGLU MLP, a final RMSNorm and an untied (or tied) head. HF LlamaForCausalLM weight names.
 /// </summary>
 public sealed class LlamaModel : ILanguageModel
 {
-    readonly List<Tensor> owned;
-
-    LlamaModel(LlamaConfig config, Device device, Tensor embed, LlamaBlock[] blocks, Tensor norm, Tensor head, List<Tensor> owned)
+    public LlamaModel(LlamaConfig config, Device device, LlamaWeights weights)
     {
-        Config = config; Device = device; Embed = embed; Blocks = blocks; Norm = norm; Head = head;
-        this.owned = owned;
+        if (config.TieWordEmbeddings != (weights.Head is null))
+            throw new ArgumentException("the weights' head does not match tie_word_embeddings");
+        Config = config; Device = device; Weights = weights;
     }
 
     public LlamaConfig Config { get; }
     public Device Device { get; }
-    public Tensor Embed { get; }
-    public LlamaBlock[] Blocks { get; }
-    public Tensor Norm { get; }
+    public LlamaWeights Weights { get; }
 
-    /// <summary>The output projection [V, C]: <see cref="Embed"/> itself when tied.</summary>
-    public Tensor Head { get; }
+    /// <summary>The output projection [V, C]: the embedding itself when tied.</summary>
+    public Tensor Head => Weights.Head ?? Weights.Embed;
 
     public int VocabSize => Config.VocabSize;
     public int Positions => Config.Positions;
@@ -50,54 +139,22 @@ public sealed class LlamaModel : ILanguageModel
 
     public static LlamaModel FromCheckpoint(LlamaConfig config, SafeTensorCheckpoint checkpoint, Device device)
     {
-        int c = config.Channels, kv = config.KvHeads * config.HeadDim, hidden = config.Hidden;
-        var owned = new List<Tensor>();
-        Tensor Load(string name, params int[] shape)
+        var weights = LlamaWeights.Create(config, (name, shape) =>
         {
             var info = checkpoint.Info(name);
             if (!info.Shape.AsSpan().SequenceEqual(shape))
                 throw new DiffuException($"{string.Join(", ", checkpoint.Files)}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", shape)}]");
-            var t = device.FromArray(checkpoint.ReadFloat32(name), shape);
-            owned.Add(t);
-            return t;
-        }
-        try
-        {
-            var embed = Load("model.embed_tokens.weight", config.VocabSize, c);
-            var blocks = new LlamaBlock[config.Layers];
-            for (int i = 0; i < config.Layers; i++)
-            {
-                string p = $"model.layers.{i}.";
-                blocks[i] = new LlamaBlock
-                {
-                    InputNorm = Load(p + "input_layernorm.weight", c),
-                    Query = Load(p + "self_attn.q_proj.weight", c, c),
-                    Key = Load(p + "self_attn.k_proj.weight", kv, c),
-                    Value = Load(p + "self_attn.v_proj.weight", kv, c),
-                    Output = Load(p + "self_attn.o_proj.weight", c, c),
-                    PostAttentionNorm = Load(p + "post_attention_layernorm.weight", c),
-                    Gate = Load(p + "mlp.gate_proj.weight", hidden, c),
-                    Up = Load(p + "mlp.up_proj.weight", hidden, c),
-                    Down = Load(p + "mlp.down_proj.weight", c, hidden),
-                };
-            }
-            var norm = Load("model.norm.weight", c);
-            var head = config.TieWordEmbeddings ? embed : Load("lm_head.weight", config.VocabSize, c);
-            return new LlamaModel(config, device, embed, blocks, norm, head, owned);
-        }
-        catch
-        {
-            foreach (var t in owned) t.Dispose();
-            throw;
-        }
+            return device.FromArray(checkpoint.ReadFloat32(name), shape);
+        });
+        return new LlamaModel(config, device, weights);
     }
 
     public ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null)
     {
-        var act = new LlamaActivations(this, batch, length, lastOnly: false);
+        var act = CreateActivations(batch, length);
         try
         {
-            Forward(ids, act, mode, allow, null);
+            Forward(ids, act, mode, allow);
             return new ForwardResult(act.Logits, act);
         }
         catch
@@ -109,13 +166,20 @@ public sealed class LlamaModel : ILanguageModel
 
     public void Decode(ReadOnlySpan<int> ids, int batch, KvCache cache, Span<float> lastLogits)
     {
-        using var act = new LlamaActivations(this, batch, ids.Length / batch, lastOnly: true);
+        using var act = new LlamaActivations(this, batch, ids.Length / batch, keepAllLayers: false, lastOnly: true);
         Forward(ids, act, AttentionMaskMode.Causal, null, cache);
         Device.Download(act.Logits, 0, lastLogits);
     }
 
-    /// <summary>The network on ids [B, T] (continuing the cache when given); logits of every position, or of the last one in a decoding buffer.</summary>
-    void Forward(ReadOnlySpan<int> ids, LlamaActivations act, AttentionMaskMode mode, Tensor? allow, KvCache? cache)
+    /// <summary>Activation buffers for a (batch, length); keeps every layer's buffers when training needs them.</summary>
+    public LlamaActivations CreateActivations(int batch, int length, bool keepAllLayers = false) =>
+        new(this, batch, length, keepAllLayers, lastOnly: false);
+
+    /// <summary>
+    /// Runs the network on ids [B, T] (continuing the cache when given) and fills <paramref name="act"/>:
+    /// logits of every position, or of the last one in a decoding buffer.
+    /// </summary>
+    public void Forward(ReadOnlySpan<int> ids, LlamaActivations act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null)
     {
         int b = act.Batch, t = act.Length, c = Config.Channels, h = Config.Heads, kvh = Config.KvHeads, hd = Config.HeadDim;
         if (ids.Length != b * t) throw new ArgumentException($"expected {b * t} ids for [{b}, {t}], got {ids.Length}");
@@ -130,101 +194,187 @@ public sealed class LlamaModel : ILanguageModel
 
         var d = Device;
         d.Upload(act.Ids, 0, ids);
-        d.Embedding(act.Ids, Embed, null, act.X, 0);
-        int kvWidth = kvh * hd;
-        for (int l = 0; l < Blocks.Length; l++)
+        d.Embedding(act.Ids, Weights.Embed, null, act.Embedded, 0);
+        var residual = act.Embedded;
+        for (int l = 0; l < Weights.Blocks.Length; l++)
         {
-            var w = Blocks[l];
-            d.RmsNorm(act.X, w.InputNorm, act.Normed, act.Rstd, Config.RmsNormEpsilon);
-            d.MatMulTransposed(act.Normed, w.Query, null, act.Q);
-            d.MatMulTransposed(act.Normed, w.Key, null, act.K);
-            d.MatMulTransposed(act.Normed, w.Value, null, act.V);
-            d.Rope(act.Q, 0, c, b, t, h, hd, offset, Config.RopeTheta, inverse: false);
-            d.Rope(act.K, 0, kvWidth, b, t, kvh, hd, offset, Config.RopeTheta, inverse: false);
-            float scale = 1f / MathF.Sqrt(hd);
+            var w = Weights.Blocks[l];
+            var a = act.Layer(l);
+            d.RmsNorm(residual, w.InputNorm, a.Normed1, a.Rstd1, Config.RmsNormEpsilon);
+            d.MatMulTransposed(a.Normed1, w.Query, null, a.Q);
+            d.MatMulTransposed(a.Normed1, w.Key, null, a.K);
+            d.MatMulTransposed(a.Normed1, w.Value, null, a.V);
+            d.Rope(a.Q, 0, c, b, t, h, hd, offset, Config.RopeTheta, inverse: false);
+            d.Rope(a.K, 0, KvWidth, b, t, kvh, hd, offset, Config.RopeTheta, inverse: false);
             if (cache is null)
-            {
-                var shape = new AttentionShape(b, h, kvh, hd, t, t, 0, c, kvWidth, (long)t * c, (long)t * kvWidth, scale);
-                d.Attention(act.Q, 0, act.K, 0, act.V, 0, act.Attention, null, shape, mode, allow);
-            }
+                d.Attention(a.Q, 0, a.K, 0, a.V, 0, a.Attention, a.Lse, SelfAttention(b, t), mode, allow);
             else
             {
-                cache.Append(l, act.K, 0, act.V, 0, kvWidth, t);
+                cache.Append(l, a.K, 0, a.V, 0, KvWidth, t);
                 var (keys, values) = cache.Layer(l);
-                var shape = new AttentionShape(b, h, kvh, hd, t, offset + t, offset, c, kvWidth, (long)t * c, (long)cache.Capacity * kvWidth, scale);
-                d.Attention(act.Q, 0, keys, 0, values, 0, act.Attention, null, shape, AttentionMaskMode.Causal, null);
+                var shape = new AttentionShape(b, h, kvh, hd, t, offset + t, offset, c, KvWidth, (long)t * c, (long)cache.Capacity * KvWidth, 1f / MathF.Sqrt(hd));
+                d.Attention(a.Q, 0, keys, 0, values, 0, a.Attention, null, shape, AttentionMaskMode.Causal, null);
             }
-            d.MatMulTransposed(act.Attention, w.Output, null, act.Projected);
-            d.Add(act.X, act.Projected, act.X);
-            d.RmsNorm(act.X, w.PostAttentionNorm, act.Normed, act.Rstd, Config.RmsNormEpsilon);
-            d.MatMulTransposed(act.Normed, w.Gate, null, act.Gate);
-            d.MatMulTransposed(act.Normed, w.Up, null, act.Up);
-            d.SwiGlu(act.Gate, act.Up, act.Activated);
-            d.MatMulTransposed(act.Activated, w.Down, null, act.Projected);
-            d.Add(act.X, act.Projected, act.X);
+            d.MatMulTransposed(a.Attention, w.Output, null, a.Projected);
+            d.Add(residual, a.Projected, a.Residual2);
+            d.RmsNorm(a.Residual2, w.PostAttentionNorm, a.Normed2, a.Rstd2, Config.RmsNormEpsilon);
+            d.MatMulTransposed(a.Normed2, w.Gate, null, a.Gate);
+            d.MatMulTransposed(a.Normed2, w.Up, null, a.Up);
+            d.SwiGlu(a.Gate, a.Up, a.Activated);
+            d.MatMulTransposed(a.Activated, w.Down, null, a.Projected);
+            d.Add(a.Residual2, a.Projected, a.Residual3);
+            residual = a.Residual3;
         }
-        d.RmsNorm(act.X, Norm, act.Normed, act.Rstd, Config.RmsNormEpsilon);
+        d.RmsNorm(residual, Weights.Norm, act.NormedFinal, act.RstdFinal, Config.RmsNormEpsilon);
         if (act.LastHidden is null)
-            d.MatMulTransposed(act.Normed, Head, null, act.Logits);
+            d.MatMulTransposed(act.NormedFinal, Head, null, act.Logits);
         else
         {
-            d.CopyRows(act.Normed, (long)(t - 1) * c, t * c, act.LastHidden, 0, c, b, c);
+            d.CopyRows(act.NormedFinal, (long)(t - 1) * c, t * c, act.LastHidden, 0, c, b, c);
             d.MatMulTransposed(act.LastHidden, Head, null, act.Logits);
         }
         if (cache is not null) cache.Length = offset + t;
     }
 
+    AttentionShape SelfAttention(int b, int t) =>
+        new(b, Config.Heads, Config.KvHeads, Config.HeadDim, t, t, 0, Config.Channels, KvWidth, (long)t * Config.Channels, (long)t * KvWidth,
+            1f / MathF.Sqrt(Config.HeadDim));
+
+    /// <summary>
+    /// Backpropagates from act.Logits, which must already hold dLoss/dLogits, through the forward call that
+    /// filled <paramref name="act"/> (made with keepAllLayers, same mode and allow-mask). Adds the parameter
+    /// gradients into <paramref name="grads"/>.
+    /// </summary>
+    public void Backward(LlamaActivations act, LlamaWeights grads, AttentionMaskMode mode, Tensor? allow = null)
+    {
+        if (!act.KeepsAllLayers || act.LastHidden is not null)
+            throw new ArgumentException("backward needs activations made with keepAllLayers and full logits");
+        int b = act.Batch, t = act.Length, c = Config.Channels, hd = Config.HeadDim;
+        var d = Device;
+        var W = Weights;
+        using var dNormed = d.Allocate(DType.F32, b, t, c);
+        using var dResidual = d.Zeros(DType.F32, b, t, c);
+        using var dAttention = d.Allocate(DType.F32, b, t, c);
+        using var dQ = d.Allocate(DType.F32, b, t, c);
+        using var dK = d.Allocate(DType.F32, b, t, KvWidth);
+        using var dV = d.Allocate(DType.F32, b, t, KvWidth);
+        using var dGate = d.Allocate(DType.F32, b, t, Config.Hidden);
+        using var dUp = d.Allocate(DType.F32, b, t, Config.Hidden);
+        using var dActivated = d.Allocate(DType.F32, b, t, Config.Hidden);
+
+        d.Fill(dNormed, 0);
+        d.MatMulTransposedBackward(act.Logits, act.NormedFinal, Head, dNormed, grads.Head ?? grads.Embed, null);
+        d.RmsNormBackward(dNormed, act.Layer(W.Blocks.Length - 1).Residual3, W.Norm, act.RstdFinal, dResidual, grads.Norm);
+        for (int l = W.Blocks.Length - 1; l >= 0; l--)
+        {
+            var w = W.Blocks[l];
+            var g = grads.Blocks[l];
+            var a = act.Layer(l);
+            var input = l == 0 ? act.Embedded : act.Layer(l - 1).Residual3;
+            // dResidual holds dLoss/dResidual3: the MLP branch and the skip both receive it.
+            d.Fill(dActivated, 0);
+            d.MatMulTransposedBackward(dResidual, a.Activated, w.Down, dActivated, g.Down, null);
+            d.Fill(dGate, 0);
+            d.Fill(dUp, 0);
+            d.SwiGluBackward(a.Gate, a.Up, dActivated, dGate, dUp);
+            d.Fill(dNormed, 0);
+            d.MatMulTransposedBackward(dGate, a.Normed2, w.Gate, dNormed, g.Gate, null);
+            d.MatMulTransposedBackward(dUp, a.Normed2, w.Up, dNormed, g.Up, null);
+            d.RmsNormBackward(dNormed, a.Residual2, w.PostAttentionNorm, a.Rstd2, dResidual, g.PostAttentionNorm);
+            // dResidual now holds dLoss/dResidual2: the attention branch and the skip both receive it.
+            d.Fill(dAttention, 0);
+            d.MatMulTransposedBackward(dResidual, a.Attention, w.Output, dAttention, g.Output, null);
+            d.Fill(dQ, 0);
+            d.Fill(dK, 0);
+            d.Fill(dV, 0);
+            d.AttentionBackward(a.Q, 0, a.K, 0, a.V, 0, a.Attention, dAttention, a.Lse!, dQ, 0, dK, 0, dV, 0, SelfAttention(b, t), mode, allow);
+            // RoPE is a rotation: its backward rotates the gradient back.
+            d.Rope(dQ, 0, c, b, t, Config.Heads, hd, 0, Config.RopeTheta, inverse: true);
+            d.Rope(dK, 0, KvWidth, b, t, Config.KvHeads, hd, 0, Config.RopeTheta, inverse: true);
+            d.Fill(dNormed, 0);
+            d.MatMulTransposedBackward(dQ, a.Normed1, w.Query, dNormed, g.Query, null);
+            d.MatMulTransposedBackward(dK, a.Normed1, w.Key, dNormed, g.Key, null);
+            d.MatMulTransposedBackward(dV, a.Normed1, w.Value, dNormed, g.Value, null);
+            d.RmsNormBackward(dNormed, input, w.InputNorm, a.Rstd1, dResidual, g.InputNorm);
+        }
+        d.EmbeddingBackward(act.Ids, dResidual, grads.Embed, null, 0);
+    }
+
+    public void Dispose() => Weights.Dispose();
+}
+
+/// <summary>Per-layer buffers of one LLaMA forward pass.</summary>
+public sealed class LlamaLayerActivations : IDisposable
+{
+    internal LlamaLayerActivations(Device d, LlamaConfig cfg, int b, int t, bool keepLse)
+    {
+        int c = cfg.Channels, kv = cfg.KvHeads * cfg.HeadDim;
+        Normed1 = d.Allocate(DType.F32, b, t, c); Rstd1 = d.Allocate(DType.F32, b * t);
+        Q = d.Allocate(DType.F32, b, t, c); K = d.Allocate(DType.F32, b, t, kv); V = d.Allocate(DType.F32, b, t, kv);
+        Attention = d.Allocate(DType.F32, b, t, c);
+        Projected = d.Allocate(DType.F32, b, t, c);
+        Residual2 = d.Allocate(DType.F32, b, t, c);
+        Normed2 = d.Allocate(DType.F32, b, t, c); Rstd2 = d.Allocate(DType.F32, b * t);
+        Gate = d.Allocate(DType.F32, b, t, cfg.Hidden); Up = d.Allocate(DType.F32, b, t, cfg.Hidden); Activated = d.Allocate(DType.F32, b, t, cfg.Hidden);
+        Residual3 = d.Allocate(DType.F32, b, t, c);
+        if (keepLse) Lse = d.Allocate(DType.F32, b, cfg.Heads, t);
+    }
+
+    public Tensor Normed1, Rstd1, Q, K, V, Attention, Projected, Residual2, Normed2, Rstd2, Gate, Up, Activated, Residual3;
+
+    /// <summary>Attention log-sum-exp [B, H, T], kept for the backward pass; null in inference.</summary>
+    public Tensor? Lse;
+
     public void Dispose()
     {
-        foreach (var t in owned) t.Dispose();
+        foreach (var x in new[] { Normed1, Rstd1, Q, K, V, Attention, Projected, Residual2, Normed2, Rstd2, Gate, Up, Activated, Residual3 }) x.Dispose();
+        Lse?.Dispose();
     }
 }
 
-/// <summary>The buffers of one LLaMA inference pass for (batch, length), shared by all layers, from the device pool.</summary>
-sealed class LlamaActivations : IDisposable
+/// <summary>
+/// The buffers of a LLaMA forward pass for one (batch, length), from the device pool. Inference shares
+/// one set of layer buffers among all layers; training keeps every layer's.
+/// </summary>
+public sealed class LlamaActivations : IDisposable
 {
-    public LlamaActivations(LlamaModel model, int batch, int length, bool lastOnly)
+    readonly LlamaLayerActivations[] layers;
+
+    internal LlamaActivations(LlamaModel model, int batch, int length, bool keepAllLayers, bool lastOnly)
     {
+        if (batch <= 0 || length <= 0) throw new ArgumentException($"batch and length must be positive, got [{batch}, {length}]");
         var cfg = model.Config;
         var d = model.Device;
-        Batch = batch; Length = length;
-        int c = cfg.Channels, kv = cfg.KvHeads * cfg.HeadDim;
+        Batch = batch; Length = length; KeepsAllLayers = keepAllLayers;
+        int c = cfg.Channels;
         Ids = d.Allocate(DType.I32, batch, length);
-        X = d.Allocate(DType.F32, batch, length, c);
-        Normed = d.Allocate(DType.F32, batch, length, c);
-        Rstd = d.Allocate(DType.F32, batch * length);
-        Q = d.Allocate(DType.F32, batch, length, c);
-        K = d.Allocate(DType.F32, batch, length, kv);
-        V = d.Allocate(DType.F32, batch, length, kv);
-        Attention = d.Allocate(DType.F32, batch, length, c);
-        Projected = d.Allocate(DType.F32, batch, length, c);
-        Gate = d.Allocate(DType.F32, batch, length, cfg.Hidden);
-        Up = d.Allocate(DType.F32, batch, length, cfg.Hidden);
-        Activated = d.Allocate(DType.F32, batch, length, cfg.Hidden);
+        Embedded = d.Allocate(DType.F32, batch, length, c);
+        layers = new LlamaLayerActivations[keepAllLayers ? cfg.Layers : 1];
+        for (int i = 0; i < layers.Length; i++) layers[i] = new LlamaLayerActivations(d, cfg, batch, length, keepAllLayers);
+        NormedFinal = d.Allocate(DType.F32, batch, length, c);
+        RstdFinal = d.Allocate(DType.F32, batch * length);
         if (lastOnly) LastHidden = d.Allocate(DType.F32, batch, c);
         Logits = lastOnly ? d.Allocate(DType.F32, batch, cfg.VocabSize) : d.Allocate(DType.F32, batch, length, cfg.VocabSize);
     }
 
     public int Batch { get; }
     public int Length { get; }
+    public bool KeepsAllLayers { get; }
     public Tensor Ids { get; }
-    public Tensor X { get; }
-    public Tensor Normed { get; }
-    public Tensor Rstd { get; }
-    public Tensor Q { get; }
-    public Tensor K { get; }
-    public Tensor V { get; }
-    public Tensor Attention { get; }
-    public Tensor Projected { get; }
-    public Tensor Gate { get; }
-    public Tensor Up { get; }
-    public Tensor Activated { get; }
+    public Tensor Embedded { get; }
+    public Tensor NormedFinal { get; }
+    public Tensor RstdFinal { get; }
     public Tensor? LastHidden { get; }
+
+    /// <summary>Logits [B, T, V], or [B, V] of the last position in a decoding buffer.</summary>
     public Tensor Logits { get; }
+
+    public LlamaLayerActivations Layer(int index) => layers[layers.Length == 1 ? 0 : index];
 
     public void Dispose()
     {
-        foreach (var t in new[] { Ids, X, Normed, Rstd, Q, K, V, Attention, Projected, Gate, Up, Activated, Logits }) t.Dispose();
-        LastHidden?.Dispose();
+        Ids.Dispose(); Embedded.Dispose();
+        foreach (var l in layers) l.Dispose();
+        NormedFinal.Dispose(); RstdFinal.Dispose(); LastHidden?.Dispose(); Logits.Dispose();
     }
 }

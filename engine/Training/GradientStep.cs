@@ -15,25 +15,37 @@ public readonly record struct BatchLoss(double Loss, double MeanCrossEntropy);
 public static class GradientStep
 {
     /// <summary>Adds the gradients of Σ weight · CE into <paramref name="grads"/> and returns the loss.</summary>
-    public static BatchLoss Run(Gpt2Model model, ObjectiveBatch batch, Gpt2Weights grads, AttentionMaskMode mode, Tensor? allow) =>
-        Evaluate(model, batch, grads, mode, allow);
+    public static BatchLoss Run(Gpt2Model model, ObjectiveBatch batch, Gpt2Weights grads, AttentionMaskMode mode, Tensor? allow)
+    {
+        using var act = model.CreateActivations(batch.Batch, batch.Length, keepAllLayers: true);
+        model.Forward(batch.Inputs, act, mode, allow);
+        return CrossEntropy(model.Device, batch, act.Logits!, () => model.Backward(act, grads, mode, allow));
+    }
+
+    /// <summary>Adds the gradients of Σ weight · CE into <paramref name="grads"/> and returns the loss.</summary>
+    public static BatchLoss Run(LlamaModel model, ObjectiveBatch batch, LlamaWeights grads, AttentionMaskMode mode, Tensor? allow)
+    {
+        using var act = model.CreateActivations(batch.Batch, batch.Length, keepAllLayers: true);
+        model.Forward(batch.Inputs, act, mode, allow);
+        return CrossEntropy(model.Device, batch, act.Logits, () => model.Backward(act, grads, mode, allow));
+    }
 
     /// <summary>The loss of a micro-batch, without gradients (validation).</summary>
-    public static BatchLoss Loss(Gpt2Model model, ObjectiveBatch batch, AttentionMaskMode mode, Tensor? allow) =>
-        Evaluate(model, batch, null, mode, allow);
-
-    static BatchLoss Evaluate(Gpt2Model model, ObjectiveBatch batch, Gpt2Weights? grads, AttentionMaskMode mode, Tensor? allow)
+    public static BatchLoss Loss(ILanguageModel model, ObjectiveBatch batch, AttentionMaskMode mode, Tensor? allow)
     {
-        var d = model.Device;
+        using var result = model.Logits(batch.Inputs, batch.Batch, batch.Length, mode, allow);
+        return CrossEntropy(model.Device, batch, result.Logits, null);
+    }
+
+    /// <summary>Weighted cross-entropy of the logits, written in place as dLoss/dLogits, then <paramref name="backward"/>.</summary>
+    static BatchLoss CrossEntropy(Device d, ObjectiveBatch batch, Tensor logits, Action? backward)
+    {
         int rows = batch.Batch * batch.Length;
-        using var act = model.CreateActivations(batch.Batch, batch.Length, keepAllLayers: grads is not null);
-        model.Forward(batch.Inputs, act, mode, allow);
         using var targets = d.FromArray(batch.Targets, rows);
         using var weights = d.FromArray(batch.Weights, rows);
         using var losses = d.Allocate(DType.F32, rows);
-        var logits = act.Logits!;
         d.CrossEntropy(logits, targets, weights, losses, logits);
-        if (grads is not null) model.Backward(act, grads, mode, allow);
+        backward?.Invoke();
         var rowLosses = d.ToArray(losses);
         double total = 0, crossEntropy = 0;
         for (int r = 0; r < rows; r++)
