@@ -32,7 +32,7 @@ public sealed class Gpt2Block
 /// A full set of GPT-2 tensors: the parameters of a model, or a same-shaped set for their gradients or
 /// optimizer moments. Names are HF GPT2LMHeadModel's.
 /// </summary>
-public sealed class Gpt2Weights : IDisposable
+public sealed class Gpt2Weights : IParameterSet
 {
     public required Tensor Wte, Wpe, LnfWeight, LnfBias;
     public required Gpt2Block[] Blocks;
@@ -136,7 +136,7 @@ public sealed class Gpt2Weights : IDisposable
 /// embedding. Every op goes through <see cref="Runtime.Device"/>, so the same code runs on every device.
 /// The forward pass fills a <see cref="Gpt2Activations"/>; the backward pass walks it in reverse.
 /// </summary>
-public sealed class Gpt2Model : ILanguageModel
+public sealed class Gpt2Model : ITrainableModel
 {
     public Gpt2Model(Gpt2Config config, Device device, Gpt2Weights weights)
     {
@@ -230,27 +230,17 @@ public sealed class Gpt2Model : ILanguageModel
     /// </summary>
     public int AppendToken()
     {
-        int v = Config.VocabSize, c = Config.Channels;
-        Tensor Grow(Tensor table)
-        {
-            var rows = Device.ToArray(table);
-            var grown = new float[(long)(v + 1) * c];
-            rows.CopyTo(grown, 0);
-            for (int j = 0; j < c; j++)
-            {
-                double sum = 0;
-                for (int i = 0; i < v; i++) sum += rows[(long)i * c + j];
-                grown[(long)v * c + j] = (float)(sum / v);
-            }
-            var result = Device.FromArray(grown, v + 1, c);
-            table.Dispose();
-            return result;
-        }
-        Weights.Wte = Grow(Weights.Wte);
-        if (Weights.LmHead is not null) Weights.LmHead = Grow(Weights.LmHead);
+        int v = Config.VocabSize;
+        Weights.Wte = TrainableModelExtensions.AppendMeanRow(Device, Weights.Wte);
+        if (Weights.LmHead is not null) Weights.LmHead = TrainableModelExtensions.AppendMeanRow(Device, Weights.LmHead);
         Config = Config with { VocabSize = v + 1 };
         return v;
     }
+
+    public IParameterSet Parameters => Weights;
+    public long ParameterCount => Config.ParameterCount;
+    public IParameterSet CreateParameterSet(Func<string, int[], Tensor> make) => Gpt2Weights.Create(Config, make);
+    public System.Text.Json.Nodes.JsonObject ConfigJson(int? maskTokenId) => (Config with { MaskTokenId = maskTokenId ?? Config.MaskTokenId }).ToJson();
 
     /// <summary>Activation buffers for a (batch, length); keeps every layer's buffers when training needs them.</summary>
     public Gpt2Activations CreateActivations(int batch, int length, bool keepAllLayers = false) =>

@@ -14,7 +14,7 @@ public sealed class LlamaBlock
 /// A full set of LLaMA tensors under HF LlamaForCausalLM names: a model's parameters, or a same-shaped set
 /// for their gradients. Head is null when the output head is tied to the embedding.
 /// </summary>
-public sealed class LlamaWeights : IDisposable
+public sealed class LlamaWeights : IParameterSet
 {
     public required Tensor Embed, Norm;
     public required LlamaBlock[] Blocks;
@@ -107,7 +107,7 @@ public sealed class LlamaWeights : IDisposable
 /// decoder layers of RMSNorm, grouped-query attention with rotate-half RoPE on q and k, RMSNorm and a
 /// SwiGLU MLP, a final RMSNorm and an untied (or tied) head. HF LlamaForCausalLM weight names.
 /// </summary>
-public sealed class LlamaModel : ILanguageModel
+public sealed class LlamaModel : ITrainableModel
 {
     public LlamaModel(LlamaConfig config, Device device, LlamaWeights weights)
     {
@@ -116,9 +116,23 @@ public sealed class LlamaModel : ILanguageModel
         Config = config; Device = device; Weights = weights;
     }
 
-    public LlamaConfig Config { get; }
+    public LlamaConfig Config { get; private set; }
     public Device Device { get; }
     public LlamaWeights Weights { get; }
+
+    public IParameterSet Parameters => Weights;
+    public long ParameterCount => Config.ParameterCount;
+    public IParameterSet CreateParameterSet(Func<string, int[], Tensor> make) => LlamaWeights.Create(Config, make);
+    public System.Text.Json.Nodes.JsonObject ConfigJson(int? maskTokenId) => (Config with { MaskTokenId = maskTokenId ?? Config.MaskTokenId }).ToJson();
+
+    public int AppendToken()
+    {
+        int v = Config.VocabSize;
+        Weights.Embed = TrainableModelExtensions.AppendMeanRow(Device, Weights.Embed);
+        if (Weights.Head is not null) Weights.Head = TrainableModelExtensions.AppendMeanRow(Device, Weights.Head);
+        Config = Config with { VocabSize = v + 1 };
+        return v;
+    }
 
     /// <summary>The output projection [V, C]: the embedding itself when tied.</summary>
     public Tensor Head => Weights.Head ?? Weights.Embed;

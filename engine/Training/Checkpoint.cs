@@ -21,8 +21,8 @@ public static class Checkpoint
 
     static readonly JsonSerializerOptions Json = new() { WriteIndented = false, Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() } };
 
-    public static void Save(string directory, Gpt2Model model, Gpt2Weights? moment1, Gpt2Weights? moment2, TrainingState? state,
-        string? tokenizerDirectory, int? maskTokenId)
+    public static void Save(string directory, ITrainableModel model, IParameterSet? moment1, IParameterSet? moment2, TrainingState? state,
+        string? tokenizer, int? maskTokenId)
     {
         Directory.CreateDirectory(directory);
         var device = model.Device;
@@ -32,10 +32,9 @@ public static class Checkpoint
         try
         {
             SafeTensorWriter.Write(Stage(ModelFile),
-                model.Weights.Named().Select(p => SafeTensorEntry.FromFloat32(p.Name, p.Tensor.Shape, device.ToArray(p.Tensor))),
+                model.Parameters.Named().Select(p => SafeTensorEntry.FromFloat32(p.Name, p.Tensor.Shape, device.ToArray(p.Tensor))),
                 new Dictionary<string, string> { ["format"] = "pt", ["step"] = step });
-            var config = model.Config with { MaskTokenId = maskTokenId ?? model.Config.MaskTokenId };
-            File.WriteAllText(Stage(ConfigFile), config.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+            File.WriteAllText(Stage(ConfigFile), model.ConfigJson(maskTokenId).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
             if (state is not null && moment1 is not null && moment2 is not null)
             {
                 var entries = moment1.Named().Select(p => SafeTensorEntry.FromFloat32("adam.m." + p.Name, p.Tensor.Shape, device.ToArray(p.Tensor)))
@@ -47,7 +46,7 @@ public static class Checkpoint
                     ["data_state"] = string.Join(",", state.DataState),
                 });
             }
-            if (tokenizerDirectory is not null) StageTokenizer(tokenizerDirectory, directory, Stage);
+            if (tokenizer is not null) StageTokenizer(tokenizer, directory, Stage);
             foreach (var (temp, final) in pending) File.Move(temp, final, overwrite: true);
         }
         finally
@@ -56,25 +55,42 @@ public static class Checkpoint
         }
     }
 
-    /// <summary>Copies GPT-2 BPE files into the checkpoint under HF's names (vocab.json, merges.txt).</summary>
+    /// <summary>
+    /// Copies the tokenizer into the checkpoint: GPT-2 BPE files under HF's names (vocab.json, merges.txt),
+    /// or a LLaMA tokenizer.model / llama2.c tokenizer.bin (given as the file or a folder holding it).
+    /// </summary>
     static void StageTokenizer(string source, string directory, Func<string, string> stage)
     {
-        if (Path.GetFullPath(source) == Path.GetFullPath(directory)) return;
-        (string Vocab, string Merges)[] pairs = [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")];
-        foreach (var (vocab, merges) in pairs)
+        if (Directory.Exists(source) && Path.GetFullPath(source) == Path.GetFullPath(directory)) return;
+        var copies = TokenizerFiles(source) ?? throw new DiffuException(
+            $"{source}: no tokenizer files (vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.model or tokenizer.bin) to copy into the checkpoint");
+        foreach (var (from, name) in copies)
         {
-            string v = Path.Combine(source, vocab), m = Path.Combine(source, merges);
-            if (!File.Exists(v) || !File.Exists(m)) continue;
-            foreach (var (from, name) in new[] { (v, "vocab.json"), (m, "merges.txt") })
-            {
-                var to = stage(name);
-                File.Copy(from, to, overwrite: true);
-                File.SetAttributes(to, FileAttributes.Normal);
-            }
-            return;
+            var to = stage(name);
+            File.Copy(from, to, overwrite: true);
+            File.SetAttributes(to, FileAttributes.Normal);
         }
-        throw new DiffuException($"{source}: no tokenizer files (vocab.json + merges.txt or encoder.json + vocab.bpe) to copy into the checkpoint");
     }
+
+    static (string From, string Name)[]? TokenizerFiles(string source)
+    {
+        if (File.Exists(source))
+            return Path.GetExtension(source) switch
+            {
+                ".model" => [(source, "tokenizer.model")],
+                ".bin" => [(source, "tokenizer.bin")],
+                _ => null,
+            };
+        foreach (var (vocab, merges) in new[] { ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe") })
+            if (File.Exists(Path.Combine(source, vocab)) && File.Exists(Path.Combine(source, merges)))
+                return [(Path.Combine(source, vocab), "vocab.json"), (Path.Combine(source, merges), "merges.txt")];
+        foreach (var name in new[] { "tokenizer.model", "tokenizer.bin" })
+            if (File.Exists(Path.Combine(source, name))) return [(Path.Combine(source, name), name)];
+        return null;
+    }
+
+    /// <summary>Whether a folder or file holds a tokenizer the checkpoint can carry.</summary>
+    public static bool HasTokenizer(string source) => TokenizerFiles(source) is not null;
 
     /// <summary>The options of the run saved in a checkpoint folder.</summary>
     public static TrainOptions LoadOptions(string directory)
@@ -90,24 +106,24 @@ public static class Checkpoint
             ? JsonSerializer.Deserialize<TrainOptions>(json, Json) ?? throw new DiffuException($"{file.FilePath}: empty options")
             : throw new DiffuException($"{file.FilePath}: metadata has no 'options'");
 
-    /// <summary>Reads the training state of a checkpoint and loads the AdamW moments onto <paramref name="device"/>.</summary>
-    public static (TrainingState State, Gpt2Weights Moment1, Gpt2Weights Moment2) LoadState(string directory, Gpt2Config config, Device device)
+    /// <summary>Reads the training state of a checkpoint and loads the AdamW moments onto the model's device.</summary>
+    public static (TrainingState State, IParameterSet Moment1, IParameterSet Moment2) LoadState(string directory, ITrainableModel model)
     {
         string path = Path.Combine(directory, StateFile);
         if (!File.Exists(path)) throw new DiffuException($"{directory}: no {StateFile}, so there is no run to resume (is this a training output folder?)");
         using var file = SafeTensorFile.Open(path);
         string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new DiffuException($"{path}: metadata has no '{key}'");
         long step = long.Parse(Meta("step"), CultureInfo.InvariantCulture);
-        using (var model = SafeTensorFile.Open(Path.Combine(directory, ModelFile)))
-            if (!model.Metadata.TryGetValue("step", out var modelStep) || modelStep != Meta("step"))
+        using (var weights = SafeTensorFile.Open(Path.Combine(directory, ModelFile)))
+            if (!weights.Metadata.TryGetValue("step", out var modelStep) || modelStep != Meta("step"))
                 throw new DiffuException($"{directory}: {ModelFile} (step {modelStep ?? "?"}) and {StateFile} (step {step}) are from different steps");
         var options = ReadOptions(file);
         var dataState = Meta("data_state").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => long.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        Gpt2Weights Moments(string prefix) => Gpt2Weights.Create(config, (name, shape) =>
+        IParameterSet Moments(string prefix) => model.CreateParameterSet((name, shape) =>
         {
             var info = file.Info(prefix + name);
             if (!info.Shape.AsSpan().SequenceEqual(shape)) throw new DiffuException($"{path}: '{prefix}{name}' has the wrong shape");
-            return device.FromArray(file.ReadFloat32(prefix + name), shape);
+            return model.Device.FromArray(file.ReadFloat32(prefix + name), shape);
         });
         var m = Moments("adam.m.");
         try { return (new TrainingState(step, options, dataState), m, Moments("adam.v.")); }

@@ -30,6 +30,14 @@ public static class GradientStep
         return CrossEntropy(model.Device, batch, act.Logits, () => model.Backward(act, grads, mode, allow));
     }
 
+    /// <summary>Adds the gradients of Σ weight · CE into <paramref name="grads"/> (a set made by the same model) and returns the loss.</summary>
+    public static BatchLoss Run(ITrainableModel model, ObjectiveBatch batch, IParameterSet grads, AttentionMaskMode mode, Tensor? allow) => model switch
+    {
+        Gpt2Model gpt2 => Run(gpt2, batch, (Gpt2Weights)grads, mode, allow),
+        LlamaModel llama => Run(llama, batch, (LlamaWeights)grads, mode, allow),
+        _ => throw new NotSupportedException($"no backward pass for {model.GetType().Name}"),
+    };
+
     /// <summary>The loss of a micro-batch, without gradients (validation).</summary>
     public static BatchLoss Loss(ILanguageModel model, ObjectiveBatch batch, AttentionMaskMode mode, Tensor? allow)
     {

@@ -37,11 +37,11 @@ public sealed class Trainer : IDisposable
     /// <summary>Validation noise uses its own seed so every evaluation scores the same masks.</summary>
     const ulong ValidationSeedSalt = 0x76616c6964617465;
 
-    readonly Gpt2Model model;
+    readonly ITrainableModel model;
     readonly ITokenBlocks data;
     readonly Objective objective, validationObjective;
     readonly LearningRateSchedule schedule;
-    readonly Gpt2Weights grads, moment1, moment2;
+    readonly IParameterSet grads, moment1, moment2;
     readonly ObjectiveBatch batch;
     readonly int[] ids;
     readonly List<TrainLogRow> history = new();
@@ -49,16 +49,16 @@ public sealed class Trainer : IDisposable
 
     /// <summary>A new run (or, with <paramref name="resumed"/> and its moments, a continued one).
     /// With <paramref name="ownsModel"/> the trainer disposes the model with itself.</summary>
-    public Trainer(Gpt2Model model, ITokenBlocks data, TrainOptions options, TrainingState? resumed = null,
-        (Gpt2Weights M, Gpt2Weights V)? moments = null, bool ownsModel = false)
+    public Trainer(ITrainableModel model, ITokenBlocks data, TrainOptions options, TrainingState? resumed = null,
+        (IParameterSet M, IParameterSet V)? moments = null, bool ownsModel = false)
     {
         options.Validate();
         if (data.BlockLength != options.SequenceLength)
             throw new DiffuException($"data blocks are {data.BlockLength} tokens, --seq-len is {options.SequenceLength}");
-        if (options.SequenceLength > model.Config.Positions)
-            throw new DiffuException($"--seq-len {options.SequenceLength} exceeds the model's {model.Config.Positions} positions");
-        if (options.Objective == TrainingObjective.Diffusion && (uint)options.MaskTokenId >= (uint)model.Config.VocabSize)
-            throw new DiffuException($"mask token {options.MaskTokenId} is outside the vocabulary [0, {model.Config.VocabSize})");
+        if (options.SequenceLength > model.Positions)
+            throw new DiffuException($"--seq-len {options.SequenceLength} exceeds the model's {model.Positions} positions");
+        if (options.Objective == TrainingObjective.Diffusion && (uint)options.MaskTokenId >= (uint)model.VocabSize)
+            throw new DiffuException($"mask token {options.MaskTokenId} is outside the vocabulary [0, {model.VocabSize})");
         this.model = model;
         this.data = data;
         this.ownsModel = ownsModel;
@@ -66,8 +66,8 @@ public sealed class Trainer : IDisposable
         objective = new Objective(options.Objective, options.MaskTokenId, options.Seed);
         validationObjective = new Objective(options.Objective, options.MaskTokenId, options.Seed ^ ValidationSeedSalt);
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.Decay);
-        grads = Gpt2Weights.Zeros(model.Config, model.Device);
-        (moment1, moment2) = moments ?? (Gpt2Weights.Zeros(model.Config, model.Device), Gpt2Weights.Zeros(model.Config, model.Device));
+        grads = model.ZeroParameterSet();
+        (moment1, moment2) = moments ?? (model.ZeroParameterSet(), model.ZeroParameterSet());
         batch = new ObjectiveBatch(options.Batch, options.SequenceLength);
         ids = new int[options.Batch * options.SequenceLength];
         if (resumed is not null)
@@ -87,10 +87,10 @@ public sealed class Trainer : IDisposable
     /// <summary>Continues a run from its output folder: weights, moments, step and data position.</summary>
     public static Trainer Resume(string directory, Device device, ITokenBlocks data, long? steps = null)
     {
-        var model = Gpt2Model.Load(directory, device);
+        var model = ModelLoader.Load(directory, device);
         try
         {
-            var (state, m, v) = Checkpoint.LoadState(directory, model.Config, device);
+            var (state, m, v) = Checkpoint.LoadState(directory, model);
             var options = steps is long total ? state.Options with { Steps = total } : state.Options;
             return new Trainer(model, data, options, state, (m, v), ownsModel: true);
         }
@@ -101,7 +101,7 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    public Gpt2Model Model => model;
+    public ITrainableModel Model => model;
 
     /// <summary>One optimizer step over Options.GradientAccumulation micro-batches. Throws <see cref="TrainingDivergedException"/> on a non-finite loss or gradient, before touching the weights.</summary>
     public TrainLogRow TrainStep()
@@ -130,7 +130,7 @@ public sealed class Trainer : IDisposable
             foreach (var (_, g) in grads.Named()) d.Scale(g, (float)(Options.ClipNorm / norm));
         double lr = schedule.At(Step);
         var update = new AdamWStep((float)lr, Options.Beta1, Options.Beta2, Options.Epsilon, Options.WeightDecay, (int)(Step + 1));
-        using (var p = model.Weights.Named().GetEnumerator())
+        using (var p = model.Parameters.Named().GetEnumerator())
         using (var g = grads.Named().GetEnumerator())
         using (var m = moment1.Named().GetEnumerator())
         using (var v = moment2.Named().GetEnumerator())

@@ -91,7 +91,7 @@ static class TrainCommand
             : NewRun(request, options, device, blocks);
 
         var o = trainer.Options;
-        stderr.WriteLine($"training {o.Objective} on {device.Description}: {trainer.Model.Config.ParameterCount:N0} parameters, "
+        stderr.WriteLine($"training {o.Objective} on {device.Description}: {trainer.Model.ParameterCount:N0} parameters, "
             + $"steps {trainer.Step} -> {o.Steps}, batch {o.Batch} x {o.SequenceLength} x {o.GradientAccumulation}, lr {o.LearningRate:g3}, out {outDir}");
         var title = $"{(o.Objective == TrainingObjective.Diffusion ? "diffusion" : "AR")} training, {Path.GetFileName(Path.GetFullPath(outDir))}";
         void Plot(IReadOnlyList<TrainLogRow> rows) =>
@@ -107,9 +107,7 @@ static class TrainCommand
     /// <summary>A run from --init or --config; for diffusion the mask token is set (or appended) first.</summary>
     static Trainer NewRun(Request request, TrainOptions options, Device device, ITokenBlocks blocks)
     {
-        if (request.Init is string dir && File.Exists(Path.Combine(dir, "config.json")) && LlamaConfig.IsLlama(Path.Combine(dir, "config.json")))
-            throw new DiffuException($"{dir}: training LLaMA models is not supported yet (GPT-2 only); LLaMA runs inference");
-        var model = request.Init is string initDir ? Gpt2Model.Load(initDir, device) : Gpt2Model.CreateRandom(Presets.Load(request.Config!), device, options.Seed);
+        ITrainableModel model = request.Init is string initDir ? ModelLoader.Load(initDir, device) : Gpt2Model.CreateRandom(Presets.Load(request.Config!), device, options.Seed);
         try
         {
             if (options.Objective == TrainingObjective.Diffusion)
@@ -125,16 +123,12 @@ static class TrainCommand
 
     /// <summary>The tokenizer files stored with the checkpoint: the --init folder's own, else --tokenizer, else $DIFFU_TOKENIZER.</summary>
     static string TokenizerFor(Request request) =>
-        request.Init is string dir && HasTokenizer(dir) ? dir
+        request.Init is string dir && Checkpoint.HasTokenizer(dir) ? dir
         : request.Tokenizer ?? Environment.GetEnvironmentVariable("DIFFU_TOKENIZER")
           ?? throw new DiffuException("no tokenizer to store with the checkpoint: pass --tokenizer DIR");
 
     static int ParseMaskToken(string text) =>
         int.TryParse(text, out int id) && id >= 0 ? id : throw new DiffuException($"--mask-token: '{text}' is neither a token id nor 'new'");
-
-    static bool HasTokenizer(string dir) =>
-        (File.Exists(Path.Combine(dir, "vocab.json")) && File.Exists(Path.Combine(dir, "merges.txt")))
-        || (File.Exists(Path.Combine(dir, "encoder.json")) && File.Exists(Path.Combine(dir, "vocab.bpe")));
 }
 
 /// <summary>Model presets: models/NAME/config.json next to the program or in the working directory, or a path.</summary>
