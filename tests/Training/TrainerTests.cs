@@ -61,9 +61,11 @@ public sealed class TrainerTests
         using (var model = Gpt2Model.Load(Fixture, device))
         using (var trainer = new Trainer(model, ArrayBlocks.Random(1, 10, 16, 512), Options(kind)))
             trainer.Run(full, null);
+        // Interrupt a 6-step run right after its step-3 checkpoint, as a killed process would be.
         using (var model = Gpt2Model.Load(Fixture, device))
-        using (var trainer = new Trainer(model, ArrayBlocks.Random(1, 10, 16, 512), Options(kind) with { Steps = 3 }))
-            trainer.Run(split, null);
+        using (var trainer = new Trainer(model, ArrayBlocks.Random(1, 10, 16, 512), Options(kind)))
+        using (var stop = new CancellationTokenSource())
+            Assert.Throws<OperationCanceledException>(() => trainer.Run(split, null, row => { if (row.Step == 3) stop.Cancel(); }, null, stop.Token));
         using (var trainer = Trainer.Resume(split, device, ArrayBlocks.Random(1, 10, 16, 512), steps: 6))
             trainer.Run(split, null);
 

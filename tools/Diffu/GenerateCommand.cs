@@ -114,7 +114,7 @@ static class GenerateCommand
         for (int r = 0; r < problem.Batch; r++)
         {
             if (problem.Batch > 1) stdout.WriteLine($"--- sample {r + 1}");
-            stdout.WriteLine(tokenizer.Decode(result.Tokens.AsSpan(r * n + 1, n - 1).ToArray()));
+            stdout.WriteLine(ModelFolder.DecodeRow(model, tokenizer, result.Tokens.AsSpan(r * n, n)));
         }
         int generated = problem.Fixed.Count(f => f == 0);
         double seconds = clock.Elapsed.TotalSeconds;

@@ -46,6 +46,13 @@ static class ModelFolder
     public static int StartToken(ILanguageModel model, TextTokenizer tokenizer) =>
         model is LlamaModel ? LlamaTokenizers.BeginOfSentenceId : tokenizer.EndOfTextId ?? 0;
 
+    /// <summary>
+    /// The text of a generated row [start, ...]: LLaMA tokenizers drop the BOS and, after it, the dummy-prefix
+    /// space, so they decode the whole row; GPT-2 rows start with end-of-text, which is not part of the text.
+    /// </summary>
+    public static string DecodeRow(ILanguageModel model, TextTokenizer tokenizer, ReadOnlySpan<int> row) =>
+        tokenizer.Decode((model is LlamaModel ? row : row[1..]).ToArray());
+
     public static Option<string?> TokenizerOption() => new("--tokenizer")
     {
         Description = "tokenizer when the model folder has none: a folder with GPT-2 BPE files, or a LLaMA tokenizer.model / llama2.c tokenizer.bin",

@@ -12,7 +12,7 @@ static class TokenizeCommand
     {
         var tokenizer = new Option<string?>("--tokenizer")
         {
-            Description = "folder with GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe); default $DIFFU_TOKENIZER",
+            Description = "folder with GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe), or a LLaMA tokenizer.model / llama2.c tokenizer.bin; default $DIFFU_TOKENIZER",
         };
         var output = new Option<string>("--out") { Description = "the token shard to write (e.g. train.tok)", Required = true };
         var vocabLimit = new Option<int?>("--vocab-limit")
@@ -78,6 +78,11 @@ static class TokenizeCommand
     {
         string? dir = string.IsNullOrWhiteSpace(tokenizerDir) ? Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") : tokenizerDir;
         if (string.IsNullOrWhiteSpace(dir)) throw new DiffuException("no tokenizer: pass --tokenizer DIR or set DIFFU_TOKENIZER");
+        if (File.Exists(dir))
+        {
+            if (vocabLimit is not null) throw new DiffuException("--vocab-limit applies to GPT-2 BPE tokenizers only");
+            return LlamaTokenizers.FromFile(dir);
+        }
         return Gpt2Tokenizer.FromDirectory(dir, vocabLimit)
                ?? throw new DiffuException($"{dir}: no GPT-2 tokenizer files (vocab.json + merges.txt or encoder.json + vocab.bpe)");
     }

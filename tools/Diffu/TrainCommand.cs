@@ -41,13 +41,19 @@ static class TrainCommand
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay", DefaultValueFactory = _ => 0f };
         var clip = new Option<float>("--clip") { Description = "global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1f };
         var valFraction = new Option<double>("--val-fraction") { Description = "share of blocks held out for validation", DefaultValueFactory = _ => 0.05 };
+        var recipe = new Option<string?>("--recipe")
+        {
+            Description = "the paper's adaptation recipes as defaults for the options not given: annealed (DiffuGPT: attention annealed over 10K steps, "
+                + "3e-4 cosine, 2K warm-up) or no-anneal (DiffuLLaMA-7B: bidirectional from step 0, constant 2e-5, no warm-up)",
+        };
+        recipe.AcceptOnlyFromAmong(Recipes.Keys.ToArray());
         var output = new Option<string?>("--out") { Description = "output folder: latest checkpoint, train_log.jsonl, loss.png" };
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var command = new Command("train", "train a model (AR) or adapt one into a diffusion model")
         {
             init, config, resume, objective, data, steps, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches,
-            seed, mask, weightDecay, clip, valFraction, output, tokenizer, device,
+            seed, mask, weightDecay, clip, valFraction, recipe, output, tokenizer, device,
         };
         command.SetAction(parse =>
         {
@@ -62,13 +68,34 @@ static class TrainCommand
                 WeightDecay = parse.GetValue(weightDecay), ClipNorm = parse.GetValue(clip),
                 Data = (parse.GetValue(data) ?? []).Select(Path.GetFullPath).ToArray(),
             };
+            if (parse.GetValue(recipe) is string name)
+            {
+                var r = Recipes[name];
+                options = options with
+                {
+                    AnnealSteps = Given(parse, anneal) ? options.AnnealSteps : r.AnnealSteps,
+                    LearningRate = Given(parse, lr) ? options.LearningRate : r.LearningRate,
+                    Decay = Given(parse, schedule) ? options.Decay : r.Decay,
+                    WarmupSteps = Given(parse, warmup) ? options.WarmupSteps : r.WarmupSteps,
+                };
+            }
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
                 parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(valFraction),
-                parse.GetResult(steps) is not null, parse.GetValue(mask)!);
+                Given(parse, steps), parse.GetValue(mask)!);
             return Run(request, options, stdout, stderr);
         });
         return command;
     }
+
+    /// <summary>Whether the option was on the command line (not just its default).</summary>
+    static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
+
+    /// <summary>The adaptation recipes of the paper (spec §6): anneal steps, peak LR, schedule, warm-up.</summary>
+    static readonly Dictionary<string, (long AnnealSteps, double LearningRate, LearningRateDecay Decay, long WarmupSteps)> Recipes = new()
+    {
+        ["annealed"] = (10_000, 3e-4, LearningRateDecay.Cosine, 2_000),
+        ["no-anneal"] = (0, 2e-5, LearningRateDecay.Constant, 0),
+    };
 
     sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device,
         double ValidationFraction, bool StepsGiven, string MaskToken);
