@@ -49,7 +49,8 @@ import os
 
 import torch
 
-from reference_common import causal, finite_difference_check, greedy, loss_and_grads, token_ce, write_safetensors
+from reference_common import (causal, draw_greedy_prompt, ensure_masked_targets, finite_difference_check, loss_and_grads,
+                              token_ce, write_safetensors)
 
 SEED = 20240611
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "gpt2-tiny")
@@ -186,14 +187,7 @@ def main():
     logits_bidirectional = forward(w, ids, None)
     logits_explicit = forward(w, ids, allow)
 
-    # Draw prompts until one's greedy continuation has no near-tie and does not just repeat itself.
-    for attempt in range(1000):
-        prompt = torch.randint(0, VOCAB, (PROMPT,), generator=gen).tolist()
-        tokens, margin = greedy(forward, w, prompt, NEW_TOKENS)
-        if margin >= GREEDY_MIN_MARGIN and len(set(tokens)) >= GREEDY_MIN_DISTINCT:
-            break
-    else:
-        raise SystemExit("no prompt with a clear, varied greedy continuation")
+    prompt, tokens, margin, attempts = draw_greedy_prompt(forward, w, gen, VOCAB, PROMPT, NEW_TOKENS, GREEDY_MIN_MARGIN, GREEDY_MIN_DISTINCT)
 
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "config.json"), "w", encoding="utf-8") as f:
@@ -222,11 +216,7 @@ def main():
     noise = torch.rand(B, L, generator=g2, dtype=torch.float64) < t[:, None]
     anneal = (torch.rand(L, L, generator=g2, dtype=torch.float64) < ANNEAL_RATIO) | causal(L)
     noise[0, 0] = True                                    # masked but never a target
-    for b in range(B):
-        need = MIN_MASKED_TARGETS - int(noise[b, 1:].sum())
-        if need > 0:
-            free = (~noise[b, 1:]).nonzero().flatten() + 1
-            noise[b, free[torch.randperm(len(free), generator=g2)[:need]]] = True
+    ensure_masked_targets(noise, MIN_MASKED_TARGETS, g2)
     xt = torch.where(noise, torch.full_like(x0, MASK_ID), x0)
     assert not (x0 == MASK_ID).any() and torch.equal(xt == MASK_ID, noise)
 
@@ -271,7 +261,7 @@ def main():
     print("  logits_causal[0,0,:4] = %s" % [round(v, 6) for v in logits_causal[0, 0, :4].tolist()])
     print("  |causal - bidirectional| max = %.4f, |causal - explicit| max = %.4f"
           % ((logits_causal - logits_bidirectional).abs().max(), (logits_causal - logits_explicit).abs().max()))
-    print("  greedy: prompt %s (attempt %d) -> %s, smallest top-2 logit gap %.4f" % (prompt, attempt + 1, tokens, margin))
+    print("  greedy: prompt %s (attempt %d) -> %s, smallest top-2 logit gap %.4f" % (prompt, attempts, tokens, margin))
     print("  gradients: t = %s, masked per row %s (targets %s), allow_mask opens %d of %d future entries"
           % ([round(v, 6) for v in t.tolist()], noise.sum(1).tolist(), noise[:, 1:].sum(1).tolist(),
              int(anneal.triu(1).sum()), L * (L - 1) // 2))

@@ -88,3 +88,24 @@ def write_safetensors(path, tensors, metadata=None):
         f.write(text)
         for blob in blobs:
             f.write(blob)
+
+
+def draw_greedy_prompt(forward, w, gen, vocab, length, new_tokens, min_margin, min_distinct):
+    """Draws prompts until one's greedy continuation has no near-tie (the C# side works in float32, so a
+    step whose two best logits are closer than min_margin could flip) and does not just repeat itself.
+    Returns (prompt, tokens, smallest margin, attempts)."""
+    for attempt in range(1, 1001):
+        prompt = torch.randint(0, vocab, (length,), generator=gen).tolist()
+        tokens, margin = greedy(forward, w, prompt, new_tokens)
+        if margin >= min_margin and len(set(tokens)) >= min_distinct:
+            return prompt, tokens, margin, attempt
+    raise SystemExit("no prompt with a clear, varied greedy continuation")
+
+
+def ensure_masked_targets(noise, minimum, gen):
+    """Masks more random positions >= 1 of each row (noise [B, L] bool) until it has `minimum` targets."""
+    for b in range(noise.shape[0]):
+        need = minimum - int(noise[b, 1:].sum())
+        if need > 0:
+            free = (~noise[b, 1:]).nonzero().flatten() + 1
+            noise[b, free[torch.randperm(len(free), generator=gen)[:need]]] = True
