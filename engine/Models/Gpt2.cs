@@ -194,14 +194,7 @@ public sealed class Gpt2Model : ITrainableModel
         var names = new Gpt2WeightNames(checkpoint);
         if (!config.TieWordEmbeddings && !checkpoint.Contains("lm_head.weight"))
             throw new DiffuException($"{names.Source}: tie_word_embeddings is false but there is no 'lm_head.weight'");
-        var weights = Gpt2Weights.Create(config, (hfName, shape) =>
-        {
-            string name = names.Resolve(hfName);
-            var info = checkpoint.Info(name);
-            if (!info.Shape.AsSpan().SequenceEqual(shape))
-                throw new DiffuException($"{names.Source}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", shape)}]");
-            return device.FromArray(checkpoint.ReadFloat32(name), shape);
-        });
+        var weights = Gpt2Weights.Create(config, (hfName, shape) => checkpoint.LoadTensor(names.Resolve(hfName), shape, device));
         return new Gpt2Model(config, device, weights);
     }
 
@@ -254,17 +247,7 @@ public sealed class Gpt2Model : ITrainableModel
     public void Forward(ReadOnlySpan<int> ids, Gpt2Activations act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null)
     {
         int b = act.Batch, t = act.Length, c = Config.Channels, h = Config.Heads;
-        if (ids.Length != b * t) throw new ArgumentException($"expected {b * t} ids for [{b}, {t}], got {ids.Length}");
-        foreach (int id in ids)
-            if ((uint)id >= (uint)Config.VocabSize)
-                throw new DiffuException($"token id {id} is outside the vocabulary [0, {Config.VocabSize})");
-        int offset = cache?.Length ?? 0;
-        if (offset + t > Config.Positions)
-            throw new DiffuException($"sequence of {offset + t} tokens exceeds the model's {Config.Positions} positions");
-        if (cache is not null && (cache.Batch != b || offset + t > cache.Capacity))
-            throw new ArgumentException($"KV cache [{cache.Batch}, {cache.Capacity}] cannot take {t} more tokens after {offset} for batch {b}");
-        if (cache is not null && mode != AttentionMaskMode.Causal)
-            throw new ArgumentException("a KV cache is only meaningful for causal attention");
+        int offset = this.CheckInputs(ids, b, t, mode, cache);
 
         var d = Device;
         var W = Weights;

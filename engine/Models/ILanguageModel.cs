@@ -1,3 +1,4 @@
+using DiffuSharp.IO;
 using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 
@@ -36,6 +37,33 @@ public sealed class ForwardResult(Tensor logits, IDisposable owner) : IDisposabl
 
 public static class LanguageModelExtensions
 {
+    /// <summary>
+    /// Checks the ids [batch, length] of a forward pass against the vocabulary, the positions and the cache
+    /// (which only causal passes may continue); returns the position of the first id.
+    /// </summary>
+    internal static int CheckInputs(this ILanguageModel model, ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, KvCache? cache)
+    {
+        if (ids.Length != batch * length) throw new ArgumentException($"expected {batch * length} ids for [{batch}, {length}], got {ids.Length}");
+        foreach (int id in ids)
+            if ((uint)id >= (uint)model.VocabSize)
+                throw new DiffuException($"token id {id} is outside the vocabulary [0, {model.VocabSize})");
+        int offset = cache?.Length ?? 0;
+        if (offset + length > model.Positions)
+            throw new DiffuException($"sequence of {offset + length} tokens exceeds the model's {model.Positions} positions");
+        if (cache is not null && (cache.Batch != batch || offset + length > cache.Capacity || mode != AttentionMaskMode.Causal))
+            throw new ArgumentException($"KV cache [{cache.Batch}, {cache.Capacity}] cannot take {length} more causal tokens after {offset} for batch {batch}");
+        return offset;
+    }
+
+    /// <summary>A checkpoint tensor on the device, after checking its shape against the one the config implies.</summary>
+    internal static Tensor LoadTensor(this SafeTensorCheckpoint checkpoint, string name, int[] shape, Device device)
+    {
+        var info = checkpoint.Info(name);
+        if (!info.Shape.AsSpan().SequenceEqual(shape))
+            throw new DiffuException($"{string.Join(", ", checkpoint.Files)}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", shape)}]");
+        return device.FromArray(checkpoint.ReadFloat32(name), shape);
+    }
+
     public static KvCache CreateKvCache(this ILanguageModel model, int batch, int capacity)
     {
         if (capacity > model.Positions)

@@ -153,13 +153,7 @@ public sealed class LlamaModel : ITrainableModel
 
     public static LlamaModel FromCheckpoint(LlamaConfig config, SafeTensorCheckpoint checkpoint, Device device)
     {
-        var weights = LlamaWeights.Create(config, (name, shape) =>
-        {
-            var info = checkpoint.Info(name);
-            if (!info.Shape.AsSpan().SequenceEqual(shape))
-                throw new DiffuException($"{string.Join(", ", checkpoint.Files)}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", shape)}]");
-            return device.FromArray(checkpoint.ReadFloat32(name), shape);
-        });
+        var weights = LlamaWeights.Create(config, (name, shape) => checkpoint.LoadTensor(name, shape, device));
         return new LlamaModel(config, device, weights);
     }
 
@@ -196,15 +190,7 @@ public sealed class LlamaModel : ITrainableModel
     public void Forward(ReadOnlySpan<int> ids, LlamaActivations act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null)
     {
         int b = act.Batch, t = act.Length, c = Config.Channels, h = Config.Heads, kvh = Config.KvHeads, hd = Config.HeadDim;
-        if (ids.Length != b * t) throw new ArgumentException($"expected {b * t} ids for [{b}, {t}], got {ids.Length}");
-        foreach (int id in ids)
-            if ((uint)id >= (uint)Config.VocabSize)
-                throw new DiffuException($"token id {id} is outside the vocabulary [0, {Config.VocabSize})");
-        int offset = cache?.Length ?? 0;
-        if (offset + t > Config.Positions)
-            throw new DiffuException($"sequence of {offset + t} tokens exceeds the model's {Config.Positions} positions");
-        if (cache is not null && (cache.Batch != b || offset + t > cache.Capacity || mode != AttentionMaskMode.Causal))
-            throw new ArgumentException($"KV cache [{cache.Batch}, {cache.Capacity}] cannot take {t} more causal tokens after {offset} for batch {b}");
+        int offset = this.CheckInputs(ids, b, t, mode, cache);
 
         var d = Device;
         d.Upload(act.Ids, 0, ids);
