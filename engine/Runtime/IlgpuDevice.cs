@@ -79,6 +79,12 @@ public sealed class IlgpuDevice : Device
 
     public IlgpuBackend Backend { get; }
 
+    /// <summary>The ILGPU accelerator, for benchmarks and reference libraries that launch their own work.</summary>
+    public Accelerator Accelerator => accelerator;
+
+    /// <summary>The storage of an F32 tensor of this device, for reference libraries (cuBLAS) that read it in place.</summary>
+    public static ArrayView<float> View(Tensor t) => F32(t);
+
     public override string Name => Backend switch
     {
         IlgpuBackend.Cuda => "cuda",

@@ -81,10 +81,35 @@ public sealed class CliTests
     [Test]
     public void BenchReportsMatmulThroughputForBothLayouts()
     {
-        var (code, output, err) = Run("bench", "--shapes", "33x17x65", "--repeat", "2", "--device", "cpu");
+        var (code, output, err) = Run("bench", "--suite", "matmul", "--shapes", "33x17x65", "--repeat", "2", "--reference", "none", "--quick", "--device", "cpu");
         Assert.That(code, Is.EqualTo(0), err);
-        Assert.That(output, Does.Contain("33 x 17 x 65").And.Contain("[K, N]").And.Contain("[N, K]").And.Contain("GFLOP/s"));
+        Assert.That(output, Does.Contain("33 x 17 x 65").And.Contain("x·wᵀ").And.Contain("x·w ").And.Contain("GFLOP/s").And.Contain("ceilings:"));
         Assert.That(Run("bench", "--shapes", "33x17", "--device", "cpu").Code, Is.EqualTo(2));
+        Assert.That(Run("bench", "--suite", "matmul,frobnicate", "--device", "cpu").Code, Is.EqualTo(2));
+        Assert.That(Run("bench", "--squares", "0", "--device", "cpu").Code, Is.EqualTo(2));
+    }
+
+    /// <summary>Every suite at --quick sizes: a row per case with a positive rate and ceiling share, the JSON
+    /// file and the plots.</summary>
+    [Test]
+    public void QuickBenchCoversEverySuiteAndWritesJsonAndPlots()
+    {
+        string json = Path.Combine(temp, "bench.json"), plots = Path.Combine(temp, "plots");
+        var (code, output, err) = Run("bench", "--quick", "--repeat", "2", "--budget", "0.01", "--reference", "none", "--device", "cpu",
+            "--json", json, "--plots", plots);
+        Assert.That(code, Is.EqualTo(0), err);
+        var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(json))!;
+        var rows = report["rows"]!.AsArray();
+        Assert.That(rows.Select(r => r!["suite"]!.GetValue<string>()).Distinct(), Is.EquivalentTo(DiffuSharp.Bench.BenchPlan.SuiteNames));
+        foreach (var row in rows)
+        {
+            Assert.That(row!["ours"]!["rate"]!.GetValue<double>(), Is.GreaterThan(0), row["id"]!.ToString());
+            Assert.That(row["ours"]!["share"]!.GetValue<double>(), Is.GreaterThan(0), row["id"]!.ToString());
+        }
+        Assert.That(report["ceilings"]!["peak_gflops"]!.GetValue<double>(), Is.GreaterThan(0));
+        Assert.That(output, Does.Contain("tokens/s").And.Contain("steps/s").And.Contain("GB/s"));
+        foreach (var png in new[] { "matmul_squares.png", "attention.png" })
+            Assert.That(new FileInfo(Path.Combine(plots, png)).Length, Is.GreaterThan(1000), png);
     }
 
     [TestCase("info")]

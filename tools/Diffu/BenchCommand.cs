@@ -1,29 +1,70 @@
 using System.CommandLine;
-using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using DiffuSharp.Bench;
 using DiffuSharp.Runtime;
 using Spectre.Console;
 
 namespace DiffuSharp.Cli;
 
-/// <summary>`diffu bench`: kernel throughput on a device. Matmul for now (both weight layouts).</summary>
+/// <summary>
+/// `diffu bench`: kernel and end-to-end throughput on a device next to the device's measured ceilings and
+/// the reference libraries measured in the same run (OpenBLAS or cuBLAS in process, PyTorch in a
+/// subprocess). Prints a table; writes JSON and PNG plots when asked.
+/// </summary>
 static class BenchCommand
 {
-    public static Command Create(TextWriter stdout)
+    public static Command Create(TextWriter stdout, TextWriter stderr)
     {
-        var shapes = new Option<string>("--shapes")
+        var suites = new Option<string>("--suite")
         {
-            Description = "comma-separated MxKxN matmul shapes (x[M,K] · w[K,N])",
-            DefaultValueFactory = _ => "1024x1024x1024,768x3072x512,512x768x3072",
+            Description = $"comma-separated suites: {string.Join(", ", BenchPlan.SuiteNames)} (default: all)",
+            DefaultValueFactory = _ => string.Join(",", BenchPlan.SuiteNames),
         };
-        var repeat = new Option<int>("--repeat") { Description = "timed runs per shape (the best is reported)", DefaultValueFactory = _ => 10 };
+        var quick = new Option<bool>("--quick") { Description = "small sizes: every suite in seconds (a smoke run, not a measurement)" };
+        var shapes = new Option<string?>("--shapes") { Description = "only these matmul shapes, comma-separated MxKxN (x[M,K] · w[K,N])" };
+        var squares = new Option<string?>("--squares") { Description = "square matmul sides, e.g. 1024,2048,4096,8192 (default by device)" };
+        var lengths = new Option<string?>("--lengths") { Description = "attention sequence lengths, e.g. 256,1024,4096 (default by device)" };
+        var tokens = new Option<int>("--tokens") { Description = "rows of the layer-shape matmuls and row-wise kernels (default: cpu 1024, cuda 8192)" };
+        var trainBatch = new Option<int>("--train-batch") { Description = "training row: sequences per step (default: cpu 4, cuda 8)" };
+        var trainLength = new Option<int>("--train-length") { Description = "training row: tokens per sequence (default: cpu 256, cuda 1024)" };
+        var denoiseLength = new Option<int>("--denoise-length") { Description = "denoising row: sequence length (default 1024)" };
+        var denoiseSteps = new Option<int>("--denoise-steps") { Description = "denoising row: steps T (default 64)" };
+        var repeat = new Option<int>("--repeat") { Description = "timed runs per case at most (best and median are reported)", DefaultValueFactory = _ => 10 };
+        var budget = new Option<double>("--budget") { Description = "seconds per case after which timing stops at three runs", DefaultValueFactory = _ => 2.0 };
+        var reference = new Option<string>("--reference") { Description = "torch: also time PyTorch on the same cases; none: only the in-process library", DefaultValueFactory = _ => "torch" };
+        reference.AcceptOnlyFromAmong("torch", "none");
+        var python = new Option<string?>("--python") { Description = "Python with PyTorch for the reference (default: $DIFFU_PYTHON, python3, /usr/bin/python3)" };
+        var json = new Option<string?>("--json") { Description = "write the results as JSON to this file" };
+        var plots = new Option<string?>("--plots") { Description = "write throughput plots (PNG) into this folder" };
         var device = Cli.DeviceOption();
-        var command = new Command("bench", "measure kernel throughput (GFLOP/s)") { shapes, repeat, device };
-        command.SetAction(parse => Run(ParseShapes(parse.GetValue(shapes)!), parse.GetValue(repeat), parse.GetValue(device), stdout));
+        var command = new Command("bench", "measure kernel and end-to-end throughput against the device's ceilings and reference libraries")
+        {
+            suites, quick, shapes, squares, lengths, tokens, trainBatch, trainLength, denoiseLength, denoiseSteps, repeat, budget, reference,
+            python, json, plots, device,
+        };
+        command.SetAction(parse =>
+        {
+            var options = new BenchOptions
+            {
+                Suites = parse.GetValue(suites)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
+                Quick = parse.GetValue(quick),
+                MatMulShapes = ParseShapes(parse.GetValue(shapes)),
+                Squares = ParseList(parse.GetValue(squares), "--squares"),
+                AttentionLengths = ParseList(parse.GetValue(lengths), "--lengths"),
+                Tokens = parse.GetValue(tokens), TrainBatch = parse.GetValue(trainBatch), TrainLength = parse.GetValue(trainLength),
+                DenoiseLength = parse.GetValue(denoiseLength), DenoiseSteps = parse.GetValue(denoiseSteps),
+            };
+            options.Validate();
+            var settings = new BenchSettings(parse.GetValue(repeat), parse.GetValue(budget), parse.GetValue(reference) == "torch",
+                parse.GetValue(python), "diffu " + string.Join(' ', parse.Tokens.Select(t => t.Value)));
+            return Run(options, settings, parse.GetValue(device), parse.GetValue(json), parse.GetValue(plots), stdout, stderr);
+        });
         return command;
     }
 
-    static (int M, int K, int N)[] ParseShapes(string text) =>
-        text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
+    static (int M, int K, int N)[] ParseShapes(string? text) =>
+        (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
         {
             var p = s.Split('x');
             if (p.Length != 3 || !int.TryParse(p[0], out int m) || !int.TryParse(p[1], out int k) || !int.TryParse(p[2], out int n) || m <= 0 || k <= 0 || n <= 0)
@@ -31,54 +72,76 @@ static class BenchCommand
             return (m, k, n);
         }).ToArray();
 
-    static int Run((int M, int K, int N)[] shapes, int repeat, string? deviceName, TextWriter stdout)
+    static int[] ParseList(string? text, string option) =>
+        (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
+            int.TryParse(s, out int v) && v > 0 ? v : throw new DiffuException($"{option}: '{s}' is not a positive integer")).ToArray();
+
+    static int Run(BenchOptions options, BenchSettings settings, string? deviceName, string? jsonPath, string? plotDir, TextWriter stdout, TextWriter stderr)
     {
-        if (repeat <= 0) throw new DiffuException($"--repeat must be positive, got {repeat}");
+        if (jsonPath is not null) CheckWritable(Path.GetDirectoryName(Path.GetFullPath(jsonPath))!);
+        if (plotDir is not null) Directory.CreateDirectory(plotDir);
         using var device = Devices.Create(deviceName);
-        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(stdout) });
-        var table = new Table().Title($"matmul on {Markup.Escape(device.Description)}")
-            .AddColumn("M x K x N").AddColumn("weight layout").AddColumn(new TableColumn("best ms").RightAligned())
-            .AddColumn(new TableColumn("median ms").RightAligned()).AddColumn(new TableColumn("GFLOP/s").RightAligned());
-        var rng = new Random(1);
-        foreach (var (m, k, n) in shapes)
+        var report = RunWithProgress(device, options, settings, stdout, stderr);
+        BenchTable.Write(report, stdout);
+        if (jsonPath is not null)
         {
-            using var x = device.FromArray(RandomArray(rng, m * k), m, k);
-            using var output = device.Allocate(DType.F32, m, n);
-            foreach (bool transposed in new[] { false, true })
-            {
-                using var w = transposed ? device.FromArray(RandomArray(rng, n * k), n, k) : device.FromArray(RandomArray(rng, k * n), k, n);
-                Action op = transposed ? () => device.MatMulTransposed(x, w, null, output) : () => device.MatMul(x, w, null, output);
-                var (best, median) = Time(device, op, repeat);
-                double gflops = 2.0 * m * k * n / best / 1e9;
-                table.AddRow($"{m} x {k} x {n}", Markup.Escape(transposed ? "[N, K] (x·wᵀ)" : "[K, N] (x·w)"), (best * 1e3).ToString("F3"),
-                    (median * 1e3).ToString("F3"), gflops.ToString("F1"));
-            }
+            WriteAtomically(jsonPath, JsonSerializer.Serialize(report, Json));
+            stdout.WriteLine($"results: {jsonPath}");
         }
-        console.Write(table);
+        if (plotDir is not null)
+            foreach (var file in BenchPlots.Write(report, plotDir))
+                stdout.WriteLine($"plot: {file}");
         return Cli.Ok;
     }
 
-    static (double Best, double Median) Time(Device device, Action op, int repeat)
+    static BenchReport RunWithProgress(Device device, BenchOptions options, BenchSettings settings, TextWriter stdout, TextWriter stderr)
     {
-        op();
-        op();
-        device.Synchronize();
-        var times = new double[repeat];
-        for (int i = 0; i < repeat; i++)
+        bool interactive = AnsiConsole.Profile.Capabilities.Interactive && ReferenceEquals(stdout, Console.Out);
+        if (!interactive)
         {
-            var clock = Stopwatch.StartNew();
-            op();
-            device.Synchronize();
-            times[i] = clock.Elapsed.TotalSeconds;
+            string last = "";
+            return BenchRunner.Run(device, options, settings, p =>
+            {
+                if (p.Text == last) return;
+                last = p.Text;
+                stderr.WriteLine($"[{p.Done}/{p.Total}] {p.Text}");
+            });
         }
-        Array.Sort(times);
-        return (times[0], times[repeat / 2]);
+        BenchReport? report = null;
+        AnsiConsole.Progress()
+            .AutoClear(true)
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(),
+                new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Start(context =>
+            {
+                var task = context.AddTask("bench", maxValue: 1);
+                report = BenchRunner.Run(device, options, settings, p =>
+                {
+                    task.MaxValue = p.Total;
+                    task.Value = p.Done;
+                    task.Description = Markup.Escape(p.Text.Length > 70 ? p.Text[..70] : p.Text);
+                });
+            });
+        return report!;
     }
 
-    static float[] RandomArray(Random rng, int n)
+    static void CheckWritable(string directory)
     {
-        var a = new float[n];
-        for (int i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() - 0.5);
-        return a;
+        if (!Directory.Exists(directory)) throw new DiffuException($"--json: folder {directory} does not exist");
     }
+
+    static void WriteAtomically(string path, string text)
+    {
+        string temp = path + ".tmp";
+        File.WriteAllText(temp, text);
+        File.Move(temp, path, overwrite: true);
+    }
+
+    static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
 }

@@ -18,7 +18,7 @@ public static class Cli
             InfoCommand.Create(stdout),
             LogitsCommand.Create(stdout),
             GenerateCommand.Create(stdout, stderr),
-            BenchCommand.Create(stdout),
+            BenchCommand.Create(stdout, stderr),
             TokenizeCommand.Create(stdout, stderr),
             TrainCommand.Create(stdout, stderr),
             ConvertCommand.Create(stdout),

@@ -1,0 +1,448 @@
+using System.Text.Json.Nodes;
+using DiffuSharp.Diffusion;
+using DiffuSharp.Kernels;
+using DiffuSharp.Models;
+using DiffuSharp.Runtime;
+using DiffuSharp.Training;
+
+namespace DiffuSharp.Bench;
+
+/// <summary>What `diffu bench` measures; empty arrays and zero sizes mean the device's defaults.</summary>
+public sealed record BenchOptions
+{
+    public IReadOnlyCollection<string> Suites { get; init; } = BenchPlan.SuiteNames;
+
+    /// <summary>Smaller sizes and fewer of them: a smoke run of every suite in seconds.</summary>
+    public bool Quick { get; init; }
+
+    /// <summary>Sides of the square matmuls.</summary>
+    public int[] Squares { get; init; } = [];
+
+    /// <summary>Extra matmul shapes (M, K, N), each timed in both weight layouts.</summary>
+    public (int M, int K, int N)[] MatMulShapes { get; init; } = [];
+
+    /// <summary>Sequence lengths of the attention rows.</summary>
+    public int[] AttentionLengths { get; init; } = [];
+
+    /// <summary>Rows (tokens) of the model-layer matmuls and of the row-wise kernels.</summary>
+    public int Tokens { get; init; }
+
+    /// <summary>Training batch and length for the end-to-end training row.</summary>
+    public int TrainBatch { get; init; }
+    public int TrainLength { get; init; }
+
+    /// <summary>Denoising length and steps T for the end-to-end sampling row.</summary>
+    public int DenoiseLength { get; init; }
+    public int DenoiseSteps { get; init; }
+
+    public void Validate()
+    {
+        foreach (var s in Suites)
+            if (!BenchPlan.SuiteNames.Contains(s))
+                throw new DiffuException($"unknown bench suite '{s}': expected {string.Join(", ", BenchPlan.SuiteNames)}");
+        foreach (var v in Squares.Concat(AttentionLengths).Concat(MatMulShapes.SelectMany(s => new[] { s.M, s.K, s.N })).Concat([Tokens, TrainBatch, TrainLength, DenoiseLength, DenoiseSteps]))
+            if (v < 0) throw new DiffuException($"bench sizes must be positive, got {v}");
+        if (DenoiseLength == 1) throw new DiffuException("--denoise-length must be at least 2");
+    }
+}
+
+/// <summary>
+/// The benchmark cases of `diffu bench`: kernels at the sizes the models use (GPT-2-small and LLaMA-7B
+/// layer shapes, attention over L = 256..4096, the optimiser over GPT-2-small's parameters) and the two
+/// end-to-end rows (a GPT-2-small diffusion training step, T denoising steps at L = 1024). Sizes scale
+/// down on the CPU, where the largest would take minutes per run.
+/// </summary>
+public static class BenchPlan
+{
+    public static readonly string[] SuiteNames = ["matmul", "attention", "norm", "rope", "softmax", "adamw", "sampling", "train", "denoise"];
+
+    /// <summary>GPT-2 small (124 M): the shape of the end-to-end rows.</summary>
+    public static readonly Gpt2Config Gpt2Small = new(50257, 1024, 768, 12, 12);
+
+    const int Llama7BChannels = 4096, Llama7BHidden = 11008, Llama7BVocab = 32000, Llama7BHeads = 32;
+
+    public static List<BenchCase> Create(Device device, BenchOptions o, OpenBlas? openBlas, CuBlasReference? cuBlas)
+    {
+        o.Validate();
+        bool gpu = device is IlgpuDevice;
+        bool quick = o.Quick;
+        int tokens = o.Tokens > 0 ? o.Tokens : quick ? 256 : gpu ? 8192 : 1024;
+        var cases = new List<BenchCase>();
+        var gemm = Library(openBlas, cuBlas);
+
+        if (o.Suites.Contains("matmul"))
+        {
+            if (o.MatMulShapes.Length > 0) AddMatMulShapes(cases, o.MatMulShapes, gemm);
+            else AddModelMatMuls(cases, o.Squares.Length > 0 ? o.Squares : quick ? [256, 512] : gpu ? [1024, 2048, 4096, 8192] : [1024, 2048, 4096],
+                tokens, quick, gemm);
+        }
+
+        if (o.Suites.Contains("attention"))
+        {
+            int[] lengths = o.AttentionLengths.Length > 0 ? o.AttentionLengths : quick ? [128, 256] : gpu ? [256, 512, 1024, 2048, 4096] : [256, 512, 1024, 2048];
+            int tokensPerBatch = gpu ? 16384 : 2048;
+            foreach (int l in lengths)
+                foreach (bool causal in new[] { false, true })
+                {
+                    int batch = Math.Max(1, tokensPerBatch / l);
+                    cases.Add(Attention(batch, Gpt2Small.Heads, l, Gpt2Small.HeadDim, causal, backward: false));
+                    cases.Add(Attention(batch, Gpt2Small.Heads, l, Gpt2Small.HeadDim, causal, backward: true));
+                }
+        }
+
+        if (o.Suites.Contains("norm"))
+        {
+            cases.Add(LayerNorm(tokens * 4, Gpt2Small.Channels));
+            cases.Add(RmsNorm(tokens, Llama7BChannels));
+        }
+        if (o.Suites.Contains("rope")) cases.Add(Rope(tokens, Llama7BHeads, Llama7BChannels / Llama7BHeads));
+        if (o.Suites.Contains("softmax"))
+        {
+            int rows = quick ? 64 : gpu ? 4096 : 256;
+            cases.Add(Softmax(rows, Gpt2Small.VocabSize));
+            cases.Add(CrossEntropy(rows, Gpt2Small.VocabSize));
+        }
+        if (o.Suites.Contains("adamw")) cases.Add(AdamW(quick ? 1 << 22 : 124_439_808));
+        if (o.Suites.Contains("sampling"))
+        {
+            int rows = quick ? 64 : gpu ? 1024 : 256;
+            cases.Add(Sampling(rows, Gpt2Small.VocabSize, 1f));
+            cases.Add(Sampling(rows, Gpt2Small.VocabSize, 0.9f));
+        }
+        if (o.Suites.Contains("train"))
+        {
+            int batch = o.TrainBatch > 0 ? o.TrainBatch : quick ? 1 : gpu ? 8 : 4;
+            int length = o.TrainLength > 0 ? o.TrainLength : quick ? 64 : gpu ? 1024 : 256;
+            cases.Add(TrainStep(quick ? TinyGpt2 : Gpt2Small, batch, length));
+        }
+        if (o.Suites.Contains("denoise"))
+        {
+            int length = o.DenoiseLength > 0 ? o.DenoiseLength : quick ? 64 : 1024;
+            int steps = o.DenoiseSteps > 0 ? o.DenoiseSteps : quick ? 4 : 64;
+            cases.Add(Denoise(quick ? TinyGpt2 : Gpt2Small, length, steps));
+        }
+        return cases;
+    }
+
+    /// <summary>A GPT-2 shape small enough for --quick runs on the CPU.</summary>
+    static readonly Gpt2Config TinyGpt2 = new(2048, 256, 128, 2, 4);
+
+    // ---- matmul --------------------------------------------------------------------------------
+
+    /// <summary>Only the shapes asked for, in both weight layouts.</summary>
+    static void AddMatMulShapes(List<BenchCase> cases, (int M, int K, int N)[] shapes, Gemm? gemm)
+    {
+        foreach (var (m, k, n) in shapes)
+            foreach (bool nk in new[] { false, true })
+                cases.Add(MatMul($"matmul.{m}x{k}x{n}.{(nk ? "nk" : "kn")}", $"{m} x {k} x {n}", m, k, n, nk, gemm));
+    }
+
+    /// <summary>Squares in both layouts, then the layer shapes of GPT-2 small (Conv1D [K, N] weights, backward too)
+    /// and LLaMA-7B (nn.Linear [N, K] weights) over <paramref name="tokens"/> rows.</summary>
+    static void AddModelMatMuls(List<BenchCase> cases, int[] squares, int tokens, bool quick, Gemm? gemm)
+    {
+        foreach (int s in squares)
+            foreach (bool nk in new[] { false, true })
+                cases.Add(MatMul($"matmul.square{s}.{(nk ? "nk" : "kn")}", $"square {s}", s, s, s, nk, gemm) with { PlotX = s, Series = nk ? "x·wᵀ" : "x·w" });
+        int c = Gpt2Small.Channels;
+        foreach (var (name, k, n, nk) in new (string, int, int, bool)[]
+                 {
+                     ("gpt2 attn.c_attn", c, 3 * c, false), ("gpt2 attn.c_proj", c, c, false), ("gpt2 mlp.c_fc", c, 4 * c, false),
+                     ("gpt2 mlp.c_proj", 4 * c, c, false), ("gpt2 lm_head", c, Gpt2Small.VocabSize, true),
+                     ("llama7b q/k/v/o_proj", Llama7BChannels, Llama7BChannels, true), ("llama7b gate/up_proj", Llama7BChannels, Llama7BHidden, true),
+                     ("llama7b down_proj", Llama7BHidden, Llama7BChannels, true), ("llama7b lm_head", Llama7BChannels, Llama7BVocab, true),
+                 })
+        {
+            if (quick && name.StartsWith("llama")) continue;
+            string id = name.Replace(' ', '.').Replace('/', '-');
+            cases.Add(MatMul($"matmul.{id}", name, tokens, k, n, nk, gemm));
+            if (name.StartsWith("gpt2") && !nk) cases.Add(MatMulBackward($"matmul_backward.{id}", name + " backward", tokens, k, n, gemm));
+        }
+    }
+
+    /// <summary>SGEMM of the in-process reference library: (transA, transB, m, n, k, a, b, beta, c).</summary>
+    delegate void Gemm(bool transA, bool transB, int m, int n, int k, Tensor a, Tensor b, float beta, Tensor c);
+
+    static Gemm? Library(OpenBlas? openBlas, CuBlasReference? cuBlas)
+    {
+        if (cuBlas is not null) return cuBlas.Gemm;
+        if (openBlas is not null) return (ta, tb, m, n, k, a, b, beta, c) => openBlas.Gemm(ta, tb, m, n, k, Host(a), Host(b), beta, Host(c));
+        return null;
+    }
+
+    static float[] Host(Tensor t) => (float[])((CpuStorage)t.Storage).Data;
+
+    static Tensor Random(Device d, ulong stream, params int[] shape)
+    {
+        var t = d.Allocate(DType.F32, shape);
+        d.Uniform(t, 0x5eed, stream);
+        return t;
+    }
+
+    static JsonObject Spec(string kind, params (string Key, JsonNode? Value)[] fields)
+    {
+        var o = new JsonObject { ["kind"] = kind };
+        foreach (var (k, v) in fields) o[k] = v;
+        return o;
+    }
+
+    static BenchCase MatMul(string id, string label, int m, int k, int n, bool nk, Gemm? gemm)
+    {
+        (Tensor X, Tensor W, Tensor O) Make(Device d) => (Random(d, 1, m, k), nk ? Random(d, 2, n, k) : Random(d, 2, k, n), d.Allocate(DType.F32, m, n));
+        return new BenchCase(id, "matmul", label, $"{m}x{k}x{n} {(nk ? "x·wᵀ" : "x·w")}")
+        {
+            Flops = 2.0 * m * k * n,
+            Prepare = d =>
+            {
+                var (x, w, o) = Make(d);
+                return new BenchRun(nk ? () => d.MatMulTransposed(x, w, null, o) : () => d.MatMul(x, w, null, o), x, w, o);
+            },
+            PrepareLibrary = gemm is null ? null : d =>
+            {
+                var (x, w, o) = Make(d);
+                return new BenchRun(() => gemm(false, nk, m, n, k, x, w, 0f, o), x, w, o);
+            },
+            Torch = Spec("matmul", ("m", m), ("k", k), ("n", n), ("layout", nk ? "nk" : "kn")),
+        };
+    }
+
+    /// <summary>Backward of x[M, K] · w[K, N]: dX += dOut · wᵀ and dW += xᵀ · dOut (bias gradient off, as the
+    /// libraries' two GEMMs have none).</summary>
+    static BenchCase MatMulBackward(string id, string label, int m, int k, int n, Gemm? gemm)
+    {
+        (Tensor X, Tensor W, Tensor G, Tensor DX, Tensor DW) Make(Device d) =>
+            (Random(d, 1, m, k), Random(d, 2, k, n), Random(d, 3, m, n), d.Zeros(DType.F32, m, k), d.Zeros(DType.F32, k, n));
+        return new BenchCase(id, "matmul", label, $"{m}x{k}x{n} dX+dW")
+        {
+            Flops = 4.0 * m * k * n,
+            Prepare = d =>
+            {
+                var (x, w, g, dx, dw) = Make(d);
+                return new BenchRun(() => d.MatMulBackward(g, x, w, dx, dw, null), x, w, g, dx, dw);
+            },
+            PrepareLibrary = gemm is null ? null : d =>
+            {
+                var (x, w, g, dx, dw) = Make(d);
+                return new BenchRun(() =>
+                {
+                    gemm(false, true, m, k, n, g, w, 1f, dx);
+                    gemm(true, false, k, n, m, x, g, 1f, dw);
+                }, x, w, g, dx, dw);
+            },
+            Torch = Spec("matmul_backward", ("m", m), ("k", k), ("n", n)),
+        };
+    }
+
+    // ---- attention -----------------------------------------------------------------------------
+
+    static BenchCase Attention(int batch, int heads, int length, int headDim, bool causal, bool backward)
+    {
+        int c = heads * headDim;
+        var shape = new AttentionShape(batch, heads, heads, headDim, length, length, 0, c, c, (long)length * c, (long)length * c, 1f / MathF.Sqrt(headDim));
+        var mode = causal ? AttentionMaskMode.Causal : AttentionMaskMode.Bidirectional;
+        double forwardFlops = 4.0 * batch * heads * length * (double)length * headDim * (causal ? 0.5 : 1);
+        string kind = backward ? "attention_backward" : "attention";
+        string maskName = causal ? "causal" : "bidirectional";
+        return new BenchCase($"{kind}.{maskName}.L{length}", "attention", $"{(backward ? "backward" : "forward")} {maskName}",
+            $"B{batch} H{heads} L{length} D{headDim}")
+        {
+            // Flash-style backward: recompute QKᵀ, then dV, dP, dQ, dK: five matmuls to the forward's two.
+            Flops = backward ? 2.5 * forwardFlops : forwardFlops,
+            PlotX = length,
+            Series = $"{(backward ? "backward" : "forward")} {maskName}",
+            Prepare = d =>
+            {
+                var q = Random(d, 1, batch, length, c);
+                var k = Random(d, 2, batch, length, c);
+                var v = Random(d, 3, batch, length, c);
+                var o = d.Allocate(DType.F32, batch, length, c);
+                var lse = d.Allocate(DType.F32, batch, heads, length);
+                if (!backward) return new BenchRun(() => d.Attention(q, 0, k, 0, v, 0, o, lse, shape, mode, null), q, k, v, o, lse);
+                d.Attention(q, 0, k, 0, v, 0, o, lse, shape, mode, null);
+                var dOut = Random(d, 4, batch, length, c);
+                var dq = d.Zeros(DType.F32, batch, length, c);
+                var dk = d.Zeros(DType.F32, batch, length, c);
+                var dv = d.Zeros(DType.F32, batch, length, c);
+                return new BenchRun(() => d.AttentionBackward(q, 0, k, 0, v, 0, o, dOut, lse, dq, 0, dk, 0, dv, 0, shape, mode, null),
+                    q, k, v, o, lse, dOut, dq, dk, dv);
+            },
+            Torch = Spec(kind, ("batch", batch), ("heads", heads), ("length", length), ("head_dim", headDim), ("causal", causal)),
+        };
+    }
+
+    // ---- row-wise kernels ----------------------------------------------------------------------
+
+    static BenchCase LayerNorm(int rows, int channels) => new("layernorm", "norm", "LayerNorm (GPT-2)", $"{rows}x{channels}")
+    {
+        Bytes = 4.0 * (2.0 * rows * channels + 2 * channels + 2 * rows),
+        Prepare = d =>
+        {
+            var x = Random(d, 1, rows, channels);
+            var w = Random(d, 2, channels);
+            var b = Random(d, 3, channels);
+            var o = d.Allocate(DType.F32, rows, channels);
+            var mean = d.Allocate(DType.F32, rows);
+            var rstd = d.Allocate(DType.F32, rows);
+            return new BenchRun(() => d.LayerNorm(x, w, b, o, mean, rstd, 1e-5f), x, w, b, o, mean, rstd);
+        },
+        Torch = Spec("layernorm", ("rows", rows), ("channels", channels)),
+    };
+
+    static BenchCase RmsNorm(int rows, int channels) => new("rmsnorm", "norm", "RMSNorm (LLaMA-7B)", $"{rows}x{channels}")
+    {
+        Bytes = 4.0 * (2.0 * rows * channels + channels + rows),
+        Prepare = d =>
+        {
+            var x = Random(d, 1, rows, channels);
+            var w = Random(d, 2, channels);
+            var o = d.Allocate(DType.F32, rows, channels);
+            var rstd = d.Allocate(DType.F32, rows);
+            return new BenchRun(() => d.RmsNorm(x, w, o, rstd, 1e-5f), x, w, o, rstd);
+        },
+        Torch = Spec("rmsnorm", ("rows", rows), ("channels", channels)),
+    };
+
+    static BenchCase Rope(int rows, int heads, int headDim) => new("rope", "rope", "RoPE in place (LLaMA-7B q)", $"{rows}x{heads}x{headDim}")
+    {
+        Bytes = 4.0 * 2 * rows * heads * (double)headDim,
+        Prepare = d =>
+        {
+            var x = Random(d, 1, rows, heads * headDim);
+            return new BenchRun(() => d.Rope(x, 0, heads * headDim, 1, rows, heads, headDim, 0, 10000f, false), x);
+        },
+        Torch = Spec("rope", ("rows", rows), ("heads", heads), ("head_dim", headDim)),
+    };
+
+    static BenchCase Softmax(int rows, int vocab) => new("softmax", "softmax", "softmax over the vocabulary", $"{rows}x{vocab}")
+    {
+        Bytes = 4.0 * 2 * rows * (double)vocab,
+        Prepare = d =>
+        {
+            var x = Random(d, 1, rows, vocab);
+            var o = d.Allocate(DType.F32, rows, vocab);
+            return new BenchRun(() => d.Softmax(x, o), x, o);
+        },
+        Torch = Spec("softmax", ("rows", rows), ("columns", vocab)),
+    };
+
+    static BenchCase CrossEntropy(int rows, int vocab) => new("cross_entropy", "softmax", "cross-entropy + gradient", $"{rows}x{vocab}")
+    {
+        Bytes = 4.0 * (2 * rows * (double)vocab + 3 * rows),
+        Prepare = d =>
+        {
+            var logits = Random(d, 1, rows, vocab);
+            var targets = d.FromArray(Enumerable.Range(0, rows).Select(i => i * 7919 % vocab).ToArray(), rows);
+            var weights = Random(d, 2, rows);
+            var losses = d.Allocate(DType.F32, rows);
+            var dLogits = d.Allocate(DType.F32, rows, vocab);
+            return new BenchRun(() => d.CrossEntropy(logits, targets, weights, losses, dLogits), logits, targets, weights, losses, dLogits);
+        },
+        Torch = Spec("cross_entropy", ("rows", rows), ("vocab", vocab)),
+    };
+
+    static BenchCase AdamW(int elements) => new("adamw", "adamw", "AdamW update", $"{elements:N0} parameters")
+    {
+        // Reads parameter, gradient and both moments; writes parameter and moments.
+        Bytes = 4.0 * 7 * elements,
+        Prepare = d =>
+        {
+            var p = Random(d, 1, elements);
+            var g = Random(d, 2, elements);
+            var m = d.Zeros(DType.F32, elements);
+            var v = d.Zeros(DType.F32, elements);
+            int step = 0;
+            return new BenchRun(() => d.AdamW(p, g, m, v, new AdamWStep(1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, ++step)), p, g, m, v);
+        },
+        Torch = Spec("adamw", ("elements", elements)),
+    };
+
+    static BenchCase Sampling(int rows, int vocab, float topP) =>
+        new($"sampling.top_p{topP:0.##}", "sampling", topP < 1 ? $"sample, top-p {topP:0.##}" : "sample, full distribution", $"{rows}x{vocab}")
+        {
+            Bytes = 4.0 * rows * (double)vocab,
+            Prepare = d =>
+            {
+                var logits = Random(d, 1, rows, vocab);
+                var tokens = d.Allocate(DType.I32, rows);
+                var stats = d.Allocate(DType.F32, rows, SamplingOptions.StatCount);
+                ulong call = 0;
+                var options = new SamplingOptions(1f, 0, topP);
+                return new BenchRun(() => d.SampleTokens(logits, options, 7, ++call, tokens, stats), logits, tokens, stats);
+            },
+            Torch = Spec("sampling", ("rows", rows), ("vocab", vocab), ("top_p", topP), ("temperature", 1.0)),
+        };
+
+    // ---- end to end ----------------------------------------------------------------------------
+
+    /// <summary>Forward FLOPs per token of a GPT-2 with bidirectional attention over <paramref name="length"/>
+    /// positions: 2 per weight of every matmul (the tied head included) plus QKᵀ and PV.</summary>
+    public static double Gpt2ForwardFlopsPerToken(Gpt2Config c, int length) =>
+        2.0 * (c.Layers * 12.0 * c.Channels * c.Channels + (double)c.Channels * c.VocabSize) + 4.0 * c.Layers * length * (double)c.Channels;
+
+    static JsonObject ConfigSpec(Gpt2Config c) => new()
+    {
+        ["vocab"] = c.VocabSize, ["positions"] = c.Positions, ["channels"] = c.Channels, ["layers"] = c.Layers, ["heads"] = c.Heads,
+    };
+
+    static string Describe(Gpt2Config c) => c == Gpt2Small ? "GPT-2 small" : $"GPT-2 {c.Layers}L {c.Channels}C";
+
+    static BenchCase TrainStep(Gpt2Config config, int batch, int length)
+    {
+        double tokens = (double)batch * length;
+        return new BenchCase("train.gpt2", "train", $"{Describe(config)} diffusion training step", $"B{batch} L{length}")
+        {
+            Tokens = tokens,
+            Flops = 3 * Gpt2ForwardFlopsPerToken(config, length) * tokens,
+            Prepare = d =>
+            {
+                var model = Gpt2Model.CreateRandom(config, d, 1);
+                var options = new TrainOptions { Steps = long.MaxValue, Batch = batch, SequenceLength = length, EvalEvery = long.MaxValue, MaskTokenId = config.VocabSize - 1 };
+                var trainer = new Trainer(model, new RandomBlocks(length, config.VocabSize), options, ownsModel: true);
+                return new BenchRun(() => trainer.TrainStep(), trainer);
+            },
+            Torch = Spec("train_step", ("batch", batch), ("length", length), ("config", ConfigSpec(config))),
+        };
+    }
+
+    static BenchCase Denoise(Gpt2Config config, int length, int steps)
+    {
+        return new BenchCase("denoise.gpt2", "denoise", $"{Describe(config)} denoising, T = {steps}", $"B1 L{length} T{steps}")
+        {
+            Steps = steps,
+            Flops = steps * Gpt2ForwardFlopsPerToken(config, length) * length,
+            Warmup = 0,
+            MinRuns = 1,
+            Prepare = d =>
+            {
+                var model = Gpt2Model.CreateRandom(config, d, 1);
+                var denoiser = new Denoiser(model, config.VocabSize - 1);
+                var problem = new DenoisingProblem(1, length);
+                problem.Tokens[0] = 0;
+                problem.Fixed[0] = 1;
+                var settings = new DenoiseSettings { Steps = steps, Seed = 3 };
+                denoiser.Run(problem, settings with { Steps = 1 });
+                return new BenchRun(() => denoiser.Run(problem, settings), model);
+            },
+            Torch = Spec("denoise", ("length", length), ("steps", steps), ("config", ConfigSpec(config)), ("warmup", 0), ("min_runs", 1)),
+        };
+    }
+
+    /// <summary>Uniformly random token blocks: the training row measures speed, not learning.</summary>
+    sealed class RandomBlocks(int length, int vocab) : ITokenBlocks
+    {
+        ulong draw;
+
+        public int BlockLength => length;
+        public int ValidationBlockCount => 0;
+
+        public void NextTrainingBatch(int batch, Span<int> destination)
+        {
+            for (int i = 0; i < destination.Length; i++) destination[i] = (int)(Philox.Uniform(11, draw, (ulong)i) * vocab) % vocab;
+            draw++;
+        }
+
+        public void ReadValidationBatch(int first, int batch, Span<int> destination) => throw new NotSupportedException("no validation data in a benchmark");
+
+        public long[] State { get => [(long)draw]; set => draw = (ulong)value[0]; }
+    }
+}
