@@ -17,7 +17,10 @@ public enum GemmEpilogue
 /// One general matmul: output[M, N] (=, = + bias, or +=) a · b, with a stored [M, K] (or [K, M] when
 /// TransposeA is 1) and b stored [K, N] (or [N, K] when TransposeB is 1), all row-major. The Vector flags
 /// say the host proved that 16-byte loads/stores are aligned for that operand: its row length is a
-/// multiple of 4 floats and its view starts on a 16-byte boundary. The flags are uniform over the grid.
+/// multiple of 4 floats and its view starts on a 16-byte boundary. The flags travel twice: in the fields, and
+/// packed in <see cref="Layout"/> as an ILGPU <c>SpecializedValue</c>, which compiles one kernel per layout with
+/// the flags as constants (<see cref="WithLayout"/>): the untaken load and store paths vanish, and with them a
+/// third of the tensor-core kernels' registers and most of their loop's integer instructions.
 /// </summary>
 public struct GemmArgs
 {
@@ -38,6 +41,23 @@ public struct GemmArgs
         VectorB = vectorB ? 1 : 0;
         VectorC = vectorC ? 1 : 0;
         TilesN = (n + tileN - 1) / tileN;
+    }
+
+    /// <summary>The flags packed in one int: TransposeA, TransposeB, VectorA, VectorB, VectorC in bits 0..4, Epilogue from bit 5.</summary>
+    public readonly int Layout =>
+        TransposeA | TransposeB << 1 | VectorA << 2 | VectorB << 3 | VectorC << 4 | Epilogue << 5;
+
+    /// <summary>These arguments with the flags taken from <paramref name="layout"/> (a <see cref="Layout"/> value).</summary>
+    public readonly GemmArgs WithLayout(int layout)
+    {
+        var args = this;
+        args.TransposeA = layout & 1;
+        args.TransposeB = (layout >> 1) & 1;
+        args.VectorA = (layout >> 2) & 1;
+        args.VectorB = (layout >> 3) & 1;
+        args.VectorC = (layout >> 4) & 1;
+        args.Epilogue = layout >> 5;
+        return args;
     }
 
     /// <summary>Row length of the stored a: K when a is [M, K], M when it is [K, M].</summary>

@@ -48,7 +48,7 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? add;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>? layerNorm;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int>? softmax;
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>? gemm64, gemm128, gemmTf32, gemmBf16;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs, SpecializedValue<int>>? gemm64, gemm128, gemmTf32, gemmBf16;
     readonly bool hasTensorCoreInstructions;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attention;
     Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? embeddingBackward;
@@ -182,31 +182,23 @@ public sealed class GpuKernels : IDisposable
         bool vectorA = (transposeA ? m : k) % 4 == 0 && Aligned(a);
         bool vectorB = (transposeB ? k : n) % 4 == 0 && Aligned(b);
         bool vectorC = n % 4 == 0 && Aligned(output) && (epilogue != GemmEpilogue.StoreBias || Aligned(biasView));
-        switch (kernel)
+        var (launch, groups, tileN) = kernel switch
         {
-            case MatMulKernel.Tiled64:
-                (gemm64 ??= LoadGemm(MatMulKernels.Gemm))(new KernelConfig(MatMulKernels.Groups(m, n), MatMulKernels.Threads), a, b, biasView, output,
-                    new GemmArgs(m, k, n, transposeA, transposeB, epilogue, vectorA, vectorB, vectorC, MatMulKernels.TileN));
-                break;
-            case MatMulKernel.Tiled128:
-                (gemm128 ??= LoadGemm(MatMul128Kernels.Gemm))(new KernelConfig(MatMul128Kernels.Groups(m, n), MatMul128Kernels.Threads), a, b, biasView, output,
-                    new GemmArgs(m, k, n, transposeA, transposeB, epilogue, vectorA, vectorB, vectorC, MatMul128Kernels.TileN));
-                break;
-            case MatMulKernel.TensorCoreTF32:
-                (gemmTf32 ??= LoadGemm(hasTensorCoreInstructions ? TensorCoreMatMulKernels.Tf32Gemm : TensorCoreMatMulKernels.EmulatedTf32Gemm))(new KernelConfig(TensorCoreMatMulKernels.Groups(m, n), TensorCoreMatMulKernels.Threads),
-                    a, b, biasView, output, new GemmArgs(m, k, n, transposeA, transposeB, epilogue, vectorA, vectorB, vectorC, TensorCoreMatMulKernels.TileN));
-                break;
-            case MatMulKernel.TensorCoreBF16:
-                (gemmBf16 ??= LoadGemm(hasTensorCoreInstructions ? TensorCoreMatMulKernels.Bf16Gemm : TensorCoreMatMulKernels.EmulatedBf16Gemm))(new KernelConfig(TensorCoreMatMulKernels.Groups(m, n), TensorCoreMatMulKernels.Threads),
-                    a, b, biasView, output, new GemmArgs(m, k, n, transposeA, transposeB, epilogue, vectorA, vectorB, vectorC, TensorCoreMatMulKernels.TileN));
-                break;
-            default:
-                throw new ArgumentOutOfRangeException(nameof(kernel));
-        }
+            MatMulKernel.Tiled64 => (gemm64 ??= LoadGemm(MatMulKernels.Gemm), MatMulKernels.Groups(m, n), MatMulKernels.TileN),
+            MatMulKernel.Tiled128 => (gemm128 ??= LoadGemm(MatMul128Kernels.Gemm), MatMul128Kernels.Groups(m, n), MatMul128Kernels.TileN),
+            MatMulKernel.TensorCoreTF32 => (gemmTf32 ??= LoadGemm(hasTensorCoreInstructions ? TensorCoreMatMulKernels.Tf32Gemm : TensorCoreMatMulKernels.EmulatedTf32Gemm),
+                TensorCoreMatMulKernels.Groups(m, n), TensorCoreMatMulKernels.TileN),
+            MatMulKernel.TensorCoreBF16 => (gemmBf16 ??= LoadGemm(hasTensorCoreInstructions ? TensorCoreMatMulKernels.Bf16Gemm : TensorCoreMatMulKernels.EmulatedBf16Gemm),
+                TensorCoreMatMulKernels.Groups(m, n), TensorCoreMatMulKernels.TileN),
+            _ => throw new ArgumentOutOfRangeException(nameof(kernel)),
+        };
+        var args = new GemmArgs(m, k, n, transposeA, transposeB, epilogue, vectorA, vectorB, vectorC, tileN);
+        launch(new KernelConfig(groups, MatMulKernels.Threads), a, b, biasView, output, args, SpecializedValue.New(args.Layout));
     }
 
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs> LoadGemm(
-        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs> kernel) =>
+    /// <summary>Every matmul kernel runs 256 threads a group and takes the same arguments; ILGPU compiles one variant per layout.</summary>
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs, SpecializedValue<int>> LoadGemm(
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs, SpecializedValue<int>> kernel) =>
         accelerator.LoadStreamKernel(kernel);
 
     static bool Aligned<TView>(TView view) where TView : IContiguousArrayView => view.IndexInBytes % 16 == 0;

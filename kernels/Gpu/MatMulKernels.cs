@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Runtime;
 
 namespace DiffuSharp.Kernels.Gpu;
 
@@ -22,8 +23,10 @@ static class MatMulKernels
     internal static int Groups(int m, int n) => ((m + TileM - 1) / TileM) * ((n + TileN - 1) / TileN);
 
     /// <summary>One matmul as <paramref name="args"/> describes it (layouts, epilogue); the Vector flags are not used.</summary>
-    internal static void Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args)
+    internal static void Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args,
+        SpecializedValue<int> layout)
     {
+        args = args.WithLayout(layout.Value);
         var block = Multiply(a, b, args.M, args.K, args.N, args.TransposeA != 0, args.TransposeB != 0, args.TilesN);
         int row = block.Row0, col = block.Col0;
         Finish(output, bias, args, block.C0, row, col);

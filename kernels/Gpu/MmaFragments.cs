@@ -18,23 +18,41 @@ namespace DiffuSharp.Kernels.Gpu;
 /// </summary>
 public static class MmaFragments
 {
+    /// <summary>
+    /// The lane's part of every position: g = lane / 4 is the row of its A and C elements (and the column of
+    /// its B elements), before the register's step.
+    /// </summary>
+    public static int LaneRow(int lane) => lane >> 2;
+
+    /// <summary>The lane's part of every K position: unit t = lane % 4, before the register's step.</summary>
+    public static int LaneUnit(int lane) => lane & 3;
+
+    /// <summary>Rows A register <paramref name="register"/> (0..3) adds to <see cref="LaneRow"/>.</summary>
+    public static int ARowStep(int register) => 8 * (register & 1);
+
+    /// <summary>Units A register <paramref name="register"/> (0..3) adds to <see cref="LaneUnit"/>.</summary>
+    public static int AUnitStep(int register) => 4 * (register >> 1);
+
+    /// <summary>Units B register <paramref name="register"/> (0..1) adds to <see cref="LaneUnit"/>.</summary>
+    public static int BUnitStep(int register) => 4 * register;
+
     /// <summary>Row (0..15) of the A element in register <paramref name="register"/> (0..3) of <paramref name="lane"/>.</summary>
-    public static int ARow(int lane, int register) => (lane >> 2) + 8 * (register & 1);
+    public static int ARow(int lane, int register) => LaneRow(lane) + ARowStep(register);
 
     /// <summary>K unit (0..7) of the A element in register <paramref name="register"/> (0..3) of <paramref name="lane"/>.</summary>
-    public static int AUnit(int lane, int register) => (lane & 3) + 4 * (register >> 1);
+    public static int AUnit(int lane, int register) => LaneUnit(lane) + AUnitStep(register);
 
     /// <summary>K unit (0..7) of the B element in register <paramref name="register"/> (0..1) of <paramref name="lane"/>.</summary>
-    public static int BUnit(int lane, int register) => (lane & 3) + 4 * register;
+    public static int BUnit(int lane, int register) => LaneUnit(lane) + BUnitStep(register);
 
     /// <summary>Column (0..7) of the B elements of <paramref name="lane"/>.</summary>
-    public static int BColumn(int lane) => lane >> 2;
+    public static int BColumn(int lane) => LaneRow(lane);
 
     /// <summary>Row (0..15) of accumulator <paramref name="index"/> (0..3) of <paramref name="lane"/>.</summary>
-    public static int CRow(int lane, int index) => (lane >> 2) + 8 * (index >> 1);
+    public static int CRow(int lane, int index) => LaneRow(lane) + 8 * (index >> 1);
 
     /// <summary>Column (0..7) of accumulator <paramref name="index"/> (0..3) of <paramref name="lane"/>.</summary>
-    public static int CColumn(int lane, int index) => 2 * (lane & 3) + (index & 1);
+    public static int CColumn(int lane, int index) => 2 * LaneUnit(lane) + (index & 1);
 
     /// <summary>
     /// The TF32 bits of <paramref name="x"/> as <c>cvt.rna.tf32.f32</c> rounds it: to the nearest value with 10

@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 
 namespace DiffuSharp.Kernels.Gpu;
@@ -67,20 +68,24 @@ static class TensorCoreMatMulKernels
     internal static int Groups(int m, int n) => ((m + TileM - 1) / TileM) * ((n + TileN - 1) / TileN);
 
     /// <summary>output (=, = + bias, +=) a · b with inputs rounded to TF32, on the tensor cores (mma.m16n8k8; CUDA only).</summary>
-    internal static void Tf32Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args) =>
-        Run(a, b, bias, output, args, Tf32, emulate: 0);
+    internal static void Tf32Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args,
+        SpecializedValue<int> layout) =>
+        Run(a, b, bias, output, args.WithLayout(layout.Value), Tf32, emulate: 0);
 
     /// <summary>output (=, = + bias, +=) a · b with inputs rounded to BF16, on the tensor cores (mma.m16n8k16; CUDA only).</summary>
-    internal static void Bf16Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args) =>
-        Run(a, b, bias, output, args, Bf16, emulate: 0);
+    internal static void Bf16Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args,
+        SpecializedValue<int> layout) =>
+        Run(a, b, bias, output, args.WithLayout(layout.Value), Bf16, emulate: 0);
 
     /// <summary><see cref="Tf32Gemm"/> with the instruction emulated, for accelerators without it (the CPU simulator).</summary>
-    internal static void EmulatedTf32Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args) =>
-        Run(a, b, bias, output, args, Tf32, emulate: 1);
+    internal static void EmulatedTf32Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args,
+        SpecializedValue<int> layout) =>
+        Run(a, b, bias, output, args.WithLayout(layout.Value), Tf32, emulate: 1);
 
     /// <summary><see cref="Bf16Gemm"/> with the instruction emulated, for accelerators without it (the CPU simulator).</summary>
-    internal static void EmulatedBf16Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args) =>
-        Run(a, b, bias, output, args, Bf16, emulate: 1);
+    internal static void EmulatedBf16Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args,
+        SpecializedValue<int> layout) =>
+        Run(a, b, bias, output, args.WithLayout(layout.Value), Bf16, emulate: 1);
 
     /// <summary>
     /// The kernel body. <paramref name="format"/> and <paramref name="emulate"/> are constants at every call site,
@@ -104,10 +109,15 @@ static class TensorCoreMatMulKernels
         int slices = (args.K + kPerSlice - 1) / kPerSlice;
         int outerKA = args.TransposeA, outerKB = args.TransposeB == 0 ? 1 : 0;
 
+        // Per-thread views: fragment loads and slice stores then address shared memory with constant offsets.
+        int aLane = (warpRow + MmaFragments.LaneRow(lane)) * Stride + MmaFragments.LaneUnit(lane);
+        int bLane = (warpColumn + MmaFragments.LaneRow(lane)) * Stride + MmaFragments.LaneUnit(lane);
+        int aStore = StoreOffset(format, outerKA, t), bStore = StoreOffset(format, outerKB, t);
+
         var nextA = LoadSlice(a, format, outerKA, row0, 0, args.M, args.K, args.RowLengthA, args.VectorA, t);
         var nextB = LoadSlice(b, format, outerKB, col0, 0, args.N, args.K, args.RowLengthB, args.VectorB, t);
-        StoreSlice(aTiles, 0, nextA, format, outerKA, t);
-        StoreSlice(bTiles, 0, nextB, format, outerKB, t);
+        StoreSlice(aTiles.SubView(aStore), nextA, format, outerKA);
+        StoreSlice(bTiles.SubView(bStore), nextB, format, outerKB);
         Group.Barrier();
 
         for (int s = 0; s < slices; s++)
@@ -121,14 +131,16 @@ static class TensorCoreMatMulKernels
                 nextB = LoadSlice(b, format, outerKB, col0, k0, args.N, args.K, args.RowLengthB, args.VectorB, t);
             }
 
-            int aBase = current + warpRow * Stride, bBase = current + warpColumn * Stride;
             if (emulate == 0)
             {
-                Step(aTiles, bTiles, aBase, bBase, lane, format);
-                Step(aTiles, bTiles, aBase + 8, bBase + 8, lane, format);
+                var aFragments = aTiles.SubView(current + aLane);
+                var bFragments = bTiles.SubView(current + bLane);
+                Step(aFragments, bFragments, 0, format);
+                Step(aFragments, bFragments, 8, format);
             }
             else
             {
+                int aBase = current + warpRow * Stride, bBase = current + warpColumn * Stride;
                 Emulate(aTiles, bTiles, aBase, bBase, lane, format, emulated);
                 Emulate(aTiles, bTiles, aBase + 8, bBase + 8, lane, format, emulated);
             }
@@ -136,8 +148,8 @@ static class TensorCoreMatMulKernels
             if (more)
             {
                 int other = BufferUnits - current;
-                StoreSlice(aTiles, other, nextA, format, outerKA, t);
-                StoreSlice(bTiles, other, nextB, format, outerKB, t);
+                StoreSlice(aTiles.SubView(other + aStore), nextA, format, outerKA);
+                StoreSlice(bTiles.SubView(other + bStore), nextB, format, outerKB);
             }
             Group.Barrier();
         }
@@ -201,40 +213,42 @@ static class TensorCoreMatMulKernels
         return s;
     }
 
-    /// <summary>Rounds a thread's slice and stores it into the shared tile [row][unit] at <paramref name="buffer"/>.</summary>
-    static void StoreSlice(ArrayView<uint> tiles, int buffer, Slice s, int format, int outerK, int t)
+    /// <summary>Where (in units from the buffer start) this thread stores the first value of its slice; see <see cref="LoadSlice"/>.</summary>
+    static int StoreOffset(int format, int outerK, int t) =>
+        outerK != 0 ? 4 * (t / 16) * Stride + t % 16
+        : format == Tf32 ? t / 4 * Stride + 4 * (t % 4)
+        : t / 8 * Stride + 2 * (t % 8);
+
+    /// <summary>Rounds a thread's slice and stores it into the shared tile [row][unit] through a view at its <see cref="StoreOffset"/>.</summary>
+    static void StoreSlice(ArrayView<uint> tiles, Slice s, int format, int outerK)
     {
         if (format == Tf32)
         {
             if (outerK != 0)
             {
-                int at = buffer + 4 * (t / 16) * Stride + t % 16;
-                StoreColumn(tiles, at, Tf32Of(s.Q0.X), Tf32Of(s.Q0.Y), Tf32Of(s.Q0.Z), Tf32Of(s.Q0.W));
-                StoreColumn(tiles, at + 64 * Stride, Tf32Of(s.Q1.X), Tf32Of(s.Q1.Y), Tf32Of(s.Q1.Z), Tf32Of(s.Q1.W));
+                StoreColumn(tiles, 0, Tf32Of(s.Q0.X), Tf32Of(s.Q0.Y), Tf32Of(s.Q0.Z), Tf32Of(s.Q0.W));
+                StoreColumn(tiles, 64 * Stride, Tf32Of(s.Q1.X), Tf32Of(s.Q1.Y), Tf32Of(s.Q1.Z), Tf32Of(s.Q1.W));
             }
             else
             {
                 var quads = tiles.Cast<UInt4>();
-                int at = buffer + t / 4 * Stride + 4 * (t % 4);
-                quads[at / 4] = new UInt4(Tf32Of(s.Q0.X), Tf32Of(s.Q0.Y), Tf32Of(s.Q0.Z), Tf32Of(s.Q0.W));
-                quads[(at + 64 * Stride) / 4] = new UInt4(Tf32Of(s.Q1.X), Tf32Of(s.Q1.Y), Tf32Of(s.Q1.Z), Tf32Of(s.Q1.W));
+                quads[0] = new UInt4(Tf32Of(s.Q0.X), Tf32Of(s.Q0.Y), Tf32Of(s.Q0.Z), Tf32Of(s.Q0.W));
+                quads[64 * Stride / 4] = new UInt4(Tf32Of(s.Q1.X), Tf32Of(s.Q1.Y), Tf32Of(s.Q1.Z), Tf32Of(s.Q1.W));
             }
             return;
         }
 
         if (outerK != 0)
         {
-            int at = buffer + 4 * (t / 16) * Stride + t % 16;
-            StoreColumn(tiles, at, Bf16Of(s.Q0.X, s.Q1.X), Bf16Of(s.Q0.Y, s.Q1.Y), Bf16Of(s.Q0.Z, s.Q1.Z), Bf16Of(s.Q0.W, s.Q1.W));
-            StoreColumn(tiles, at + 64 * Stride, Bf16Of(s.Q2.X, s.Q3.X), Bf16Of(s.Q2.Y, s.Q3.Y), Bf16Of(s.Q2.Z, s.Q3.Z), Bf16Of(s.Q2.W, s.Q3.W));
+            StoreColumn(tiles, 0, Bf16Of(s.Q0.X, s.Q1.X), Bf16Of(s.Q0.Y, s.Q1.Y), Bf16Of(s.Q0.Z, s.Q1.Z), Bf16Of(s.Q0.W, s.Q1.W));
+            StoreColumn(tiles, 64 * Stride, Bf16Of(s.Q2.X, s.Q3.X), Bf16Of(s.Q2.Y, s.Q3.Y), Bf16Of(s.Q2.Z, s.Q3.Z), Bf16Of(s.Q2.W, s.Q3.W));
         }
         else
         {
-            int at = buffer + t / 8 * Stride + 2 * (t % 8);
-            StorePair(tiles, at, Bf16Of(s.Q0.X, s.Q0.Y), Bf16Of(s.Q0.Z, s.Q0.W));
-            StorePair(tiles, at + 32 * Stride, Bf16Of(s.Q1.X, s.Q1.Y), Bf16Of(s.Q1.Z, s.Q1.W));
-            StorePair(tiles, at + 64 * Stride, Bf16Of(s.Q2.X, s.Q2.Y), Bf16Of(s.Q2.Z, s.Q2.W));
-            StorePair(tiles, at + 96 * Stride, Bf16Of(s.Q3.X, s.Q3.Y), Bf16Of(s.Q3.Z, s.Q3.W));
+            StorePair(tiles, 0, Bf16Of(s.Q0.X, s.Q0.Y), Bf16Of(s.Q0.Z, s.Q0.W));
+            StorePair(tiles, 32 * Stride, Bf16Of(s.Q1.X, s.Q1.Y), Bf16Of(s.Q1.Z, s.Q1.W));
+            StorePair(tiles, 64 * Stride, Bf16Of(s.Q2.X, s.Q2.Y), Bf16Of(s.Q2.Z, s.Q2.W));
+            StorePair(tiles, 96 * Stride, Bf16Of(s.Q3.X, s.Q3.Y), Bf16Of(s.Q3.Z, s.Q3.W));
         }
     }
 
@@ -264,17 +278,21 @@ static class TensorCoreMatMulKernels
 
     // ---- the tensor-core steps ---------------------------------------------------------------------
 
-    /// <summary>One instruction step (8 units of K) of the warp's 64 x 32 tile: 4 A and 4 B fragments, 16 mma.</summary>
-    static void Step(ArrayView<uint> aTiles, ArrayView<uint> bTiles, int aBase, int bBase, int lane, int format)
+    /// <summary>
+    /// One instruction step (8 units of K from <paramref name="unit"/>) of the warp's 64 x 32 tile: 4 A and 4 B
+    /// fragments, 16 mma. The views start at this lane's element of the warp tile (row g, unit t), so every load
+    /// is a constant offset from them.
+    /// </summary>
+    static void Step(ArrayView<uint> aFragments, ArrayView<uint> bFragments, int unit, int format)
     {
-        var a0 = LoadA(aTiles, aBase, lane);
-        var a1 = LoadA(aTiles, aBase + 16 * Stride, lane);
-        var a2 = LoadA(aTiles, aBase + 32 * Stride, lane);
-        var a3 = LoadA(aTiles, aBase + 48 * Stride, lane);
-        var b0 = LoadB(bTiles, bBase, lane);
-        var b1 = LoadB(bTiles, bBase + 8 * Stride, lane);
-        var b2 = LoadB(bTiles, bBase + 16 * Stride, lane);
-        var b3 = LoadB(bTiles, bBase + 24 * Stride, lane);
+        var a0 = LoadA(aFragments, unit);
+        var a1 = LoadA(aFragments, unit + 16 * Stride);
+        var a2 = LoadA(aFragments, unit + 32 * Stride);
+        var a3 = LoadA(aFragments, unit + 48 * Stride);
+        var b0 = LoadB(bFragments, unit);
+        var b1 = LoadB(bFragments, unit + 8 * Stride);
+        var b2 = LoadB(bFragments, unit + 16 * Stride);
+        var b3 = LoadB(bFragments, unit + 24 * Stride);
         if (format == Bf16)
         {
             CudaAsm.Emit(Bf16Op + D0 + Operands + D0 + ";", a0.R0, a0.R1, a0.R2, a0.R3, b0.R0, b0.R1);
@@ -315,20 +333,20 @@ static class TensorCoreMatMulKernels
         }
     }
 
-    /// <summary>A fragment of the m16 tile whose row 0 and unit 0 are at <paramref name="at"/>.</summary>
-    static AFragment LoadA(ArrayView<uint> tiles, int at, int lane) => new()
+    /// <summary>A fragment of an m16 tile, <paramref name="at"/> units past the lane's element of the first one.</summary>
+    static AFragment LoadA(ArrayView<uint> fragments, int at) => new()
     {
-        R0 = tiles[at + MmaFragments.ARow(lane, 0) * Stride + MmaFragments.AUnit(lane, 0)],
-        R1 = tiles[at + MmaFragments.ARow(lane, 1) * Stride + MmaFragments.AUnit(lane, 1)],
-        R2 = tiles[at + MmaFragments.ARow(lane, 2) * Stride + MmaFragments.AUnit(lane, 2)],
-        R3 = tiles[at + MmaFragments.ARow(lane, 3) * Stride + MmaFragments.AUnit(lane, 3)],
+        R0 = fragments[at + MmaFragments.ARowStep(0) * Stride + MmaFragments.AUnitStep(0)],
+        R1 = fragments[at + MmaFragments.ARowStep(1) * Stride + MmaFragments.AUnitStep(1)],
+        R2 = fragments[at + MmaFragments.ARowStep(2) * Stride + MmaFragments.AUnitStep(2)],
+        R3 = fragments[at + MmaFragments.ARowStep(3) * Stride + MmaFragments.AUnitStep(3)],
     };
 
-    /// <summary>B fragment of the n8 tile whose column 0 (a row of the [n][unit] tile) and unit 0 are at <paramref name="at"/>.</summary>
-    static BFragment LoadB(ArrayView<uint> tiles, int at, int lane) => new()
+    /// <summary>B fragment of an n8 tile (a row of the [n][unit] tile per column), <paramref name="at"/> units past the lane's element of the first one.</summary>
+    static BFragment LoadB(ArrayView<uint> fragments, int at) => new()
     {
-        R0 = tiles[at + MmaFragments.BColumn(lane) * Stride + MmaFragments.BUnit(lane, 0)],
-        R1 = tiles[at + MmaFragments.BColumn(lane) * Stride + MmaFragments.BUnit(lane, 1)],
+        R0 = fragments[at + MmaFragments.BUnitStep(0)],
+        R1 = fragments[at + MmaFragments.BUnitStep(1)],
     };
 
     /// <summary>

@@ -116,7 +116,7 @@ public class IlgpuMatMulTests
     [TestCase(36, 20, 132)]
     public void Tiled64MatchesReference(int m, int k, int n) => RunAllLayouts(MatMulKernel.Tiled64, m, k, n);
 
-    /// <summary>Non-multiples of 4 take the scalar loads and stores; multiples of 4 the 16-byte ones; 129+ crosses a 128 tile, 9+ a K slice.</summary>
+    /// <summary>Non-multiples of 4 take the scalar loads and stores; multiples of 4 the 16-byte ones; 129+ crosses a 128 tile, 17+ a K slice.</summary>
     [TestCase(1, 1, 1)]
     [TestCase(17, 33, 5)]
     [TestCase(130, 19, 129)]
