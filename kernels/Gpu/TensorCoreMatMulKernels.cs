@@ -231,7 +231,8 @@ static class TensorCoreMatMulKernels
             }
             else
             {
-                var quads = tiles.Cast<UInt4>();
+                // The view starts at a multiple of 4 units (StoreOffset), which ILGPU cannot prove by itself.
+                var quads = tiles.AsAligned16().Cast<UInt4>();
                 quads[0] = new UInt4(Tf32Of(s.Q0.X), Tf32Of(s.Q0.Y), Tf32Of(s.Q0.Z), Tf32Of(s.Q0.W));
                 quads[64 * Stride / 4] = new UInt4(Tf32Of(s.Q1.X), Tf32Of(s.Q1.Y), Tf32Of(s.Q1.Z), Tf32Of(s.Q1.W));
             }

@@ -168,6 +168,14 @@ public class PtxCompileTests
         Assert.That(target.Success && int.Parse(target.Groups[1].Value) >= 80, Is.True, "target sm_80 or newer");
         Assert.That(ptx, Does.Contain("ld.shared.b32"), "fragments come from shared memory");
         Assert.That(ptx, Does.Not.Contain(".local .align 8 .b8 __local_depot0[256]"), "no emulated accumulators");
+        Assert.That(ptx, Does.Match(@"ld(\.global)?\.v4\.f32"), "16-byte global loads");
+    }
+
+    /// <summary>TF32 tiles whose stored rows run along K go to shared memory 16 bytes at a time.</summary>
+    [Test]
+    public void Tf32KernelStoresItsTilesAsVectors()
+    {
+        Assert.That(PtxDump.Compile(GpuKernel.MatMulTF32), Does.Contain("st.shared.v4.b32"));
     }
 
     [Test]
