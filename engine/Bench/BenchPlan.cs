@@ -69,12 +69,13 @@ public static class BenchPlan
         int tokens = o.Tokens > 0 ? o.Tokens : quick ? 256 : gpu ? 8192 : 1024;
         var cases = new List<BenchCase>();
         var gemm = Library(openBlas, cuBlas);
+        var devicePrecision = (device as IlgpuDevice)?.MatMulPrecision ?? MatMulPrecision.F32;
 
         if (o.Suites.Contains("matmul"))
         {
-            if (o.MatMulShapes.Length > 0) AddMatMulShapes(cases, o.MatMulShapes, gemm);
+            if (o.MatMulShapes.Length > 0) AddMatMulShapes(cases, o.MatMulShapes, gemm, devicePrecision);
             else AddModelMatMuls(cases, o.Squares.Length > 0 ? o.Squares : quick ? [256, 512] : gpu ? [1024, 2048, 4096, 8192] : [1024, 2048, 4096],
-                tokens, quick, gemm);
+                tokens, quick, gemm, TensorCorePrecisions(device), devicePrecision);
         }
 
         if (o.Suites.Contains("attention"))
@@ -129,21 +130,32 @@ public static class BenchPlan
 
     // ---- matmul --------------------------------------------------------------------------------
 
+    /// <summary>The precisions the square matmuls run in: float32 everywhere, and TF32 and BF16 where the device has tensor cores.</summary>
+    static MatMulPrecision[] TensorCorePrecisions(Device device) =>
+        device is IlgpuDevice gpu && gpu.SupportsTensorCores ? [MatMulPrecision.F32, MatMulPrecision.TF32, MatMulPrecision.BF16] : [MatMulPrecision.F32];
+
     /// <summary>Only the shapes asked for, in both weight layouts.</summary>
-    static void AddMatMulShapes(List<BenchCase> cases, (int M, int K, int N)[] shapes, Gemm? gemm)
+    static void AddMatMulShapes(List<BenchCase> cases, (int M, int K, int N)[] shapes, GemmIn gemm, MatMulPrecision precision)
     {
         foreach (var (m, k, n) in shapes)
             foreach (bool nk in new[] { false, true })
-                cases.Add(MatMul($"matmul.{m}x{k}x{n}.{(nk ? "nk" : "kn")}", $"{m} x {k} x {n}", m, k, n, nk, gemm));
+                cases.Add(MatMul($"matmul.{m}x{k}x{n}.{(nk ? "nk" : "kn")}", $"{m} x {k} x {n}", m, k, n, nk, gemm, precision));
     }
 
     /// <summary>Squares in both layouts, then the layer shapes of GPT-2 small (Conv1D [K, N] weights, backward too)
     /// and LLaMA-7B (nn.Linear [N, K] weights) over <paramref name="tokens"/> rows.</summary>
-    static void AddModelMatMuls(List<BenchCase> cases, int[] squares, int tokens, bool quick, Gemm? gemm)
+    static void AddModelMatMuls(List<BenchCase> cases, int[] squares, int tokens, bool quick, GemmIn gemm, MatMulPrecision[] precisions,
+        MatMulPrecision devicePrecision)
     {
-        foreach (int s in squares)
-            foreach (bool nk in new[] { false, true })
-                cases.Add(MatMul($"matmul.square{s}.{(nk ? "nk" : "kn")}", $"square {s}", s, s, s, nk, gemm) with { PlotX = s, Series = nk ? "x·wᵀ" : "x·w" });
+        foreach (var precision in precisions)
+            foreach (int s in squares)
+                foreach (bool nk in new[] { false, true })
+                {
+                    string tag = precision == MatMulPrecision.F32 ? "" : precision.ToString().ToLowerInvariant();
+                    string id = $"matmul.square{s}.{(nk ? "nk" : "kn")}" + (tag.Length > 0 ? "." + tag : "");
+                    string series = (nk ? "x·wᵀ" : "x·w") + (tag.Length > 0 ? " " + tag : "");
+                    cases.Add(MatMul(id, $"square {s}" + (tag.Length > 0 ? " " + tag : ""), s, s, s, nk, gemm, precision) with { PlotX = s, Series = series });
+                }
         int c = Gpt2Small.Channels;
         foreach (var (name, k, n, nk) in new (string, int, int, bool)[]
                  {
@@ -155,20 +167,26 @@ public static class BenchPlan
         {
             if (quick && name.StartsWith("llama")) continue;
             string id = name.Replace(' ', '.').Replace('/', '-');
-            cases.Add(MatMul($"matmul.{id}", name, tokens, k, n, nk, gemm));
-            if (name.StartsWith("gpt2") && !nk) cases.Add(MatMulBackward($"matmul_backward.{id}", name + " backward", tokens, k, n, gemm));
+            cases.Add(MatMul($"matmul.{id}", name, tokens, k, n, nk, gemm, devicePrecision));
+            if (name.StartsWith("gpt2") && !nk) cases.Add(MatMulBackward($"matmul_backward.{id}", name + " backward", tokens, k, n, gemm, devicePrecision));
         }
     }
 
-    /// <summary>SGEMM of the in-process reference library: (transA, transB, m, n, k, a, b, beta, c).</summary>
+    /// <summary>GEMM of the in-process reference library: (transA, transB, m, n, k, a, b, beta, c).</summary>
     delegate void Gemm(bool transA, bool transB, int m, int n, int k, Tensor a, Tensor b, float beta, Tensor c);
 
-    static Gemm? Library(OpenBlas? openBlas, CuBlasReference? cuBlas)
+    /// <summary>The library's GEMM in a precision, or null where it has none (OpenBLAS: float32 only;
+    /// cuBLAS through ILGPU.Algorithms: float32 and TF32, no BF16 entry point).</summary>
+    delegate Gemm? GemmIn(MatMulPrecision precision);
+
+    static GemmIn Library(OpenBlas? openBlas, CuBlasReference? cuBlas) => precision =>
     {
-        if (cuBlas is not null) return cuBlas.Gemm;
-        if (openBlas is not null) return (ta, tb, m, n, k, a, b, beta, c) => openBlas.Gemm(ta, tb, m, n, k, Host(a), Host(b), beta, Host(c));
+        if (cuBlas is not null && cuBlas.Supports(precision))
+            return (ta, tb, m, n, k, a, b, beta, c) => cuBlas.Gemm(ta, tb, m, n, k, a, b, beta, c, precision);
+        if (openBlas is not null && precision == MatMulPrecision.F32)
+            return (ta, tb, m, n, k, a, b, beta, c) => openBlas.Gemm(ta, tb, m, n, k, Host(a), Host(b), beta, Host(c));
         return null;
-    }
+    };
 
     static float[] Host(Tensor t) => (float[])((CpuStorage)t.Storage).Data;
 
@@ -186,30 +204,49 @@ public static class BenchPlan
         return o;
     }
 
-    static BenchCase MatMul(string id, string label, int m, int k, int n, bool nk, Gemm? gemm)
+    /// <summary>x[M, K] · w with w [K, N], or [N, K] when <paramref name="nk"/>, in <paramref name="precision"/>.</summary>
+    static BenchCase MatMul(string id, string label, int m, int k, int n, bool nk, GemmIn library, MatMulPrecision precision)
     {
         (Tensor X, Tensor W, Tensor O) Make(Device d) => (Random(d, 1, m, k), nk ? Random(d, 2, n, k) : Random(d, 2, k, n), d.Allocate(DType.F32, m, n));
+        var gemm = library(precision);
         return new BenchCase(id, "matmul", label, $"{m}x{k}x{n} {(nk ? "x·wᵀ" : "x·w")}")
         {
             Flops = 2.0 * m * k * n,
             Prepare = d =>
             {
+                var scope = PrecisionScope.Enter(d, precision);
                 var (x, w, o) = Make(d);
-                return new BenchRun(nk ? () => d.MatMulTransposed(x, w, null, o) : () => d.MatMul(x, w, null, o), x, w, o);
+                return new BenchRun(nk ? () => d.MatMulTransposed(x, w, null, o) : () => d.MatMul(x, w, null, o), x, w, o, scope);
             },
             PrepareLibrary = gemm is null ? null : d =>
             {
                 var (x, w, o) = Make(d);
                 return new BenchRun(() => gemm(false, nk, m, n, k, x, w, 0f, o), x, w, o);
             },
-            Torch = Spec("matmul", ("m", m), ("k", k), ("n", n), ("layout", nk ? "nk" : "kn")),
+            Torch = Spec("matmul", ("m", m), ("k", k), ("n", n), ("layout", nk ? "nk" : "kn"),
+                ("precision", precision.ToString().ToLowerInvariant())),
         };
+    }
+
+    /// <summary>Sets a device's matmul precision for one case and restores the previous one after it.</summary>
+    sealed class PrecisionScope(IlgpuDevice device, MatMulPrecision previous) : IDisposable
+    {
+        public static PrecisionScope? Enter(Device device, MatMulPrecision precision)
+        {
+            if (device is not IlgpuDevice gpu || gpu.MatMulPrecision == precision) return null;
+            var scope = new PrecisionScope(gpu, gpu.MatMulPrecision);
+            gpu.MatMulPrecision = precision;
+            return scope;
+        }
+
+        public void Dispose() => device.MatMulPrecision = previous;
     }
 
     /// <summary>Backward of x[M, K] · w[K, N]: dX += dOut · wᵀ and dW += xᵀ · dOut (bias gradient off, as the
     /// libraries' two GEMMs have none).</summary>
-    static BenchCase MatMulBackward(string id, string label, int m, int k, int n, Gemm? gemm)
+    static BenchCase MatMulBackward(string id, string label, int m, int k, int n, GemmIn library, MatMulPrecision precision)
     {
+        var gemm = library(precision);
         (Tensor X, Tensor W, Tensor G, Tensor DX, Tensor DW) Make(Device d) =>
             (Random(d, 1, m, k), Random(d, 2, k, n), Random(d, 3, m, n), d.Zeros(DType.F32, m, k), d.Zeros(DType.F32, k, n));
         return new BenchCase(id, "matmul", label, $"{m}x{k}x{n} dX+dW")
@@ -229,7 +266,7 @@ public static class BenchPlan
                     gemm(true, false, k, n, m, x, g, 1f, dw);
                 }, x, w, g, dx, dw);
             },
-            Torch = Spec("matmul_backward", ("m", m), ("k", k), ("n", n)),
+            Torch = Spec("matmul_backward", ("m", m), ("k", k), ("n", n), ("precision", precision.ToString().ToLowerInvariant())),
         };
     }
 

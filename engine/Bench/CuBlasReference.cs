@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
+using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 using ILGPU.Runtime.Cuda;
 
@@ -42,12 +43,22 @@ public sealed class CuBlasReference : IDisposable
         }
     }
 
+    /// <summary>cuBLAS's CUBLAS_TF32_TENSOR_OP_MATH, which ILGPU.Algorithms' enum does not name.</summary>
+    const CuBlasMathMode Tf32TensorOpMath = (CuBlasMathMode)3;
+
     public string Description => $"cuBLAS {blas.Version}";
+
+    /// <summary>SGEMM runs in float32 or, with the TF32 math mode, on the tensor cores; a BF16 GEMM needs
+    /// cublasGemmEx, which ILGPU.Algorithms does not expose (PyTorch is the BF16 reference).</summary>
+    public bool Supports(MatMulPrecision precision) => precision is MatMulPrecision.F32 or MatMulPrecision.TF32;
 
     /// <summary>c[M, N] = beta c + a · b, row-major; a is [M, K] (or [K, M] with transA), b is [K, N] (or [N, K] with transB).
     /// cuBLAS is column-major, so it computes cᵀ = bᵀ · aᵀ on the same buffers.</summary>
-    public void Gemm(bool transA, bool transB, int m, int n, int k, Tensor a, Tensor b, float beta, Tensor c)
+    public void Gemm(bool transA, bool transB, int m, int n, int k, Tensor a, Tensor b, float beta, Tensor c, MatMulPrecision precision = MatMulPrecision.F32)
     {
+        if (!Supports(precision)) throw new ArgumentException($"cuBLAS SGEMM has no {precision} mode", nameof(precision));
+        var mode = precision == MatMulPrecision.TF32 ? Tf32TensorOpMath : CuBlasMathMode.DefaultMath;
+        if (blas.MathMode != mode) blas.MathMode = mode;
         var opA = transA ? CuBlasOperation.Transpose : CuBlasOperation.NonTranspose;
         var opB = transB ? CuBlasOperation.Transpose : CuBlasOperation.NonTranspose;
         blas.Gemm(opB, opA, n, m, k, 1f, IlgpuDevice.View(b), transB ? k : n, IlgpuDevice.View(a), transA ? m : k, beta, IlgpuDevice.View(c), n);

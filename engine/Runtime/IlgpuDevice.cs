@@ -49,6 +49,7 @@ public sealed class IlgpuDevice : Device
     readonly Context context;
     readonly Accelerator accelerator;
     readonly GpuKernels kernels;
+    MatMulPrecision matMulPrecision;
     bool disposed;
 
     public IlgpuDevice(IlgpuBackend backend)
@@ -84,6 +85,41 @@ public sealed class IlgpuDevice : Device
 
     /// <summary>The storage of an F32 tensor of this device, for reference libraries (cuBLAS) that read it in place.</summary>
     public static ArrayView<float> View(Tensor t) => F32(t);
+
+    /// <summary>The kernels of this accelerator, for benchmarks and tests that launch a chosen kernel directly.</summary>
+    public GpuKernels Kernels => kernels;
+
+    /// <summary>
+    /// The arithmetic of every matmul this device runs, forward and backward (default
+    /// <see cref="MatMulPrecision.F32"/>). <see cref="MatMulPrecision.TF32"/> and <see cref="MatMulPrecision.BF16"/>
+    /// round the matmul inputs to TF32 or BF16 and multiply on the tensor cores with float32 accumulation:
+    /// several times faster, with relative errors near 1e-3 (TF32) or 1e-2 (BF16) instead of 1e-7. Tensors stay
+    /// float32 and every other op is unchanged. Setting a non-F32 precision where there are no tensor-core
+    /// instructions (the CPU simulator, OpenCL, a CUDA GPU older than compute capability 8.0) throws a
+    /// <see cref="DiffuException"/>.
+    /// </summary>
+    public MatMulPrecision MatMulPrecision
+    {
+        get => matMulPrecision;
+        set
+        {
+            if (!Enum.IsDefined(value)) throw new ArgumentOutOfRangeException(nameof(value));
+            if (value != MatMulPrecision.F32) RequireTensorCores(value);
+            matMulPrecision = value;
+        }
+    }
+
+    /// <summary>True on CUDA GPUs of compute capability 8.0 or newer, where TF32 and BF16 matmuls run.</summary>
+    public bool SupportsTensorCores => Backend == IlgpuBackend.Cuda && ((CudaAccelerator)accelerator).Architecture.Major >= 8;
+
+    void RequireTensorCores(MatMulPrecision precision)
+    {
+        if (Backend != IlgpuBackend.Cuda)
+            throw new DiffuException($"matmul precision {precision} runs on CUDA tensor cores (mma.sync); the {Name} device has none and multiplies in float32 only");
+        var architecture = ((CudaAccelerator)accelerator).Architecture;
+        if (architecture.Major < 8)
+            throw new DiffuException($"matmul precision {precision} needs tensor cores of compute capability 8.0 or newer; {accelerator.Name} is {architecture.Major}.{architecture.Minor}");
+    }
 
     public override string Name => Backend switch
     {
@@ -239,10 +275,10 @@ public sealed class IlgpuDevice : Device
         kernels.LayerNorm(F32(x), F32(weight), F32(bias), F32(output), F32(mean), F32(rstd), (int)x.Rows, x.Columns, eps);
 
     protected override void MatMulCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n) =>
-        kernels.MatMul(F32(x), F32(w), bias is null ? null : F32(bias), F32(output), m, k, n);
+        kernels.MatMul(F32(x), F32(w), bias is null ? null : F32(bias), F32(output), m, k, n, MatMulPrecision);
 
     protected override void MatMulTransposedCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n) =>
-        kernels.MatMulTransposed(F32(x), F32(w), bias is null ? null : F32(bias), F32(output), m, k, n);
+        kernels.MatMulTransposed(F32(x), F32(w), bias is null ? null : F32(bias), F32(output), m, k, n, MatMulPrecision);
 
     protected override void GeluCore(Tensor x, Tensor output) => kernels.Gelu(F32(x), F32(output));
 
@@ -278,10 +314,10 @@ public sealed class IlgpuDevice : Device
         kernels.LayerNormBackward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
 
     protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
-        kernels.MatMulBackward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? null : F32(dBias), m, k, n);
+        kernels.MatMulBackward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
 
     protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
-        kernels.MatMulTransposedBackward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? null : F32(dBias), m, k, n);
+        kernels.MatMulTransposedBackward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
 
     protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => kernels.GeluBackward(F32(x), F32(dOutput), F32(dX));
 

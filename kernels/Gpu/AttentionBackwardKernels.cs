@@ -78,14 +78,14 @@ static class AttentionBackwardKernels
 
         int kj = t % Block, qi = t / Block;
         int lane = t % Lanes, jr = t / Lanes;
-        var dk0 = new Vec4();
-        var dk1 = new Vec4();
-        var dk2 = new Vec4();
-        var dk3 = new Vec4();
-        var dv0 = new Vec4();
-        var dv1 = new Vec4();
-        var dv2 = new Vec4();
-        var dv3 = new Vec4();
+        var dk0 = new Float4();
+        var dk1 = new Float4();
+        var dk2 = new Float4();
+        var dk3 = new Float4();
+        var dv0 = new Float4();
+        var dv1 = new Float4();
+        var dv2 = new Float4();
+        var dv3 = new Float4();
 
         int groupSize = a.Heads / a.KvHeads;
         int outWidth = a.Heads * dim;
@@ -132,7 +132,7 @@ static class AttentionBackwardKernels
 
                 for (int i = jr; i < rows; i += LaneRows)
                 {
-                    var acc = new Vec4();
+                    var acc = new Float4();
                     for (int j = 0; j < keys; j++)
                         acc = acc.MultiplyAdd(dsTile[i * SStride + j], Columns(kTile, j * KvStride, lane, dim));
                     AtomicAddColumns(dq, qStart + (long)i * a.QueryRowStride, acc, a.Scale, lane, dim);
@@ -169,7 +169,7 @@ static class AttentionBackwardKernels
     }
 
     /// <summary>acc[m] += Σ_i weights[i, key] tile[i, lane + 32 m] over the tile's valid query rows.</summary>
-    static Vec4 AccumulateKeyRow(Vec4 acc, ArrayView<float> weights, ArrayView<float> tile, int key, int lane, int rows, int dim)
+    static Float4 AccumulateKeyRow(Float4 acc, ArrayView<float> weights, ArrayView<float> tile, int key, int lane, int rows, int dim)
     {
         for (int i = 0; i < rows; i++)
             acc = acc.MultiplyAdd(weights[i * SStride + key], Columns(tile, i * MaxHeadDim, lane, dim));
@@ -177,13 +177,13 @@ static class AttentionBackwardKernels
     }
 
     /// <summary>Columns lane, lane + 32, lane + 64, lane + 96 of a tile row; zero past the head dimension.</summary>
-    static Vec4 Columns(ArrayView<float> tile, int start, int lane, int dim) => new(
+    static Float4 Columns(ArrayView<float> tile, int start, int lane, int dim) => new(
         lane < dim ? tile[start + lane] : 0f,
         lane + Lanes < dim ? tile[start + lane + Lanes] : 0f,
         lane + 2 * Lanes < dim ? tile[start + lane + 2 * Lanes] : 0f,
         lane + 3 * Lanes < dim ? tile[start + lane + 3 * Lanes] : 0f);
 
-    static void AtomicAddColumns(ArrayView<float> target, long start, Vec4 values, float factor, int lane, int dim)
+    static void AtomicAddColumns(ArrayView<float> target, long start, Float4 values, float factor, int lane, int dim)
     {
         for (int m = 0; m < 4; m++)
         {
@@ -193,7 +193,7 @@ static class AttentionBackwardKernels
     }
 
     /// <summary>dK row += Scale · (dSᵀ q) row and dV row += (Pᵀ dO) row, for key `key` of the block when it exists.</summary>
-    static void StoreKeyRow(ArrayView<float> dk, ArrayView<float> dv, Vec4 dkRow, Vec4 dvRow, long kStart, int key, int keys, AttentionArgs a, int lane)
+    static void StoreKeyRow(ArrayView<float> dk, ArrayView<float> dv, Float4 dkRow, Float4 dvRow, long kStart, int key, int keys, AttentionArgs a, int lane)
     {
         if (key >= keys) return;
         long start = kStart + (long)key * a.KeyRowStride;

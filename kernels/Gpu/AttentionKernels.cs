@@ -95,11 +95,11 @@ static class AttentionKernels
             LoadKeyTile(k, kvTile, kBase + (long)k0 * a.KeyRowStride, a.KeyRowStride, keys, dim, t);
             Group.Barrier();
 
-            var dots = new Vec4();
+            var dots = new Float4();
             for (int c = 0; c < dim; c++)
             {
                 float kc = kvTile[kj * KvStride + c];
-                dots = dots.MultiplyAdd(kc, new Vec4(
+                dots = dots.MultiplyAdd(kc, new Float4(
                     qTile[qi * QStride + c],
                     qTile[(qi + ScoreRowStep) * QStride + c],
                     qTile[(qi + 2 * ScoreRowStep) * QStride + c],

@@ -3,6 +3,19 @@ using ILGPU.Runtime;
 
 namespace DiffuSharp.Kernels.Gpu;
 
+/// <summary>The matmul kernels, as <see cref="GpuKernels.ChooseMatMulKernel"/> picks them.</summary>
+public enum MatMulKernel
+{
+    /// <summary>Float32, 64 x 64 tiles of 4 x 4 register blocks: for shapes too small to give every multiprocessor a 128 x 128 tile.</summary>
+    Tiled64,
+    /// <summary>Float32, 128 x 128 tiles of 8 x 8 register blocks, vectorized and double-buffered: large shapes.</summary>
+    Tiled128,
+    /// <summary>Tensor cores, inputs rounded to TF32, float32 accumulation (CUDA, compute capability 8.0+).</summary>
+    TensorCoreTF32,
+    /// <summary>Tensor cores, inputs rounded to BF16, float32 accumulation (CUDA, compute capability 8.0+).</summary>
+    TensorCoreBF16,
+}
+
 /// <summary>
 /// The ILGPU kernels of one accelerator: each is compiled on first use and cached, and each launch
 /// method picks its grid. Arguments are assumed valid (the engine's Device checks them): a kernel
@@ -10,7 +23,7 @@ namespace DiffuSharp.Kernels.Gpu;
 /// </summary>
 public sealed class GpuKernels : IDisposable
 {
-    /// <summary>The largest group any kernel here launches (the matmul's 16 x 16 threads).</summary>
+    /// <summary>The largest group any kernel here launches (the matmuls' 256 threads).</summary>
     public const int MaxGroupSize = MatMulKernels.Threads;
 
     /// <summary>The largest head dimension the attention kernel holds in shared memory.</summary>
@@ -35,15 +48,14 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? add;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>? layerNorm;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int>? softmax;
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? matMul;
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? matMulTransposed;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs, SpecializedValue<int>>? gemm64, gemm128, gemmTf32, gemmBf16;
+    readonly bool hasTensorCoreInstructions;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attention;
     Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? embeddingBackward;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? geluBackward;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? layerNormInput;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? layerNormParameters;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int>? columnSums;
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>? matMulAccumulate;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? attentionDelta;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
         ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attentionBackward;
@@ -65,6 +77,7 @@ public sealed class GpuKernels : IDisposable
         if (accelerator.MaxNumThreadsPerGroup < MaxGroupSize)
             throw new NotSupportedException($"{accelerator.Name} allows {accelerator.MaxNumThreadsPerGroup} threads a group; the kernels need {MaxGroupSize}");
         this.accelerator = accelerator;
+        hasTensorCoreInstructions = accelerator.AcceleratorType == AcceleratorType.Cuda;
         noFloats = accelerator.Allocate1D<float>(1);
         noBytes = accelerator.Allocate1D<byte>(1);
     }
@@ -132,14 +145,63 @@ public sealed class GpuKernels : IDisposable
         (softmax ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int>(RowKernels.Softmax))(PerRow(rows), x, output, rows, columns);
 
     /// <summary>output[M, N] = x[M, K] · w[K, N] (+ bias[N] when <paramref name="bias"/> is given).</summary>
-    public void MatMul(ArrayView<float> x, ArrayView<float> w, ArrayView<float>? bias, ArrayView<float> output, int m, int k, int n) =>
-        (matMul ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.Forward))(
-            new KernelConfig(MatMulKernels.Groups(m, n), MatMulKernels.Threads), x, w, bias ?? noFloats.View, output, m, k, n, bias.HasValue ? 1 : 0);
+    public void MatMul(ArrayView<float> x, ArrayView<float> w, ArrayView<float>? bias, ArrayView<float> output, int m, int k, int n,
+        MatMulPrecision precision) =>
+        Gemm(x, w, bias, output, m, k, n, false, false, bias.HasValue ? GemmEpilogue.StoreBias : GemmEpilogue.Store, ChooseMatMulKernel(m, n, precision));
 
     /// <summary>output[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N] when <paramref name="bias"/> is given).</summary>
-    public void MatMulTransposed(ArrayView<float> x, ArrayView<float> w, ArrayView<float>? bias, ArrayView<float> output, int m, int k, int n) =>
-        (matMulTransposed ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MatMulKernels.ForwardTransposed))(
-            new KernelConfig(MatMulKernels.Groups(m, n), MatMulKernels.Threads), x, w, bias ?? noFloats.View, output, m, k, n, bias.HasValue ? 1 : 0);
+    public void MatMulTransposed(ArrayView<float> x, ArrayView<float> w, ArrayView<float>? bias, ArrayView<float> output, int m, int k, int n,
+        MatMulPrecision precision) =>
+        Gemm(x, w, bias, output, m, k, n, false, true, bias.HasValue ? GemmEpilogue.StoreBias : GemmEpilogue.Store, ChooseMatMulKernel(m, n, precision));
+
+    /// <summary>
+    /// The kernel for an [M, N] output: the tensor-core kernel of the precision, else for float32 the 128 x 128
+    /// tiles when they are at least as many as the multiprocessors (each gets one 256-thread group of 64 FMAs
+    /// per shared load), else the 64 x 64 tiles, whose four times as many groups keep a GPU busy on small
+    /// shapes (decoding a few rows, a narrow head) where 128 x 128 tiles would leave most multiprocessors idle.
+    /// </summary>
+    public MatMulKernel ChooseMatMulKernel(int m, int n, MatMulPrecision precision) => precision switch
+    {
+        MatMulPrecision.TF32 => MatMulKernel.TensorCoreTF32,
+        MatMulPrecision.BF16 => MatMulKernel.TensorCoreBF16,
+        _ => MatMul128Kernels.Groups(m, n) >= accelerator.NumMultiprocessors ? MatMulKernel.Tiled128 : MatMulKernel.Tiled64,
+    };
+
+    /// <summary>
+    /// output[M, N] (=, = + bias, +=) a · b on the given kernel, with a stored [M, K] (or [K, M] when
+    /// <paramref name="transposeA"/>) and b stored [K, N] (or [N, K] when <paramref name="transposeB"/>).
+    /// 16-byte loads and stores are used for each operand whose rows are a multiple of 4 floats long and whose
+    /// view starts 16-byte aligned (device buffers themselves start at least 256-byte aligned). The tensor-core
+    /// kernels run their instructions on CUDA only; on other accelerators they emulate them (slowly: for tests;
+    /// a device refuses TF32/BF16 precision there).
+    /// </summary>
+    public void Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float>? bias, ArrayView<float> output,
+        int m, int k, int n, bool transposeA, bool transposeB, GemmEpilogue epilogue, MatMulKernel kernel)
+    {
+        var biasView = bias ?? noFloats.View;
+        bool vectorA = (transposeA ? m : k) % 4 == 0 && Aligned(a);
+        bool vectorB = (transposeB ? k : n) % 4 == 0 && Aligned(b);
+        bool vectorC = n % 4 == 0 && Aligned(output) && (epilogue != GemmEpilogue.StoreBias || Aligned(biasView));
+        var (launch, groups, tileN) = kernel switch
+        {
+            MatMulKernel.Tiled64 => (gemm64 ??= LoadGemm(MatMulKernels.Gemm), MatMulKernels.Groups(m, n), MatMulKernels.TileN),
+            MatMulKernel.Tiled128 => (gemm128 ??= LoadGemm(MatMul128Kernels.Gemm), MatMul128Kernels.Groups(m, n), MatMul128Kernels.TileN),
+            MatMulKernel.TensorCoreTF32 => (gemmTf32 ??= LoadGemm(hasTensorCoreInstructions ? TensorCoreMatMulKernels.Tf32Gemm : TensorCoreMatMulKernels.EmulatedTf32Gemm),
+                TensorCoreMatMulKernels.Groups(m, n), TensorCoreMatMulKernels.TileN),
+            MatMulKernel.TensorCoreBF16 => (gemmBf16 ??= LoadGemm(hasTensorCoreInstructions ? TensorCoreMatMulKernels.Bf16Gemm : TensorCoreMatMulKernels.EmulatedBf16Gemm),
+                TensorCoreMatMulKernels.Groups(m, n), TensorCoreMatMulKernels.TileN),
+            _ => throw new ArgumentOutOfRangeException(nameof(kernel)),
+        };
+        var args = new GemmArgs(m, k, n, transposeA, transposeB, epilogue, vectorA, vectorB, vectorC, tileN);
+        launch(new KernelConfig(groups, MatMulKernels.Threads), a, b, biasView, output, args, SpecializedValue.New(args.Layout));
+    }
+
+    /// <summary>Every matmul kernel runs 256 threads a group and takes the same arguments; ILGPU compiles one variant per layout.</summary>
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs, SpecializedValue<int>> LoadGemm(
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs, SpecializedValue<int>> kernel) =>
+        accelerator.LoadStreamKernel(kernel);
+
+    static bool Aligned<TView>(TView view) where TView : IContiguousArrayView => view.IndexInBytes % 16 == 0;
 
     /// <summary>
     /// Attention over q, k, v views that start at the first element of batch 0 (strides from
@@ -177,26 +239,21 @@ public sealed class GpuKernels : IDisposable
 
     /// <summary>Backward of <see cref="MatMul"/> (w [K, N]): dX[M, K] += dOut · wᵀ, dW[K, N] += xᵀ · dOut, dBias[N] += Σ rows of dOut.</summary>
     public void MatMulBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dX, ArrayView<float> dW,
-        ArrayView<float>? dBias, int m, int k, int n)
+        ArrayView<float>? dBias, int m, int k, int n, MatMulPrecision precision)
     {
-        MatMulAccumulate(dOutput, w, dX, m, n, k, transposeA: false, transposeB: true);
-        MatMulAccumulate(x, dOutput, dW, k, m, n, transposeA: true, transposeB: false);
+        Gemm(dOutput, w, null, dX, m, n, k, false, true, GemmEpilogue.Accumulate, ChooseMatMulKernel(m, k, precision));
+        Gemm(x, dOutput, null, dW, k, m, n, true, false, GemmEpilogue.Accumulate, ChooseMatMulKernel(k, n, precision));
         if (dBias.HasValue) ColumnSums(dOutput, dBias.Value, m, n);
     }
 
     /// <summary>Backward of <see cref="MatMulTransposed"/> (w [N, K]): dX[M, K] += dOut · w, dW[N, K] += dOutᵀ · x, dBias[N] += Σ rows of dOut.</summary>
     public void MatMulTransposedBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dX, ArrayView<float> dW,
-        ArrayView<float>? dBias, int m, int k, int n)
+        ArrayView<float>? dBias, int m, int k, int n, MatMulPrecision precision)
     {
-        MatMulAccumulate(dOutput, w, dX, m, n, k, transposeA: false, transposeB: false);
-        MatMulAccumulate(dOutput, x, dW, n, m, k, transposeA: true, transposeB: false);
+        Gemm(dOutput, w, null, dX, m, n, k, false, false, GemmEpilogue.Accumulate, ChooseMatMulKernel(m, k, precision));
+        Gemm(dOutput, x, null, dW, n, m, k, true, false, GemmEpilogue.Accumulate, ChooseMatMulKernel(n, k, precision));
         if (dBias.HasValue) ColumnSums(dOutput, dBias.Value, m, n);
     }
-
-    /// <summary>output[M, N] += a · b with a stored [M, K] (or [K, M] transposed) and b stored [K, N] (or [N, K] transposed).</summary>
-    void MatMulAccumulate(ArrayView<float> a, ArrayView<float> b, ArrayView<float> output, int m, int k, int n, bool transposeA, bool transposeB) =>
-        (matMulAccumulate ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(MatMulKernels.Accumulate))(
-            new KernelConfig(MatMulKernels.Groups(m, n), MatMulKernels.Threads), a, b, output, m, k, n, transposeA ? 1 : 0, transposeB ? 1 : 0);
 
     /// <summary>output[c] += Σ_r data[r, c] over data [rows, columns].</summary>
     void ColumnSums(ArrayView<float> data, ArrayView<float> output, int rows, int columns)

@@ -1,19 +1,7 @@
 using ILGPU;
+using ILGPU.Runtime;
 
 namespace DiffuSharp.Kernels.Gpu;
-
-/// <summary>Four floats kept in registers: one row of a thread's 4x4 register block.</summary>
-struct Vec4
-{
-    public float X, Y, Z, W;
-
-    public Vec4(float x, float y, float z, float w) { X = x; Y = y; Z = z; W = w; }
-
-    /// <summary>this + a * b, lane by lane.</summary>
-    public readonly Vec4 MultiplyAdd(float a, Vec4 b) => new(X + a * b.X, Y + a * b.Y, Z + a * b.Z, W + a * b.W);
-
-    public readonly float this[int i] => i == 0 ? X : i == 1 ? Y : i == 2 ? Z : W;
-}
 
 /// <summary>
 /// out[M, N] = a[M, K] · b[K, N], the forward matmul (x · w + bias, with w either [K, N] as GPT-2's Conv1D
@@ -34,60 +22,40 @@ static class MatMulKernels
 
     internal static int Groups(int m, int n) => ((m + TileM - 1) / TileM) * ((n + TileN - 1) / TileN);
 
-    /// <summary>output = x[M, K] · w[K, N] (+ bias).</summary>
-    internal static void Forward(ArrayView<float> x, ArrayView<float> w, ArrayView<float> bias, ArrayView<float> output,
-        int m, int k, int n, int hasBias)
+    /// <summary>One matmul as <paramref name="args"/> describes it (layouts, epilogue); the Vector flags are not used.</summary>
+    internal static void Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, ArrayView<float> output, GemmArgs args,
+        SpecializedValue<int> layout)
     {
-        var block = Multiply(x, w, m, k, n, transposeA: false, transposeB: false);
-        StoreWithBias(output, bias, hasBias, block, m, n);
-    }
-
-    /// <summary>output = x[M, K] · w[N, K]ᵀ (+ bias).</summary>
-    internal static void ForwardTransposed(ArrayView<float> x, ArrayView<float> w, ArrayView<float> bias, ArrayView<float> output,
-        int m, int k, int n, int hasBias)
-    {
-        var block = Multiply(x, w, m, k, n, transposeA: false, transposeB: true);
-        StoreWithBias(output, bias, hasBias, block, m, n);
-    }
-
-    /// <summary>
-    /// output[M, N] += a · b, where a is stored [M, K] (or [K, M] when <paramref name="transposeA"/> is 1) and
-    /// b is stored [K, N] (or [N, K] when <paramref name="transposeB"/> is 1). The flags are uniform over the
-    /// grid, so their branches cost no divergence.
-    /// </summary>
-    internal static void Accumulate(ArrayView<float> a, ArrayView<float> b, ArrayView<float> output,
-        int m, int k, int n, int transposeA, int transposeB)
-    {
-        var block = Multiply(a, b, m, k, n, transposeA != 0, transposeB != 0);
+        args = args.WithLayout(layout.Value);
+        var block = Multiply(a, b, args.M, args.K, args.N, args.TransposeA != 0, args.TransposeB != 0, args.TilesN);
         int row = block.Row0, col = block.Col0;
-        AddTo(output, block.C0, row, col, m, n);
-        AddTo(output, block.C1, row + ThreadsY, col, m, n);
-        AddTo(output, block.C2, row + 2 * ThreadsY, col, m, n);
-        AddTo(output, block.C3, row + 3 * ThreadsY, col, m, n);
+        Finish(output, bias, args, block.C0, row, col);
+        Finish(output, bias, args, block.C1, row + ThreadsY, col);
+        Finish(output, bias, args, block.C2, row + 2 * ThreadsY, col);
+        Finish(output, bias, args, block.C3, row + 3 * ThreadsY, col);
     }
 
     /// <summary>A thread's 4 x 4 results: rows Row0 + 16 i (C0..C3), columns Col0 + 16 j (the lanes).</summary>
     struct Block
     {
-        public Vec4 C0, C1, C2, C3;
+        public Float4 C0, C1, C2, C3;
         public int Row0, Col0;
     }
 
-    static Block Multiply(ArrayView<float> a, ArrayView<float> b, int m, int k, int n, bool transposeA, bool transposeB)
+    static Block Multiply(ArrayView<float> a, ArrayView<float> b, int m, int k, int n, bool transposeA, bool transposeB, int tilesN)
     {
         var aTile = SharedMemory.Allocate<float>(TileM * AStride);
         var bTile = SharedMemory.Allocate<float>(TileK * BStride);
 
         int t = Group.IdxX;
         int tx = t % ThreadsX, ty = t / ThreadsX;
-        int tilesN = (n + TileN - 1) / TileN;
         int row0 = Grid.IdxX / tilesN * TileM;
         int col0 = Grid.IdxX % tilesN * TileN;
 
-        var c0 = new Vec4();
-        var c1 = new Vec4();
-        var c2 = new Vec4();
-        var c3 = new Vec4();
+        var c0 = new Float4();
+        var c1 = new Float4();
+        var c2 = new Float4();
+        var c3 = new Float4();
 
         for (int k0 = 0; k0 < k; k0 += TileK)
         {
@@ -125,7 +93,7 @@ static class MatMulKernels
             for (int kk = 0; kk < TileK; kk++)
             {
                 int bBase = kk * BStride + tx;
-                var bv = new Vec4(bTile[bBase], bTile[bBase + ThreadsX], bTile[bBase + 2 * ThreadsX], bTile[bBase + 3 * ThreadsX]);
+                var bv = new Float4(bTile[bBase], bTile[bBase + ThreadsX], bTile[bBase + 2 * ThreadsX], bTile[bBase + 3 * ThreadsX]);
                 int aBase = ty * AStride + kk;
                 c0 = c0.MultiplyAdd(aTile[aBase], bv);
                 c1 = c1.MultiplyAdd(aTile[aBase + ThreadsY * AStride], bv);
@@ -138,34 +106,21 @@ static class MatMulKernels
         return new Block { C0 = c0, C1 = c1, C2 = c2, C3 = c3, Row0 = row0 + ty, Col0 = col0 + tx };
     }
 
-    static void StoreWithBias(ArrayView<float> output, ArrayView<float> bias, int hasBias, Block block, int m, int n)
+    /// <summary>
+    /// output[row, col + 16 j] (=, = + bias, +=) values[j] under the epilogue; each element has one owner
+    /// thread, so accumulating needs no atomics.
+    /// </summary>
+    static void Finish(ArrayView<float> output, ArrayView<float> bias, GemmArgs args, Float4 values, int row, int col)
     {
-        Store(output, bias, hasBias, block.C0, block.Row0, block.Col0, m, n);
-        Store(output, bias, hasBias, block.C1, block.Row0 + ThreadsY, block.Col0, m, n);
-        Store(output, bias, hasBias, block.C2, block.Row0 + 2 * ThreadsY, block.Col0, m, n);
-        Store(output, bias, hasBias, block.C3, block.Row0 + 3 * ThreadsY, block.Col0, m, n);
-    }
-
-    static void Store(ArrayView<float> output, ArrayView<float> bias, int hasBias, Vec4 values, int row, int col, int m, int n)
-    {
-        if (row >= m) return;
-        long start = (long)row * n;
+        if (row >= args.M) return;
+        long start = (long)row * args.N;
         for (int j = 0; j < 4; j++)
         {
             int c = col + j * ThreadsX;
-            if (c < n) output[start + c] = values[j] + (hasBias != 0 ? bias[c] : 0f);
-        }
-    }
-
-    /// <summary>output[row, col + 16 j] += values[j]; each element has one owner thread, so no atomics.</summary>
-    static void AddTo(ArrayView<float> output, Vec4 values, int row, int col, int m, int n)
-    {
-        if (row >= m) return;
-        long start = (long)row * n;
-        for (int j = 0; j < 4; j++)
-        {
-            int c = col + j * ThreadsX;
-            if (c < n) output[start + c] += values[j];
+            if (c >= args.N) return;
+            if (args.Epilogue == (int)GemmEpilogue.Accumulate) output[start + c] += values[j];
+            else if (args.Epilogue == (int)GemmEpilogue.StoreBias) output[start + c] = values[j] + bias[c];
+            else output[start + c] = values[j];
         }
     }
 }

@@ -10,8 +10,8 @@ namespace DiffuSharp.Kernels.Gpu;
 /// <summary>The kernels in this folder, by name.</summary>
 public enum GpuKernel
 {
-    Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMulTransposed, Attention,
-    EmbeddingBackward, GeluBackward, LayerNormBackward, LayerNormParameters, ColumnSums, MatMulAccumulate,
+    Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMul128, MatMulTF32, MatMulBF16, Attention,
+    EmbeddingBackward, GeluBackward, LayerNormBackward, LayerNormParameters, ColumnSums,
     AttentionDelta, AttentionBackward, CrossEntropy, AdamW, Scale, SumOfSquares, SampleTokens,
     RmsNorm, RmsNormBackward, RmsNormWeight, Rope, SwiGlu, SwiGluBackward,
 }
@@ -48,15 +48,16 @@ public static class PtxDump
             GpuKernel.Add => (typeof(ElementwiseKernels), nameof(ElementwiseKernels.Add)),
             GpuKernel.LayerNorm => (typeof(RowKernels), nameof(RowKernels.LayerNorm)),
             GpuKernel.Softmax => (typeof(RowKernels), nameof(RowKernels.Softmax)),
-            GpuKernel.MatMul => (typeof(MatMulKernels), nameof(MatMulKernels.Forward)),
-            GpuKernel.MatMulTransposed => (typeof(MatMulKernels), nameof(MatMulKernels.ForwardTransposed)),
+            GpuKernel.MatMul => (typeof(MatMulKernels), nameof(MatMulKernels.Gemm)),
+            GpuKernel.MatMul128 => (typeof(MatMul128Kernels), nameof(MatMul128Kernels.Gemm)),
+            GpuKernel.MatMulTF32 => (typeof(TensorCoreMatMulKernels), nameof(TensorCoreMatMulKernels.Tf32Gemm)),
+            GpuKernel.MatMulBF16 => (typeof(TensorCoreMatMulKernels), nameof(TensorCoreMatMulKernels.Bf16Gemm)),
             GpuKernel.Attention => (typeof(AttentionKernels), nameof(AttentionKernels.Forward)),
             GpuKernel.EmbeddingBackward => (typeof(BackwardKernels), nameof(BackwardKernels.Embedding)),
             GpuKernel.GeluBackward => (typeof(BackwardKernels), nameof(BackwardKernels.Gelu)),
             GpuKernel.LayerNormBackward => (typeof(BackwardKernels), nameof(BackwardKernels.LayerNormInput)),
             GpuKernel.LayerNormParameters => (typeof(BackwardKernels), nameof(BackwardKernels.LayerNormParameters)),
             GpuKernel.ColumnSums => (typeof(BackwardKernels), nameof(BackwardKernels.ColumnSums)),
-            GpuKernel.MatMulAccumulate => (typeof(MatMulKernels), nameof(MatMulKernels.Accumulate)),
             GpuKernel.AttentionDelta => (typeof(AttentionBackwardKernels), nameof(AttentionBackwardKernels.Delta)),
             GpuKernel.AttentionBackward => (typeof(AttentionBackwardKernels), nameof(AttentionBackwardKernels.Backward)),
             GpuKernel.CrossEntropy => (typeof(CrossEntropyKernels), nameof(CrossEntropyKernels.Forward)),

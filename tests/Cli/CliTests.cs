@@ -112,6 +112,18 @@ public sealed class CliTests
             Assert.That(new FileInfo(Path.Combine(plots, png)).Length, Is.GreaterThan(1000), png);
     }
 
+    [Test]
+    public void TensorCorePrecisionOffCudaIsAClearError()
+    {
+        string output = Path.Combine(temp, "logits.safetensors");
+        var (code, _, err) = Run("logits", "--model", Fixture, "--ids", "1,2", "--out", output, "--device", "cpu", "--precision", "tf32");
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(err, Does.Contain("tensor cores").And.Contain("cpu"));
+        Assert.That(File.Exists(output), Is.False);
+        Assert.That(Run("bench", "--precision", "fp64", "--device", "cpu").Code, Is.EqualTo(2));
+        Assert.That(Run("logits", "--model", Fixture, "--ids", "1,2", "--out", output, "--device", "cpu", "--precision", "f32").Code, Is.EqualTo(0));
+    }
+
     [TestCase("info")]
     [TestCase("logits", "--model", "x")]
     [TestCase("generate", "--model", "x", "--prompt", "hi", "--ar", "--max-new", "many")]

@@ -1,4 +1,5 @@
 using DiffuSharp.Kernels.Gpu;
+using System.Text.RegularExpressions;
 using ILGPU.Runtime.Cuda;
 
 namespace DiffuSharp.Tests;
@@ -12,8 +13,9 @@ public class PtxCompileTests
 {
     [TestCase(GpuKernel.Attention)]
     [TestCase(GpuKernel.MatMul)]
-    [TestCase(GpuKernel.MatMulTransposed)]
-    [TestCase(GpuKernel.MatMulAccumulate)]
+    [TestCase(GpuKernel.MatMul128)]
+    [TestCase(GpuKernel.MatMulTF32)]
+    [TestCase(GpuKernel.MatMulBF16)]
     [TestCase(GpuKernel.AttentionBackward)]
     [TestCase(GpuKernel.CrossEntropy)]
     [TestCase(GpuKernel.SumOfSquares)]
@@ -133,6 +135,47 @@ public class PtxCompileTests
         string ptx = PtxDump.Compile(GpuKernel.Attention, CudaArchitecture.SM_75, CudaInstructionSet.ISA_80);
         Assert.That(ptx, Does.Contain(".target sm_75"));
         Assert.That(ptx, Does.Contain(".version 8.0"));
+    }
+
+    /// <summary>
+    /// The 128 x 128 float32 matmul reads its shared tiles and global operands 16 bytes at a time, and stores
+    /// its outputs so where alignment allows (the scalar forms stay for the other shapes).
+    /// </summary>
+    [Test]
+    public void MatMul128UsesVectorLoadsAndStores()
+    {
+        string ptx = PtxDump.Compile(GpuKernel.MatMul128);
+        Assert.That(ptx, Does.Contain("ld.shared.v4.f32"));
+        Assert.That(ptx, Does.Match(@"ld(\.global)?\.v4\.f32"));
+        Assert.That(ptx, Does.Contain("st.shared.v4.f32"));
+        Assert.That(ptx, Does.Match(@"st(\.global)?\.v4\.f32"));
+    }
+
+    /// <summary>
+    /// The tensor-core kernels are the inline PTX mma instructions (16 per instruction step, two steps per K
+    /// slice) on accumulators declared in PTX registers, for a target that has them (sm_80+), with no trace of
+    /// the emulation that the CPU simulator runs instead.
+    /// </summary>
+    [TestCase(GpuKernel.MatMulTF32, "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32")]
+    [TestCase(GpuKernel.MatMulBF16, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")]
+    public void TensorCoreKernelsIssueMma(GpuKernel kernel, string instruction)
+    {
+        string ptx = PtxDump.Compile(kernel);
+        Assert.That(Regex.Count(ptx, Regex.Escape(instruction)), Is.EqualTo(32));
+        Assert.That(Regex.Count(ptx, @"mma\.sync"), Is.EqualTo(32));
+        Assert.That(ptx, Does.Contain(".reg .f32 dsacc<64>;"));
+        var target = Regex.Match(ptx, @"\.target sm_(\d+)");
+        Assert.That(target.Success && int.Parse(target.Groups[1].Value) >= 80, Is.True, "target sm_80 or newer");
+        Assert.That(ptx, Does.Contain("ld.shared.b32"), "fragments come from shared memory");
+        Assert.That(ptx, Does.Not.Contain(".local .align 8 .b8 __local_depot0[256]"), "no emulated accumulators");
+        Assert.That(ptx, Does.Match(@"ld(\.global)?\.v4\.f32"), "16-byte global loads");
+    }
+
+    /// <summary>TF32 tiles whose stored rows run along K go to shared memory 16 bytes at a time.</summary>
+    [Test]
+    public void Tf32KernelStoresItsTilesAsVectors()
+    {
+        Assert.That(PtxDump.Compile(GpuKernel.MatMulTF32), Does.Contain("st.shared.v4.b32"));
     }
 
     [Test]

@@ -38,10 +38,11 @@ static class BenchCommand
         var json = new Option<string?>("--json") { Description = "write the results as JSON to this file" };
         var plots = new Option<string?>("--plots") { Description = "write throughput plots (PNG) into this folder" };
         var device = Cli.DeviceOption();
+        var precision = Cli.PrecisionOption();
         var command = new Command("bench", "measure kernel and end-to-end throughput against the device's ceilings and reference libraries")
         {
             suites, quick, shapes, squares, lengths, tokens, trainBatch, trainLength, denoiseLength, denoiseSteps, repeat, budget, reference,
-            python, json, plots, device,
+            python, json, plots, device, precision,
         };
         command.SetAction(parse =>
         {
@@ -58,7 +59,7 @@ static class BenchCommand
             options.Validate();
             var settings = new BenchSettings(parse.GetValue(repeat), parse.GetValue(budget), parse.GetValue(reference) == "torch",
                 parse.GetValue(python), "diffu " + string.Join(' ', parse.Tokens.Select(t => t.Value)));
-            return Run(options, settings, parse.GetValue(device), parse.GetValue(json), parse.GetValue(plots), stdout, stderr);
+            return Run(options, settings, parse.GetValue(device), parse.GetValue(precision), parse.GetValue(json), parse.GetValue(plots), stdout, stderr);
         });
         return command;
     }
@@ -76,11 +77,11 @@ static class BenchCommand
         (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
             int.TryParse(s, out int v) && v > 0 ? v : throw new DiffuException($"{option}: '{s}' is not a positive integer")).ToArray();
 
-    static int Run(BenchOptions options, BenchSettings settings, string? deviceName, string? jsonPath, string? plotDir, TextWriter stdout, TextWriter stderr)
+    static int Run(BenchOptions options, BenchSettings settings, string? deviceName, string? precision, string? jsonPath, string? plotDir, TextWriter stdout, TextWriter stderr)
     {
         if (jsonPath is not null) CheckWritable(Path.GetDirectoryName(Path.GetFullPath(jsonPath))!);
         if (plotDir is not null) Directory.CreateDirectory(plotDir);
-        using var device = Devices.Create(deviceName);
+        using var device = Cli.CreateDevice(deviceName, precision);
         var report = RunWithProgress(device, options, settings, stdout, stderr);
         BenchTable.Write(report, stdout);
         if (jsonPath is not null)

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Cli;
@@ -52,6 +53,28 @@ public static class Cli
     {
         Description = $"where to run: {string.Join(", ", Devices.Names)} (default: $DIFFU_DEVICE, else auto = CUDA if present, else cpu)",
     };
+
+    /// <summary>--precision, shared by the commands that run a model.</summary>
+    public static Option<string?> PrecisionOption()
+    {
+        var option = new Option<string?>("--precision")
+        {
+            Description = "matmul arithmetic: f32, or tf32 / bf16 on CUDA tensor cores (compute capability 8.0+; float32 accumulation) "
+                + "(default: $DIFFU_PRECISION, else f32)",
+        };
+        option.AcceptOnlyFromAmong("f32", "tf32", "bf16");
+        return option;
+    }
+
+    /// <summary>The device named by --device (or its default) with its matmuls in --precision (or $DIFFU_PRECISION).</summary>
+    public static Device CreateDevice(string? name, string? precision)
+    {
+        precision ??= Environment.GetEnvironmentVariable("DIFFU_PRECISION");
+        var value = string.IsNullOrWhiteSpace(precision) ? MatMulPrecision.F32
+            : Enum.TryParse<MatMulPrecision>(precision.Trim(), ignoreCase: true, out var parsed) && Enum.IsDefined(parsed) ? parsed
+            : throw new DiffuException($"unknown precision '{precision}': expected f32, tf32 or bf16");
+        return Devices.Create(name, value);
+    }
 
     public static Option<string> ModelOption() => new("--model")
     {

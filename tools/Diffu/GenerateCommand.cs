@@ -43,9 +43,10 @@ static class GenerateCommand
         var maxNew = new Option<int>("--max-new") { Description = "tokens to generate with --ar", DefaultValueFactory = _ => 64 };
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
+        var precision = Cli.PrecisionOption();
         var command = new Command("generate", "generate, complete or infill text")
         {
-            model, prompt, infill, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, tokenizer, device,
+            model, prompt, infill, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, tokenizer, device, precision,
         };
         command.SetAction(parse =>
         {
@@ -54,7 +55,7 @@ static class GenerateCommand
             {
                 if (prompts.Length != 1) throw new DiffuException("--ar decodes one --prompt");
                 return RunAutoregressive(parse.GetValue(model)!, prompts[0], parse.GetValue(maxNew), parse.GetValue(temperature),
-                    parse.GetValue(seed), parse.GetValue(tokenizer), parse.GetValue(device), stdout, stderr);
+                    parse.GetValue(seed), parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), stdout, stderr);
             }
             var settings = new DenoiseSettings
             {
@@ -63,21 +64,21 @@ static class GenerateCommand
                 BlockLength = parse.GetValue(block), TokensPerStep = parse.GetValue(budget),
             };
             return RunDiffusion(new DiffusionRequest(parse.GetValue(model)!, prompts, parse.GetValue(infill), parse.GetValue(length),
-                parse.GetValue(batch), parse.GetValue(mask), parse.GetValue(showSteps), parse.GetValue(tokenizer), parse.GetValue(device)),
+                parse.GetValue(batch), parse.GetValue(mask), parse.GetValue(showSteps), parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision)),
                 settings, stdout, stderr);
         });
         return command;
     }
 
     sealed record DiffusionRequest(string Model, string[] Prompts, string? Infill, int Length, int Samples, int? MaskToken, bool ShowSteps,
-        string? Tokenizer, string? Device);
+        string? Tokenizer, string? Device, string? Precision);
 
     static int RunDiffusion(DiffusionRequest request, DenoiseSettings settings, TextWriter stdout, TextWriter stderr)
     {
         settings.Validate();
         if (request.Samples <= 0) throw new DiffuException($"--batch must be positive, got {request.Samples}");
         if (request.Infill is not null && request.Prompts.Length > 0) throw new DiffuException("give either --prompt or --infill, not both");
-        using var device = Devices.Create(request.Device);
+        using var device = Cli.CreateDevice(request.Device, request.Precision);
         using var model = ModelLoader.Load(request.Model, device);
         var tokenizer = ModelFolder.Tokenizer(request.Model, model, request.Tokenizer);
         int start = ModelFolder.StartToken(model, tokenizer);
@@ -139,9 +140,9 @@ static class GenerateCommand
     }
 
     static int RunAutoregressive(string modelDir, string prompt, int maxNew, float temperature, ulong seed, string? tokenizerDir, string? deviceName,
-        TextWriter stdout, TextWriter stderr)
+        string? precision, TextWriter stdout, TextWriter stderr)
     {
-        using var device = Devices.Create(deviceName);
+        using var device = Cli.CreateDevice(deviceName, precision);
         using var model = ModelLoader.Load(modelDir, device);
         var tokenizer = ModelFolder.Tokenizer(modelDir, model, tokenizerDir);
         var promptIds = model is LlamaModel ? [ModelFolder.StartToken(model, tokenizer), .. tokenizer.Encode(prompt)] : tokenizer.Encode(prompt);

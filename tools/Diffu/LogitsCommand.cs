@@ -16,9 +16,10 @@ static class LogitsCommand
         var bidirectional = new Option<bool>("--bidirectional") { Description = "full attention instead of causal (as a diffusion model sees its input)" };
         var output = new Option<string>("--out") { Description = "output .safetensors file (tensor 'logits', F32 [T, V])", Required = true };
         var device = Cli.DeviceOption();
-        var command = new Command("logits", "write the logits of one forward pass") { model, ids, bidirectional, output, device };
+        var precision = Cli.PrecisionOption();
+        var command = new Command("logits", "write the logits of one forward pass") { model, ids, bidirectional, output, device, precision };
         command.SetAction(parse => Run(parse.GetValue(model)!, ParseIds(parse.GetValue(ids)!), parse.GetValue(bidirectional),
-            parse.GetValue(output)!, parse.GetValue(device), stdout));
+            parse.GetValue(output)!, parse.GetValue(device), parse.GetValue(precision), stdout));
         return command;
     }
 
@@ -33,9 +34,9 @@ static class LogitsCommand
         return ids;
     }
 
-    static int Run(string modelDir, int[] ids, bool bidirectional, string outPath, string? deviceName, TextWriter stdout)
+    static int Run(string modelDir, int[] ids, bool bidirectional, string outPath, string? deviceName, string? precision, TextWriter stdout)
     {
-        using var device = Devices.Create(deviceName);
+        using var device = Cli.CreateDevice(deviceName, precision);
         using var model = ModelLoader.Load(modelDir, device);
         var mode = bidirectional ? AttentionMaskMode.Bidirectional : AttentionMaskMode.Causal;
         float[] logits;

@@ -50,10 +50,11 @@ static class TrainCommand
         var output = new Option<string?>("--out") { Description = "output folder: latest checkpoint, train_log.jsonl, loss.png" };
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
+        var precision = Cli.PrecisionOption();
         var command = new Command("train", "train a model (AR) or adapt one into a diffusion model")
         {
             init, config, resume, objective, data, steps, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches,
-            seed, mask, weightDecay, clip, valFraction, recipe, output, tokenizer, device,
+            seed, mask, weightDecay, clip, valFraction, recipe, output, tokenizer, device, precision,
         };
         command.SetAction(parse =>
         {
@@ -80,7 +81,7 @@ static class TrainCommand
                 };
             }
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
-                parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(valFraction),
+                parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(valFraction),
                 Given(parse, steps), parse.GetValue(mask)!);
             return Run(request, options, stdout, stderr);
         });
@@ -97,7 +98,7 @@ static class TrainCommand
         ["no-anneal"] = (0, 2e-5, LearningRateDecay.Constant, 0),
     };
 
-    sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device,
+    sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device, string? Precision,
         double ValidationFraction, bool StepsGiven, string MaskToken);
 
     static int Run(Request request, TrainOptions options, TextWriter stdout, TextWriter stderr)
@@ -111,7 +112,7 @@ static class TrainCommand
         if (shards.Length == 0) throw new DiffuException("--data FILE is required (make one with `diffu tokenize`)");
 
         string tokenizerDir = request.Resume ?? TokenizerFor(request);
-        using var device = Devices.Create(request.Device);
+        using var device = Cli.CreateDevice(request.Device, request.Precision);
         using var blocks = TrainingData.Open(shards, run.SequenceLength, run.Seed, request.ValidationFraction);
         using var trainer = request.Resume is string resumeDir
             ? Trainer.Resume(resumeDir, device, blocks, request.StepsGiven ? options.Steps : null)
