@@ -94,9 +94,9 @@ public sealed class CliTests
     [Test]
     public void QuickBenchCoversEverySuiteAndWritesJsonAndPlots()
     {
-        string json = Path.Combine(temp, "bench.json"), plots = Path.Combine(temp, "plots");
+        string json = Path.Combine(temp, "bench.json"), plots = Path.Combine(temp, "plots"), markdown = Path.Combine(temp, "bench.md");
         var (code, output, err) = Run("bench", "--quick", "--repeat", "2", "--budget", "0.01", "--reference", "none", "--device", "cpu",
-            "--json", json, "--plots", plots);
+            "--json", json, "--plots", plots, "--markdown", markdown);
         Assert.That(code, Is.EqualTo(0), err);
         var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(json))!;
         var rows = report["rows"]!.AsArray();
@@ -108,6 +108,9 @@ public sealed class CliTests
         }
         Assert.That(report["ceilings"]!["peak_gflops"]!.GetValue<double>(), Is.GreaterThan(0));
         Assert.That(output, Does.Contain("tokens/s").And.Contain("steps/s").And.Contain("GB/s"));
+        var table = File.ReadAllLines(markdown).Where(l => l.StartsWith("| ") && !l.StartsWith("| suite")).ToList();
+        Assert.That(table, Has.Count.EqualTo(rows.Count), "one Markdown row per case");
+        Assert.That(Run("bench", "--quick", "--markdown", Path.Combine(temp, "missing", "b.md"), "--device", "cpu").Code, Is.EqualTo(2));
         foreach (var png in new[] { "matmul_squares.png", "attention.png" })
             Assert.That(new FileInfo(Path.Combine(plots, png)).Length, Is.GreaterThan(1000), png);
     }

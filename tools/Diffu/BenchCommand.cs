@@ -37,12 +37,13 @@ static class BenchCommand
         var python = new Option<string?>("--python") { Description = "Python with PyTorch for the reference (default: $DIFFU_PYTHON, python3, /usr/bin/python3)" };
         var json = new Option<string?>("--json") { Description = "write the results as JSON to this file" };
         var plots = new Option<string?>("--plots") { Description = "write throughput plots (PNG) into this folder" };
+        var markdown = new Option<string?>("--markdown") { Description = "write the table as Markdown (with machine, date and command) to this file" };
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("bench", "measure kernel and end-to-end throughput against the device's ceilings and reference libraries")
         {
             suites, quick, shapes, squares, lengths, tokens, trainBatch, trainLength, denoiseLength, denoiseSteps, repeat, budget, reference,
-            python, json, plots, device, precision,
+            python, json, plots, markdown, device, precision,
         };
         command.SetAction(parse =>
         {
@@ -59,7 +60,8 @@ static class BenchCommand
             options.Validate();
             var settings = new BenchSettings(parse.GetValue(repeat), parse.GetValue(budget), parse.GetValue(reference) == "torch",
                 parse.GetValue(python), "diffu " + string.Join(' ', parse.Tokens.Select(t => t.Value)));
-            return Run(options, settings, parse.GetValue(device), parse.GetValue(precision), parse.GetValue(json), parse.GetValue(plots), stdout, stderr);
+            return Run(options, settings, parse.GetValue(device), parse.GetValue(precision),
+                new Outputs(parse.GetValue(json), parse.GetValue(plots), parse.GetValue(markdown)), stdout, stderr);
         });
         return command;
     }
@@ -77,19 +79,28 @@ static class BenchCommand
         (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
             int.TryParse(s, out int v) && v > 0 ? v : throw new DiffuException($"{option}: '{s}' is not a positive integer")).ToArray();
 
-    static int Run(BenchOptions options, BenchSettings settings, string? deviceName, string? precision, string? jsonPath, string? plotDir, TextWriter stdout, TextWriter stderr)
+    /// <summary>The files a run writes besides the table on stdout; null: not asked for.</summary>
+    sealed record Outputs(string? Json, string? Plots, string? Markdown);
+
+    static int Run(BenchOptions options, BenchSettings settings, string? deviceName, string? precision, Outputs outputs, TextWriter stdout, TextWriter stderr)
     {
-        if (jsonPath is not null) CheckWritable(Path.GetDirectoryName(Path.GetFullPath(jsonPath))!);
-        if (plotDir is not null) Directory.CreateDirectory(plotDir);
+        foreach (var (file, option) in new[] { (outputs.Json, "--json"), (outputs.Markdown, "--markdown") })
+            if (file is not null) CheckWritable(Path.GetDirectoryName(Path.GetFullPath(file))!, option);
+        if (outputs.Plots is not null) Directory.CreateDirectory(outputs.Plots);
         using var device = Cli.CreateDevice(deviceName, precision);
         var report = RunWithProgress(device, options, settings, stdout, stderr);
         BenchTable.Write(report, stdout);
-        if (jsonPath is not null)
+        if (outputs.Json is string jsonPath)
         {
             WriteAtomically(jsonPath, JsonSerializer.Serialize(report, Json));
             stdout.WriteLine($"results: {jsonPath}");
         }
-        if (plotDir is not null)
+        if (outputs.Markdown is string markdownPath)
+        {
+            WriteAtomically(markdownPath, BenchTable.Markdown(report));
+            stdout.WriteLine($"markdown: {markdownPath}");
+        }
+        if (outputs.Plots is string plotDir)
             foreach (var file in BenchPlots.Write(report, plotDir))
                 stdout.WriteLine($"plot: {file}");
         return Cli.Ok;
@@ -126,9 +137,9 @@ static class BenchCommand
         return report!;
     }
 
-    static void CheckWritable(string directory)
+    static void CheckWritable(string directory, string option)
     {
-        if (!Directory.Exists(directory)) throw new DiffuException($"--json: folder {directory} does not exist");
+        if (!Directory.Exists(directory)) throw new DiffuException($"{option}: folder {directory} does not exist");
     }
 
     static void WriteAtomically(string path, string text)

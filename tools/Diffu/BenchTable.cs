@@ -33,6 +33,26 @@ static class BenchTable
         console.Write(table);
     }
 
+    /// <summary>The same rows as a Markdown table with the machine, date, command and references above it (for BENCHMARKS.md).</summary>
+    public static string Markdown(BenchReport report)
+    {
+        var c = report.Ceilings;
+        var text = new System.Text.StringBuilder();
+        text.AppendLine($"- device: {report.Device}; machine: {report.Machine}");
+        text.AppendLine($"- date: {report.Date:yyyy-MM-dd HH:mm zzz}; command: `{report.Command}`");
+        text.AppendLine($"- ceilings (measured in the run): {c.PeakGflops:N0} GFLOP/s fp32, {c.BandwidthGBs:N0} GB/s ({c.Method})");
+        text.AppendLine($"- library: {report.Library ?? $"none ({report.LibraryAbsent})"}; PyTorch: "
+            + (report.TorchVersion is not null ? $"{report.TorchVersion} on {report.TorchDevice}" : $"none ({report.TorchError})"));
+        text.AppendLine();
+        text.AppendLine("| suite | op | shape | ours | % ceiling | library | PyTorch | ratio |");
+        text.AppendLine("|---|---|---|--:|--:|--:|--:|--:|");
+        foreach (var r in report.Rows)
+            text.AppendLine($"| {r.Suite} | {r.Label} | {r.Shape} | {(r.Ours is Measured o ? $"{Rate(o.Rate)} {r.Unit}" : r.OursError ?? "-")} | "
+                + $"{(r.Ours is Measured s ? $"{100 * s.Share:F1}%" : "-")} | {(r.Library is Measured l ? Rate(l.Rate) : "-")} | "
+                + $"{(r.Torch is Measured t ? Rate(t.Rate) : r.TorchError is string e ? Short(e) : "-")} | {(r.Ratio is double ratio ? $"{ratio:F2}" : "-")} |");
+        return text.ToString();
+    }
+
     static string Rate(double v) => v >= 1000 ? v.ToString("N0") : v >= 10 ? v.ToString("F1") : v.ToString("F3");
 
     static string Short(string text) => text.Length > 24 ? text[..24] + "…" : text;
