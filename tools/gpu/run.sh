@@ -18,7 +18,7 @@ usage: run.sh [--device NAME] [--tests-only | --bench-only] [--results DIR] [--w
   --where REGEX      the tests to run, a .NET regex on the full test name (replaces the device's default)
   --bench-args ARGS  passed on to diffu bench, e.g. "--quick" or "--suite matmul --repeat 5"
   --timeout S        stop each step (tests, bench) after S seconds (default: no limit)
-Writes into the results folder: environment.txt, tests.txt, bench.txt, bench.json, plots/, summary.txt.
+Writes into the results folder: environment.txt, tests.txt, bench.txt, bench.json, bench.md, plots/, summary.txt.
 EOF
 }
 
@@ -133,7 +133,8 @@ bench_line="not run" bench_rc=0
 if [ "$bench" = 1 ]; then
   read -r -a extra <<<"$bench_args"
   echo "== diffu bench --device $device ${bench_args}"
-  run_step "$results/bench.txt" "$here/diffu" bench --device "$device" --json "$results/bench.json" --plots "$results/plots" "${extra[@]}" || bench_rc=$?
+  run_step "$results/bench.txt" "$here/diffu" bench --device "$device" --json "$results/bench.json" --markdown "$results/bench.md" \
+    --plots "$results/plots" "${extra[@]}" || bench_rc=$?
   if [ "$bench_rc" -eq 0 ]; then
     bench_line="ok: bench.json, $(find "$results/plots" -name '*.png' 2>/dev/null | wc -l) plots"
   else
