@@ -14,7 +14,7 @@ public struct AttentionArgs
     public float Scale;
     public int Mode, HasLse, QueryBlocks;
 
-    public AttentionArgs(in AttentionShape shape, AttentionMaskMode mode, bool hasLse)
+    public AttentionArgs(in AttentionShape shape, AttentionMaskMode mode, bool hasLse, int queryBlock = AttentionKernels.QueryBlock)
     {
         Heads = shape.Heads; KvHeads = shape.KvHeads; HeadDim = shape.HeadDim;
         QueryLength = shape.QueryLength; KeyLength = shape.KeyLength; QueryOffset = shape.QueryOffset;
@@ -23,7 +23,7 @@ public struct AttentionArgs
         Scale = shape.Scale;
         Mode = (int)mode;
         HasLse = hasLse ? 1 : 0;
-        QueryBlocks = (shape.QueryLength + AttentionKernels.QueryBlock - 1) / AttentionKernels.QueryBlock;
+        QueryBlocks = (shape.QueryLength + queryBlock - 1) / queryBlock;
     }
 }
 

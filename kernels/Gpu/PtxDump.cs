@@ -11,6 +11,7 @@ namespace DiffuSharp.Kernels.Gpu;
 public enum GpuKernel
 {
     Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMul128, MatMulTF32, MatMulBF16, Attention,
+    AttentionFlash64, AttentionFlash128, AttentionFlash64Head64, AttentionFlash128Head128,
     EmbeddingBackward, GeluBackward, LayerNormBackward, LayerNormParameters, ColumnSums,
     AttentionDelta, AttentionBackward, CrossEntropy, AdamW, Scale, SumOfSquares, SampleTokens,
     RmsNorm, RmsNormBackward, RmsNormWeight, Rope, SwiGlu, SwiGluBackward,
@@ -53,6 +54,10 @@ public static class PtxDump
             GpuKernel.MatMulTF32 => (typeof(TensorCoreMatMulKernels), nameof(TensorCoreMatMulKernels.Tf32Gemm)),
             GpuKernel.MatMulBF16 => (typeof(TensorCoreMatMulKernels), nameof(TensorCoreMatMulKernels.Bf16Gemm)),
             GpuKernel.Attention => (typeof(AttentionKernels), nameof(AttentionKernels.Forward)),
+            GpuKernel.AttentionFlash64 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward64)),
+            GpuKernel.AttentionFlash128 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward128)),
+            GpuKernel.AttentionFlash64Head64 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward64Head64)),
+            GpuKernel.AttentionFlash128Head128 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward128Head128)),
             GpuKernel.EmbeddingBackward => (typeof(BackwardKernels), nameof(BackwardKernels.Embedding)),
             GpuKernel.GeluBackward => (typeof(BackwardKernels), nameof(BackwardKernels.Gelu)),
             GpuKernel.LayerNormBackward => (typeof(BackwardKernels), nameof(BackwardKernels.LayerNormInput)),
