@@ -40,9 +40,10 @@ struct OutputQuads
 /// <item>O += P·V for the same four rows and column quads kg, kg + 8 (+16, +24): per key one 16-byte load of
 ///   the four rows' probabilities and one per column quad of v feed 16 FMAs each.</item>
 /// </list>
-/// Shared tiles hold rows of quads with quad c of row r at c ^ (r % 8) (an XOR swizzle): the eight key or
-/// column groups of a warp then read eight different bank quads, and the copies from global memory stay whole
-/// quads. The last partial query block and the keys past the end are zero-filled; causal blocks stop at their
+/// The q and k tiles hold rows of quads with quad c of row r at c ^ (r % 8) (an XOR swizzle): the eight key
+/// groups (and four row groups) of a warp then read eight (four) different bank quads for the same c, and the
+/// copies from global memory stay whole quads. The v tile needs no swizzle: a warp reads eight consecutive quads
+/// of one row. The last partial query block and the keys past the end are zero-filled; causal blocks stop at their
 /// last visible key, warps skip the tiles that none of their rows can see, and only tiles that straddle a
 /// row's limit (or the end of the keys, or any tile for an explicit mask) evaluate per-element masks. The head
 /// dimension must be a multiple of 4 and the warp 32 lanes wide (the host checks); a query that sees no key gets
@@ -128,7 +129,7 @@ static class FlashAttentionKernels
         int rows = IntrinsicMath.Min(queryBlock, a.QueryLength - q0);
         long kStart = b * a.KeyBatchStride + kvh * dim;
         LoadTile(q, b * a.QueryBatchStride + (long)q0 * a.QueryRowStride + h * dim, a.QueryRowStride, rows, queryBlock,
-            dq, vector, a.Scale, qTile, rowQuads, threads, t);
+            dq, vector, a.Scale, qTile, rowQuads, true, threads, t);
 
         int keyEnd = mode == Causal ? IntrinsicMath.Min(a.KeyLength, a.QueryOffset + q0 + rows) : a.KeyLength;
         int warpFirst = w * RowsPerWarp;
@@ -150,8 +151,8 @@ static class FlashAttentionKernels
             int tileKeys = IntrinsicMath.Min(KeyTile, keyEnd - k0);
             long tileStart = kStart + (long)k0 * a.KeyRowStride;
             bool active = k0 < warpKeyEnd;
-            LoadTile(k, tileStart, a.KeyRowStride, tileKeys, KeyTile, dq, vector, 1f, kTile, rowQuads, threads, t);
-            if (!sharedKv) LoadTile(v, tileStart, a.KeyRowStride, tileKeys, KeyTile, dq, vector, 1f, vTile, rowQuads, threads, t);
+            LoadTile(k, tileStart, a.KeyRowStride, tileKeys, KeyTile, dq, vector, 1f, kTile, rowQuads, true, threads, t);
+            if (!sharedKv) LoadTile(v, tileStart, a.KeyRowStride, tileKeys, KeyTile, dq, vector, 1f, vTile, rowQuads, false, threads, t);
             Group.Barrier();
 
             if (active)
@@ -181,23 +182,24 @@ static class FlashAttentionKernels
             if (sharedKv)
             {
                 Group.Barrier();
-                LoadTile(v, tileStart, a.KeyRowStride, tileKeys, KeyTile, dq, vector, 1f, vTile, rowQuads, threads, t);
+                LoadTile(v, tileStart, a.KeyRowStride, tileKeys, KeyTile, dq, vector, 1f, vTile, rowQuads, false, threads, t);
                 Group.Barrier();
             }
 
             if (active)
             {
-                var pRows = pWarp.SubView(rg);
                 for (int j0 = 0; j0 < KeyTile; j0 += 8)
                 {
-                    o = ValueStep(o, pRows, vTile, j0, 0, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, pRows, vTile, j0, 1, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, pRows, vTile, j0, 2, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, pRows, vTile, j0, 3, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, pRows, vTile, j0, 4, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, pRows, vTile, j0, 5, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, pRows, vTile, j0, 6, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, pRows, vTile, j0, 7, kg, dq, rowQuads, columnQuads, fullColumns);
+                    var p8 = pWarp.SubView(j0 * 4 + rg);
+                    var v8 = vTile.SubView(j0 * rowQuads + kg);
+                    o = ValueStep(o, p8, v8, 0, kg, dq, rowQuads, columnQuads, fullColumns);
+                    o = ValueStep(o, p8, v8, 1, kg, dq, rowQuads, columnQuads, fullColumns);
+                    o = ValueStep(o, p8, v8, 2, kg, dq, rowQuads, columnQuads, fullColumns);
+                    o = ValueStep(o, p8, v8, 3, kg, dq, rowQuads, columnQuads, fullColumns);
+                    o = ValueStep(o, p8, v8, 4, kg, dq, rowQuads, columnQuads, fullColumns);
+                    o = ValueStep(o, p8, v8, 5, kg, dq, rowQuads, columnQuads, fullColumns);
+                    o = ValueStep(o, p8, v8, 6, kg, dq, rowQuads, columnQuads, fullColumns);
+                    o = ValueStep(o, p8, v8, 7, kg, dq, rowQuads, columnQuads, fullColumns);
                 }
             }
             Group.Barrier();
@@ -218,76 +220,91 @@ static class FlashAttentionKernels
 
     /// <summary>
     /// Copies rows [0, validRows) of one head (dq quads each, from <paramref name="start"/>, <paramref name="rowStride"/>
-    /// floats apart) into the swizzled shared tile, times <paramref name="scale"/>; rows validRows..tileRows − 1 become
-    /// zero (a zero value row times probability 0 must stay 0, never NaN from stale memory). Each thread issues up
-    /// to <see cref="LoadBatch"/> global loads before storing them.
+    /// floats apart) into the shared tile, times <paramref name="scale"/>, quad c of row r at c ^ (r % 8) when
+    /// <paramref name="swizzle"/>; rows validRows..tileRows − 1 become zero (a zero value row times probability 0 must
+    /// stay 0, never NaN from stale memory). Each thread issues up to <see cref="LoadBatch"/> global loads before it
+    /// stores any. When the group's threads are a multiple of dq (head dims 64 and 128), a thread keeps one column
+    /// quad and steps over rows, which leaves a single address increment per quad.
     /// </summary>
     static void LoadTile(ArrayView<float> source, long start, long rowStride, int validRows, int tileRows, int dq, bool vector,
-        float scale, ArrayView<Float4> tile, int rowQuads, int threads, int t)
+        float scale, ArrayView<Float4> tile, int rowQuads, bool swizzle, int threads, int t)
     {
+        if (threads % dq == 0)
+        {
+            int c = t % dq, step = threads / dq;
+            long stepStride = step * rowStride;
+            int row = t / dq;
+            for (long at = start + row * rowStride + 4 * c; row < tileRows; row += LoadBatch * step, at += LoadBatch * stepStride)
+            {
+                int r1 = row + step, r2 = r1 + step, r3 = r2 + step;
+                var x0 = LoadQuad(source, at, row < validRows, vector, scale);
+                var x1 = LoadQuad(source, at + stepStride, r1 < validRows, vector, scale);
+                var x2 = LoadQuad(source, at + 2 * stepStride, r2 < validRows, vector, scale);
+                var x3 = LoadQuad(source, at + 3 * stepStride, r3 < validRows, vector, scale);
+                StoreQuad(tile, rowQuads, swizzle, row, c, x0);
+                if (r1 < tileRows) StoreQuad(tile, rowQuads, swizzle, r1, c, x1);
+                if (r2 < tileRows) StoreQuad(tile, rowQuads, swizzle, r2, c, x2);
+                if (r3 < tileRows) StoreQuad(tile, rowQuads, swizzle, r3, c, x3);
+            }
+            return;
+        }
+
         int total = tileRows * dq;
         for (int e = t; e < total; e += LoadBatch * threads)
         {
             int e1 = e + threads, e2 = e1 + threads, e3 = e2 + threads;
-            var x0 = LoadQuad(source, start, rowStride, validRows, dq, vector, scale, e);
-            var x1 = e1 < total ? LoadQuad(source, start, rowStride, validRows, dq, vector, scale, e1) : default;
-            var x2 = e2 < total ? LoadQuad(source, start, rowStride, validRows, dq, vector, scale, e2) : default;
-            var x3 = e3 < total ? LoadQuad(source, start, rowStride, validRows, dq, vector, scale, e3) : default;
-            StoreQuad(tile, rowQuads, dq, e, x0);
-            if (e1 < total) StoreQuad(tile, rowQuads, dq, e1, x1);
-            if (e2 < total) StoreQuad(tile, rowQuads, dq, e2, x2);
-            if (e3 < total) StoreQuad(tile, rowQuads, dq, e3, x3);
+            var x0 = LoadQuad(source, start + e / dq * rowStride + 4 * (e % dq), e / dq < validRows, vector, scale);
+            var x1 = LoadQuad(source, start + e1 / dq * rowStride + 4 * (e1 % dq), e1 / dq < validRows, vector, scale);
+            var x2 = LoadQuad(source, start + e2 / dq * rowStride + 4 * (e2 % dq), e2 / dq < validRows, vector, scale);
+            var x3 = LoadQuad(source, start + e3 / dq * rowStride + 4 * (e3 % dq), e3 / dq < validRows, vector, scale);
+            StoreQuad(tile, rowQuads, swizzle, e / dq, e % dq, x0);
+            if (e1 < total) StoreQuad(tile, rowQuads, swizzle, e1 / dq, e1 % dq, x1);
+            if (e2 < total) StoreQuad(tile, rowQuads, swizzle, e2 / dq, e2 % dq, x2);
+            if (e3 < total) StoreQuad(tile, rowQuads, swizzle, e3 / dq, e3 % dq, x3);
         }
     }
 
-    /// <summary>Quad e % dq of row e / dq, scaled; zero for rows past <paramref name="validRows"/>.</summary>
-    static Float4 LoadQuad(ArrayView<float> source, long start, long rowStride, int validRows, int dq, bool vector, float scale, int e)
+    /// <summary>The four floats at <paramref name="at"/>, scaled, when <paramref name="valid"/> (a row of the source); zero otherwise.</summary>
+    static Float4 LoadQuad(ArrayView<float> source, long at, bool valid, bool vector, float scale)
     {
-        int row = e / dq;
-        if (row >= validRows) return default;
-        long at = start + row * rowStride + 4 * (e - row * dq);
+        if (!valid) return default;
         var x = vector ? source.Cast<Float4>()[at >> 2] : new Float4(source[at], source[at + 1], source[at + 2], source[at + 3]);
         return new Float4(x.X * scale, x.Y * scale, x.Z * scale, x.W * scale);
     }
 
-    static void StoreQuad(ArrayView<Float4> tile, int rowQuads, int dq, int e, Float4 x)
-    {
-        int row = e / dq;
-        int c = e - row * dq;
-        tile[row * rowQuads + (c ^ (row & 7))] = x;
-    }
+    static void StoreQuad(ArrayView<Float4> tile, int rowQuads, bool swizzle, int row, int c, Float4 x) =>
+        tile[row * rowQuads + (swizzle ? c ^ (row & 7) : c)] = x;
 
     /// <summary>
     /// The thread's 4 x 4 scores: rows rg + 4 i of the warp (views at row rg), keys kg + 8 u of the tile (view at
-    /// key kg). Row rg + 4 i sits at swizzle rg (i even) or rg + 4 (i odd); key kg + 8 u at swizzle kg. Two quads
-    /// a pass halve the loop overhead.
+    /// key kg). Row rg + 4 i sits at swizzle rg (i even) or rg + 4 (i odd); key kg + 8 u at swizzle kg. One quad a
+    /// pass: unrolling two made ptxas hoist 16 loads and cost 24 registers (a group per multiprocessor) for no
+    /// fewer instructions per FMA.
     /// </summary>
     static Quads4 Scores(ArrayView<Float4> qRows, ArrayView<Float4> kRows, int rowQuads, int dq, int rg, int kg)
     {
         var s = new Quads4();
-        int c = 0;
-        for (; c + 1 < dq; c += 2)
-        {
-            s = ScoreStep(s, qRows, kRows, rowQuads, c ^ rg, c ^ kg);
-            s = ScoreStep(s, qRows, kRows, rowQuads, (c + 1) ^ rg, (c + 1) ^ kg);
-        }
-        if (c < dq) s = ScoreStep(s, qRows, kRows, rowQuads, c ^ rg, c ^ kg);
+        for (int c = 0; c < dq; c++) s = ScoreStep(s, qRows, kRows, rowQuads, c ^ rg, c ^ kg);
         return s;
     }
 
     /// <summary>One head-dim quad: four q quads (rows 0, 4, 8, 12 from the view) and four k quads (keys 0, 8, 16, 24), 64 FMAs.</summary>
     static Quads4 ScoreStep(Quads4 s, ArrayView<Float4> qRows, ArrayView<Float4> kRows, int rowQuads, int qc, int kc)
     {
-        var k0 = kRows[kc];
-        var k1 = kRows[8 * rowQuads + kc];
-        var k2 = kRows[16 * rowQuads + kc];
-        var k3 = kRows[24 * rowQuads + kc];
+        // Views at the quad first, constant row offsets second: each load is one base register plus an immediate.
+        var keys = kRows.SubView(kc);
+        var evenRows = qRows.SubView(qc);
+        var oddRows = qRows.SubView(qc ^ 4);
+        var k0 = keys[0];
+        var k1 = keys[8 * rowQuads];
+        var k2 = keys[16 * rowQuads];
+        var k3 = keys[24 * rowQuads];
         return new Quads4
         {
-            R0 = Dots(s.R0, qRows[qc], k0, k1, k2, k3),
-            R1 = Dots(s.R1, qRows[4 * rowQuads + (qc ^ 4)], k0, k1, k2, k3),
-            R2 = Dots(s.R2, qRows[8 * rowQuads + qc], k0, k1, k2, k3),
-            R3 = Dots(s.R3, qRows[12 * rowQuads + (qc ^ 4)], k0, k1, k2, k3),
+            R0 = Dots(s.R0, evenRows[0], k0, k1, k2, k3),
+            R1 = Dots(s.R1, oddRows[4 * rowQuads], k0, k1, k2, k3),
+            R2 = Dots(s.R2, evenRows[8 * rowQuads], k0, k1, k2, k3),
+            R3 = Dots(s.R3, oddRows[12 * rowQuads], k0, k1, k2, k3),
         };
     }
 
@@ -362,20 +379,20 @@ static class FlashAttentionKernels
     }
 
     /// <summary>
-    /// Key j = j0 + u of the value tile: the four rows' probabilities (one quad) times the thread's column quads of
-    /// v (quad cg + 8 m of the key's row, at swizzle u = j % 8). Quads past the head dim are skipped unless the
-    /// head dim fills every column quad (a constant once specialized).
+    /// Key u of eight: the four rows' probabilities (one quad of <paramref name="p8"/>, the view at key 0 and this
+    /// lane's row group) times the thread's column quads cg + 8 m of the key's value row (<paramref name="v8"/>: the
+    /// view at key 0, quad cg), all at constant offsets. Quads past the head dim are skipped unless the head dim fills
+    /// every column quad (a constant once specialized).
     /// </summary>
-    static OutputQuads ValueStep(OutputQuads o, ArrayView<Float4> pRows, ArrayView<Float4> vTile, int j0, int u, int cg,
+    static OutputQuads ValueStep(OutputQuads o, ArrayView<Float4> p8, ArrayView<Float4> v8, int u, int cg,
         int dq, int rowQuads, int columnQuads, bool fullColumns)
     {
-        int j = j0 + u;
-        var p = pRows[j * 4];
-        var vRow = vTile.SubView(j * rowQuads + (cg ^ u));
-        var v0 = fullColumns || cg < dq ? vRow[0] : default;
-        var v1 = fullColumns || cg + 8 < dq ? vRow[8] : default;
-        var v2 = columnQuads > 2 && (fullColumns || cg + 16 < dq) ? vRow[16] : default;
-        var v3 = columnQuads > 3 && (fullColumns || cg + 24 < dq) ? vRow[24] : default;
+        var p = p8[u * 4];
+        int row = u * rowQuads;
+        var v0 = fullColumns || cg < dq ? v8[row] : default;
+        var v1 = fullColumns || cg + 8 < dq ? v8[row + 8] : default;
+        var v2 = columnQuads > 2 && (fullColumns || cg + 16 < dq) ? v8[row + 16] : default;
+        var v3 = columnQuads > 3 && (fullColumns || cg + 24 < dq) ? v8[row + 24] : default;
         return new OutputQuads
         {
             R0C0 = o.R0C0.MultiplyAdd(p.X, v0), R0C1 = o.R0C1.MultiplyAdd(p.X, v1),
