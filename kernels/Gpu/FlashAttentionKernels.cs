@@ -62,6 +62,14 @@ static class FlashAttentionKernels
     const int LoadBatch = 4;
     const int Causal = (int)AttentionMaskMode.Causal, Explicit = (int)AttentionMaskMode.Explicit;
 
+    /// <summary>
+    /// Launch bounds for ptxas (.maxntid, .minnctapersm): four groups a multiprocessor caps the registers at 128 for 4
+    /// warps and 168 for 3, which the kernels specialized for head dims 64 and 128 meet without spilling (ptxas would
+    /// otherwise take up to 232 for the key-parallel backward and fit two groups). Shared memory (at most 46 KB a group)
+    /// allows four on every GPU since compute capability 8.0.
+    /// </summary>
+    internal static KernelSpecialization LaunchBounds(int warps) => new(warps * WarpLanes, 4);
+
     /// <summary>The specialized launch configuration: head dim (bits 0..7), 16-byte global accesses (bit 8), mask mode (bits 9..10).</summary>
     public static int Config(int headDim, bool vector, AttentionMaskMode mode) => headDim | (vector ? 1 << 8 : 0) | (int)mode << 9;
 
@@ -111,7 +119,6 @@ static class FlashAttentionKernels
         bool vector = (config & 256) != 0;
         int mode = config >> 9;
         int dq = dim >> 2;
-        bool fullColumns = dq == 8 * columnQuads;
         int threads = warps * WarpLanes;
         int queryBlock = warps * RowsPerWarp;
 
@@ -186,22 +193,7 @@ static class FlashAttentionKernels
                 Group.Barrier();
             }
 
-            if (active)
-            {
-                for (int j0 = 0; j0 < KeyTile; j0 += 8)
-                {
-                    var p8 = pWarp.SubView(j0 * 4 + rg);
-                    var v8 = vTile.SubView(j0 * rowQuads + kg);
-                    o = ValueStep(o, p8, v8, 0, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, p8, v8, 1, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, p8, v8, 2, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, p8, v8, 3, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, p8, v8, 4, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, p8, v8, 5, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, p8, v8, 6, kg, dq, rowQuads, columnQuads, fullColumns);
-                    o = ValueStep(o, p8, v8, 7, kg, dq, rowQuads, columnQuads, fullColumns);
-                }
-            }
+            if (active) o = Accumulate(o, pWarp, vTile, rg, kg, dq, rowQuads, columnQuads, swizzled: false);
             Group.Barrier();
         }
 
@@ -226,7 +218,7 @@ static class FlashAttentionKernels
     /// stores any. When the group's threads are a multiple of dq (head dims 64 and 128), a thread keeps one column
     /// quad and steps over rows, which leaves a single address increment per quad.
     /// </summary>
-    static void LoadTile(ArrayView<float> source, long start, long rowStride, int validRows, int tileRows, int dq, bool vector,
+    internal static void LoadTile(ArrayView<float> source, long start, long rowStride, int validRows, int tileRows, int dq, bool vector,
         float scale, ArrayView<Float4> tile, int rowQuads, bool swizzle, int threads, int t)
     {
         if (threads % dq == 0)
@@ -281,7 +273,7 @@ static class FlashAttentionKernels
     /// pass: unrolling two made ptxas hoist 16 loads and cost 24 registers (a group per multiprocessor) for no
     /// fewer instructions per FMA.
     /// </summary>
-    static Quads4 Scores(ArrayView<Float4> qRows, ArrayView<Float4> kRows, int rowQuads, int dq, int rg, int kg)
+    internal static Quads4 Scores(ArrayView<Float4> qRows, ArrayView<Float4> kRows, int rowQuads, int dq, int rg, int kg)
     {
         var s = new Quads4();
         for (int c = 0; c < dq; c++) s = ScoreStep(s, qRows, kRows, rowQuads, c ^ rg, c ^ kg);
@@ -320,7 +312,7 @@ static class FlashAttentionKernels
     /// <paramref name="validRows"/> how many of the block's rows from there exist, <paramref name="key"/> the key of
     /// column 0 (columns step by 8) and <paramref name="keyEnd"/> the first key not loaded.
     /// </summary>
-    static Quads4 Mask(Quads4 s, ArrayView<byte> allow, AttentionArgs a, int mode, int query, int validRows, int key, int keyEnd) => new()
+    internal static Quads4 Mask(Quads4 s, ArrayView<byte> allow, AttentionArgs a, int mode, int query, int validRows, int key, int keyEnd) => new()
     {
         R0 = MaskRow(s.R0, allow, a, mode, query, 0 < validRows, key, keyEnd),
         R1 = MaskRow(s.R1, allow, a, mode, query + 4, 4 < validRows, key, keyEnd),
@@ -335,7 +327,7 @@ static class FlashAttentionKernels
         Visible(allow, a, mode, query, rowExists, key + 24, keyEnd) ? s.W : float.NegativeInfinity);
 
     /// <summary>The mask of <see cref="AttentionKernels.Visible"/> for a loaded key; rows past the queries read no mask byte.</summary>
-    static bool Visible(ArrayView<byte> allow, AttentionArgs a, int mode, int query, bool rowExists, int key, int keyEnd) =>
+    internal static bool Visible(ArrayView<byte> allow, AttentionArgs a, int mode, int query, bool rowExists, int key, int keyEnd) =>
         key < keyEnd && (mode == Causal ? key <= a.QueryOffset + query
             : mode != Explicit || rowExists && allow[(long)query * a.KeyLength + key] != 0);
 
@@ -347,10 +339,10 @@ static class FlashAttentionKernels
 
     static float Sum(Float4 x) => x.X + x.Y + x.Z + x.W;
 
-    static Float4 Exp(Float4 s, float shift) =>
+    internal static Float4 Exp(Float4 s, float shift) =>
         new(MathF.Exp(s.X - shift), MathF.Exp(s.Y - shift), MathF.Exp(s.Z - shift), MathF.Exp(s.W - shift));
 
-    static Float4 Scale(Float4 x, float f) => new(x.X * f, x.Y * f, x.Z * f, x.W * f);
+    internal static Float4 Scale(Float4 x, float f) => new(x.X * f, x.Y * f, x.Z * f, x.W * f);
 
     /// <summary>Row i of the output times correction component i; only the first <paramref name="columnQuads"/> column quads exist.</summary>
     static OutputQuads Rescale(OutputQuads o, Float4 c, int columnQuads) => new()
@@ -369,7 +361,7 @@ static class FlashAttentionKernels
     /// The thread's probabilities into its warp's tile [key][row group]: key kg + 8 u gets the quad of its four rows.
     /// A warp's stores cover 8 bank quads four times, the minimum for 512 bytes.
     /// </summary>
-    static void StoreProbabilities(ArrayView<Float4> pWarp, Quads4 p, int rg, int kg)
+    internal static void StoreProbabilities(ArrayView<Float4> pWarp, Quads4 p, int rg, int kg)
     {
         int at = kg * 4 + rg;
         pWarp[at] = new Float4(p.R0.X, p.R1.X, p.R2.X, p.R3.X);
@@ -379,16 +371,42 @@ static class FlashAttentionKernels
     }
 
     /// <summary>
-    /// Key u of eight: the four rows' probabilities (one quad of <paramref name="p8"/>, the view at key 0 and this
-    /// lane's row group) times the thread's column quads cg + 8 m of the key's value row (<paramref name="v8"/>: the
-    /// view at key 0, quad cg), all at constant offsets. Quads past the head dim are skipped unless the head dim fills
-    /// every column quad (a constant once specialized).
+    /// o += P·V over one 32-key tile: <paramref name="pWarp"/> is the warp's probability tile ([32 keys][4 row groups]
+    /// quads), <paramref name="vTile"/> the value rows ([32 keys][rowQuads]), swizzled or not. The thread's rows are
+    /// those of its row group <paramref name="rg"/>, its columns quads cg + 8 m. Eight keys a pass, written out, so
+    /// that every load is a base register plus an immediate.
+    /// </summary>
+    internal static OutputQuads Accumulate(OutputQuads o, ArrayView<Float4> pWarp, ArrayView<Float4> vTile, int rg, int cg,
+        int dq, int rowQuads, int columnQuads, bool swizzled)
+    {
+        bool fullColumns = dq == 8 * columnQuads;
+        for (int j0 = 0; j0 < KeyTile; j0 += 8)
+        {
+            var p8 = pWarp.SubView(j0 * 4 + rg);
+            var v8 = vTile.SubView(j0 * rowQuads + cg);
+            o = ValueStep(o, p8, v8, 0, cg, dq, rowQuads, columnQuads, fullColumns, swizzled);
+            o = ValueStep(o, p8, v8, 1, cg, dq, rowQuads, columnQuads, fullColumns, swizzled);
+            o = ValueStep(o, p8, v8, 2, cg, dq, rowQuads, columnQuads, fullColumns, swizzled);
+            o = ValueStep(o, p8, v8, 3, cg, dq, rowQuads, columnQuads, fullColumns, swizzled);
+            o = ValueStep(o, p8, v8, 4, cg, dq, rowQuads, columnQuads, fullColumns, swizzled);
+            o = ValueStep(o, p8, v8, 5, cg, dq, rowQuads, columnQuads, fullColumns, swizzled);
+            o = ValueStep(o, p8, v8, 6, cg, dq, rowQuads, columnQuads, fullColumns, swizzled);
+            o = ValueStep(o, p8, v8, 7, cg, dq, rowQuads, columnQuads, fullColumns, swizzled);
+        }
+        return o;
+    }
+
+    /// <summary>
+    /// Key u of eight: the four rows' weights (one quad of <paramref name="p8"/>, the view at key 0 and this lane's
+    /// row group) times the thread's column quads cg + 8 m of the key's row (<paramref name="v8"/>: the view at key 0,
+    /// quad cg; a swizzled row keeps them at (cg ^ u) + 8 m). Quads past the head dim are skipped unless the head dim
+    /// fills every column quad (a constant once specialized).
     /// </summary>
     static OutputQuads ValueStep(OutputQuads o, ArrayView<Float4> p8, ArrayView<Float4> v8, int u, int cg,
-        int dq, int rowQuads, int columnQuads, bool fullColumns)
+        int dq, int rowQuads, int columnQuads, bool fullColumns, bool swizzled)
     {
         var p = p8[u * 4];
-        int row = u * rowQuads;
+        int row = u * rowQuads + (swizzled ? (cg ^ u) - cg : 0);
         var v0 = fullColumns || cg < dq ? v8[row] : default;
         var v1 = fullColumns || cg + 8 < dq ? v8[row + 8] : default;
         var v2 = columnQuads > 2 && (fullColumns || cg + 16 < dq) ? v8[row + 16] : default;
@@ -424,7 +442,7 @@ static class FlashAttentionKernels
             lse[lseStart + 4 * i] = sum > 0f ? max + MathF.Log(sum) : float.NegativeInfinity;
     }
 
-    static void WriteQuad(ArrayView<float> output, long at, bool exists, bool vector, Float4 x)
+    internal static void WriteQuad(ArrayView<float> output, long at, bool exists, bool vector, Float4 x)
     {
         if (!exists) return;
         if (vector)

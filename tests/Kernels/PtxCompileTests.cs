@@ -14,6 +14,8 @@ public class PtxCompileTests
     [TestCase(GpuKernel.Attention)]
     [TestCase(GpuKernel.AttentionFlash64)]
     [TestCase(GpuKernel.AttentionFlash128)]
+    [TestCase(GpuKernel.AttentionFlashQueryGradients)]
+    [TestCase(GpuKernel.AttentionFlashKeyValueGradients)]
     [TestCase(GpuKernel.MatMul)]
     [TestCase(GpuKernel.MatMul128)]
     [TestCase(GpuKernel.MatMulTF32)]
@@ -124,6 +126,8 @@ public class PtxCompileTests
     }
 
     [TestCase(GpuKernel.AttentionBackward)]
+    [TestCase(GpuKernel.AttentionFlashQueryGradients)]
+    [TestCase(GpuKernel.AttentionFlashKeyValueGradients)]
     [TestCase(GpuKernel.CrossEntropy)]
     public void BackwardKernelCompilesForAnOlderArchitecture(GpuKernel kernel)
     {
@@ -184,25 +188,33 @@ public class PtxCompileTests
 
     /// <summary>
     /// The flash attention kernels, generic and as specialized for 64- and 128-float heads: 16-byte shared loads for
-    /// both register tiles, butterfly shuffles for the row maxima and sums, group barriers (and a warp barrier where
-    /// a warp hands its probabilities to itself), 16-byte global loads and stores, no local memory (nothing spilled
-    /// by ILGPU), and shared memory within CUDA's 48 KB static limit.
+    /// the register tiles, butterfly shuffles for the forward's row maxima and sums, group barriers (and a warp barrier
+    /// where a warp hands its probabilities to itself), 16-byte global loads and stores, no local memory (nothing
+    /// spilled by ILGPU), shared memory within CUDA's 48 KB static limit, launch bounds for four groups a
+    /// multiprocessor, and no atomics (every group owns the rows it writes).
     /// </summary>
-    [TestCase(GpuKernel.AttentionFlash64, true)]
-    [TestCase(GpuKernel.AttentionFlash64Head64, true)]
-    [TestCase(GpuKernel.AttentionFlash128, false)]
-    [TestCase(GpuKernel.AttentionFlash128Head128, false)]
-    public void FlashAttentionUsesRegisterTilesShufflesAndFitsSharedMemory(GpuKernel kernel, bool warpBarrier)
+    [TestCase(GpuKernel.AttentionFlash64, 128, true, true)]
+    [TestCase(GpuKernel.AttentionFlash64Head64, 128, true, true)]
+    [TestCase(GpuKernel.AttentionFlash128, 96, true, false)]
+    [TestCase(GpuKernel.AttentionFlash128Head128, 96, true, false)]
+    [TestCase(GpuKernel.AttentionFlashQueryGradients, 96, false, true)]
+    [TestCase(GpuKernel.AttentionFlashQueryGradientsHead64, 96, false, true)]
+    [TestCase(GpuKernel.AttentionFlashKeyValueGradients, 96, false, true)]
+    [TestCase(GpuKernel.AttentionFlashKeyValueGradientsHead64, 96, false, true)]
+    public void FlashAttentionUsesRegisterTilesAndFitsSharedMemory(GpuKernel kernel, int threads, bool shuffles, bool warpBarrier)
     {
         string ptx = PtxDump.Compile(kernel);
         Assert.That(ptx, Does.Contain("ld.shared.v4.f32"));
         Assert.That(ptx, Does.Contain("st.shared.v4.f32"));
-        Assert.That(ptx, Does.Contain("shfl.sync.bfly"));
+        Assert.That(ptx.Contains("shfl.sync.bfly"), Is.EqualTo(shuffles));
         Assert.That(ptx, Does.Contain("bar.sync"));
         Assert.That(ptx.Contains("bar.warp.sync"), Is.EqualTo(warpBarrier));
         Assert.That(ptx, Does.Match(@"ld(\.global)?\.v4\.f32"));
         Assert.That(ptx, Does.Match(@"st(\.global)?\.v4\.f32"));
         Assert.That(ptx, Does.Not.Contain(".local"));
+        Assert.That(ptx, Does.Not.Match(@"\b(red|atom)\."));
+        Assert.That(ptx, Does.Contain($".maxntid {threads}, 1, 1"));
+        Assert.That(ptx, Does.Contain(".minnctapersm 4"));
         long shared = Regex.Matches(ptx, @"\.shared\s+\.align\s+\d+\s+\.b8\s+\w+\[(\d+)\]").Sum(m => long.Parse(m.Groups[1].Value));
         Assert.That(shared, Is.GreaterThan(0).And.LessThanOrEqualTo(48 * 1024));
     }
