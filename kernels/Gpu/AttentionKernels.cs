@@ -28,7 +28,8 @@ public struct AttentionArgs
 }
 
 /// <summary>
-/// Flash-style attention forward. One group of 128 threads per (batch, head, block of 32 queries). The
+/// The tiled attention forward, kept for what <see cref="FlashAttentionKernels"/> does not cover (head dims that are
+/// not multiples of 4, warps other than 32 lanes). One group of 128 threads per (batch, head, block of 32 queries). The
 /// query block stays in shared memory; keys and values stream through one shared tile of 16 rows, and an
 /// online softmax (running max and sum per query) rescales the output accumulator, so no [L, L] score
 /// matrix ever exists in device memory. Per key tile:

@@ -36,7 +36,8 @@ struct OutputQuads
 /// <item>the row maxima are reduced over the 8 lanes of a row group with three butterfly shuffles; the row sums
 ///   stay per lane (each lane's share of the row, rescaled like the output) until the end;</item>
 /// <item>P = exp(S − max) goes to the warp's own [32 keys][16 rows] shared tile as four 16-byte stores, which
-///   only a warp barrier (small) or the barrier before the value tile (large) has to order;</item>
+///   only a warp barrier (<see cref="Forward64"/>) or the barrier before the value tile (<see cref="Forward128"/>)
+///   has to order;</item>
 /// <item>O += P·V for the same four rows and column quads kg, kg + 8 (+16, +24): per key one 16-byte load of
 ///   the four rows' probabilities and one per column quad of v feed 16 FMAs each.</item>
 /// </list>
@@ -65,8 +66,8 @@ static class FlashAttentionKernels
     /// <summary>
     /// Launch bounds for ptxas (.maxntid, .minnctapersm): four groups a multiprocessor caps the registers at 128 for 4
     /// warps and 168 for 3, which the kernels specialized for head dims 64 and 128 meet without spilling (ptxas would
-    /// otherwise take up to 232 for the key-parallel backward and fit two groups). Shared memory (at most 46 KB a group)
-    /// allows four on every GPU since compute capability 8.0.
+    /// otherwise take up to 232 for the key-parallel backward, two groups a multiprocessor). Four groups of at most
+    /// 46 KB of shared memory fit an H100/H200 multiprocessor (228 KB); an A100 (164 KB) holds three.
     /// </summary>
     internal static KernelSpecialization LaunchBounds(int warps) => new(warps * WarpLanes, 4);
 
