@@ -9,9 +9,9 @@ namespace DiffuSharp.Tests;
 /// The ILGPU backward and training kernels, through the public Device API of <see cref="IlgpuDevice"/>,
 /// against the float64 reference on fresh random inputs. Gradient buffers start at random non-zero values,
 /// so every test also checks that the op accumulates (+=) rather than overwrites. Shapes cut across the
-/// kernels' tiles (matmul 64 x 64 x 16, attention backward 16 keys x 16 queries, column sums in chunks of
-/// 32+ rows). Float atomics (embedding, LayerNorm weights, bias, dQ) only reorder float32 additions of a
-/// few dozen terms, which moves the result by about 1e-7 relative, so the 1e-5 bound holds for them too.
+/// kernels' tiles (matmul 64 x 64 x 16, attention backward 48 rows x 32 (flash) and 16 keys x 16 queries
+/// (tiled), column sums in chunks of 32+ rows). Float atomics (embedding, LayerNorm weights, bias, the tiled
+/// kernel's dQ) only reorder float32 additions of a few dozen terms, which moves the result by about 1e-7 relative, so the 1e-5 bound holds for them too.
 /// The same fixture runs on CUDA when a GPU is present and is reported as ignored where it is not.
 /// </summary>
 [TestFixture(IlgpuBackend.CpuSimulator)]
