@@ -3,7 +3,9 @@ using ILGPU;
 namespace DiffuSharp.Kernels.Gpu;
 
 /// <summary>
-/// Flash-style attention backward (the FlashAttention-2 order): nothing of size [L, L] is stored; the
+/// The tiled attention backward, kept for what <see cref="FlashAttentionBackwardKernels"/> does not cover (head dims
+/// above 64 or not multiples of 4, warps other than 32 lanes); its <see cref="Delta"/> kernel serves both.
+/// Flash-style (the FlashAttention-2 order): nothing of size [L, L] is stored; the
 /// probabilities are recomputed tile by tile from q, k and the forward's lse, P = exp(Scale q·k − lse).
 /// A first kernel writes D_i = Σ_d dO_i·O_i per (batch, head, query) into a [B, H, Tq] buffer. The main
 /// kernel is key-parallel: one group of 128 threads per (batch, kv head, block of 16 keys) keeps its key

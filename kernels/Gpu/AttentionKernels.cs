@@ -14,7 +14,7 @@ public struct AttentionArgs
     public float Scale;
     public int Mode, HasLse, QueryBlocks;
 
-    public AttentionArgs(in AttentionShape shape, AttentionMaskMode mode, bool hasLse)
+    public AttentionArgs(in AttentionShape shape, AttentionMaskMode mode, bool hasLse, int queryBlock = AttentionKernels.QueryBlock)
     {
         Heads = shape.Heads; KvHeads = shape.KvHeads; HeadDim = shape.HeadDim;
         QueryLength = shape.QueryLength; KeyLength = shape.KeyLength; QueryOffset = shape.QueryOffset;
@@ -23,12 +23,13 @@ public struct AttentionArgs
         Scale = shape.Scale;
         Mode = (int)mode;
         HasLse = hasLse ? 1 : 0;
-        QueryBlocks = (shape.QueryLength + AttentionKernels.QueryBlock - 1) / AttentionKernels.QueryBlock;
+        QueryBlocks = (shape.QueryLength + queryBlock - 1) / queryBlock;
     }
 }
 
 /// <summary>
-/// Flash-style attention forward. One group of 128 threads per (batch, head, block of 32 queries). The
+/// The tiled attention forward, kept for what <see cref="FlashAttentionKernels"/> does not cover (head dims that are
+/// not multiples of 4, warps other than 32 lanes). One group of 128 threads per (batch, head, block of 32 queries). The
 /// query block stays in shared memory; keys and values stream through one shared tile of 16 rows, and an
 /// online softmax (running max and sum per query) rescales the output accumulator, so no [L, L] score
 /// matrix ever exists in device memory. Per key tile:

@@ -16,6 +16,26 @@ public enum MatMulKernel
     TensorCoreBF16,
 }
 
+/// <summary>The attention forward kernels, as <see cref="GpuKernels.ChooseAttentionKernel"/> picks them.</summary>
+public enum AttentionKernel
+{
+    /// <summary>32 queries a group, 16-key tiles, softmax through shared memory: any head dim up to 128, any warp width.</summary>
+    Tiled,
+    /// <summary>FlashAttention-2 style, 64 queries (4 warps) in register tiles: head dims up to 64 that are multiples of 4.</summary>
+    Flash64,
+    /// <summary>FlashAttention-2 style, 48 queries (3 warps) in register tiles: head dims up to 128 that are multiples of 4.</summary>
+    Flash128,
+}
+
+/// <summary>The attention backward kernels, as <see cref="GpuKernels.ChooseAttentionBackwardKernel"/> picks them.</summary>
+public enum AttentionBackwardKernel
+{
+    /// <summary>One group per (batch, kv head, 16 keys), dQ through float atomics: any head dim up to 128, any warp width.</summary>
+    Tiled,
+    /// <summary>A query-parallel dQ kernel and a key-parallel dK/dV kernel on 48-row register tiles, no atomics: head dims up to 64 that are multiples of 4.</summary>
+    Flash64,
+}
+
 /// <summary>
 /// The ILGPU kernels of one accelerator: each is compiled on first use and cached, and each launch
 /// method picks its grid. Arguments are assumed valid (the engine's Device checks them): a kernel
@@ -51,6 +71,8 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs, SpecializedValue<int>>? gemm64, gemm128, gemmTf32, gemmBf16;
     readonly bool hasTensorCoreInstructions;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attention;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs,
+        SpecializedValue<int>>? flash64, flash128;
     Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? embeddingBackward;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? geluBackward;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? layerNormInput;
@@ -59,6 +81,10 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? attentionDelta;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
         ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attentionBackward;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        ArrayView<float>, ArrayView<byte>, AttentionArgs, SpecializedValue<int>>? flashQueryGradients;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs, SpecializedValue<int>>? flashKeyValueGradients;
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>? crossEntropy;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamWArgs>? adamW;
     Action<KernelConfig, ArrayView<float>, float>? scale;
@@ -210,9 +236,56 @@ public sealed class GpuKernels : IDisposable
     /// </summary>
     public void Attention(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
         ArrayView<float>? lse, in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow) =>
-        (attention ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>(AttentionKernels.Forward))(
-            new KernelConfig(AttentionKernels.Groups(shape), AttentionKernels.Threads), q, k, v, output,
-            lse ?? noFloats.View, allow ?? noBytes.View, new AttentionArgs(shape, mode, lse.HasValue));
+        Attention(q, k, v, output, lse, shape, mode, allow, ChooseAttentionKernel(shape));
+
+    /// <summary>
+    /// The flash kernel that covers the head dim (64 queries a group up to 64, 48 up to 128), else the tiled kernel:
+    /// head dims that are not a multiple of 4, and warps other than 32 lanes wide (the flash kernels map lanes to rows
+    /// and keys and reduce over 8-lane groups with shuffles).
+    /// </summary>
+    public AttentionKernel ChooseAttentionKernel(in AttentionShape shape) =>
+        shape.HeadDim % 4 != 0 || accelerator.WarpSize != 32 ? AttentionKernel.Tiled
+        : shape.HeadDim <= FlashAttentionKernels.SmallMaxHeadDim ? AttentionKernel.Flash64
+        : AttentionKernel.Flash128;
+
+    /// <summary>
+    /// <see cref="Attention(ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}?, in AttentionShape, AttentionMaskMode, ArrayView{byte}?)"/>
+    /// on the given kernel. A flash kernel takes the head dims and warp width that <see cref="ChooseAttentionKernel"/>
+    /// gives it, and reads q, k, v and writes the output 16 bytes at a time when every row and batch stride is a
+    /// multiple of 4 floats and every view starts 16-byte aligned.
+    /// </summary>
+    public void Attention(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
+        ArrayView<float>? lse, in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow, AttentionKernel kernel)
+    {
+        var lseView = lse ?? noFloats.View;
+        var allowView = allow ?? noBytes.View;
+        if (kernel == AttentionKernel.Tiled)
+        {
+            (attention ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>(AttentionKernels.Forward))(
+                new KernelConfig(AttentionKernels.Groups(shape), AttentionKernels.Threads), q, k, v, output, lseView, allowView, new AttentionArgs(shape, mode, lse.HasValue));
+            return;
+        }
+
+        int maxHeadDim = kernel == AttentionKernel.Flash64 ? FlashAttentionKernels.SmallMaxHeadDim : FlashAttentionKernels.LargeMaxHeadDim;
+        if (shape.HeadDim % 4 != 0 || shape.HeadDim > maxHeadDim || accelerator.WarpSize != 32)
+            throw new ArgumentException($"the {kernel} attention kernel needs a head dim that is a multiple of 4 up to {maxHeadDim} and 32-lane warps; got {shape.HeadDim} and {accelerator.WarpSize}");
+        var (launch, warps) = kernel switch
+        {
+            AttentionKernel.Flash64 => (flash64 ??= LoadFlash(FlashAttentionKernels.Forward64, FlashAttentionKernels.SmallWarps), FlashAttentionKernels.SmallWarps),
+            AttentionKernel.Flash128 => (flash128 ??= LoadFlash(FlashAttentionKernels.Forward128, FlashAttentionKernels.LargeWarps), FlashAttentionKernels.LargeWarps),
+            _ => throw new ArgumentOutOfRangeException(nameof(kernel)),
+        };
+        int queryBlock = warps * FlashAttentionKernels.RowsPerWarp;
+        bool vector = shape.QueryRowStride % 4 == 0 && shape.KeyRowStride % 4 == 0 && shape.QueryBatchStride % 4 == 0 && shape.KeyBatchStride % 4 == 0
+            && Aligned(q) && Aligned(k) && Aligned(v) && Aligned(output);
+        var args = new AttentionArgs(shape, mode, lse.HasValue, queryBlock);
+        launch(new KernelConfig(shape.Batch * shape.Heads * args.QueryBlocks, warps * FlashAttentionKernels.WarpLanes), q, k, v, output, lseView, allowView, args,
+            SpecializedValue.New(FlashAttentionKernels.Config(shape.HeadDim, vector, mode)));
+    }
+
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs, SpecializedValue<int>> LoadFlash(
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs, SpecializedValue<int>> kernel, int warps) =>
+        accelerator.LoadStreamKernel(kernel, FlashAttentionKernels.LaunchBounds(warps));
 
     // ---- backward and training: every gradient output is accumulated (+=) unless said otherwise ----
 
@@ -264,20 +337,60 @@ public sealed class GpuKernels : IDisposable
     }
 
     /// <summary>
-    /// Backward of <see cref="Attention"/> (query offset 0): dq, dk, dv += , each laid out like q, k, v (views at
-    /// their first element, strides from <paramref name="shape"/>). output, dOutput [B, Tq, H * D] and lse
-    /// [B, H, Tq] are the forward's; <paramref name="delta"/> is [B, H, Tq] scratch that this call overwrites.
+    /// Backward of <see cref="Attention(ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}?, in AttentionShape, AttentionMaskMode, ArrayView{byte}?)"/>:
+    /// dq, dk, dv += , each laid out like q, k, v (views at their first element, strides from <paramref name="shape"/>).
+    /// output, dOutput [B, Tq, H * D] and lse [B, H, Tq] are the forward's; <paramref name="delta"/> is [B, H, Tq]
+    /// scratch that this call overwrites.
     /// </summary>
     public void AttentionBackward(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output, ArrayView<float> dOutput,
         ArrayView<float> lse, ArrayView<float> delta, ArrayView<float> dq, ArrayView<float> dk, ArrayView<float> dv,
-        in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow)
+        in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow) =>
+        AttentionBackward(q, k, v, output, dOutput, lse, delta, dq, dk, dv, shape, mode, allow, ChooseAttentionBackwardKernel(shape));
+
+    /// <summary>The flash backward for head dims up to 64 that are multiples of 4 on 32-lane warps, else the tiled kernel.</summary>
+    public AttentionBackwardKernel ChooseAttentionBackwardKernel(in AttentionShape shape) =>
+        shape.HeadDim % 4 == 0 && shape.HeadDim <= FlashAttentionBackwardKernels.MaxHeadDim && accelerator.WarpSize == 32
+            ? AttentionBackwardKernel.Flash64 : AttentionBackwardKernel.Tiled;
+
+    /// <summary>
+    /// <see cref="AttentionBackward(ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, in AttentionShape, AttentionMaskMode, ArrayView{byte}?)"/>
+    /// on the given kernel. The flash kernels take what <see cref="ChooseAttentionBackwardKernel"/> gives them, and
+    /// move 16 bytes at a time when every row and batch stride is a multiple of 4 floats and every view starts 16-byte aligned.
+    /// </summary>
+    public void AttentionBackward(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output, ArrayView<float> dOutput,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<float> dq, ArrayView<float> dk, ArrayView<float> dv,
+        in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow, AttentionBackwardKernel kernel)
     {
+        if (kernel == AttentionBackwardKernel.Flash64
+            && (shape.HeadDim % 4 != 0 || shape.HeadDim > FlashAttentionBackwardKernels.MaxHeadDim || accelerator.WarpSize != 32))
+            throw new ArgumentException($"the {kernel} attention backward needs a head dim that is a multiple of 4 up to {FlashAttentionBackwardKernels.MaxHeadDim} and 32-lane warps; got {shape.HeadDim} and {accelerator.WarpSize}");
         (attentionDelta ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(AttentionBackwardKernels.Delta))(
             PerRow(shape.Batch * shape.Heads * shape.QueryLength), output, dOutput, delta, shape.Heads, shape.QueryLength, shape.HeadDim);
-        (attentionBackward ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-            ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>(AttentionBackwardKernels.Backward))(
-            new KernelConfig(AttentionBackwardKernels.Groups(shape), AttentionBackwardKernels.Threads),
-            q, k, v, dOutput, lse, delta, dq, dk, dv, allow ?? noBytes.View, new AttentionArgs(shape, mode, hasLse: true));
+        var allowView = allow ?? noBytes.View;
+        if (kernel == AttentionBackwardKernel.Tiled)
+        {
+            (attentionBackward ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>(AttentionBackwardKernels.Backward))(
+                new KernelConfig(AttentionBackwardKernels.Groups(shape), AttentionBackwardKernels.Threads),
+                q, k, v, dOutput, lse, delta, dq, dk, dv, allowView, new AttentionArgs(shape, mode, hasLse: true));
+            return;
+        }
+
+        bool vector = shape.QueryRowStride % 4 == 0 && shape.KeyRowStride % 4 == 0 && shape.QueryBatchStride % 4 == 0 && shape.KeyBatchStride % 4 == 0
+            && Aligned(q) && Aligned(k) && Aligned(v) && Aligned(dOutput) && Aligned(dq) && Aligned(dk) && Aligned(dv);
+        var config = SpecializedValue.New(FlashAttentionKernels.Config(shape.HeadDim, vector, mode));
+        int threads = FlashAttentionBackwardKernels.Warps * FlashAttentionKernels.WarpLanes;
+        var args = new AttentionArgs(shape, mode, hasLse: true, FlashAttentionBackwardKernels.Block);
+        (flashQueryGradients ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, ArrayView<byte>, AttentionArgs, SpecializedValue<int>>(FlashAttentionBackwardKernels.QueryGradients,
+            FlashAttentionKernels.LaunchBounds(FlashAttentionBackwardKernels.Warps)))(
+            new KernelConfig(shape.Batch * shape.Heads * args.QueryBlocks, threads), q, k, v, dOutput, lse, delta, dq, allowView, args, config);
+        // The key-parallel kernel counts its key blocks in the same field.
+        args.QueryBlocks = (shape.KeyLength + FlashAttentionBackwardKernels.Block - 1) / FlashAttentionBackwardKernels.Block;
+        (flashKeyValueGradients ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs, SpecializedValue<int>>(FlashAttentionBackwardKernels.KeyValueGradients,
+            FlashAttentionKernels.LaunchBounds(FlashAttentionBackwardKernels.Warps)))(
+            new KernelConfig(shape.Batch * shape.KvHeads * args.QueryBlocks, threads), q, k, v, dOutput, lse, delta, dk, dv, allowView, args, config);
     }
 
     /// <summary>

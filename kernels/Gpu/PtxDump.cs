@@ -11,6 +11,8 @@ namespace DiffuSharp.Kernels.Gpu;
 public enum GpuKernel
 {
     Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMul128, MatMulTF32, MatMulBF16, Attention,
+    AttentionFlash64, AttentionFlash128, AttentionFlash64Head64, AttentionFlash128Head128,
+    AttentionFlashQueryGradients, AttentionFlashKeyValueGradients, AttentionFlashQueryGradientsHead64, AttentionFlashKeyValueGradientsHead64,
     EmbeddingBackward, GeluBackward, LayerNormBackward, LayerNormParameters, ColumnSums,
     AttentionDelta, AttentionBackward, CrossEntropy, AdamW, Scale, SumOfSquares, SampleTokens,
     RmsNorm, RmsNormBackward, RmsNormWeight, Rope, SwiGlu, SwiGluBackward,
@@ -33,9 +35,21 @@ public static class PtxDump
         using var context = Context.Create(builder => builder.EnableAlgorithms());
         using var backend = new PTXBackend(context, new CudaCapabilityContext(architecture), architecture, instructionSet, nvvmAPI: null);
         var entry = EntryPointDescription.FromExplicitlyGroupedKernel(Method(kernel));
-        var compiled = (PTXCompiledKernel)backend.Compile(entry, KernelSpecialization.Empty);
+        var specialization = LaunchBounds(kernel);
+        var compiled = (PTXCompiledKernel)backend.Compile(entry, specialization);
         return compiled.PTXAssembly;
     }
+
+    /// <summary>The launch bounds <see cref="GpuKernels"/> loads a kernel with (none for most).</summary>
+    static KernelSpecialization LaunchBounds(GpuKernel kernel) => kernel switch
+    {
+        GpuKernel.AttentionFlash64 or GpuKernel.AttentionFlash64Head64 => FlashAttentionKernels.LaunchBounds(FlashAttentionKernels.SmallWarps),
+        GpuKernel.AttentionFlash128 or GpuKernel.AttentionFlash128Head128 => FlashAttentionKernels.LaunchBounds(FlashAttentionKernels.LargeWarps),
+        GpuKernel.AttentionFlashQueryGradients or GpuKernel.AttentionFlashKeyValueGradients
+            or GpuKernel.AttentionFlashQueryGradientsHead64 or GpuKernel.AttentionFlashKeyValueGradientsHead64
+            => FlashAttentionKernels.LaunchBounds(FlashAttentionBackwardKernels.Warps),
+        _ => KernelSpecialization.Empty,
+    };
 
     static MethodInfo Method(GpuKernel kernel)
     {
@@ -53,6 +67,14 @@ public static class PtxDump
             GpuKernel.MatMulTF32 => (typeof(TensorCoreMatMulKernels), nameof(TensorCoreMatMulKernels.Tf32Gemm)),
             GpuKernel.MatMulBF16 => (typeof(TensorCoreMatMulKernels), nameof(TensorCoreMatMulKernels.Bf16Gemm)),
             GpuKernel.Attention => (typeof(AttentionKernels), nameof(AttentionKernels.Forward)),
+            GpuKernel.AttentionFlash64 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward64)),
+            GpuKernel.AttentionFlash128 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward128)),
+            GpuKernel.AttentionFlash64Head64 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward64Head64)),
+            GpuKernel.AttentionFlash128Head128 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward128Head128)),
+            GpuKernel.AttentionFlashQueryGradients => (typeof(FlashAttentionBackwardKernels), nameof(FlashAttentionBackwardKernels.QueryGradients)),
+            GpuKernel.AttentionFlashKeyValueGradients => (typeof(FlashAttentionBackwardKernels), nameof(FlashAttentionBackwardKernels.KeyValueGradients)),
+            GpuKernel.AttentionFlashQueryGradientsHead64 => (typeof(FlashAttentionBackwardKernels), nameof(FlashAttentionBackwardKernels.QueryGradientsHead64)),
+            GpuKernel.AttentionFlashKeyValueGradientsHead64 => (typeof(FlashAttentionBackwardKernels), nameof(FlashAttentionBackwardKernels.KeyValueGradientsHead64)),
             GpuKernel.EmbeddingBackward => (typeof(BackwardKernels), nameof(BackwardKernels.Embedding)),
             GpuKernel.GeluBackward => (typeof(BackwardKernels), nameof(BackwardKernels.Gelu)),
             GpuKernel.LayerNormBackward => (typeof(BackwardKernels), nameof(BackwardKernels.LayerNormInput)),

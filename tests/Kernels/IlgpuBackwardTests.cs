@@ -9,9 +9,9 @@ namespace DiffuSharp.Tests;
 /// The ILGPU backward and training kernels, through the public Device API of <see cref="IlgpuDevice"/>,
 /// against the float64 reference on fresh random inputs. Gradient buffers start at random non-zero values,
 /// so every test also checks that the op accumulates (+=) rather than overwrites. Shapes cut across the
-/// kernels' tiles (matmul 64 x 64 x 16, attention backward 16 keys x 16 queries, column sums in chunks of
-/// 32+ rows). Float atomics (embedding, LayerNorm weights, bias, dQ) only reorder float32 additions of a
-/// few dozen terms, which moves the result by about 1e-7 relative, so the 1e-5 bound holds for them too.
+/// kernels' tiles (matmul 64 x 64 x 16, attention backward 48 rows x 32 (flash) and 16 keys x 16 queries
+/// (tiled), column sums in chunks of 32+ rows). Float atomics (embedding, LayerNorm weights, bias, the tiled
+/// kernel's dQ) only reorder float32 additions of a few dozen terms, which moves the result by about 1e-7 relative, so the 1e-5 bound holds for them too.
 /// The same fixture runs on CUDA when a GPU is present and is reported as ignored where it is not.
 /// </summary>
 [TestFixture(IlgpuBackend.CpuSimulator)]
@@ -223,6 +223,55 @@ public class IlgpuBackwardTests
         CompareAttentionBackward(rng, shape, mode, allow, inputs, packed: false);
     }
 
+    /// <summary>
+    /// Each backward kernel forced on shapes that cut across its tiles (flash: 48 queries a dQ group and 48 keys a
+    /// dK/dV group against 32-key and 32-query tiles; tiled: 16 x 16): lengths one past or short of a block,
+    /// grouped-query heads, head dims whose quads do not fill the lanes (20, 40) or are odd (20), a KV-cache query
+    /// offset (reachable through the kernels, not the Device API), and rows padded for scalar or, when
+    /// <paramref name="aligned"/>, 16-byte accesses.
+    /// </summary>
+    [TestCase(AttentionBackwardKernel.Flash64, 2, 4, 2, 64, 100, 100, 0, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionBackwardKernel.Flash64, 1, 2, 2, 64, 50, 50, 0, AttentionMaskMode.Bidirectional, false)]
+    [TestCase(AttentionBackwardKernel.Flash64, 1, 2, 1, 16, 70, 70, 0, AttentionMaskMode.Explicit, true)]
+    [TestCase(AttentionBackwardKernel.Flash64, 1, 3, 3, 40, 49, 49, 0, AttentionMaskMode.Causal, false)]
+    [TestCase(AttentionBackwardKernel.Flash64, 1, 2, 2, 20, 37, 37, 0, AttentionMaskMode.Causal, false)]
+    [TestCase(AttentionBackwardKernel.Flash64, 1, 1, 1, 64, 1, 1, 0, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionBackwardKernel.Flash64, 2, 2, 1, 64, 20, 70, 50, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionBackwardKernel.Flash64, 1, 2, 2, 32, 97, 97, 0, AttentionMaskMode.Bidirectional, true)]
+    [TestCase(AttentionBackwardKernel.Tiled, 1, 2, 2, 64, 40, 40, 0, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionBackwardKernel.Tiled, 1, 2, 1, 6, 33, 33, 0, AttentionMaskMode.Explicit, false)]
+    public void AttentionBackwardKernelMatchesReference(AttentionBackwardKernel kernel, int batch, int heads, int kvHeads, int headDim,
+        int queries, int keys, int queryOffset, AttentionMaskMode mode, bool aligned)
+    {
+        var rng = TestUtil.NewRandom();
+        int qRow = heads * headDim + (aligned ? 4 : 3), kRow = kvHeads * headDim + (aligned ? 8 : 5);
+        long qBatch = (long)queries * qRow + (aligned ? 4 : 2), kBatch = (long)keys * kRow + (aligned ? 4 : 1);
+        var shape = new AttentionShape(batch, heads, kvHeads, headDim, queries, keys, queryOffset, qRow, kRow, qBatch, kBatch, 1f / MathF.Sqrt(headDim));
+        int qSpan = (int)(batch * qBatch), kSpan = (int)(batch * kBatch);
+        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, keys) : null;
+        int pad = aligned ? 4 : 0;
+        var inputs = new AttentionBuffers(
+            Q: TestUtil.RandomFloats(rng, 8 + qSpan, 3f), QOffset: aligned ? 8 : 7,
+            K: TestUtil.RandomFloats(rng, 12 + kSpan), KOffset: aligned ? 12 : 11,
+            V: TestUtil.RandomFloats(rng, 4 + kSpan), VOffset: 4,
+            Dq: TestUtil.RandomFloats(rng, 4 + qSpan), DqOffset: aligned ? 4 : 3,
+            Dk: TestUtil.RandomFloats(rng, 8 + kSpan), DkOffset: aligned ? 8 : 5,
+            Dv: TestUtil.RandomFloats(rng, 9 + pad + kSpan), DvOffset: aligned ? 12 : 9);
+        CompareAttentionBackward(rng, shape, mode, allow, inputs, packed: false, kernel);
+    }
+
+    /// <summary>The flash backward wherever the head dim is a multiple of 4 up to 64, else the tiled kernel.</summary>
+    [TestCase(64, AttentionBackwardKernel.Flash64)]
+    [TestCase(8, AttentionBackwardKernel.Flash64)]
+    [TestCase(68, AttentionBackwardKernel.Tiled)]
+    [TestCase(128, AttentionBackwardKernel.Tiled)]
+    [TestCase(6, AttentionBackwardKernel.Tiled)]
+    public void AttentionBackwardKernelIsChosenByHeadDim(int headDim, AttentionBackwardKernel expected)
+    {
+        var shape = new AttentionShape(1, 1, 1, headDim, 8, 8, 0, headDim, headDim, 8L * headDim, 8L * headDim, 1f);
+        Assert.That(((IlgpuDevice)device).Kernels.ChooseAttentionBackwardKernel(shape), Is.EqualTo(expected));
+    }
+
     /// <summary>GPT-2's packed qkv rows [B, T, 3C], with the gradients going into one packed dQkv buffer.</summary>
     [TestCase(2, 33, 2, 16, AttentionMaskMode.Causal)]
     [TestCase(1, 70, 2, 64, AttentionMaskMode.Causal)]
@@ -270,6 +319,17 @@ public class IlgpuBackwardTests
             shape, AttentionMaskMode.Causal, null));
     }
 
+    [Test]
+    public void FlashAttentionBackwardRefusesHeadDimsItDoesNotCover()
+    {
+        var kernels = ((IlgpuDevice)device).Kernels;
+        using var x = device.Zeros(DType.F32, 1, 2, 128);
+        var view = IlgpuDevice.View(x);
+        var wide = new AttentionShape(1, 1, 1, 128, 2, 2, 0, 128, 128, 256, 256, 1f);
+        Assert.Throws<ArgumentException>(() => kernels.AttentionBackward(view, view, view, view, view, view, view, view, view, view,
+            wide, AttentionMaskMode.Causal, null, AttentionBackwardKernel.Flash64));
+    }
+
     /// <summary>Host copies of q, k, v and of the starting dq, dk, dv, each a buffer with the offset of its first element.</summary>
     sealed record AttentionBuffers(float[] Q, int QOffset, float[] K, int KOffset, float[] V, int VOffset,
         float[] Dq, int DqOffset, float[] Dk, int DkOffset, float[] Dv, int DvOffset);
@@ -279,7 +339,8 @@ public class IlgpuBackwardTests
     /// over), a random dOutput, then the reference backward and the device's, and compares dq, dk and dv
     /// over their whole buffers (padding included). Returns the device's dq buffer.
     /// </summary>
-    float[] CompareAttentionBackward(Random rng, AttentionShape shape, AttentionMaskMode mode, byte[]? allow, AttentionBuffers h, bool packed)
+    float[] CompareAttentionBackward(Random rng, AttentionShape shape, AttentionMaskMode mode, byte[]? allow, AttentionBuffers h, bool packed,
+        AttentionBackwardKernel? kernel = null)
     {
         int outLength = shape.Batch * shape.QueryLength * shape.Heads * shape.HeadDim;
         int lseLength = shape.Batch * shape.Heads * shape.QueryLength;
@@ -309,8 +370,20 @@ public class IlgpuBackwardTests
         using var dOutT = device.FromArray(dOut, shape.Batch, shape.QueryLength, shape.Heads * shape.HeadDim);
         using var lseT = device.FromArray(lse, shape.Batch, shape.Heads, shape.QueryLength);
         using var allowT = allow is null ? null : device.FromArray(allow, shape.KeyLength, shape.KeyLength);
-        device.AttentionBackward(qT, h.QOffset, kT ?? qT, h.KOffset, vT ?? qT, h.VOffset, outputT, dOutT, lseT,
-            dqT, h.DqOffset, dkT ?? dqT, h.DkOffset, dvT ?? dqT, h.DvOffset, shape, mode, allowT);
+        if (kernel is null)
+        {
+            device.AttentionBackward(qT, h.QOffset, kT ?? qT, h.KOffset, vT ?? qT, h.VOffset, outputT, dOutT, lseT,
+                dqT, h.DqOffset, dkT ?? dqT, h.DkOffset, dvT ?? dqT, h.DvOffset, shape, mode, allowT);
+        }
+        else
+        {
+            using var delta = device.Allocate(DType.F32, shape.Batch, shape.Heads, shape.QueryLength);
+            ((IlgpuDevice)device).Kernels.AttentionBackward(IlgpuDevice.View(qT).SubView(h.QOffset), IlgpuDevice.View(kT ?? qT).SubView(h.KOffset),
+                IlgpuDevice.View(vT ?? qT).SubView(h.VOffset), IlgpuDevice.View(outputT), IlgpuDevice.View(dOutT), IlgpuDevice.View(lseT),
+                IlgpuDevice.View(delta), IlgpuDevice.View(dqT).SubView(h.DqOffset), IlgpuDevice.View(dkT ?? dqT).SubView(h.DkOffset),
+                IlgpuDevice.View(dvT ?? dqT).SubView(h.DvOffset), shape, mode,
+                allowT is null ? null : ((IlgpuStorage<byte>)allowT.Storage).View, kernel.Value);
+        }
 
         var dq = device.ToArray(dqT);
         Assert.That(dq, Has.None.NaN, "dq");

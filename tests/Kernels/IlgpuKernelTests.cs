@@ -8,8 +8,8 @@ namespace DiffuSharp.Tests;
 /// <summary>
 /// Every ILGPU kernel, through the public Device API of <see cref="IlgpuDevice"/>, against the float64
 /// reference on fresh random inputs. Shapes are small (the CPU simulator pays about 1 ms per group
-/// barrier) but cut across the kernels' tiles: matmul 64 x 64 x 16, attention 32 queries x 16 keys,
-/// 128 threads a group, one warp per row for the row kernels. The same fixture runs on CUDA when a GPU is
+/// barrier) but cut across the kernels' tiles: matmul 64 x 64 x 16, attention 64 or 48 queries x 32 keys (flash)
+/// and 32 queries x 16 keys (tiled), 128 threads a group, one warp per row for the row kernels. The same fixture runs on CUDA when a GPU is
 /// present and is reported as ignored, never as passed, where it is not.
 /// </summary>
 [TestFixture(IlgpuBackend.CpuSimulator)]
@@ -295,6 +295,73 @@ public class IlgpuKernelTests
         CompareAttention(shape, mode, qT, 7, kT, 11, vT, 4, q.AsSpan(7), k.AsSpan(11), v.AsSpan(4), allow);
     }
 
+    /// <summary>
+    /// Each attention kernel forced on shapes that cut across its tiles (flash: 64- or 48-query blocks, 32-key tiles,
+    /// 8 column quads a lane; tiled: 32 queries, 16 keys): lengths one past or short of a block, KV-cache query offsets,
+    /// grouped-query heads, head dims whose quads do not fill the lanes (20, 40, 80, 100) or that are odd quads (20, 100),
+    /// the flash kernel for head dims up to 128 on small heads, and rows padded so that the flash kernels read them with
+    /// scalar loads or, when <paramref name="aligned"/>, 16 bytes at a time.
+    /// </summary>
+    [TestCase(AttentionKernel.Flash64, 2, 4, 2, 64, 130, 130, 0, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionKernel.Flash64, 1, 2, 2, 64, 100, 100, 0, AttentionMaskMode.Bidirectional, false)]
+    [TestCase(AttentionKernel.Flash64, 1, 2, 1, 16, 70, 70, 0, AttentionMaskMode.Explicit, true)]
+    [TestCase(AttentionKernel.Flash64, 1, 3, 3, 40, 65, 65, 0, AttentionMaskMode.Causal, false)]
+    [TestCase(AttentionKernel.Flash64, 2, 2, 1, 64, 5, 100, 95, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionKernel.Flash64, 1, 2, 2, 20, 37, 90, 53, AttentionMaskMode.Causal, false)]
+    [TestCase(AttentionKernel.Flash64, 1, 1, 1, 64, 1, 1, 0, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionKernel.Flash128, 1, 2, 2, 128, 100, 100, 0, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionKernel.Flash128, 2, 4, 2, 80, 50, 50, 0, AttentionMaskMode.Bidirectional, false)]
+    [TestCase(AttentionKernel.Flash128, 1, 2, 1, 128, 3, 70, 67, AttentionMaskMode.Causal, false)]
+    [TestCase(AttentionKernel.Flash128, 1, 2, 2, 100, 49, 49, 0, AttentionMaskMode.Explicit, true)]
+    [TestCase(AttentionKernel.Flash128, 1, 2, 2, 64, 60, 60, 0, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionKernel.Flash128, 1, 1, 1, 128, 97, 97, 0, AttentionMaskMode.Bidirectional, true)]
+    [TestCase(AttentionKernel.Tiled, 1, 2, 2, 64, 40, 40, 0, AttentionMaskMode.Causal, true)]
+    [TestCase(AttentionKernel.Tiled, 1, 2, 1, 6, 33, 33, 0, AttentionMaskMode.Explicit, false)]
+    public void AttentionKernelMatchesReference(AttentionKernel kernel, int batch, int heads, int kvHeads, int headDim,
+        int queries, int keys, int queryOffset, AttentionMaskMode mode, bool aligned)
+    {
+        var rng = TestUtil.NewRandom();
+        int qRow = heads * headDim + (aligned ? 4 : 3), kRow = kvHeads * headDim + (aligned ? 8 : 5);
+        long qBatch = (long)queries * qRow + (aligned ? 4 : 2), kBatch = (long)keys * kRow + (aligned ? 4 : 1);
+        int qOffset = aligned ? 8 : 7, kOffset = aligned ? 12 : 11, vOffset = 4;
+        var shape = new AttentionShape(batch, heads, kvHeads, headDim, queries, keys, queryOffset,
+            qRow, kRow, qBatch, kBatch, 1f / MathF.Sqrt(headDim));
+        var q = TestUtil.RandomFloats(rng, (int)(qOffset + batch * qBatch), 3f);
+        var k = TestUtil.RandomFloats(rng, (int)(kOffset + batch * kBatch));
+        var v = TestUtil.RandomFloats(rng, (int)(vOffset + batch * kBatch));
+        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, keys) : null;
+
+        using var qT = device.FromArray(q, q.Length);
+        using var kT = device.FromArray(k, k.Length);
+        using var vT = device.FromArray(v, v.Length);
+        CompareAttention(shape, mode, qT, qOffset, kT, kOffset, vT, vOffset, q.AsSpan(qOffset), k.AsSpan(kOffset), v.AsSpan(vOffset), allow, kernel);
+    }
+
+    /// <summary>Flash kernels wherever the head dim is a multiple of 4 (64 queries a group up to 64, 48 up to 128), else the tiled kernel.</summary>
+    [TestCase(64, AttentionKernel.Flash64)]
+    [TestCase(8, AttentionKernel.Flash64)]
+    [TestCase(68, AttentionKernel.Flash128)]
+    [TestCase(128, AttentionKernel.Flash128)]
+    [TestCase(6, AttentionKernel.Tiled)]
+    [TestCase(126, AttentionKernel.Tiled)]
+    public void AttentionKernelIsChosenByHeadDim(int headDim, AttentionKernel expected)
+    {
+        var shape = new AttentionShape(1, 1, 1, headDim, 8, 8, 0, headDim, headDim, 8L * headDim, 8L * headDim, 1f);
+        Assert.That(((IlgpuDevice)device).Kernels.ChooseAttentionKernel(shape), Is.EqualTo(expected));
+    }
+
+    [Test]
+    public void FlashAttentionKernelRefusesHeadDimsItDoesNotCover()
+    {
+        var kernels = ((IlgpuDevice)device).Kernels;
+        using var x = device.Zeros(DType.F32, 1, 2, 128);
+        var view = IlgpuDevice.View(x);
+        var wide = new AttentionShape(1, 1, 1, 128, 2, 2, 0, 128, 128, 256, 256, 1f);
+        var odd = new AttentionShape(1, 1, 1, 6, 2, 2, 0, 6, 6, 12, 12, 1f);
+        Assert.Throws<ArgumentException>(() => kernels.Attention(view, view, view, view, null, wide, AttentionMaskMode.Causal, null, AttentionKernel.Flash64));
+        Assert.Throws<ArgumentException>(() => kernels.Attention(view, view, view, view, null, odd, AttentionMaskMode.Causal, null, AttentionKernel.Flash128));
+    }
+
     /// <summary>GPT-2's packed qkv rows [B, T, 3C]: one tensor read three times.</summary>
     [TestCase(2, 33, 2, 16, AttentionMaskMode.Causal)]
     [TestCase(1, 70, 2, 64, AttentionMaskMode.Causal)]
@@ -347,10 +414,12 @@ public class IlgpuKernelTests
         return allow;
     }
 
-    /// <summary>Runs the device's attention with and without lse and checks both against the reference.</summary>
+    /// <summary>
+    /// Runs the device's attention (or the given kernel of it) with and without lse and checks both against the reference.
+    /// </summary>
     void CompareAttention(AttentionShape shape, AttentionMaskMode mode,
         Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
-        ReadOnlySpan<float> qHost, ReadOnlySpan<float> kHost, ReadOnlySpan<float> vHost, byte[]? allow)
+        ReadOnlySpan<float> qHost, ReadOnlySpan<float> kHost, ReadOnlySpan<float> vHost, byte[]? allow, AttentionKernel? kernel = null)
     {
         int outLength = shape.Batch * shape.QueryLength * shape.Heads * shape.HeadDim;
         int lseLength = shape.Batch * shape.Heads * shape.QueryLength;
@@ -363,12 +432,25 @@ public class IlgpuKernelTests
         using var output = device.Allocate(DType.F32, shape.Batch, shape.QueryLength, shape.Heads * shape.HeadDim);
         using var lse = device.Allocate(DType.F32, shape.Batch, shape.Heads, shape.QueryLength);
 
-        device.Attention(q, qOffset, k, kOffset, v, vOffset, output, lse, shape, mode, allowT);
+        void Run(Tensor? lseT)
+        {
+            if (kernel is null)
+            {
+                device.Attention(q, qOffset, k, kOffset, v, vOffset, output, lseT, shape, mode, allowT);
+                return;
+            }
+            ((IlgpuDevice)device).Kernels.Attention(IlgpuDevice.View(q).SubView(qOffset), IlgpuDevice.View(k).SubView(kOffset),
+                IlgpuDevice.View(v).SubView(vOffset), IlgpuDevice.View(output), lseT is null ? null : IlgpuDevice.View(lseT), shape, mode,
+                allowT is null ? null : ((IlgpuStorage<byte>)allowT.Storage).View, kernel.Value);
+        }
+
+        device.Fill(lse, float.NaN);
+        Run(lse);
         Assert.That(TestUtil.RelativeL2(device.ToArray(output), expected), Is.LessThan(Tolerance), "output");
         Assert.That(TestUtil.RelativeL2(device.ToArray(lse), expectedLse), Is.LessThan(Tolerance), "lse");
 
         device.Fill(output, float.NaN);
-        device.Attention(q, qOffset, k, kOffset, v, vOffset, output, null, shape, mode, allowT);
+        Run(null);
         Assert.That(TestUtil.RelativeL2(device.ToArray(output), expected), Is.LessThan(Tolerance), "output without lse");
     }
 }

@@ -12,6 +12,10 @@ namespace DiffuSharp.Tests;
 public class PtxCompileTests
 {
     [TestCase(GpuKernel.Attention)]
+    [TestCase(GpuKernel.AttentionFlash64)]
+    [TestCase(GpuKernel.AttentionFlash128)]
+    [TestCase(GpuKernel.AttentionFlashQueryGradients)]
+    [TestCase(GpuKernel.AttentionFlashKeyValueGradients)]
     [TestCase(GpuKernel.MatMul)]
     [TestCase(GpuKernel.MatMul128)]
     [TestCase(GpuKernel.MatMulTF32)]
@@ -122,6 +126,8 @@ public class PtxCompileTests
     }
 
     [TestCase(GpuKernel.AttentionBackward)]
+    [TestCase(GpuKernel.AttentionFlashQueryGradients)]
+    [TestCase(GpuKernel.AttentionFlashKeyValueGradients)]
     [TestCase(GpuKernel.CrossEntropy)]
     public void BackwardKernelCompilesForAnOlderArchitecture(GpuKernel kernel)
     {
@@ -129,10 +135,12 @@ public class PtxCompileTests
         Assert.That(ptx, Does.Contain(".target sm_75"));
     }
 
-    [Test]
-    public void AttentionCompilesForAnOlderArchitecture()
+    [TestCase(GpuKernel.Attention)]
+    [TestCase(GpuKernel.AttentionFlash64)]
+    [TestCase(GpuKernel.AttentionFlash128)]
+    public void AttentionCompilesForAnOlderArchitecture(GpuKernel kernel)
     {
-        string ptx = PtxDump.Compile(GpuKernel.Attention, CudaArchitecture.SM_75, CudaInstructionSet.ISA_80);
+        string ptx = PtxDump.Compile(kernel, CudaArchitecture.SM_75, CudaInstructionSet.ISA_80);
         Assert.That(ptx, Does.Contain(".target sm_75"));
         Assert.That(ptx, Does.Contain(".version 8.0"));
     }
@@ -176,6 +184,54 @@ public class PtxCompileTests
     public void Tf32KernelStoresItsTilesAsVectors()
     {
         Assert.That(PtxDump.Compile(GpuKernel.MatMulTF32), Does.Contain("st.shared.v4.b32"));
+    }
+
+    /// <summary>
+    /// The flash attention kernels, generic and as specialized for 64- and 128-float heads: 16-byte shared loads for
+    /// the register tiles, butterfly shuffles for the forward's row maxima and sums, group barriers (and a warp barrier
+    /// where a warp hands its probabilities to itself), 16-byte global loads and stores, no local memory (nothing
+    /// spilled by ILGPU), shared memory within CUDA's 48 KB static limit, launch bounds for four groups a
+    /// multiprocessor, and no atomics (every group owns the rows it writes).
+    /// </summary>
+    [TestCase(GpuKernel.AttentionFlash64, 128, true, true)]
+    [TestCase(GpuKernel.AttentionFlash64Head64, 128, true, true)]
+    [TestCase(GpuKernel.AttentionFlash128, 96, true, false)]
+    [TestCase(GpuKernel.AttentionFlash128Head128, 96, true, false)]
+    [TestCase(GpuKernel.AttentionFlashQueryGradients, 96, false, true)]
+    [TestCase(GpuKernel.AttentionFlashQueryGradientsHead64, 96, false, true)]
+    [TestCase(GpuKernel.AttentionFlashKeyValueGradients, 96, false, true)]
+    [TestCase(GpuKernel.AttentionFlashKeyValueGradientsHead64, 96, false, true)]
+    public void FlashAttentionUsesRegisterTilesAndFitsSharedMemory(GpuKernel kernel, int threads, bool shuffles, bool warpBarrier)
+    {
+        string ptx = PtxDump.Compile(kernel);
+        Assert.That(ptx, Does.Contain("ld.shared.v4.f32"));
+        Assert.That(ptx, Does.Contain("st.shared.v4.f32"));
+        Assert.That(ptx.Contains("shfl.sync.bfly"), Is.EqualTo(shuffles));
+        Assert.That(ptx, Does.Contain("bar.sync"));
+        Assert.That(ptx.Contains("bar.warp.sync"), Is.EqualTo(warpBarrier));
+        Assert.That(ptx, Does.Match(@"ld(\.global)?\.v4\.f32"));
+        Assert.That(ptx, Does.Match(@"st(\.global)?\.v4\.f32"));
+        Assert.That(ptx, Does.Not.Contain(".local"));
+        Assert.That(ptx, Does.Not.Match(@"\b(red|atom)\."));
+        Assert.That(ptx, Does.Contain($".maxntid {threads}, 1, 1"));
+        Assert.That(ptx, Does.Contain(".minnctapersm 4"));
+        long shared = Regex.Matches(ptx, @"\.shared\s+\.align\s+\d+\s+\.b8\s+\w+\[(\d+)\]").Sum(m => long.Parse(m.Groups[1].Value));
+        Assert.That(shared, Is.GreaterThan(0).And.LessThanOrEqualTo(48 * 1024));
+    }
+
+    /// <summary>
+    /// Specialized for GPT-2's heads, the flash kernel's register tiles show in the PTX: one S step (8 shared quads for
+    /// 64 products) and eight unrolled P·V steps (3 quads for 32 products each), so at least 8 float multiplies (which
+    /// ptxas contracts with their adds into FMAs) per 16-byte shared load.
+    /// </summary>
+    [Test]
+    public void FlashAttentionMultipliesEightTimesPerSharedLoad()
+    {
+        string ptx = PtxDump.Compile(GpuKernel.AttentionFlash64Head64);
+        int products = Regex.Count(ptx, @"\b(fma\.rn|mul)\.f32");
+        int loads = Regex.Count(ptx, @"ld\.shared\.v4\.f32");
+        Assert.That(loads, Is.GreaterThanOrEqualTo(8 + 8 * 3));
+        Assert.That(products, Is.GreaterThanOrEqualTo(8 * loads));
     }
 
     [Test]
