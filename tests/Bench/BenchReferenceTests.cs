@@ -27,6 +27,18 @@ public sealed class BenchReferenceTests
         return result;
     }
 
+    const int M = 37, N = 53, K = 29;
+
+    /// <summary>Fresh a, b and c for an M x K x N product and the expected result.</summary>
+    static (float[] A, float[] B, float[] C, double[] Expected) RandomProblem(bool transA, bool transB, float beta)
+    {
+        var rng = TestUtil.NewRandom();
+        var a = TestUtil.RandomFloats(rng, M * K);
+        var b = TestUtil.RandomFloats(rng, K * N);
+        var c = TestUtil.RandomFloats(rng, M * N);
+        return (a, b, c, Gemm(a, b, c, beta, transA, transB, M, N, K));
+    }
+
     static IEnumerable<TestCaseData> Layouts()
     {
         foreach (bool transA in new[] { false, true })
@@ -40,13 +52,8 @@ public sealed class BenchReferenceTests
     {
         var blas = OpenBlas.TryLoad();
         if (blas is null) Assert.Ignore("OpenBLAS is not installed here (apt-get install libopenblas0-pthread)");
-        var rng = TestUtil.NewRandom();
-        const int m = 37, n = 53, k = 29;
-        var a = TestUtil.RandomFloats(rng, m * k);
-        var b = TestUtil.RandomFloats(rng, k * n);
-        var c = TestUtil.RandomFloats(rng, m * n);
-        var expected = Gemm(a, b, c, beta, transA, transB, m, n, k);
-        blas!.Gemm(transA, transB, m, n, k, a, b, beta, c);
+        var (a, b, c, expected) = RandomProblem(transA, transB, beta);
+        blas!.Gemm(transA, transB, M, N, K, a, b, beta, c);
         Assert.That(TestUtil.RelativeL2(c, expected), Is.LessThan(1e-5));
     }
 
@@ -56,16 +63,11 @@ public sealed class BenchReferenceTests
         using var device = TestDevices.Create("cuda");
         using var blas = CuBlasReference.TryCreate(device, out string? why);
         if (blas is null) Assert.Fail($"a CUDA device is present but cuBLAS is not usable: {why}");
-        var rng = TestUtil.NewRandom();
-        const int m = 37, n = 53, k = 29;
-        var a = TestUtil.RandomFloats(rng, m * k);
-        var b = TestUtil.RandomFloats(rng, k * n);
-        var c = TestUtil.RandomFloats(rng, m * n);
-        var expected = Gemm(a, b, c, beta, transA, transB, m, n, k);
+        var (a, b, c, expected) = RandomProblem(transA, transB, beta);
         using var ta = device.FromArray(a, a.Length);
         using var tb = device.FromArray(b, b.Length);
         using var tc = device.FromArray(c, c.Length);
-        blas!.Gemm(transA, transB, m, n, k, ta, tb, beta, tc);
+        blas!.Gemm(transA, transB, M, N, K, ta, tb, beta, tc);
         Assert.That(TestUtil.RelativeL2(device.ToArray(tc), expected), Is.LessThan(1e-5));
     }
 

@@ -16,25 +16,9 @@ namespace DiffuSharp.Tests;
 /// </summary>
 [TestFixture(IlgpuBackend.CpuSimulator)]
 [TestFixture(IlgpuBackend.Cuda)]
-public class IlgpuBackwardTests
+public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
 {
     const double Tolerance = 1e-5;
-
-    readonly IlgpuBackend backend;
-    Device device = null!;
-
-    public IlgpuBackwardTests(IlgpuBackend backend) => this.backend = backend;
-
-    [OneTimeSetUp]
-    public void CreateDevice()
-    {
-        if (backend == IlgpuBackend.Cuda && !IlgpuDevice.IsAvailable(IlgpuBackend.Cuda))
-            Assert.Ignore("no CUDA GPU on this machine");
-        device = new IlgpuDevice(backend);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeDevice() => device?.Dispose();
 
     // ---- embedding, GELU, LayerNorm ------------------------------------------------------------
 

@@ -14,26 +14,10 @@ namespace DiffuSharp.Tests;
 /// </summary>
 [TestFixture(IlgpuBackend.CpuSimulator)]
 [TestFixture(IlgpuBackend.Cuda)]
-public class IlgpuKernelTests
+public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
 {
     /// <summary>float32 round-off over sums of at most a few hundred terms stays near 1e-7 relative.</summary>
     const double Tolerance = 1e-5;
-
-    readonly IlgpuBackend backend;
-    Device device = null!;
-
-    public IlgpuKernelTests(IlgpuBackend backend) => this.backend = backend;
-
-    [OneTimeSetUp]
-    public void CreateDevice()
-    {
-        if (backend == IlgpuBackend.Cuda && !IlgpuDevice.IsAvailable(IlgpuBackend.Cuda))
-            Assert.Ignore("no CUDA GPU on this machine");
-        device = new IlgpuDevice(backend);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeDevice() => device?.Dispose();
 
     // ---- device --------------------------------------------------------------------------------
 

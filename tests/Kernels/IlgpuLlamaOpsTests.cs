@@ -14,26 +14,10 @@ namespace DiffuSharp.Tests;
 /// </summary>
 [TestFixture(IlgpuBackend.CpuSimulator)]
 [TestFixture(IlgpuBackend.Cuda)]
-public class IlgpuLlamaOpsTests
+public class IlgpuLlamaOpsTests(IlgpuBackend backend) : IlgpuFixture(backend)
 {
     const double Tolerance = 1e-5;
     const float Eps = 1e-5f;
-
-    readonly IlgpuBackend backend;
-    Device device = null!;
-
-    public IlgpuLlamaOpsTests(IlgpuBackend backend) => this.backend = backend;
-
-    [OneTimeSetUp]
-    public void CreateDevice()
-    {
-        if (backend == IlgpuBackend.Cuda && !IlgpuDevice.IsAvailable(IlgpuBackend.Cuda))
-            Assert.Ignore("no CUDA GPU on this machine");
-        device = new IlgpuDevice(backend);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeDevice() => device?.Dispose();
 
     // ---- RMSNorm -------------------------------------------------------------------------------
 

@@ -16,25 +16,9 @@ namespace DiffuSharp.Tests;
 /// </summary>
 [TestFixture(IlgpuBackend.CpuSimulator)]
 [TestFixture(IlgpuBackend.Cuda)]
-public class IlgpuMatMulTests
+public class IlgpuMatMulTests(IlgpuBackend backend) : IlgpuFixture(backend)
 {
     const double F32Tolerance = 1e-5;
-
-    readonly IlgpuBackend backend;
-    IlgpuDevice device = null!;
-
-    public IlgpuMatMulTests(IlgpuBackend backend) => this.backend = backend;
-
-    [OneTimeSetUp]
-    public void CreateDevice()
-    {
-        if (backend == IlgpuBackend.Cuda && !IlgpuDevice.IsAvailable(IlgpuBackend.Cuda))
-            Assert.Ignore("no CUDA GPU on this machine");
-        device = new IlgpuDevice(backend);
-    }
-
-    [OneTimeTearDown]
-    public void DisposeDevice() => device?.Dispose();
 
     static ArrayView<float> View(Tensor t) => ((IlgpuStorage<float>)t.Storage).View;
 

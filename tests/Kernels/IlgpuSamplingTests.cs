@@ -15,7 +15,7 @@ namespace DiffuSharp.Tests;
 /// </summary>
 [TestFixture(IlgpuBackend.CpuSimulator)]
 [TestFixture(IlgpuBackend.Cuda)]
-public class IlgpuSamplingTests
+public class IlgpuSamplingTests(IlgpuBackend backend) : IlgpuFixture(backend)
 {
     const double RelativeTolerance = 1e-5;
     const double AbsoluteTolerance = 1e-6;
@@ -29,27 +29,14 @@ public class IlgpuSamplingTests
     static readonly int[] TopKs = [0, 1, 40];
     static readonly float[] TopPs = [1f, 0.9f, 0.5f];
 
-    readonly IlgpuBackend backend;
-    Device device = null!;
     CpuDevice cpu = null!;
 
-    public IlgpuSamplingTests(IlgpuBackend backend) => this.backend = backend;
-
+    /// <summary>The CPU device the GPU's draws are compared with (the base fixture made the ILGPU one).</summary>
     [OneTimeSetUp]
-    public void CreateDevices()
-    {
-        if (backend == IlgpuBackend.Cuda && !IlgpuDevice.IsAvailable(IlgpuBackend.Cuda))
-            Assert.Ignore("no CUDA GPU on this machine");
-        device = new IlgpuDevice(backend);
-        cpu = new CpuDevice();
-    }
+    public void CreateCpuDevice() => cpu = new CpuDevice();
 
     [OneTimeTearDown]
-    public void DisposeDevices()
-    {
-        device?.Dispose();
-        cpu?.Dispose();
-    }
+    public void DisposeCpuDevice() => cpu?.Dispose();
 
     /// <summary>
     /// Every temperature with every (top-k, top-p) pair on rows of 7 and 1000; on rows of 1 and 5000 each temperature
