@@ -41,6 +41,10 @@ readonly unsafe struct Operand(float* data, int ld, bool transposed)
 /// own rows (its a blocks packed by itself) with the whole block. So every element of b is packed once per a block,
 /// not once per core, and the cores finish together.
 /// </para>
+/// <para>
+/// The kernel and the packs are compiled fully optimised from their first call (AggressiveOptimization): the tiered
+/// JIT's unoptimised first copies would otherwise show in the first dozens of products.
+/// </para>
 /// </summary>
 static unsafe class Gemm
 {
@@ -110,6 +114,7 @@ static unsafe class Gemm
     /// member runs the same sequence of blocks, packs its share of each block's panels, and waits at the barrier until
     /// the whole block is packed. A team of one packs everything into its own buffer.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Blocked(in Product p, int i0, int i1, int j0, int j1, int member, int members, TeamBarrier barrier)
     {
         int mr = MR, nr = NR;
@@ -168,23 +173,31 @@ static unsafe class Gemm
     /// Packs a[ic .. ic+rows, pc .. pc+kc] into strips of MR rows (the last may be shorter), strip s at s · AStride · kc,
     /// each k-major with AStride floats per k of which the first rows-of-the-strip are used.
     /// </summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackA(Operand a, int ic, int rows, int pc, int kc, float* dst)
     {
-        for (int ir = 0; ir < rows; ir += MR)
+        if (a.Transposed)
         {
-            int mr = Math.Min(MR, rows - ir);
-            float* d = dst + (long)(ir / MR) * AStride * kc;
-            if (a.Transposed) CopyRuns(a.Data + (long)pc * a.Ld + ic + ir, a.Ld, mr, kc, d, AStride);
-            else Transpose16(a.Data + (long)(ic + ir) * a.Ld + pc, a.Ld, mr, kc, d, AStride);
+            // Sixteen rows of the stored matrix at a time, dealt out to every strip: each source line is read once
+            // while it is in L1, and each strip receives a whole kilobyte at once.
+            for (int p = 0; p < kc; p += 16)
+            {
+                int steps = Math.Min(16, kc - p);
+                float* src = a.Data + (long)(pc + p) * a.Ld + ic;
+                for (int ir = 0; ir < rows; ir += MR)
+                    CopyRuns(src + ir, a.Ld, Math.Min(MR, rows - ir), steps, dst + ((long)(ir / MR) * kc + p) * AStride, AStride);
+            }
+            return;
         }
+        for (int ir = 0; ir < rows; ir += MR)
+            Transpose16(a.Data + (long)(ic + ir) * a.Ld + pc, a.Ld, Math.Min(MR, rows - ir), kc, dst + (long)(ir / MR) * AStride * kc, AStride);
     }
 
     /// <summary>
     /// Packs b[pc .. pc+kc, jc .. jc+nc] into NR-column panels, panel p at p · NR · kc, each k-major with NR values per k;
     /// columns past nc are zero.
     /// </summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackB(Operand b, int jc, int nc, int pc, int kc, float* dst)
     {
         int nr = NR;
@@ -226,6 +239,7 @@ static unsafe class Gemm
     /// dst[p · stride + r] = src[r · ld + p] for p &lt; len and r &lt; lines (at most 16), zero for lines ≤ r &lt; min(16, stride):
     /// the transpose of a row-major block, 16 × 16 at a time in registers (with AVX-512 the stride is at least 16).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Transpose16(float* src, int ld, int lines, int len, float* dst, int stride)
     {
         int p = 0;
@@ -307,6 +321,7 @@ static unsafe class Gemm
     /// dst[p · stride + r] = src[p · ld + r] for p &lt; len, r &lt; count (count ≤ stride ≤ 16): a left operand stored
     /// transposed is already k-major, so its strip is a run of short copies (masked loads: no read past count).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void CopyRuns(float* src, int ld, int count, int len, float* dst, int stride)
     {
         if (Avx512F.IsSupported && stride == 16)
@@ -425,6 +440,8 @@ static unsafe class Gemm
             if (R.Count > 11) { v = Vector512.Create(a[11]); cb0 = Vector512.FusedMultiplyAdd(v, b0, cb0); cb1 = Vector512.FusedMultiplyAdd(v, b1, cb1); }
             if (R.Count > 12) { v = Vector512.Create(a[12]); cc0 = Vector512.FusedMultiplyAdd(v, b0, cc0); cc1 = Vector512.FusedMultiplyAdd(v, b1, cc1); }
             if (R.Count > 13) { v = Vector512.Create(a[13]); cd0 = Vector512.FusedMultiplyAdd(v, b0, cd0); cd1 = Vector512.FusedMultiplyAdd(v, b1, cd1); }
+            // The a strip streams from L2 or beyond, one line per step; the hardware prefetcher alone left it short.
+            Sse.Prefetch0(a + 16 * 16);
             a += 16;
             b += 32;
         }
