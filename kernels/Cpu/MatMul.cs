@@ -6,31 +6,19 @@ namespace DiffuSharp.Kernels.Cpu;
 /// <summary>
 /// float32 matrix products, the hot path of the CPU device.
 /// <para>
-/// Large products are blocked the GotoBLAS/BLIS way: w is packed per (KC × NC) block into panels of NR
-/// columns stored k-major (each k step is NR contiguous floats), x is packed per MR-row micro-panel
-/// (each k step is MR contiguous floats), and an MR × NR register-blocked micro-kernel broadcasts one x
-/// value and FMAs it into NR/16 vectors of w per row. The x micro-panel stays in L1 while it sweeps the w
-/// block in L2. Packing also absorbs the layouts: either operand may be read as stored or as the transpose
-/// of a row-major matrix (<see cref="Operand"/>), so Forward (w [K, N]), ForwardTransposed (w [N, K]) and the
-/// four products of the backward passes (dX += dOut·wᵀ or dOut·w, dW += xᵀ·dOut or dOutᵀ·x) all run the
-/// same micro-kernel. Edges are zero-padded in the packs, and a partial tile is computed into a small buffer
-/// and added into place. The micro-kernel adds into the output, so the backward products accumulate for free.
+/// Large products run the packed, register-blocked <see cref="Gemm"/>: either operand may be read as stored or as
+/// the transpose of a row-major matrix (<see cref="Operand"/>), so Forward (w [K, N]), ForwardTransposed (w [N, K])
+/// and the four products of the backward passes (dX += dOut·wᵀ or dOut·w, dW += xᵀ·dOut or dOutᵀ·x) all run the
+/// same micro-kernel, the backward ones accumulating into their outputs.
 /// </para>
 /// <para>
-/// The work is split between cores in one piece per core along the longer of M and N; each piece packs its
-/// own panels, so the threads never wait on each other. Products with few rows skip the packing: Forward with
-/// a handful of rows (decoding) is bound by reading w and streams its rows against broadcast x values;
-/// ForwardTransposed with fewer than DotRowsLimit rows takes 4 × 4 blocks of dot products of x rows with w rows.
+/// Products with few rows skip the packing: Forward with a handful of rows (decoding) is bound by reading w and
+/// streams its rows against broadcast x values; ForwardTransposed with fewer than DotRowsLimit rows takes 4 × 4
+/// blocks of dot products of x rows with w rows.
 /// </para>
 /// </summary>
 public static class MatMul
 {
-    /// <summary>Rows of the micro-kernel tile.</summary>
-    const int MR = 6;
-    /// <summary>Depth of one packed block: an MR × KC micro-panel of x is 6 KiB, comfortably in L1.</summary>
-    const int KC = 256;
-    /// <summary>Columns of one packed block of w: KC × NC floats = 512 KiB, half of a core's L2.</summary>
-    const int NC = 512;
     /// <summary>Forward with at most this many rows streams w unpacked (measured: packing wins from 6 rows).</summary>
     const int SmallRows = 4;
     /// <summary>
@@ -38,9 +26,6 @@ public static class MatMul
     /// per call and only wins back its cost over many rows (measured crossover about 192 rows, K = 768).
     /// </summary>
     const int DotRowsLimit = 192;
-
-    /// <summary>Columns of the micro-kernel tile: two vectors (32 with AVX-512, 16 with AVX2).</summary>
-    static readonly int NR = Vector512.IsHardwareAccelerated ? 32 : 16;
 
     /// <summary>output[M, N] = x[M, K] · w[K, N] + bias[N]; an empty bias means none.</summary>
     public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> bias, Span<float> output, int m, int k, int n) =>
@@ -86,7 +71,7 @@ public static class MatMul
                 return;
             }
 
-            Gemm(new Operand(xx, k, false), new Operand(xw, transposed ? k : n, transposed), xb, accumulate: false, xo, m, k, n);
+            Gemm.Multiply(new Operand(xx, k, false), new Operand(xw, transposed ? k : n, transposed), xb, accumulate: false, xo, m, k, n);
         }
     }
 
@@ -124,13 +109,13 @@ public static class MatMul
             var g = new Operand(pg, n, false);
             if (transposed)
             {
-                Gemm(g, new Operand(pw, k, false), null, accumulate: true, pdx, m, n, k);
-                Gemm(new Operand(pg, n, true), new Operand(px, k, false), null, accumulate: true, pdw, n, m, k);
+                Gemm.Multiply(g, new Operand(pw, k, false), null, accumulate: true, pdx, m, n, k);
+                Gemm.Multiply(new Operand(pg, n, true), new Operand(px, k, false), null, accumulate: true, pdw, n, m, k);
             }
             else
             {
-                Gemm(g, new Operand(pw, n, true), null, accumulate: true, pdx, m, n, k);
-                Gemm(new Operand(px, k, true), g, null, accumulate: true, pdw, k, m, n);
+                Gemm.Multiply(g, new Operand(pw, n, true), null, accumulate: true, pdx, m, n, k);
+                Gemm.Multiply(new Operand(px, k, true), g, null, accumulate: true, pdw, k, m, n);
             }
             if (!dBias.IsEmpty) SumRows(pg, pdb, m, n);
         }
@@ -145,36 +130,6 @@ public static class MatMul
         {
             int j0 = piece * width, j1 = Math.Min(n, j0 + width);
             for (int i = 0; i < m; i++) Residual.AddRange(bias, g + (long)i * n, bias, j0, j1);
-        });
-    }
-
-    /// <summary>
-    /// One operand of a product, M × K on the left or K × N on the right: stored row-major with rows ld floats
-    /// apart, or (Transposed) as the transpose of such a matrix, element (r, c) at Data[c · ld + r].
-    /// </summary>
-    readonly unsafe struct Operand(float* data, int ld, bool transposed)
-    {
-        public readonly float* Data = data;
-        public readonly int Ld = ld;
-        public readonly bool Transposed = transposed;
-    }
-
-    /// <summary>
-    /// c[M, N] = a · b + bias, or c += a · b when accumulating (bias then unused). The work is split in one piece per
-    /// core along the longer of M and N; each piece packs its own panels, so the threads never wait on each other.
-    /// </summary>
-    static unsafe void Gemm(Operand a, Operand b, float* bias, bool accumulate, float* c, int m, int k, int n)
-    {
-        long flops = 2L * m * n * k;
-        int threads = flops < (1 << 20) ? 1 : Environment.ProcessorCount;
-        bool splitRows = m >= n;
-        int extent = splitRows ? m : n;
-        var (count, size) = Split(extent, splitRows ? MR : NR, threads);
-        ForPieces(count, piece =>
-        {
-            int s0 = piece * size, s1 = Math.Min(extent, s0 + size);
-            if (splitRows) Blocked(a, b, bias, accumulate, c, k, n, s0, s1, 0, n);
-            else Blocked(a, b, bias, accumulate, c, k, n, 0, m, s0, s1);
         });
     }
 
@@ -194,217 +149,6 @@ public static class MatMul
     {
         if (count == 1) body(0);
         else Parallel.For(0, count, body);
-    }
-
-    /// <summary>The blocked product for output rows [i0, i1) and columns [j0, j1) of o [M, N] (rows n apart).</summary>
-    static unsafe void Blocked(Operand a, Operand b, float* bias, bool accumulate, float* o, int k, int n, int i0, int i1, int j0, int j1)
-    {
-        int nr = NR;
-        float* packB = Scratch.Get((long)KC * NC + MR * KC);
-        float* packA = packB + (long)KC * NC;
-
-        for (int i = i0; i < i1 && !accumulate; i++)
-        {
-            float* row = o + (long)i * n;
-            if (bias is null) new Span<float>(row + j0, j1 - j0).Clear();
-            else new Span<float>(bias + j0, j1 - j0).CopyTo(new Span<float>(row + j0, j1 - j0));
-        }
-
-        for (int jc = j0; jc < j1; jc += NC)
-        {
-            int nc = Math.Min(NC, j1 - jc);
-            int panels = (nc + nr - 1) / nr;
-            for (int pc = 0; pc < k; pc += KC)
-            {
-                int kc = Math.Min(KC, k - pc);
-                if (b.Transposed) PackTransposed(b.Data, b.Ld, jc, nc, pc, kc, packB, nr);
-                else PackRows(b.Data, b.Ld, jc, nc, pc, kc, packB, nr);
-
-                for (int ir = i0; ir < i1; ir += MR)
-                {
-                    int mr = Math.Min(MR, i1 - ir);
-                    if (a.Transposed) PackXTransposed(a.Data, a.Ld, ir, mr, pc, kc, packA);
-                    else PackX(a.Data, a.Ld, ir, mr, pc, kc, packA);
-                    for (int jp = 0; jp < panels; jp++)
-                    {
-                        int col = jc + jp * nr;
-                        int ncols = Math.Min(nr, jc + nc - col);
-                        float* c = o + (long)ir * n + col;
-                        float* panel = packB + (long)jp * kc * nr;
-                        if (mr == MR && ncols == nr) Tile(packA, panel, kc, c, n);
-                        else PartialTile(packA, panel, kc, c, n, mr, ncols);
-                    }
-                }
-            }
-        }
-    }
-
-    /// <summary>Packs x[ir .. ir+mr, pc .. pc+kc] (rows ld apart) k-major, MR values per k, zero rows past mr.</summary>
-    static unsafe void PackX(float* x, int ld, int ir, int mr, int pc, int kc, float* dst)
-    {
-        for (int r = 0; r < MR; r++)
-        {
-            if (r < mr)
-            {
-                float* src = x + (long)(ir + r) * ld + pc;
-                for (int p = 0; p < kc; p++) dst[p * MR + r] = src[p];
-            }
-            else
-            {
-                for (int p = 0; p < kc; p++) dst[p * MR + r] = 0;
-            }
-        }
-    }
-
-    /// <summary>
-    /// Packs the same micro-panel of a left operand stored transposed (element (i, p) at x[p · ld + i]): each k step
-    /// is MR contiguous floats of the source, so this is a run of short copies.
-    /// </summary>
-    static unsafe void PackXTransposed(float* x, int ld, int ir, int mr, int pc, int kc, float* dst)
-    {
-        for (int p = 0; p < kc; p++, dst += MR)
-        {
-            float* src = x + (long)(pc + p) * ld + ir;
-            int r = 0;
-            for (; r < mr; r++) dst[r] = src[r];
-            for (; r < MR; r++) dst[r] = 0;
-        }
-    }
-
-    /// <summary>
-    /// Packs w[pc .. pc+kc, jc .. jc+nc] of a row-major matrix (rows ld apart) into NR-column panels, zero-padding
-    /// the last. Each row of the block is read once from start to end (long runs for the prefetcher) and dealt out
-    /// to the panels.
-    /// </summary>
-    static unsafe void PackRows(float* w, int ld, int jc, int nc, int pc, int kc, float* dst, int nr)
-    {
-        int full = nc / nr, rest = nc - full * nr;
-        long panelSize = (long)kc * nr;
-        for (int p = 0; p < kc; p++)
-        {
-            float* src = w + (long)(pc + p) * ld + jc;
-            float* d = dst + p * nr;
-            for (int jp = 0; jp < full; jp++, src += nr, d += panelSize)
-                new ReadOnlySpan<float>(src, nr).CopyTo(new Span<float>(d, nr));
-            if (rest > 0)
-            {
-                new ReadOnlySpan<float>(src, rest).CopyTo(new Span<float>(d, rest));
-                new Span<float>(d + rest, nr - rest).Clear();
-            }
-        }
-    }
-
-    /// <summary>Packs the same block of a matrix stored transposed, rows ld apart (rows of w become columns of the panel).</summary>
-    static unsafe void PackTransposed(float* w, int ld, int jc, int nc, int pc, int kc, float* dst, int nr)
-    {
-        for (int j = 0; j < nc; j += nr)
-        {
-            int cols = Math.Min(nr, nc - j);
-            float* panel = dst + (long)(j / nr) * kc * nr;
-            for (int c = 0; c < nr; c++)
-            {
-                if (c < cols)
-                {
-                    float* src = w + (long)(jc + j + c) * ld + pc;
-                    for (int p = 0; p < kc; p++) panel[p * nr + c] = src[p];
-                }
-                else
-                {
-                    for (int p = 0; p < kc; p++) panel[p * nr + c] = 0;
-                }
-            }
-        }
-    }
-
-    /// <summary>A tile at the bottom or right edge: computed into a zeroed MR × NR buffer, then added into place.</summary>
-    static unsafe void PartialTile(float* a, float* b, int kc, float* c, int ldc, int mr, int ncols)
-    {
-        int nr = NR;
-        float* tile = stackalloc float[MR * 32];
-        new Span<float>(tile, MR * nr).Clear();
-        Tile(a, b, kc, tile, nr);
-        for (int r = 0; r < mr; r++)
-            for (int j = 0; j < ncols; j++) c[(long)r * ldc + j] += tile[r * nr + j];
-    }
-
-    /// <summary>c[MR, NR] += a[MR, kc] · b[kc, NR] on packed panels.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static unsafe void Tile(float* a, float* b, int kc, float* c, int ldc)
-    {
-        if (Vector512.IsHardwareAccelerated) Tile512(a, b, kc, c, ldc);
-        else Tile256(a, b, kc, c, ldc);
-    }
-
-    static unsafe void Tile512(float* a, float* b, int kc, float* c, int ldc)
-    {
-        float* c0 = c, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc, c4 = c3 + ldc, c5 = c4 + ldc;
-        var r00 = Vector512.Load(c0); var r01 = Vector512.Load(c0 + 16);
-        var r10 = Vector512.Load(c1); var r11 = Vector512.Load(c1 + 16);
-        var r20 = Vector512.Load(c2); var r21 = Vector512.Load(c2 + 16);
-        var r30 = Vector512.Load(c3); var r31 = Vector512.Load(c3 + 16);
-        var r40 = Vector512.Load(c4); var r41 = Vector512.Load(c4 + 16);
-        var r50 = Vector512.Load(c5); var r51 = Vector512.Load(c5 + 16);
-        for (int p = 0; p < kc; p++)
-        {
-            var b0 = Vector512.Load(b);
-            var b1 = Vector512.Load(b + 16);
-            var a0 = Vector512.Create(a[0]);
-            r00 = Vector512.FusedMultiplyAdd(a0, b0, r00); r01 = Vector512.FusedMultiplyAdd(a0, b1, r01);
-            var a1 = Vector512.Create(a[1]);
-            r10 = Vector512.FusedMultiplyAdd(a1, b0, r10); r11 = Vector512.FusedMultiplyAdd(a1, b1, r11);
-            var a2 = Vector512.Create(a[2]);
-            r20 = Vector512.FusedMultiplyAdd(a2, b0, r20); r21 = Vector512.FusedMultiplyAdd(a2, b1, r21);
-            var a3 = Vector512.Create(a[3]);
-            r30 = Vector512.FusedMultiplyAdd(a3, b0, r30); r31 = Vector512.FusedMultiplyAdd(a3, b1, r31);
-            var a4 = Vector512.Create(a[4]);
-            r40 = Vector512.FusedMultiplyAdd(a4, b0, r40); r41 = Vector512.FusedMultiplyAdd(a4, b1, r41);
-            var a5 = Vector512.Create(a[5]);
-            r50 = Vector512.FusedMultiplyAdd(a5, b0, r50); r51 = Vector512.FusedMultiplyAdd(a5, b1, r51);
-            a += MR;
-            b += 32;
-        }
-        Vector512.Store(r00, c0); Vector512.Store(r01, c0 + 16);
-        Vector512.Store(r10, c1); Vector512.Store(r11, c1 + 16);
-        Vector512.Store(r20, c2); Vector512.Store(r21, c2 + 16);
-        Vector512.Store(r30, c3); Vector512.Store(r31, c3 + 16);
-        Vector512.Store(r40, c4); Vector512.Store(r41, c4 + 16);
-        Vector512.Store(r50, c5); Vector512.Store(r51, c5 + 16);
-    }
-
-    static unsafe void Tile256(float* a, float* b, int kc, float* c, int ldc)
-    {
-        float* c0 = c, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc, c4 = c3 + ldc, c5 = c4 + ldc;
-        var r00 = Vector256.Load(c0); var r01 = Vector256.Load(c0 + 8);
-        var r10 = Vector256.Load(c1); var r11 = Vector256.Load(c1 + 8);
-        var r20 = Vector256.Load(c2); var r21 = Vector256.Load(c2 + 8);
-        var r30 = Vector256.Load(c3); var r31 = Vector256.Load(c3 + 8);
-        var r40 = Vector256.Load(c4); var r41 = Vector256.Load(c4 + 8);
-        var r50 = Vector256.Load(c5); var r51 = Vector256.Load(c5 + 8);
-        for (int p = 0; p < kc; p++)
-        {
-            var b0 = Vector256.Load(b);
-            var b1 = Vector256.Load(b + 8);
-            var a0 = Vector256.Create(a[0]);
-            r00 = Vector256.FusedMultiplyAdd(a0, b0, r00); r01 = Vector256.FusedMultiplyAdd(a0, b1, r01);
-            var a1 = Vector256.Create(a[1]);
-            r10 = Vector256.FusedMultiplyAdd(a1, b0, r10); r11 = Vector256.FusedMultiplyAdd(a1, b1, r11);
-            var a2 = Vector256.Create(a[2]);
-            r20 = Vector256.FusedMultiplyAdd(a2, b0, r20); r21 = Vector256.FusedMultiplyAdd(a2, b1, r21);
-            var a3 = Vector256.Create(a[3]);
-            r30 = Vector256.FusedMultiplyAdd(a3, b0, r30); r31 = Vector256.FusedMultiplyAdd(a3, b1, r31);
-            var a4 = Vector256.Create(a[4]);
-            r40 = Vector256.FusedMultiplyAdd(a4, b0, r40); r41 = Vector256.FusedMultiplyAdd(a4, b1, r41);
-            var a5 = Vector256.Create(a[5]);
-            r50 = Vector256.FusedMultiplyAdd(a5, b0, r50); r51 = Vector256.FusedMultiplyAdd(a5, b1, r51);
-            a += MR;
-            b += 16;
-        }
-        Vector256.Store(r00, c0); Vector256.Store(r01, c0 + 8);
-        Vector256.Store(r10, c1); Vector256.Store(r11, c1 + 8);
-        Vector256.Store(r20, c2); Vector256.Store(r21, c2 + 8);
-        Vector256.Store(r30, c3); Vector256.Store(r31, c3 + 8);
-        Vector256.Store(r40, c4); Vector256.Store(r41, c4 + 8);
-        Vector256.Store(r50, c5); Vector256.Store(r51, c5 + 8);
     }
 
     /// <summary>
