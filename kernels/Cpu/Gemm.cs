@@ -37,9 +37,10 @@ readonly unsafe struct Operand(float* data, int ld, bool transposed)
 /// </para>
 /// <para>
 /// On several cores the rows are split evenly and the members of a <see cref="CoreTeam"/> walk the same sequence of
-/// b blocks: each packs its share of a block's panels into a buffer they share, waits at a barrier, then multiplies its
-/// own rows (its a blocks packed by itself) with the whole block. So every element of b is packed once per a block,
-/// not once per core, and the cores finish together.
+/// b blocks in a buffer they share: each packs its share of the next block's panels between the tiles of the current
+/// one, and a barrier per block opens once the next block is whole. Every member packs its own a blocks. So every
+/// element of b is packed once per a block, not once per core, the packing hides behind the FMAs, and the cores
+/// finish together.
 /// </para>
 /// <para>
 /// The kernel and the packs are compiled fully optimised from their first call (AggressiveOptimization): the tiered
@@ -111,8 +112,11 @@ static unsafe class Gemm
 
     /// <summary>
     /// Output rows [i0, i1) and columns [j0, j1) for one member of a team of `members` that share the b blocks: every
-    /// member runs the same sequence of blocks, packs its share of each block's panels, and waits at the barrier until
-    /// the whole block is packed. A team of one packs everything into its own buffer.
+    /// member walks the same sequence of blocks and packs its share of each block's panels into one of two buffers.
+    /// The next block is packed a few pieces before each tile of the current one: reading b from memory is slow (5-10
+    /// GB/s a core) and the FMAs leave the memory system idle, so the two overlap instead of alternating (measured: the
+    /// packing of b went from 7 % of the time at LLaMA shapes to the noise). A barrier per block makes sure the whole next block is packed, and that no
+    /// member still reads the buffer about to be refilled. A team of one packs everything into its own two buffers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Blocked(in Product p, int i0, int i1, int j0, int j1, int member, int members, TeamBarrier barrier)
@@ -120,51 +124,145 @@ static unsafe class Gemm
         int mr = MR, nr = NR;
         // All members agree on the number of a blocks (from the largest share), so their b block sequences match.
         int largest = members == 1 ? i1 - i0 : (p.M + members - 1) / members;
-        int blocks = Math.Max(1, (largest + MCMax - 1) / MCMax);
-        int mc = Math.Max(mr, ((i1 - i0 + blocks - 1) / blocks + mr - 1) / mr * mr);
+        int aBlocks = Math.Max(1, (largest + MCMax - 1) / MCMax);
+        int mc = Math.Max(mr, ((i1 - i0 + aBlocks - 1) / aBlocks + mr - 1) / mr * mr);
         int kBlocks = (p.K + KC - 1) / KC;
         int kcStep = Math.Min(KC, ((p.K + kBlocks - 1) / kBlocks + 15) & ~15);
+        kBlocks = (p.K + kcStep - 1) / kcStep;
+        int jBlocks = (j1 - j0 + NC - 1) / NC;
+        int sequence = aBlocks * kBlocks * jBlocks;
 
         long stripsSize = (long)(mc / mr) * AStride * kcStep;
-        float* packA = Scratch.Get(stripsSize + (members == 1 ? (long)kcStep * NC : 0));
-        float* ownPanels = packA + stripsSize;
+        long slotSize = members == 1 ? (long)kcStep * NC : (long)KC * NC;
+        float* packA = Scratch.Get(stripsSize + (members == 1 ? 2 * slotSize : 0));
+        float* slots = members == 1 ? packA + stripsSize : SharedPanels;
 
-        long sequence = 0;
-        for (int block = 0; block < blocks; block++)
+        var schedule = new BlockSchedule(p, j0, j1, kcStep, kBlocks, jBlocks, member, members, slots, slotSize);
+        var packer = schedule.Share(0);
+        packer.Pack(int.MaxValue);
+        barrier.Wait();
+        for (int g = 0; g < sequence; g++)
         {
+            var (block, pc, jc) = schedule.Coordinates(g);
+            int kc = Math.Min(kcStep, p.K - pc), nc = Math.Min(NC, j1 - jc);
             int ic = i0 + block * mc;
             int mcRows = Math.Clamp(i1 - ic, 0, mc);
-            for (int pc = 0; pc < p.K; pc += kcStep)
-            {
-                int kc = Math.Min(kcStep, p.K - pc);
-                bool store = pc == 0 && !p.Accumulate;
-                if (mcRows > 0) PackA(p.A, ic, mcRows, pc, kc, packA);
-                for (int jc = j0; jc < j1; jc += NC, sequence++)
-                {
-                    int nc = Math.Min(NC, j1 - jc);
-                    float* packB = members == 1 ? ownPanels : SharedPanels + (sequence & 1) * KC * NC;
-                    int panels = (nc + nr - 1) / nr;
-                    int first = panels * member / members, last = panels * (member + 1) / members;
-                    if (first < last)
-                        PackB(p.B, jc + first * nr, Math.Min(nc, last * nr) - first * nr, pc, kc, packB + (long)first * nr * kc);
-                    barrier.Wait();
-                    if (mcRows == 0) continue;
+            bool store = pc == 0 && !p.Accumulate;
+            if (mcRows > 0 && jc == j0) PackA(p.A, ic, mcRows, pc, kc, packA);
+            float* packB = schedule.Slot(g);
 
-                    for (int jr = 0; jr < nc; jr += nr)
-                    {
-                        int cols = Math.Min(nr, nc - jr);
-                        float* panel = packB + (long)jr * kc;
-                        float* tileBias = store && p.Bias is not null ? p.Bias + jc + jr : null;
-                        for (int ir = 0; ir < mcRows; ir += mr)
-                        {
-                            int tileRows = Math.Min(mr, mcRows - ir);
-                            float* strip = packA + (long)(ir / mr) * AStride * kc;
-                            float* tile = p.C + (long)(ic + ir) * p.N + jc + jr;
-                            if (cols == nr) Tile(tileRows, strip, panel, kc, tile, p.N, tileBias, store);
-                            else EdgeTile(tileRows, cols, strip, panel, kc, tile, p.N, tileBias, store);
-                        }
-                    }
+            packer = g + 1 < sequence ? schedule.Share(g + 1) : default;
+            int strips = (mcRows + mr - 1) / mr, panels = (nc + nr - 1) / nr;
+            int perTile = strips == 0 ? 0 : (packer.Pieces + panels * strips - 1) / (panels * strips);
+            for (int jr = 0; jr < nc && strips > 0; jr += nr)
+            {
+                int cols = Math.Min(nr, nc - jr);
+                float* panel = packB + (long)jr * kc;
+                float* tileBias = store && p.Bias is not null ? p.Bias + jc + jr : null;
+                for (int ir = 0; ir < mcRows; ir += mr)
+                {
+                    packer.Pack(perTile);
+                    int tileRows = Math.Min(mr, mcRows - ir);
+                    float* strip = packA + (long)(ir / mr) * AStride * kc;
+                    float* tile = p.C + (long)(ic + ir) * p.N + jc + jr;
+                    if (cols == nr) Tile(tileRows, strip, panel, kc, tile, p.N, tileBias, store);
+                    else EdgeTile(tileRows, cols, strip, panel, kc, tile, p.N, tileBias, store);
                 }
+            }
+            packer.Pack(int.MaxValue);
+            barrier.Wait();
+        }
+    }
+
+    /// <summary>The order of the b blocks (a block, then K block, then N block) and which part of each a member packs.</summary>
+    readonly struct BlockSchedule(in Product p, int j0, int j1, int kcStep, int kBlocks, int jBlocks, int member, int members, float* slots, long slotSize)
+    {
+        readonly Operand b = p.B;
+        readonly int k = p.K;
+
+        public (int Block, int Pc, int Jc) Coordinates(int g) =>
+            (g / (kBlocks * jBlocks), g / jBlocks % kBlocks * kcStep, j0 + g % jBlocks * NC);
+
+        public float* Slot(int g) => slots + (g & 1) * slotSize;
+
+        /// <summary>The packer of this member's panels of block g, into its slot.</summary>
+        public BlockPacker Share(int g)
+        {
+            var (_, pc, jc) = Coordinates(g);
+            int kc = Math.Min(kcStep, k - pc), nc = Math.Min(NC, j1 - jc);
+            int panels = (nc + NR - 1) / NR;
+            int first = panels * member / members, last = panels * (member + 1) / members;
+            int width = Math.Min(nc, last * NR) - first * NR;
+            return width <= 0 ? default : new BlockPacker(b, jc + first * NR, width, pc, kc, Slot(g) + (long)first * NR * kc);
+        }
+    }
+
+    /// <summary>
+    /// Packs columns [jc, jc+nc) of b[pc .. pc+kc, :] into NR-column panels at dst (panel q at q · NR · kc, NR values
+    /// per k, columns past nc zero), in pieces of about 256 floats: a 16 × 16 transpose of b stored transposed, a
+    /// row of the block otherwise. Pieces run panel by panel and, within one, along k, so the source is read in long runs.
+    /// </summary>
+    struct BlockPacker
+    {
+        readonly Operand b;
+        readonly int jc, nc, pc, kc, kChunks, halves;
+        readonly float* dst;
+        int next;
+
+        public BlockPacker(Operand b, int jc, int nc, int pc, int kc, float* dst)
+        {
+            this.b = b;
+            this.jc = jc;
+            this.nc = nc;
+            this.pc = pc;
+            this.kc = kc;
+            this.dst = dst;
+            kChunks = (kc + 15) / 16;
+            halves = NR / 16;
+            Pieces = b.Transposed ? (nc + NR - 1) / NR * halves * kChunks : kc;
+        }
+
+        /// <summary>How many pieces the whole share is (zero for an empty share).</summary>
+        public int Pieces { get; }
+
+        /// <summary>Packs the next count pieces (fewer when the share runs out).</summary>
+        public void Pack(int count)
+        {
+            for (int end = (int)Math.Min(Pieces, (long)next + count); next < end; next++)
+            {
+                if (b.Transposed)
+                {
+                    var (panel, half, p0) = Piece(next);
+                    int col = panel * NR + half * 16;
+                    Transpose16(b.Data + (long)(jc + col) * b.Ld + pc + p0, b.Ld, Math.Clamp(nc - col, 0, 16), Math.Min(16, kc - p0),
+                        dst + (long)panel * NR * kc + (long)p0 * NR + half * 16, NR);
+                }
+                else CopyRow(next);
+            }
+        }
+
+        readonly (int Panel, int Half, int P0) Piece(int u) => (u / (halves * kChunks), u / kChunks % halves, u % kChunks * 16);
+
+        /// <summary>Row p of the block (nc floats) dealt out to the panels.</summary>
+        readonly void CopyRow(int p)
+        {
+            float* src = b.Data + (long)(pc + p) * b.Ld + jc;
+            float* d = dst + (long)p * NR;
+            long panelSize = (long)kc * NR;
+            int j = 0;
+            for (; j + NR <= nc; j += NR, d += panelSize)
+            {
+                if (NR == 32)
+                {
+                    Vector512.StoreAligned(Vector512.Load(src + j), d);
+                    Vector512.StoreAligned(Vector512.Load(src + j + 16), d + 16);
+                }
+                else new ReadOnlySpan<float>(src + j, NR).CopyTo(new Span<float>(d, NR));
+            }
+            if (j < nc)
+            {
+                new ReadOnlySpan<float>(src + j, nc - j).CopyTo(new Span<float>(d, nc - j));
+                new Span<float>(d + nc - j, NR - (nc - j)).Clear();
             }
         }
     }
@@ -191,48 +289,6 @@ static unsafe class Gemm
         }
         for (int ir = 0; ir < rows; ir += MR)
             Transpose16(a.Data + (long)(ic + ir) * a.Ld + pc, a.Ld, Math.Min(MR, rows - ir), kc, dst + (long)(ir / MR) * AStride * kc, AStride);
-    }
-
-    /// <summary>
-    /// Packs b[pc .. pc+kc, jc .. jc+nc] into NR-column panels, panel p at p · NR · kc, each k-major with NR values per k;
-    /// columns past nc are zero.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void PackB(Operand b, int jc, int nc, int pc, int kc, float* dst)
-    {
-        int nr = NR;
-        if (b.Transposed)
-        {
-            for (int jr = 0; jr < nc; jr += nr)
-            {
-                float* src = b.Data + (long)(jc + jr) * b.Ld + pc;
-                float* panel = dst + (long)jr * kc;
-                for (int half = 0; half < nr; half += 16)
-                    Transpose16(src + (long)half * b.Ld, b.Ld, Math.Clamp(nc - jr - half, 0, 16), kc, panel + half, nr);
-            }
-            return;
-        }
-        int full = nc / nr, rest = nc - full * nr;
-        long panelSize = (long)kc * nr;
-        for (int p = 0; p < kc; p++)
-        {
-            float* src = b.Data + (long)(pc + p) * b.Ld + jc;
-            float* d = dst + p * nr;
-            for (int jp = 0; jp < full; jp++, src += nr, d += panelSize)
-            {
-                if (nr == 32)
-                {
-                    Vector512.StoreAligned(Vector512.Load(src), d);
-                    Vector512.StoreAligned(Vector512.Load(src + 16), d + 16);
-                }
-                else new ReadOnlySpan<float>(src, nr).CopyTo(new Span<float>(d, nr));
-            }
-            if (rest > 0)
-            {
-                new ReadOnlySpan<float>(src, rest).CopyTo(new Span<float>(d, rest));
-                new Span<float>(d + rest, nr - rest).Clear();
-            }
-        }
     }
 
     /// <summary>
