@@ -1,5 +1,3 @@
-using System.Reflection;
-using System.Runtime.InteropServices;
 using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 using ILGPU.Runtime.Cuda;
@@ -14,9 +12,6 @@ namespace DiffuSharp.Bench;
 /// </summary>
 public sealed class CuBlasReference : IDisposable
 {
-    static readonly object ResolverGate = new();
-    static bool resolverRegistered;
-
     readonly CuBlas blas;
 
     CuBlasReference(CuBlas blas) => this.blas = blas;
@@ -66,29 +61,8 @@ public sealed class CuBlasReference : IDisposable
 
     public void Dispose() => blas.Dispose();
 
-    static void RegisterResolver()
-    {
-        lock (ResolverGate)
-        {
-            if (resolverRegistered) return;
-            resolverRegistered = true;
-            try
-            {
-                NativeLibrary.SetDllImportResolver(typeof(CuBlas).Assembly, Resolve);
-            }
-            catch (InvalidOperationException)
-            {
-                // ILGPU.Algorithms already has a resolver (set by the host program); its mapping stands.
-            }
-        }
-    }
-
-    static IntPtr Resolve(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
-    {
-        if (!libraryName.Contains("cublas", StringComparison.OrdinalIgnoreCase)) return IntPtr.Zero;
-        var candidates = new[] { Environment.GetEnvironmentVariable("DIFFU_CUBLAS"), libraryName, "libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so" };
-        foreach (var candidate in candidates)
-            if (!string.IsNullOrEmpty(candidate) && NativeLibrary.TryLoad(candidate, assembly, searchPath, out var handle)) return handle;
-        return IntPtr.Zero;
-    }
+    static void RegisterResolver() =>
+        NativeAliases.Register(typeof(CuBlas).Assembly, name => name.Contains("cublas", StringComparison.OrdinalIgnoreCase)
+            ? [Environment.GetEnvironmentVariable("DIFFU_CUBLAS"), name, "libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so"]
+            : null);
 }

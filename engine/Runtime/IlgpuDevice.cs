@@ -43,8 +43,6 @@ public sealed class IlgpuDevice : Device
     /// <summary>Warp width of the simulator, equal to CUDA's so that kernels run the same way on both.</summary>
     const int SimulatorWarpSize = 32;
 
-    static readonly object ResolverGate = new();
-    static bool resolverRegistered;
 
     readonly Context context;
     readonly Accelerator accelerator;
@@ -174,28 +172,8 @@ public sealed class IlgpuDevice : Device
     /// </summary>
     static void RegisterCudaDriverResolver()
     {
-        if (!OperatingSystem.IsLinux()) return;
-        lock (ResolverGate)
-        {
-            if (resolverRegistered) return;
-            resolverRegistered = true;
-            try
-            {
-                NativeLibrary.SetDllImportResolver(typeof(Context).Assembly, ResolveCudaDriver);
-            }
-            catch (InvalidOperationException)
-            {
-                // Someone else owns ILGPU's resolver already; their mapping stands.
-            }
-        }
-    }
-
-    static IntPtr ResolveCudaDriver(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
-    {
-        if (libraryName != "cuda") return IntPtr.Zero;
-        foreach (var candidate in new[] { "libcuda.so", "libcuda.so.1" })
-            if (NativeLibrary.TryLoad(candidate, assembly, searchPath, out var handle)) return handle;
-        return IntPtr.Zero;
+        if (OperatingSystem.IsLinux())
+            NativeAliases.Register(typeof(Context).Assembly, name => name == "cuda" ? ["libcuda.so", "libcuda.so.1"] : null);
     }
 
     // ---- storage and transfers -------------------------------------------------------------------
