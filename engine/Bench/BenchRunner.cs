@@ -66,9 +66,11 @@ public static class BenchRunner
                     ours[c.Id] = Time(device, c, c.Prepare, settings);
                     if (c.PrepareLibrary is not null) library[c.Id] = Time(device, c, c.PrepareLibrary, settings);
                 }
-                catch (OutOfMemoryException e)
+                catch (Exception e) when (e is not OperationCanceledException)
                 {
-                    errors[c.Id] = $"out of memory: {e.Message}";
+                    // One failing case (out of memory, a kernel the GPU rejects) is recorded in its row and the
+                    // others still run: a GPU session is too short to lose the whole table to one case.
+                    errors[c.Id] = $"{e.GetType().Name}: {e.Message}";
                 }
             }
 

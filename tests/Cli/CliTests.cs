@@ -89,6 +89,22 @@ public sealed class CliTests
         Assert.That(Run("bench", "--squares", "0", "--device", "cpu").Code, Is.EqualTo(2));
     }
 
+    /// <summary>A case that cannot run (here a matmul too large for any array) is reported in its row and on
+    /// stderr, the other cases still run, and the exit code says the table is incomplete.</summary>
+    [Test]
+    public void AFailingCaseIsReportedAndTheOthersRun()
+    {
+        string json = Path.Combine(temp, "bench.json");
+        var (code, output, err) = Run("bench", "--suite", "matmul", "--shapes", "200000x200000x200000,16x16x16", "--quick", "--repeat", "2",
+            "--reference", "none", "--device", "cpu", "--json", json);
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(err, Does.Contain("matmul.200000x200000x200000.kn").And.Contain("OutOfMemoryException"));
+        var rows = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(json))!["rows"]!.AsArray();
+        Assert.That(rows.Count(r => r!["ours_error"] is not null), Is.EqualTo(2));
+        Assert.That(rows.Count(r => r!["ours"]?["rate"]?.GetValue<double>() > 0), Is.EqualTo(2));
+        Assert.That(output, Does.Contain("16 x 16 x 16"));
+    }
+
     /// <summary>Every suite at --quick sizes: a row per case with a positive rate and ceiling share, the JSON
     /// file and the plots.</summary>
     [Test]

@@ -103,7 +103,9 @@ static class BenchCommand
         if (outputs.Plots is string plotDir)
             foreach (var file in BenchPlots.Write(report, plotDir))
                 stdout.WriteLine($"plot: {file}");
-        return Cli.Ok;
+        var failed = report.Rows.Where(r => r.OursError is not null).ToList();
+        foreach (var r in failed) stderr.WriteLine($"error: {r.Id}: {r.OursError}");
+        return failed.Count == 0 ? Cli.Ok : Cli.InternalError;
     }
 
     static BenchReport RunWithProgress(Device device, BenchOptions options, BenchSettings settings, TextWriter stdout, TextWriter stderr)

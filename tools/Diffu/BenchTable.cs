@@ -24,7 +24,7 @@ static class BenchTable
         foreach (var r in report.Rows)
         {
             table.AddRow(Markup.Escape(r.Suite), Markup.Escape(r.Label), Markup.Escape(r.Shape),
-                Markup.Escape(r.Ours is Measured o ? $"{Rate(o.Rate)} {r.Unit}" : r.OursError ?? "-"),
+                Markup.Escape(r.Ours is Measured o ? $"{Rate(o.Rate)} {r.Unit}" : r.OursError is string failed ? Short(failed) : "-"),
                 r.Ours is Measured s ? $"{100 * s.Share:F1}%" : "-",
                 r.Library is Measured l ? Rate(l.Rate) : "-",
                 Markup.Escape(r.Torch is Measured t ? Rate(t.Rate) : r.TorchError is string e ? Short(e) : "-"),
@@ -47,7 +47,7 @@ static class BenchTable
         text.AppendLine("| suite | op | shape | ours | % ceiling | library | PyTorch | ratio |");
         text.AppendLine("|---|---|---|--:|--:|--:|--:|--:|");
         foreach (var r in report.Rows)
-            text.AppendLine($"| {r.Suite} | {r.Label} | {r.Shape} | {(r.Ours is Measured o ? $"{Rate(o.Rate)} {r.Unit}" : r.OursError ?? "-")} | "
+            text.AppendLine($"| {r.Suite} | {r.Label} | {r.Shape} | {(r.Ours is Measured o ? $"{Rate(o.Rate)} {r.Unit}" : r.OursError is string failed ? Short(failed) : "-")} | "
                 + $"{(r.Ours is Measured s ? $"{100 * s.Share:F1}%" : "-")} | {(r.Library is Measured l ? Rate(l.Rate) : "-")} | "
                 + $"{(r.Torch is Measured t ? Rate(t.Rate) : r.TorchError is string e ? Short(e) : "-")} | {(r.Ratio is double ratio ? $"{ratio:F2}" : "-")} |");
         return text.ToString();
