@@ -60,16 +60,16 @@ static unsafe class Gemm
     /// well, and every block costs a read and a write of the output tile: at K = 1024 one block of 1024 beat two of
     /// 512 by 5 %, and 256 was slower still.
     /// </summary>
-    const int KC = 1024;
+    static int KC = 1024;
     /// <summary>Columns of a packed b block (KC × NC = 2 MiB at most): packed by the team, then consumed at once.</summary>
-    const int NC = 512;
+    static int NC = 512;
     /// <summary>Most rows of a packed a block per core (MC × KC = 2 MiB at most, the size of L2).</summary>
-    const int MCMax = 512;
+    static int MCMax = 512;
     /// <summary>Products under this many FLOPs run on one core: waking the team would cost more than it saves.</summary>
     const long MinTeamFlops = 1 << 22;
 
     /// <summary>Two b blocks shared by the team: one is packed while the slower member still multiplies with the other.</summary>
-    static readonly float* SharedPanels = (float*)NativeMemory.AlignedAlloc((nuint)(2L * KC * NC * sizeof(float)), 64);
+    static readonly float* SharedPanels = (float*)NativeMemory.AlignedAlloc((nuint)(2L * 2048 * 2048 * sizeof(float)), 64);
 
     /// <summary>c[M, N] = a · b + bias, or c += a · b when accumulating (bias then unused).</summary>
     public static void Multiply(Operand a, Operand b, float* bias, bool accumulate, float* c, int m, int k, int n)
@@ -98,6 +98,28 @@ static unsafe class Gemm
                 int j0 = Math.Min(n, member * share), j1 = Math.Min(n, j0 + share);
                 if (j0 < j1) Blocked(product, 0, m, j0, j1, 0, 1, TeamBarrier.Alone);
             }
+        });
+    }
+
+    /// <summary>
+    /// c1 += a1 · b1 and c2 += a2 · b2, two products of the same size (the two halves of a backward pass). On two cores
+    /// each core takes one product whole: no shared blocks, no barriers, and the packing of one overlaps the FMAs of the
+    /// other (measured: 1-2 % faster than running them one after the other on the team).
+    /// </summary>
+    public static void AccumulatePair(Operand a1, Operand b1, float* c1, int m1, int k1, int n1, Operand a2, Operand b2, float* c2, int m2, int k2, int n2)
+    {
+        var first = new Product(a1, b1, null, true, c1, m1, k1, n1);
+        var second = new Product(a2, b2, null, true, c2, m2, k2, n2);
+        if (CoreTeam.Size != 2 || 2L * m1 * k1 * n1 < MinTeamFlops || 2L * m2 * k2 * n2 < MinTeamFlops)
+        {
+            Multiply(a1, b1, null, true, c1, m1, k1, n1);
+            Multiply(a2, b2, null, true, c2, m2, k2, n2);
+            return;
+        }
+        CoreTeam.Run(2, (member, count, _) =>
+        {
+            if (member == 0) Blocked(first, 0, first.M, 0, first.N, 0, 1, TeamBarrier.Alone);
+            if (member == 1 || count == 1) Blocked(second, 0, second.M, 0, second.N, 0, 1, TeamBarrier.Alone);
         });
     }
 

@@ -19,13 +19,13 @@ namespace DiffuSharp.Kernels.Cpu;
 /// </summary>
 public static class MatMul
 {
-    /// <summary>Forward with at most this many rows streams w unpacked (measured: packing wins from 6 rows).</summary>
-    const int SmallRows = 4;
+    /// <summary>Forward with at most this many rows streams w unpacked (measured: packing wins from 8 rows, K = 768).</summary>
+    const int SmallRows = 6;
     /// <summary>
     /// ForwardTransposed with fewer rows takes dot products on w as stored: transposing w into panels is paid once
-    /// per call and only wins back its cost over many rows (measured crossover about 192 rows, K = 768).
+    /// per call and only wins back its cost over enough rows (measured crossover between 32 and 64 rows, K = 768).
     /// </summary>
-    const int DotRowsLimit = 192;
+    const int DotRowsLimit = 48;
 
     /// <summary>output[M, N] = x[M, K] · w[K, N] + bias[N]; an empty bias means none.</summary>
     public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> bias, Span<float> output, int m, int k, int n) =>
@@ -108,15 +108,9 @@ public static class MatMul
         {
             var g = new Operand(pg, n, false);
             if (transposed)
-            {
-                Gemm.Multiply(g, new Operand(pw, k, false), null, accumulate: true, pdx, m, n, k);
-                Gemm.Multiply(new Operand(pg, n, true), new Operand(px, k, false), null, accumulate: true, pdw, n, m, k);
-            }
+                Gemm.AccumulatePair(g, new Operand(pw, k, false), pdx, m, n, k, new Operand(pg, n, true), new Operand(px, k, false), pdw, n, m, k);
             else
-            {
-                Gemm.Multiply(g, new Operand(pw, n, true), null, accumulate: true, pdx, m, n, k);
-                Gemm.Multiply(new Operand(px, k, true), g, null, accumulate: true, pdw, k, m, n);
-            }
+                Gemm.AccumulatePair(g, new Operand(pw, n, true), pdx, m, n, k, new Operand(px, k, true), g, pdw, k, m, n);
             if (!dBias.IsEmpty) SumRows(pg, pdb, m, n);
         }
     }
