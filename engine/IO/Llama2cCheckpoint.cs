@@ -209,8 +209,8 @@ public sealed class Llama2cCheckpoint
     public void WriteHuggingFace(string dir)
     {
         Directory.CreateDirectory(dir);
-        SafeTensorWriter.Write(Path.Combine(dir, SafeTensorCheckpoint.SingleFileName), HuggingFaceTensors(),
-                               new Dictionary<string, string> { ["format"] = "pt", ["source"] = "llama2.c " + Path.GetFileName(SourcePath) });
+        WriteAtomically(Path.Combine(dir, SafeTensorCheckpoint.SingleFileName), temp => SafeTensorWriter.Write(temp, HuggingFaceTensors(),
+            new Dictionary<string, string> { ["format"] = "pt", ["source"] = "llama2.c " + Path.GetFileName(SourcePath) }));
         string json = HuggingFaceConfig().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
         WriteAtomically(Path.Combine(dir, "config.json"), temp => File.WriteAllText(temp, json));
     }

@@ -5,9 +5,41 @@ using System.Text.Json;
 
 namespace DiffuSharp.IO;
 
-/// <summary>One tensor to write: its name, type, shape and little-endian bytes.</summary>
-public sealed record SafeTensorEntry(string Name, SafeTensorDType DType, int[] Shape, byte[] Data)
+/// <summary>
+/// One tensor to write: its name, type and shape, and its little-endian bytes, either given or produced
+/// only when the writer reaches it (so a checkpoint holds one tensor's host copy at a time, not all).
+/// </summary>
+public sealed class SafeTensorEntry
 {
+    readonly Action<Stream> write;
+
+    public SafeTensorEntry(string name, SafeTensorDType dtype, int[] shape, byte[] data) : this(name, dtype, shape, s => s.Write(data)) { }
+
+    /// <summary>A tensor whose bytes <paramref name="write"/> puts on the stream when the writer gets to it.</summary>
+    public SafeTensorEntry(string name, SafeTensorDType dtype, int[] shape, Action<Stream> write)
+    {
+        Name = name; DType = dtype; Shape = shape;
+        this.write = write;
+    }
+
+    public string Name { get; }
+    public SafeTensorDType DType { get; }
+    public int[] Shape { get; }
+
+    internal void WriteData(Stream stream) => write(stream);
+
+    /// <summary>The tensor's bytes, produced now (for inspection).</summary>
+    public byte[] ToBytes()
+    {
+        using var buffer = new MemoryStream();
+        write(buffer);
+        return buffer.ToArray();
+    }
+
+    /// <summary>Float32 values read from <paramref name="values"/> when written.</summary>
+    public static SafeTensorEntry DeferredFloat32(string name, int[] shape, Func<float[]> values) =>
+        new(name, SafeTensorDType.F32, shape, s => s.Write(MemoryMarshal.AsBytes(values().AsSpan())));
+
     public static SafeTensorEntry FromFloat32(string name, int[] shape, ReadOnlySpan<float> values) =>
         new(name, SafeTensorDType.F32, shape, MemoryMarshal.AsBytes(values).ToArray());
 
@@ -42,33 +74,33 @@ public sealed record SafeTensorEntry(string Name, SafeTensorDType DType, int[] S
 
 /// <summary>
 /// Writes safetensors files: tensors in the order given, data packed without gaps, the header padded
-/// with spaces to a multiple of 8 bytes. The file is written beside the target under a temporary name
-/// and renamed over it, so a killed writer never leaves a half-written file at the target path.
+/// with spaces to a multiple of 8 bytes. It writes where it is told; atomic replacement of a file or of a
+/// checkpoint is the caller's.
 /// </summary>
 public static class SafeTensorWriter
 {
+    /// <summary>A new file at <paramref name="path"/> (an existing one is an error), flushed to disk.</summary>
     public static void Write(string path, IEnumerable<SafeTensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+        Write(stream, tensors, metadata);
+        stream.Flush(flushToDisk: true);
+    }
+
+    public static void Write(Stream stream, IEnumerable<SafeTensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var list = new List<SafeTensorEntry>(tensors);
         byte[] header = Header(list, metadata);
-        string temp = $"{path}.tmp-{Guid.NewGuid():N}";
-        try
+        Span<byte> prefix = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
+        stream.Write(prefix);
+        stream.Write(header);
+        foreach (var t in list)
         {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
-            {
-                Span<byte> prefix = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
-                stream.Write(prefix);
-                stream.Write(header);
-                foreach (var t in list) stream.Write(t.Data);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, path, overwrite: true);
-        }
-        catch
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-            throw;
+            long start = stream.Position, expected = SafeTensorShapes.ElementCount(t.Shape) * SafeTensorDTypes.ElementSize(t.DType);
+            t.WriteData(stream);
+            if (stream.Position - start != expected)
+                throw new ArgumentException($"tensor '{t.Name}': shape {SafeTensorShapes.Format(t.Shape)} of {t.DType} needs {expected} bytes, got {stream.Position - start}");
         }
     }
 
@@ -92,8 +124,6 @@ public static class SafeTensorWriter
                     throw new ArgumentException($"invalid tensor name '{t.Name}'");
                 if (!names.Add(t.Name)) throw new ArgumentException($"tensor '{t.Name}' given twice");
                 long bytes = SafeTensorShapes.ElementCount(t.Shape) * SafeTensorDTypes.ElementSize(t.DType);
-                if (bytes != t.Data.Length)
-                    throw new ArgumentException($"tensor '{t.Name}': shape {SafeTensorShapes.Format(t.Shape)} of {t.DType} needs {bytes} bytes, got {t.Data.Length}");
                 json.WriteStartObject(t.Name);
                 json.WriteString("dtype", t.DType.ToString());
                 json.WriteStartArray("shape");

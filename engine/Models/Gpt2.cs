@@ -146,6 +146,7 @@ public sealed class Gpt2Model : ITrainableModel
     }
 
     public Gpt2Config Config { get; private set; }
+    IModelConfig ILanguageModel.Config => Config;
     public Device Device { get; }
     public Gpt2Weights Weights { get; }
 

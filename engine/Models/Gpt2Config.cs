@@ -6,12 +6,17 @@ namespace DiffuSharp.Models;
 /// <summary>The GPT-2 hyper-parameters DiffuSharp uses, read from an HF config.json.</summary>
 public sealed record Gpt2Config(
     int VocabSize, int Positions, int Channels, int Layers, int Heads,
-    float LayerNormEpsilon = 1e-5f, bool TieWordEmbeddings = true)
+    float LayerNormEpsilon = 1e-5f, bool TieWordEmbeddings = true) : IModelConfig
 {
     /// <summary>The [MASK] token of a diffusion model (config.json's mask_token_id), if it names one.</summary>
     public int? MaskTokenId { get; init; }
 
     public int HeadDim => Channels / Heads;
+
+    public int KvWidth => Channels;
+
+    /// <summary>ln_1 (with mean and rstd), qkv, attention, its projection, residual, ln_2, fc, gelu, proj, residual; the attention log-sum-exp.</summary>
+    public long LayerActivationFloatsPerRow => 17L * Channels + 4 + Heads;
 
     /// <summary>The activations HF calls the tanh approximation of GELU (what GPT-2 uses).</summary>
     static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];

@@ -8,6 +8,10 @@ namespace DiffuSharp.Models;
 public interface ILanguageModel : IDisposable
 {
     Device Device { get; }
+
+    /// <summary>The family's sizes (for memory estimates).</summary>
+    IModelConfig Config { get; }
+
     int VocabSize { get; }
     int Positions { get; }
     int Layers { get; }

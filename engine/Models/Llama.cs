@@ -117,6 +117,7 @@ public sealed class LlamaModel : ITrainableModel
     }
 
     public LlamaConfig Config { get; private set; }
+    IModelConfig ILanguageModel.Config => Config;
     public Device Device { get; }
     public LlamaWeights Weights { get; }
 

@@ -6,9 +6,14 @@ namespace DiffuSharp.Models;
 /// <summary>The LLaMA hyper-parameters DiffuSharp uses, read from an HF config.json (LlamaForCausalLM).</summary>
 public sealed record LlamaConfig(
     int VocabSize, int Positions, int Channels, int Hidden, int Layers, int Heads, int KvHeads,
-    float RmsNormEpsilon = 1e-5f, float RopeTheta = 10000f, bool TieWordEmbeddings = false)
+    float RmsNormEpsilon = 1e-5f, float RopeTheta = 10000f, bool TieWordEmbeddings = false) : IModelConfig
 {
     public int HeadDim => Channels / Heads;
+
+    public int KvWidth => KvHeads * HeadDim;
+
+    /// <summary>Both norms (with rstd), q, k, v, attention, projection, residuals, gate, up, SwiGLU; the attention log-sum-exp.</summary>
+    public long LayerActivationFloatsPerRow => 7L * Channels + 2L * KvWidth + 3L * Hidden + 2 + Heads;
 
     /// <summary>The [MASK] token of a diffusion model (config.json's mask_token_id), if it names one.</summary>
     public int? MaskTokenId { get; init; }

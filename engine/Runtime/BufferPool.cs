@@ -58,5 +58,5 @@ public sealed class BufferPool : IDisposable
 
     public void Dispose() => Trim();
 
-    static long Bytes(DeviceStorage s) => s.Length * (s.DType == DType.U8 ? 1 : 4);
+    static long Bytes(DeviceStorage s) => s.Length * Tensor.ElementSize(s.DType);
 }

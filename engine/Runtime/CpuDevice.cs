@@ -8,7 +8,6 @@ public sealed class CpuStorage : DeviceStorage
 {
     public CpuStorage(DType dtype, long length) : base(dtype, length)
     {
-        if (length > Array.MaxLength) throw new OutOfMemoryException($"a CPU tensor of {length} elements exceeds the largest array");
         Data = dtype switch
         {
             DType.F32 => new float[length],
@@ -31,6 +30,11 @@ public sealed class CpuDevice : Device
         $"CPU, {Environment.ProcessorCount} threads, {(System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "scalar")}";
 
     protected override DeviceStorage AllocateStorage(DType dtype, long length) => new CpuStorage(dtype, length);
+
+    public override long AvailableMemoryBytes => DeviceMemory.HostAvailableBytes() + Pool.PooledBytes;
+
+    /// <summary>A CPU tensor is one managed array.</summary>
+    public override long MaxTensorElements => Array.MaxLength;
 
     /// <summary>The tensor's elements as a span (CPU tensors only).</summary>
     public static Span<float> F32(Tensor t) => ((float[])((CpuStorage)t.Storage).Data).AsSpan(0, (int)t.Length);

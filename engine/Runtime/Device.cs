@@ -19,14 +19,29 @@ public abstract class Device : IDisposable
 
     public BufferPool Pool { get; }
 
+    /// <summary>Bytes the device can still give to new tensors (for up-front checks; free pool buffers count).</summary>
+    public abstract long AvailableMemoryBytes { get; }
+
+    /// <summary>The most elements one tensor may hold on this device.</summary>
+    public virtual long MaxTensorElements => long.MaxValue;
+
     protected abstract DeviceStorage AllocateStorage(DType dtype, long length);
 
-    /// <summary>A tensor from the pool; its contents are unspecified.</summary>
+    /// <summary>A tensor from the pool; its contents are unspecified. Too large a tensor is a <see cref="DeviceMemoryException"/>.</summary>
     public Tensor Allocate(DType dtype, params int[] shape)
     {
         long n = Tensor.Product(shape);
         if (n == 0) throw new ArgumentException("cannot allocate an empty tensor");
-        return new Tensor(this, Pool.Rent(dtype, n), (int[])shape.Clone());
+        string Describe() => $"{Name}: a {dtype} tensor [{string.Join(", ", shape)}] ({DeviceMemory.Format(n * Tensor.ElementSize(dtype))})";
+        if (n > MaxTensorElements) throw new DeviceMemoryException($"{Describe()} has more than the {MaxTensorElements:N0} elements a tensor can hold here");
+        try
+        {
+            return new Tensor(this, Pool.Rent(dtype, n), (int[])shape.Clone());
+        }
+        catch (OutOfMemoryException)
+        {
+            throw new DeviceMemoryException($"{Describe()} does not fit: {DeviceMemory.Format(AvailableMemoryBytes)} available");
+        }
     }
 
     public Tensor Zeros(DType dtype, params int[] shape)

@@ -130,6 +130,14 @@ public sealed class IlgpuDevice : Device
         ? $"ILGPU CPU simulator ({accelerator.MaxNumThreadsPerGroup} threads a group, warp {accelerator.WarpSize})"
         : $"{accelerator.Name} (ILGPU {accelerator.AcceleratorType}, {accelerator.MemorySize / (1024.0 * 1024 * 1024):F1} GiB)";
 
+    /// <summary>CUDA's free device memory; the simulator's host memory; an OpenCL device's total memory (it reports no free figure).</summary>
+    public override long AvailableMemoryBytes => Pool.PooledBytes + accelerator switch
+    {
+        ILGPU.Runtime.Cuda.CudaAccelerator cuda => cuda.GetFreeMemory(),
+        _ when Backend == IlgpuBackend.CpuSimulator => DeviceMemory.HostAvailableBytes(),
+        _ => accelerator.MemorySize,
+    };
+
     /// <summary>True when the backend has a usable device here. Never throws.</summary>
     public static bool IsAvailable(IlgpuBackend backend)
     {

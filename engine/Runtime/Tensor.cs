@@ -52,6 +52,8 @@ public sealed class Tensor : IDisposable
         if (s is not null) Device.Pool.Return(s);
     }
 
+    public static int ElementSize(DType dtype) => dtype == DType.U8 ? 1 : 4;
+
     public static long Product(ReadOnlySpan<int> shape)
     {
         long n = 1;

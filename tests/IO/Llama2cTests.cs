@@ -211,8 +211,8 @@ public class Llama2cTests
         {
             var wq = c.Wq.AsSpan(l * Dim * Dim, Dim * Dim).ToArray();
             var wk = c.Wk.AsSpan(l * KvDim * Dim, KvDim * Dim).ToArray();
-            var wqHf = MemoryMarshal.Cast<byte, float>(tensors[$"model.layers.{l}.self_attn.q_proj.weight"].Data).ToArray();
-            var wkHf = MemoryMarshal.Cast<byte, float>(tensors[$"model.layers.{l}.self_attn.k_proj.weight"].Data).ToArray();
+            var wqHf = MemoryMarshal.Cast<byte, float>(tensors[$"model.layers.{l}.self_attn.q_proj.weight"].ToBytes()).ToArray();
+            var wkHf = MemoryMarshal.Cast<byte, float>(tensors[$"model.layers.{l}.self_attn.k_proj.weight"].ToBytes()).ToArray();
             var x = TestUtil.ToDouble(TestUtil.RandomFloats(rng, Dim));
             var y = TestUtil.ToDouble(TestUtil.RandomFloats(rng, Dim));
             int posQ = rng.Next(Seq), posK = rng.Next(Seq);
