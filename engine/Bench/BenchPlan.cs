@@ -470,6 +470,7 @@ public static class BenchPlan
         ulong draw;
 
         public int BlockLength => length;
+        public int VocabSize => vocab;
         public int ValidationBlockCount => 0;
 
         public void NextTrainingBatch(int batch, Span<int> destination)

@@ -10,10 +10,9 @@ namespace DiffuSharp.Training;
 public sealed record TrainingState(long Step, TrainOptions Options, long[] DataState);
 
 /// <summary>
-/// An HF-style checkpoint folder: model.safetensors (HF GPT-2 names, F32), config.json (with
-/// mask_token_id), the tokenizer files, and training_state.safetensors (AdamW moments; step, options and
-/// data position in its metadata). Every file is written under a temporary name first and the renames
-/// come last, so a run killed while saving leaves the previous checkpoint intact.
+/// An HF-style checkpoint folder: model.safetensors (HF names, F32), config.json (with mask_token_id),
+/// the tokenizer files, and training_state.safetensors (AdamW moments; step, options and data position in
+/// its metadata). <see cref="Write"/> fills a fresh folder; making it appear whole is <see cref="RunFolder"/>'s job.
 /// </summary>
 public static class Checkpoint
 {
@@ -21,56 +20,62 @@ public static class Checkpoint
 
     static readonly JsonSerializerOptions Json = new() { WriteIndented = false, Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() } };
 
-    public static void Save(string directory, ITrainableModel model, IParameterSet? moment1, IParameterSet? moment2, TrainingState? state,
+    /// <summary>
+    /// Writes every file of a checkpoint into <paramref name="directory"/> (empty), each flushed to disk. Tensors are
+    /// downloaded one at a time as the writer reaches them, so saving holds one tensor's host copy, not the model's.
+    /// </summary>
+    public static void Write(string directory, ITrainableModel model, IParameterSet? moment1, IParameterSet? moment2, TrainingState? state,
         string? tokenizer, int? maskTokenId)
     {
-        Directory.CreateDirectory(directory);
         var device = model.Device;
         string step = (state?.Step ?? 0).ToString(CultureInfo.InvariantCulture);
-        var pending = new List<(string Temp, string Final)>();
-        string Stage(string name) { var tmp = Path.Combine(directory, $".{name}.next"); pending.Add((tmp, Path.Combine(directory, name))); return tmp; }
-        try
+        static IEnumerable<SafeTensorEntry> Entries(Device device, IParameterSet set, string prefix) =>
+            set.Named().Select(p => SafeTensorEntry.DeferredFloat32(prefix + p.Name, p.Tensor.Shape, () => device.ToArray(p.Tensor)));
+        SafeTensorWriter.Write(Path.Combine(directory, ModelFile), Entries(device, model.Parameters, ""),
+            new Dictionary<string, string> { ["format"] = "pt", ["step"] = step });
+        CrashPoints.Reach("checkpoint-model-written");
+        WriteDurably(Path.Combine(directory, ConfigFile), model.ConfigJson(maskTokenId).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        if (state is not null && moment1 is not null && moment2 is not null)
         {
-            SafeTensorWriter.Write(Stage(ModelFile),
-                model.Parameters.Named().Select(p => SafeTensorEntry.FromFloat32(p.Name, p.Tensor.Shape, device.ToArray(p.Tensor))),
-                new Dictionary<string, string> { ["format"] = "pt", ["step"] = step });
-            File.WriteAllText(Stage(ConfigFile), model.ConfigJson(maskTokenId).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
-            if (state is not null && moment1 is not null && moment2 is not null)
-            {
-                var entries = moment1.Named().Select(p => SafeTensorEntry.FromFloat32("adam.m." + p.Name, p.Tensor.Shape, device.ToArray(p.Tensor)))
-                    .Concat(moment2.Named().Select(p => SafeTensorEntry.FromFloat32("adam.v." + p.Name, p.Tensor.Shape, device.ToArray(p.Tensor))));
-                SafeTensorWriter.Write(Stage(StateFile), entries, new Dictionary<string, string>
+            SafeTensorWriter.Write(Path.Combine(directory, StateFile), Entries(device, moment1, "adam.m.").Concat(Entries(device, moment2, "adam.v.")),
+                new Dictionary<string, string>
                 {
                     ["step"] = step,
                     ["options"] = JsonSerializer.Serialize(state.Options, Json),
                     ["data_state"] = string.Join(",", state.DataState),
                 });
-            }
-            if (tokenizer is not null) StageTokenizer(tokenizer, directory, Stage);
-            foreach (var (temp, final) in pending) File.Move(temp, final, overwrite: true);
+            CrashPoints.Reach("checkpoint-state-written");
         }
-        finally
-        {
-            foreach (var (temp, _) in pending) if (File.Exists(temp)) File.Delete(temp);
-        }
+        if (tokenizer is not null) CopyTokenizer(tokenizer, directory);
+    }
+
+    static void WriteDurably(string path, string text)
+    {
+        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+        stream.Write(System.Text.Encoding.UTF8.GetBytes(text));
+        stream.Flush(flushToDisk: true);
     }
 
     /// <summary>
     /// Copies the tokenizer into the checkpoint: GPT-2 BPE files under HF's names (vocab.json, merges.txt),
     /// or a LLaMA tokenizer.model / llama2.c tokenizer.bin (given as the file or a folder holding it).
     /// </summary>
-    static void StageTokenizer(string source, string directory, Func<string, string> stage)
+    static void CopyTokenizer(string source, string directory)
     {
-        if (Directory.Exists(source) && Path.GetFullPath(source) == Path.GetFullPath(directory)) return;
-        var copies = TokenizerFiles(source) ?? throw new DiffuException(
-            $"{source}: no tokenizer files (vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.model or tokenizer.bin) to copy into the checkpoint");
-        foreach (var (from, name) in copies)
+        foreach (var (from, name) in RequireTokenizerFiles(source))
         {
-            var to = stage(name);
-            File.Copy(from, to, overwrite: true);
-            File.SetAttributes(to, FileAttributes.Normal);
+            using var input = new FileStream(from, FileMode.Open, FileAccess.Read);
+            using var output = new FileStream(Path.Combine(directory, name), FileMode.CreateNew, FileAccess.Write, FileShare.None);
+            input.CopyTo(output);
+            output.Flush(flushToDisk: true);
         }
     }
+
+    /// <summary>The tokenizer files a checkpoint will carry, or an error naming what is missing (checked before a run starts).</summary>
+    public static (string From, string Name)[] RequireTokenizerFiles(string source) =>
+        TokenizerFiles(source) ?? throw new DiffuException(Directory.Exists(source) || File.Exists(source)
+            ? $"{source}: no tokenizer files (vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.model or tokenizer.bin) to copy into the checkpoint"
+            : $"{source}: tokenizer folder or file not found");
 
     static (string From, string Name)[]? TokenizerFiles(string source)
     {
@@ -92,9 +97,10 @@ public static class Checkpoint
     /// <summary>Whether a folder or file holds a tokenizer the checkpoint can carry.</summary>
     public static bool HasTokenizer(string source) => TokenizerFiles(source) is not null;
 
-    /// <summary>The options of the run saved in a checkpoint folder.</summary>
+    /// <summary>The options of the run saved in a checkpoint folder (or a run folder's newest).</summary>
     public static TrainOptions LoadOptions(string directory)
     {
+        directory = RunLayout.ModelFolder(directory);
         string path = Path.Combine(directory, StateFile);
         if (!File.Exists(path)) throw new DiffuException($"{directory}: no {StateFile}, so there is no run to resume (is this a training output folder?)");
         using var file = SafeTensorFile.Open(path);

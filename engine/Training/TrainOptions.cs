@@ -36,16 +36,36 @@ public sealed record TrainOptions
 
     public ulong Seed { get; init; }
 
+    /// <summary>
+    /// A step or validation loss above this stops the run as diverged. The 1/t weight lets one batch of
+    /// a healthy diffusion run reach about 1000 x its cross-entropy (t down to 1e-3), so the default sits well above that.
+    /// </summary>
+    public double MaxLoss { get; init; } = 1e5;
+
     /// <summary>The token shards trained on (kept so --resume can find them again).</summary>
     public string[] Data { get; init; } = [];
 
+    /// <summary>Refuses values no run can use (non-finite, out of range, sizes that overflow), naming the option.</summary>
     public void Validate()
     {
-        void Positive(string name, double v) { if (!(v > 0)) throw new DiffuException($"{name} must be positive, got {v}"); }
-        Positive("--steps", Steps); Positive("--batch", Batch); Positive("--grad-accum", GradientAccumulation);
-        Positive("--lr", LearningRate); Positive("--eval-every", EvalEvery); Positive("eval batches", EvalBatches);
-        if (SequenceLength < 2) throw new DiffuException($"--seq-len must be at least 2, got {SequenceLength}");
-        if (WarmupSteps < 0 || AnnealSteps < 0) throw new DiffuException("--warmup and --anneal-steps must be non-negative");
-        if (ClipNorm < 0 || WeightDecay < 0) throw new DiffuException("clip norm and weight decay must be non-negative");
+        static void Check(bool ok, string message) { if (!ok) throw new DiffuException(message); }
+        Check(Steps > 0, $"--steps must be positive, got {Steps}");
+        Check(Batch > 0, $"--batch must be positive, got {Batch}");
+        Check(GradientAccumulation > 0, $"--grad-accum must be positive, got {GradientAccumulation}");
+        Check(SequenceLength >= 2, $"--seq-len must be at least 2, got {SequenceLength}");
+        Check((long)Batch * SequenceLength <= Array.MaxLength,
+            $"--batch {Batch} x --seq-len {SequenceLength} = {(long)Batch * SequenceLength:N0} tokens per micro-batch is more than one buffer can hold ({Array.MaxLength:N0})");
+        Check(Steps <= long.MaxValue / GradientAccumulation, $"--steps {Steps} x --grad-accum {GradientAccumulation} micro-batches overflows a 64-bit count");
+        Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--lr must be a positive finite number, got {LearningRate}");
+        Check(EvalEvery > 0, $"--eval-every must be positive, got {EvalEvery}");
+        Check(EvalBatches > 0, $"--eval-batches must be positive, got {EvalBatches}");
+        Check(WarmupSteps >= 0, $"--warmup must be non-negative, got {WarmupSteps}");
+        Check(AnnealSteps >= 0, $"--anneal-steps must be non-negative, got {AnnealSteps}");
+        Check(float.IsFinite(ClipNorm) && ClipNorm >= 0, $"--clip must be a non-negative finite number (0 = off), got {ClipNorm}");
+        Check(float.IsFinite(WeightDecay) && WeightDecay >= 0, $"--weight-decay must be a non-negative finite number, got {WeightDecay}");
+        Check(LearningRate * WeightDecay < 1, $"--lr {LearningRate:g3} x --weight-decay {WeightDecay:g3} must be below 1 (decoupled decay multiplies each weight by 1 - lr x decay)");
+        Check(Beta1 is >= 0 and < 1 && Beta2 is >= 0 and < 1, $"AdamW betas must lie in [0, 1), got {Beta1}, {Beta2}");
+        Check(float.IsFinite(Epsilon) && Epsilon > 0, $"AdamW epsilon must be a positive finite number, got {Epsilon}");
+        Check(MaxLoss > 0, $"--max-loss must be positive, got {MaxLoss}");
     }
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using DiffuSharp.Diffusion;
+using DiffuSharp.IO;
 using DiffuSharp.Kernels;
 using DiffuSharp.Models;
 using DiffuSharp.Runtime;
@@ -11,6 +12,10 @@ namespace DiffuSharp.Training;
 public interface ITokenBlocks
 {
     int BlockLength { get; }
+
+    /// <summary>Every token id is below this.</summary>
+    int VocabSize { get; }
+
     int ValidationBlockCount { get; }
 
     /// <summary>The next <paramref name="batch"/> training blocks, [batch, BlockLength]; advances the position.</summary>
@@ -23,7 +28,7 @@ public interface ITokenBlocks
     long[] State { get; set; }
 }
 
-/// <summary>A non-finite loss or gradient: the step is abandoned and the last checkpoint kept.</summary>
+/// <summary>A non-finite loss or gradient, or a loss above the guard: the step is abandoned and the last checkpoint kept.</summary>
 public sealed class TrainingDivergedException(string message) : DiffuException(message);
 
 /// <summary>
@@ -32,7 +37,7 @@ public sealed class TrainingDivergedException(string message) : DiffuException(m
 /// </summary>
 public sealed class Trainer : IDisposable
 {
-    public const string LogFile = "train_log.jsonl";
+    public const string LogFile = RunLayout.LogFile;
 
     /// <summary>Validation noise uses its own seed so every evaluation scores the same masks.</summary>
     const ulong ValidationSeedSalt = 0x76616c6964617465;
@@ -58,7 +63,9 @@ public sealed class Trainer : IDisposable
         if (options.SequenceLength > model.Positions)
             throw new DiffuException($"--seq-len {options.SequenceLength} exceeds the model's {model.Positions} positions");
         if (options.Objective == TrainingObjective.Diffusion && (uint)options.MaskTokenId >= (uint)model.VocabSize)
-            throw new DiffuException($"mask token {options.MaskTokenId} is outside the vocabulary [0, {model.VocabSize})");
+            throw new DiffuException($"mask token {options.MaskTokenId} is outside the vocabulary [0, {model.VocabSize}): pass --mask-token ID or --mask-token new");
+        if (data.VocabSize > model.VocabSize)
+            throw new DiffuException($"the data's vocabulary has {data.VocabSize} tokens, the model only {model.VocabSize}: tokenize with the model's tokenizer");
         this.model = model;
         this.data = data;
         this.ownsModel = ownsModel;
@@ -84,15 +91,17 @@ public sealed class Trainer : IDisposable
 
     public IReadOnlyList<TrainLogRow> History => history;
 
-    /// <summary>Continues a run from its output folder: weights, moments, step and data position.</summary>
-    public static Trainer Resume(string directory, Device device, ITokenBlocks data, long? steps = null)
+    /// <summary>
+    /// Continues a run from a checkpoint folder: weights, moments, step and data position; under the saved
+    /// options, or under <paramref name="options"/> (the saved ones with, say, more steps).
+    /// </summary>
+    public static Trainer Resume(string checkpoint, Device device, ITokenBlocks data, TrainOptions? options = null)
     {
-        var model = ModelLoader.Load(directory, device);
+        var model = ModelLoader.Load(checkpoint, device);
         try
         {
-            var (state, m, v) = Checkpoint.LoadState(directory, model);
-            var options = steps is long total ? state.Options with { Steps = total } : state.Options;
-            return new Trainer(model, data, options, state, (m, v), ownsModel: true);
+            var (state, m, v) = Checkpoint.LoadState(checkpoint, model);
+            return new Trainer(model, data, options ?? state.Options, state, (m, v), ownsModel: true);
         }
         catch
         {
@@ -126,6 +135,8 @@ public sealed class Trainer : IDisposable
         norm = Math.Sqrt(norm);
         if (!double.IsFinite(loss) || !double.IsFinite(norm))
             throw new TrainingDivergedException($"step {Step + 1}: loss {loss}, gradient norm {norm} are not finite; stopped before the update, the last checkpoint is kept");
+        if (loss > Options.MaxLoss)
+            throw new TrainingDivergedException($"step {Step + 1}: loss {loss:g4} is above --max-loss {Options.MaxLoss:g4}; stopped before the update, the last checkpoint is kept (lower --lr?)");
         if (Options.ClipNorm > 0 && norm > Options.ClipNorm)
             foreach (var (_, g) in grads.Named()) d.Scale(g, (float)(Options.ClipNorm / norm));
         double lr = schedule.At(Step);
@@ -179,23 +190,29 @@ public sealed class Trainer : IDisposable
 
     /// <summary>
     /// Trains up to Options.Steps. Every EvalEvery steps and at the end: validation loss, a checkpoint in
-    /// <paramref name="outDirectory"/> and the <paramref name="evaluated"/> callback (plots). Every step
-    /// appends a row to train_log.jsonl and calls <paramref name="stepped"/> (progress display).
+    /// <paramref name="run"/> and the <paramref name="evaluated"/> callback (plots). Every step appends a row
+    /// to train_log.jsonl and calls <paramref name="stepped"/> (progress display). The log keeps the rows up
+    /// to the step the run resumed from, so it always describes one run.
     /// </summary>
-    public void Run(string outDirectory, string? tokenizerDirectory, Action<TrainLogRow>? stepped = null,
+    public void Run(RunFolder run, string? tokenizerDirectory, Action<TrainLogRow>? stepped = null,
         Action<IReadOnlyList<TrainLogRow>>? evaluated = null, CancellationToken cancel = default)
     {
-        Directory.CreateDirectory(outDirectory);
-        var logPath = Path.Combine(outDirectory, LogFile);
         history.Clear();
-        history.AddRange(ReadLog(logPath).Where(r => r.Step <= Step));
-        File.WriteAllLines(logPath, history.Select(r => JsonSerializer.Serialize(r, LogJson)));
+        history.AddRange(ReadLog(run.LogPath, tornTail: true).Where(r => r.Step <= Step));
+        run.ReplaceFile(LogFile, temp => File.WriteAllLines(temp, history.Select(r => JsonSerializer.Serialize(r, LogJson))));
+        using var log = new StreamWriter(new FileStream(run.LogPath, FileMode.Append, FileAccess.Write, FileShare.Read));
+        void Append(TrainLogRow row)
+        {
+            log.WriteLine(JsonSerializer.Serialize(row, LogJson));
+            log.Flush();
+            CrashPoints.Reach("log-appended");
+        }
         if (Step == 0 && !history.Any(r => r.ValLoss is not null))
         {
-            var validation = ValidationLoss();
+            var validation = CheckedValidationLoss();
             var initial = new TrainLogRow(0, null, null, 0, 0, 0, validation.Loss, validation.MeanCrossEntropy);
             history.Add(initial);
-            File.AppendAllLines(logPath, [JsonSerializer.Serialize(initial, LogJson)]);
+            Append(initial);
         }
         while (Step < Options.Steps)
         {
@@ -204,19 +221,29 @@ public sealed class Trainer : IDisposable
             bool evaluate = Step % Options.EvalEvery == 0 || Step == Options.Steps;
             if (evaluate)
             {
-                var validation = ValidationLoss();
+                var validation = CheckedValidationLoss();
                 row = row with { ValLoss = validation.Loss, ValCe = validation.MeanCrossEntropy };
                 history[^1] = row;
             }
-            File.AppendAllLines(logPath, [JsonSerializer.Serialize(row, LogJson)]);
+            Append(row);
             stepped?.Invoke(row);
             if (evaluate)
             {
-                Checkpoint.Save(outDirectory, model, moment1, moment2, new TrainingState(Step, Options, data.State), tokenizerDirectory,
-                    Options.Objective == TrainingObjective.Diffusion ? Options.MaskTokenId : null);
+                run.SaveCheckpoint(Step, folder => Checkpoint.Write(folder, model, moment1, moment2, new TrainingState(Step, Options, data.State),
+                    tokenizerDirectory, Options.Objective == TrainingObjective.Diffusion ? Options.MaskTokenId : null));
                 evaluated?.Invoke(history);
             }
         }
+    }
+
+    /// <summary>The validation loss, refused (before anything is written) when it is not finite or above the guard.</summary>
+    BatchLoss CheckedValidationLoss()
+    {
+        var validation = ValidationLoss();
+        if (!double.IsFinite(validation.Loss) || validation.Loss > Options.MaxLoss)
+            throw new TrainingDivergedException($"step {Step}: validation loss {validation.Loss:g4} is {(double.IsFinite(validation.Loss) ? $"above --max-loss {Options.MaxLoss:g4}" : "not finite")}; "
+                + "stopped before writing, the last checkpoint is kept (lower --lr?)");
+        return validation;
     }
 
     static readonly JsonSerializerOptions LogJson = new()
@@ -225,21 +252,27 @@ public sealed class Trainer : IDisposable
         DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull,
     };
 
-    /// <summary>The rows of a train_log.jsonl (none if the file does not exist).</summary>
-    public static List<TrainLogRow> ReadLog(string path)
+    /// <summary>
+    /// The rows of a train_log.jsonl (none if the file does not exist). With <paramref name="tornTail"/>, a last
+    /// line without its newline (a process killed while appending it) is dropped instead of refused.
+    /// </summary>
+    public static List<TrainLogRow> ReadLog(string path, bool tornTail = false)
     {
         if (!File.Exists(path)) return [];
+        var text = File.ReadAllText(path);
+        var lines = text.Split('\n');
+        if (tornTail) lines = lines[..^1];
         var rows = new List<TrainLogRow>();
-        foreach (var line in File.ReadLines(path))
+        for (int i = 0; i < lines.Length; i++)
         {
-            if (string.IsNullOrWhiteSpace(line)) continue;
+            if (string.IsNullOrWhiteSpace(lines[i])) continue;
             try
             {
-                rows.Add(JsonSerializer.Deserialize<TrainLogRow>(line, LogJson) ?? throw new JsonException("null row"));
+                rows.Add(JsonSerializer.Deserialize<TrainLogRow>(lines[i], LogJson) ?? throw new JsonException("null row"));
             }
             catch (JsonException e)
             {
-                throw new DiffuException($"{path}: bad log line ({e.Message})");
+                throw new DiffuException($"{path}: line {i + 1} is not a log row ({e.Message})");
             }
         }
         return rows;

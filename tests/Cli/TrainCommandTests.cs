@@ -1,4 +1,5 @@
 using System.Text.Json;
+using DiffuSharp.IO;
 using DiffuSharp.Tests.Models;
 using DiffuSharp.Training;
 
@@ -44,10 +45,14 @@ public sealed class TrainCommandTests
             "--eval-every", "2", "--eval-batches", "1", "--lr", "1e-3", "--out", outDir, "--device", "cpu");
         Assert.That(code, Is.EqualTo(0), err);
         Assert.That(output, Does.Contain("step 4/4"));
-        foreach (var file in new[] { "model.safetensors", "config.json", "training_state.safetensors", "vocab.json", "merges.txt", "train_log.jsonl", "loss.png" })
+        var checkpoint = Path.Combine(outDir, "checkpoints", "step-00000004");
+        Assert.That(Directory.GetDirectories(Path.Combine(outDir, "checkpoints")), Is.EqualTo(new[] { checkpoint }), "--keep 1: only the newest checkpoint stays");
+        foreach (var file in new[] { "model.safetensors", "config.json", "training_state.safetensors", "vocab.json", "merges.txt" })
+            Assert.That(File.Exists(Path.Combine(checkpoint, file)), file);
+        foreach (var file in new[] { "train_log.jsonl", "loss.png" })
             Assert.That(File.Exists(Path.Combine(outDir, file)), file);
         Assert.That(File.ReadAllBytes(Path.Combine(outDir, "loss.png")).Take(4), Is.EqualTo(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }));
-        using (var config = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "config.json"))))
+        using (var config = JsonDocument.Parse(File.ReadAllText(Path.Combine(checkpoint, "config.json"))))
             Assert.That(config.RootElement.GetProperty("mask_token_id").GetInt32(), Is.EqualTo(3));
         var lines = File.ReadAllLines(Path.Combine(outDir, "train_log.jsonl"));
         Assert.That(lines, Has.Length.EqualTo(5), "step 0 (validation only) and steps 1-4");
@@ -74,7 +79,7 @@ public sealed class TrainCommandTests
         var (code, _, err) = Run("train", "--init", Gpt2FixtureTests.FixtureDir, "--tokenizer", Tokenizer, "--data", shard, "--mask-token", "new",
             "--steps", "1", "--batch", "2", "--seq-len", "16", "--eval-every", "1", "--eval-batches", "1", "--out", outDir, "--device", "cpu");
         Assert.That(code, Is.EqualTo(0), err);
-        using var config = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "config.json")));
+        using var config = JsonDocument.Parse(File.ReadAllText(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, "config.json")));
         Assert.That(config.RootElement.GetProperty("vocab_size").GetInt32(), Is.EqualTo(513));
         Assert.That(config.RootElement.GetProperty("mask_token_id").GetInt32(), Is.EqualTo(512));
     }
@@ -116,7 +121,7 @@ public sealed class TrainCommandTests
         var a = Trainer.ReadLog(Path.Combine(full, Trainer.LogFile));
         var b = Trainer.ReadLog(Path.Combine(split, Trainer.LogFile));
         Assert.That(b.Select(r => (r.Step, r.Loss, r.ValLoss)), Is.EqualTo(a.Select(r => (r.Step, r.Loss, r.ValLoss))));
-        Assert.That(File.Exists(Path.Combine(full, "tokenizer.bin")), "the llama2.c vocabulary travels with the checkpoint");
+        Assert.That(File.Exists(Path.Combine(RunLayout.LatestCheckpoint(full)!, "tokenizer.bin")), "the llama2.c vocabulary travels with the checkpoint");
 
         (code, var output, err) = Run("generate", "--model", full, "--prompt", "Once upon a time", "--length", "8", "--steps", "4", "--device", "cpu");
         Assert.That(code, Is.EqualTo(0), err);

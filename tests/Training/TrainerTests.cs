@@ -12,6 +12,7 @@ sealed class ArrayBlocks(int[][] train, int[][] validation) : ITokenBlocks
 {
     long position;
     public int BlockLength => train[0].Length;
+    public int VocabSize => train.Concat(validation).Max(b => b.Max()) + 1;
     public int ValidationBlockCount => validation.Length;
 
     public void NextTrainingBatch(int batch, Span<int> destination)
@@ -60,22 +61,25 @@ public sealed class TrainerTests
         string full = Path.Combine(temp, "full"), split = Path.Combine(temp, "split");
         using (var model = Gpt2Model.Load(Fixture, device))
         using (var trainer = new Trainer(model, ArrayBlocks.Random(1, 10, 16, 512), Options(kind)))
-            trainer.Run(full, null);
+        using (var run = RunFolder.Open(full))
+            trainer.Run(run, null);
         // Interrupt a 6-step run right after its step-3 checkpoint, as a killed process would be.
         using (var model = Gpt2Model.Load(Fixture, device))
         using (var trainer = new Trainer(model, ArrayBlocks.Random(1, 10, 16, 512), Options(kind)))
+        using (var run = RunFolder.Open(split))
         using (var stop = new CancellationTokenSource())
-            Assert.Throws<OperationCanceledException>(() => trainer.Run(split, null, row => { if (row.Step == 3) stop.Cancel(); }, null, stop.Token));
-        using (var trainer = Trainer.Resume(split, device, ArrayBlocks.Random(1, 10, 16, 512), steps: 6))
-            trainer.Run(split, null);
+            Assert.Throws<OperationCanceledException>(() => trainer.Run(run, null, row => { if (row.Step == 3) stop.Cancel(); }, null, stop.Token));
+        using (var run = RunFolder.Open(split))
+        using (var trainer = Trainer.Resume(run.LatestCheckpoint!, device, ArrayBlocks.Random(1, 10, 16, 512)))
+            trainer.Run(run, null);
 
         var a = Trainer.ReadLog(Path.Combine(full, Trainer.LogFile));
         var b = Trainer.ReadLog(Path.Combine(split, Trainer.LogFile));
         Assert.That(b.Select(r => r.Step), Is.EqualTo(a.Select(r => r.Step)));
         Assert.That(b.Select(r => r.Loss), Is.EqualTo(a.Select(r => r.Loss)), "bit-identical training losses");
         Assert.That(b.Select(r => r.ValLoss), Is.EqualTo(a.Select(r => r.ValLoss)));
-        using var wa = SafeTensorFile.Open(Path.Combine(full, Checkpoint.ModelFile));
-        using var wb = SafeTensorFile.Open(Path.Combine(split, Checkpoint.ModelFile));
+        using var wa = SafeTensorFile.Open(Path.Combine(RunLayout.LatestCheckpoint(full)!, Checkpoint.ModelFile));
+        using var wb = SafeTensorFile.Open(Path.Combine(RunLayout.LatestCheckpoint(split)!, Checkpoint.ModelFile));
         foreach (var t in wa.Tensors) Assert.That(wb.ReadFloat32(t.Name), Is.EqualTo(wa.ReadFloat32(t.Name)), t.Name);
     }
 
@@ -86,11 +90,12 @@ public sealed class TrainerTests
         var data = ArrayBlocks.Random(2, 2, 16, 512);
         using (var model = Gpt2Model.Load(Fixture, device))
         using (var trainer = new Trainer(model, data, Options(TrainingObjective.Autoregressive) with { Steps = 30, EvalEvery = 30, WarmupSteps = 0, GradientAccumulation = 1 }))
-            trainer.Run(temp, null);
+        using (var run = RunFolder.Open(temp))
+            trainer.Run(run, null);
         var log = Trainer.ReadLog(Path.Combine(temp, Trainer.LogFile));
         Assert.That(log[^1].Loss, Is.LessThan(log[1].Loss!.Value * 0.7), "memorising two blocks must lower the loss");
         Assert.That(log.Where(r => r.Step > 0).Select(r => r.Step), Is.EqualTo(Enumerable.Range(1, 30).Select(i => (long)i)));
-        using var reloaded = Gpt2Model.Load(temp, device);
+        using var reloaded = ModelLoader.Load(temp, device);
         Assert.That(reloaded.Config.VocabSize, Is.EqualTo(512));
     }
 
@@ -101,7 +106,7 @@ public sealed class TrainerTests
         using var model = Gpt2Model.Load(Fixture, device);
         using var trainer = new Trainer(model, ArrayBlocks.Random(3, 4, 16, 512), Options(TrainingObjective.Diffusion) with { Steps = 3, EvalEvery = 1 });
         trainer.TrainStep();
-        Checkpoint.Save(temp, model, null, null, null, null, 3);
+        Checkpoint.Write(temp, model, null, null, null, null, 3);
         var before = File.ReadAllBytes(Path.Combine(temp, Checkpoint.ModelFile));
         var bias = device.ToArray(model.Weights.LnfBias);
         bias[0] = float.NaN;

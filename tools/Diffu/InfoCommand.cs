@@ -20,6 +20,7 @@ static class InfoCommand
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(stdout) });
         if (!File.Exists(path) && !Directory.Exists(path)) throw new DiffuException($"{path}: no such file or folder");
+        path = RunLayout.ModelFolder(path);
         var configPath = Directory.Exists(path) ? Path.Combine(path, "config.json") : null;
         if (configPath is not null && File.Exists(configPath))
         {

@@ -8,8 +8,6 @@ namespace DiffuSharp.Cli;
 /// </summary>
 static class LossPlot
 {
-    public const string FileName = "loss.png";
-
     public static void Write(string path, IReadOnlyList<TrainLogRow> rows, string title, bool showCrossEntropy)
     {
         var plot = new ScottPlot.Plot();
@@ -24,9 +22,7 @@ static class LossPlot
         plot.XLabel("optimizer step");
         plot.YLabel("loss (nats)");
         plot.ShowLegend();
-        string temp = path + ".tmp.png";
-        plot.SavePng(temp, 900, 560);
-        File.Move(temp, path, overwrite: true);
+        File.WriteAllBytes(path, plot.GetImageBytes(900, 560, ScottPlot.ImageFormat.Png));
     }
 
     static void Series(ScottPlot.Plot plot, IReadOnlyList<TrainLogRow> rows, Func<TrainLogRow, double?> value, string label, bool markers)

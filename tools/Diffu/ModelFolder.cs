@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DiffuSharp.IO;
 using DiffuSharp.Models;
 using DiffuSharp.Text;
 
@@ -15,7 +16,7 @@ static class ModelFolder
     /// </summary>
     public static TextTokenizer Tokenizer(string modelDir, ILanguageModel model, string? tokenizerOption)
     {
-        var candidates = new[] { modelDir, tokenizerOption, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") }
+        var candidates = new[] { RunLayout.ModelFolder(modelDir), tokenizerOption, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") }
             .Where(c => !string.IsNullOrWhiteSpace(c)).Select(c => c!);
         foreach (var place in candidates)
         {

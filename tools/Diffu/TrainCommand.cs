@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffuSharp.Diffusion;
+using DiffuSharp.IO;
 using DiffuSharp.Models;
 using DiffuSharp.Runtime;
 using DiffuSharp.Training;
@@ -47,14 +48,21 @@ static class TrainCommand
                 + "3e-4 cosine, 2K warm-up) or no-anneal (DiffuLLaMA-7B: bidirectional from step 0, constant 2e-5, no warm-up)",
         };
         recipe.AcceptOnlyFromAmong(Recipes.Keys.ToArray());
-        var output = new Option<string?>("--out") { Description = "output folder: latest checkpoint, train_log.jsonl, loss.png" };
+        var output = new Option<string?>("--out") { Description = "output folder: checkpoints/step-N/, train_log.jsonl, loss.png (a folder that holds a run needs --resume or --overwrite)" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "start a new run in an --out folder that holds an earlier run, deleting that run's checkpoints, log and plot" };
+        var keep = new Option<int>("--keep") { Description = "how many of the newest checkpoints to keep", DefaultValueFactory = _ => 1 };
+        var maxLoss = new Option<double>("--max-loss")
+        {
+            Description = "stop as diverged when a step's or the validation loss exceeds this (the last checkpoint is kept)",
+            DefaultValueFactory = _ => new TrainOptions().MaxLoss,
+        };
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("train", "train a model (AR) or adapt one into a diffusion model")
         {
             init, config, resume, objective, data, steps, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches,
-            seed, mask, weightDecay, clip, valFraction, recipe, output, tokenizer, device, precision,
+            seed, mask, weightDecay, clip, valFraction, recipe, output, overwrite, keep, maxLoss, tokenizer, device, precision,
         };
         command.SetAction(parse =>
         {
@@ -66,7 +74,7 @@ static class TrainCommand
                 Decay = parse.GetValue(schedule) == "constant" ? LearningRateDecay.Constant : LearningRateDecay.Cosine,
                 AnnealSteps = parse.GetValue(anneal), GradientAccumulation = parse.GetValue(accum), EvalEvery = parse.GetValue(evalEvery),
                 EvalBatches = parse.GetValue(evalBatches), Seed = parse.GetValue(seed),
-                WeightDecay = parse.GetValue(weightDecay), ClipNorm = parse.GetValue(clip),
+                WeightDecay = parse.GetValue(weightDecay), ClipNorm = parse.GetValue(clip), MaxLoss = parse.GetValue(maxLoss),
                 Data = (parse.GetValue(data) ?? []).Select(Path.GetFullPath).ToArray(),
             };
             if (parse.GetValue(recipe) is string name)
@@ -80,9 +88,12 @@ static class TrainCommand
                     WarmupSteps = Given(parse, warmup) ? options.WarmupSteps : r.WarmupSteps,
                 };
             }
+            var fixedOnResume = new Option[] { objective, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches, seed, mask,
+                weightDecay, clip, valFraction, recipe, tokenizer, overwrite };
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
                 parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(valFraction),
-                Given(parse, steps), parse.GetValue(mask)!);
+                Given(parse, steps), Given(parse, maxLoss), parse.GetValue(mask)!, parse.GetValue(overwrite), parse.GetValue(keep),
+                fixedOnResume.Where(o => Given(parse, o)).Select(o => o.Name).ToArray());
             return Run(request, options, stdout, stderr);
         });
         return command;
@@ -99,38 +110,150 @@ static class TrainCommand
     };
 
     sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device, string? Precision,
-        double ValidationFraction, bool StepsGiven, string MaskToken);
+        double ValidationFraction, bool StepsGiven, bool MaxLossGiven, string MaskToken, bool Overwrite, int Keep, string[] GivenFixedOptions);
 
+    /// <summary>
+    /// Checks every input before any work (sources, output folder, data, tokenizer, model size against the
+    /// device's memory), takes the output folder's lock, then trains. Nothing is written before all checks pass.
+    /// </summary>
     static int Run(Request request, TrainOptions options, TextWriter stdout, TextWriter stderr)
     {
         int sources = (request.Init is null ? 0 : 1) + (request.Config is null ? 0 : 1) + (request.Resume is null ? 0 : 1);
         if (sources != 1) throw new DiffuException("give exactly one of --init DIR, --config PRESET or --resume DIR");
-        string outDir = request.Out ?? request.Resume ?? throw new DiffuException("--out DIR is required");
-        var saved = request.Resume is string resumeFrom ? Checkpoint.LoadOptions(resumeFrom) : null;
-        var run = saved ?? options;
-        var shards = options.Data.Length > 0 ? options.Data : saved?.Data ?? [];
-        if (shards.Length == 0) throw new DiffuException("--data FILE is required (make one with `diffu tokenize`)");
+        if (!(request.ValidationFraction is >= 0 and < 1)) throw new DiffuException($"--val-fraction must lie in [0, 1), got {request.ValidationFraction}");
+        if (request.Keep < 1) throw new DiffuException($"--keep must be at least 1, got {request.Keep}");
+        return request.Resume is string resumeDir ? Resume(resumeDir, request, options, stdout, stderr) : Start(request, options, stdout, stderr);
+    }
 
-        string tokenizerDir = request.Resume ?? TokenizerFor(request);
+    static int Start(Request request, TrainOptions options, TextWriter stdout, TextWriter stderr)
+    {
+        string outDir = Path.GetFullPath(request.Out ?? throw new DiffuException("--out DIR is required"));
+        if (options.Data.Length == 0) throw new DiffuException("--data FILE is required (make one with `diffu tokenize`)");
+        options.Validate();
+        IModelConfig config;
+        if (request.Init is string init)
+        {
+            string from = Path.GetFullPath(RunLayout.ModelFolder(init));
+            if (IsSameOrInside(Path.GetFullPath(init), outDir) || IsSameOrInside(from, outDir))
+                throw new DiffuException($"--out {request.Out} would overwrite --init {init}: write the new run to another folder");
+            config = ModelLoader.LoadConfig(from);
+        }
+        else config = Presets.Load(request.Config!);
+        string tokenizerDir = TokenizerFor(request);
+        Checkpoint.RequireTokenizerFiles(tokenizerDir);
+        int vocab = config.VocabSize;
+        if (options.Objective == TrainingObjective.Diffusion)
+        {
+            if (request.MaskToken == "new") vocab++;
+            else options = options with { MaskTokenId = ParseMaskToken(request.MaskToken, config.VocabSize) };
+        }
+        if (options.SequenceLength > config.Positions)
+            throw new DiffuException($"--seq-len {options.SequenceLength} exceeds the model's {config.Positions} positions");
+
         using var device = Cli.CreateDevice(request.Device, request.Precision);
-        using var blocks = TrainingData.Open(shards, run.SequenceLength, run.Seed, request.ValidationFraction);
-        using var trainer = request.Resume is string resumeDir
-            ? Trainer.Resume(resumeDir, device, blocks, request.StepsGiven ? options.Steps : null)
-            : NewRun(request, options, device, blocks);
+        RequireMemory(device, config, options);
+        using var blocks = OpenData(options.Data, options, request.ValidationFraction, vocab);
+        using var run = RunFolder.Open(outDir, request.Keep);
+        if (run.HoldsRun)
+        {
+            if (!request.Overwrite)
+                throw new DiffuException($"{outDir} already holds a training run ({Describe(run)}): continue it with --resume {request.Out}, "
+                    + "or start again with --overwrite (which deletes it)");
+            run.Clear();
+        }
+        using var trainer = NewRun(request, options, device, blocks);
+        return Train(trainer, run, tokenizerDir, device, stdout, stderr);
+    }
 
+    static int Resume(string resumeDir, Request request, TrainOptions given, TextWriter stdout, TextWriter stderr)
+    {
+        if (request.Out is string o && Path.GetFullPath(o) != Path.GetFullPath(resumeDir))
+            throw new DiffuException($"--resume continues the run in its own folder ({resumeDir}); leave out --out (copy the folder first to branch a run)");
+        if (request.GivenFixedOptions.Length > 0)
+            throw new DiffuException($"{string.Join(", ", request.GivenFixedOptions)}: fixed by the run being resumed (stored in its checkpoint); "
+                + "on --resume only --steps, --max-loss, --data, --keep, --device and --precision can be given");
+        if (!Directory.Exists(resumeDir)) throw new DiffuException($"{resumeDir}: no such folder to resume");
+        using var run = RunFolder.Open(resumeDir, request.Keep);
+        var checkpoint = run.LatestCheckpoint ?? throw new DiffuException(run.HoldsRun
+            ? $"{resumeDir}: the run stopped before its first checkpoint, so there is nothing to resume; start it again with --overwrite"
+            : $"{resumeDir}: no training run here to resume (no checkpoints/)");
+        var saved = Checkpoint.LoadOptions(checkpoint);
+        var options = saved with
+        {
+            Steps = request.StepsGiven ? given.Steps : saved.Steps,
+            MaxLoss = request.MaxLossGiven ? given.MaxLoss : saved.MaxLoss,
+            Data = given.Data.Length > 0 ? given.Data : saved.Data,
+        };
+        if (options.Data.Length == 0) throw new DiffuException("--data FILE is required (the checkpoint names no token shards)");
+        options.Validate();
+        var config = ModelLoader.LoadConfig(checkpoint);
+        using var device = Cli.CreateDevice(request.Device, request.Precision);
+        RequireMemory(device, config, options);
+        using var blocks = OpenData(options.Data, options, request.ValidationFraction, config.VocabSize);
+        using var trainer = Trainer.Resume(checkpoint, device, blocks, options);
+        if (options.Steps != saved.Steps && options.Decay == LearningRateDecay.Cosine)
+        {
+            var before = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, saved.Steps, options.Decay);
+            var after = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.Decay);
+            stderr.WriteLine($"note: --steps {options.Steps} (was {saved.Steps}) re-spreads the cosine schedule over the new length: "
+                + $"the learning rate at step {trainer.Step + 1} becomes {after.At(trainer.Step):g3} instead of {before.At(trainer.Step):g3}");
+        }
+        return Train(trainer, run, checkpoint, device, stdout, stderr);
+    }
+
+    static int Train(Trainer trainer, RunFolder run, string tokenizerDir, Device device, TextWriter stdout, TextWriter stderr)
+    {
         var o = trainer.Options;
         stderr.WriteLine($"training {o.Objective} on {device.Description}: {trainer.Model.ParameterCount:N0} parameters, "
-            + $"steps {trainer.Step} -> {o.Steps}, batch {o.Batch} x {o.SequenceLength} x {o.GradientAccumulation}, lr {o.LearningRate:g3}, out {outDir}");
-        var title = $"{(o.Objective == TrainingObjective.Diffusion ? "diffusion" : "AR")} training, {Path.GetFileName(Path.GetFullPath(outDir))}";
+            + $"steps {trainer.Step} -> {o.Steps}, batch {o.Batch} x {o.SequenceLength} x {o.GradientAccumulation}, lr {o.LearningRate:g3}, out {run.Path}");
+        var title = $"{(o.Objective == TrainingObjective.Diffusion ? "diffusion" : "AR")} training, {Path.GetFileName(run.Path)}";
         void Plot(IReadOnlyList<TrainLogRow> rows) =>
-            LossPlot.Write(Path.Combine(outDir, LossPlot.FileName), rows, title, o.Objective == TrainingObjective.Diffusion);
-        ProgressView.Run(trainer, outDir, tokenizerDir, Plot, stdout);
+            run.ReplaceFile(RunLayout.PlotFile, temp => LossPlot.Write(temp, rows, title, o.Objective == TrainingObjective.Diffusion));
+        ProgressView.Run(trainer, run, tokenizerDir, Plot, stdout);
         var last = trainer.History.LastOrDefault(r => r.ValLoss is not null);
         var first = trainer.History.FirstOrDefault(r => r.ValLoss is not null);
         stdout.WriteLine($"done: step {trainer.Step}; validation loss {first?.ValLoss:F4} -> {last?.ValLoss:F4}, "
-            + $"mean target CE {first?.ValCe:F4} -> {last?.ValCe:F4}; checkpoint, {Trainer.LogFile} and {LossPlot.FileName} in {outDir}");
+            + $"mean target CE {first?.ValCe:F4} -> {last?.ValCe:F4}; {RunLayout.CheckpointsFolder}/{RunLayout.StepFolderName(trainer.Step)}, "
+            + $"{RunLayout.LogFile} and {RunLayout.PlotFile} in {run.Path}");
         return Cli.Ok;
     }
+
+    /// <summary>Refuses a run whose weights, optimizer state and activations cannot fit on the device.</summary>
+    static void RequireMemory(Device device, IModelConfig config, TrainOptions options) =>
+        DeviceMemory.Require(device, SaturatingAdd(ModelMemory.Weights(config), ModelMemory.Training(config, options.Batch, options.SequenceLength)),
+            $"training {config.ParameterCount:N0} parameters with micro-batches of {options.Batch} x {options.SequenceLength}");
+
+    static long SaturatingAdd(long a, long b) => a > long.MaxValue - b ? long.MaxValue : a + b;
+
+    /// <summary>The token shards, checked against the model's vocabulary and for validation blocks.</summary>
+    static TrainingData OpenData(string[] shards, TrainOptions options, double validationFraction, int modelVocab)
+    {
+        var blocks = TrainingData.Open(shards, options.SequenceLength, options.Seed, validationFraction);
+        try
+        {
+            if (blocks.VocabSize > modelVocab)
+                throw new DiffuException($"{string.Join(", ", shards)}: tokens of a {blocks.VocabSize}-token vocabulary, but the model has {modelVocab}: "
+                    + "tokenize with the model's tokenizer (or --vocab-limit)");
+            if (blocks.ValidationBlockCount == 0)
+                throw new DiffuException($"{string.Join(", ", shards)}: no validation blocks of {options.SequenceLength} tokens (raise --val-fraction or give more data)");
+            return blocks;
+        }
+        catch
+        {
+            blocks.Dispose();
+            throw;
+        }
+    }
+
+    static bool IsSameOrInside(string path, string folder)
+    {
+        string p = Path.TrimEndingDirectorySeparator(path), f = Path.TrimEndingDirectorySeparator(folder);
+        return p == f || p.StartsWith(f + Path.DirectorySeparatorChar, StringComparison.Ordinal);
+    }
+
+    static string Describe(RunFolder run) =>
+        RunLayout.Checkpoints(run.Path) is { Count: > 0 } all ? $"checkpoint at step {all[^1].Step}"
+        : run.LatestCheckpoint is not null ? "a checkpoint" : "a log but no checkpoint yet";
 
     /// <summary>A run from --init or --config; for diffusion the mask token is set (or appended) first.</summary>
     static Trainer NewRun(Request request, TrainOptions options, Device device, ITokenBlocks blocks)
@@ -138,8 +261,8 @@ static class TrainCommand
         ITrainableModel model = request.Init is string initDir ? ModelLoader.Load(initDir, device) : Gpt2Model.CreateRandom(Presets.Load(request.Config!), device, options.Seed);
         try
         {
-            if (options.Objective == TrainingObjective.Diffusion)
-                options = options with { MaskTokenId = request.MaskToken == "new" ? model.AppendToken() : ParseMaskToken(request.MaskToken) };
+            if (options.Objective == TrainingObjective.Diffusion && request.MaskToken == "new")
+                options = options with { MaskTokenId = model.AppendToken() };
             return new Trainer(model, blocks, options, ownsModel: true);
         }
         catch
@@ -151,12 +274,14 @@ static class TrainCommand
 
     /// <summary>The tokenizer files stored with the checkpoint: the --init folder's own, else --tokenizer, else $DIFFU_TOKENIZER.</summary>
     static string TokenizerFor(Request request) =>
-        request.Init is string dir && Checkpoint.HasTokenizer(dir) ? dir
+        request.Init is string init && RunLayout.ModelFolder(init) is var dir && Checkpoint.HasTokenizer(dir) ? dir
         : request.Tokenizer ?? Environment.GetEnvironmentVariable("DIFFU_TOKENIZER")
           ?? throw new DiffuException("no tokenizer to store with the checkpoint: pass --tokenizer DIR");
 
-    static int ParseMaskToken(string text) =>
-        int.TryParse(text, out int id) && id >= 0 ? id : throw new DiffuException($"--mask-token: '{text}' is neither a token id nor 'new'");
+    static int ParseMaskToken(string text, int vocab) =>
+        !int.TryParse(text, out int id) || id < 0 ? throw new DiffuException($"--mask-token: '{text}' is neither a token id nor 'new'")
+        : id >= vocab ? throw new DiffuException($"--mask-token {id} is outside the model's vocabulary [0, {vocab}): give an id below {vocab}, or 'new' to append a [MASK] token")
+        : id;
 }
 
 /// <summary>Model presets: models/NAME/config.json next to the program or in the working directory, or a path.</summary>

@@ -22,6 +22,7 @@ sealed class TrainingData : ITokenBlocks, IDisposable
     }
 
     public int BlockLength => loader.BlockLength;
+    public int VocabSize => dataset.VocabSize;
     public int ValidationBlockCount => loader.Dataset.ValidationBlocks;
     public void NextTrainingBatch(int batch, Span<int> destination) => loader.NextBatch(batch, destination);
     public void ReadValidationBatch(int first, int batch, Span<int> destination) => loader.Dataset.ReadValidationBatch(first, batch, destination);
