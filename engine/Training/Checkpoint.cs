@@ -25,7 +25,7 @@ public static class Checkpoint
     /// downloaded one at a time as the writer reaches them, so saving holds one tensor's host copy, not the model's.
     /// </summary>
     public static void Write(string directory, ITrainableModel model, IParameterSet? moment1, IParameterSet? moment2, TrainingState? state,
-        string? tokenizer, int? maskTokenId)
+        IReadOnlyList<(string Name, byte[] Bytes)>? tokenizer, int? maskTokenId)
     {
         var device = model.Device;
         string step = (state?.Step ?? 0).ToString(CultureInfo.InvariantCulture);
@@ -34,7 +34,8 @@ public static class Checkpoint
         SafeTensorWriter.Write(Path.Combine(directory, ModelFile), Entries(device, model.Parameters, ""),
             new Dictionary<string, string> { ["format"] = "pt", ["step"] = step });
         CrashPoints.Reach("checkpoint-model-written");
-        WriteDurably(Path.Combine(directory, ConfigFile), model.ConfigJson(maskTokenId).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        WriteDurably(Path.Combine(directory, ConfigFile), System.Text.Encoding.UTF8.GetBytes(
+            model.ConfigJson(maskTokenId).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"));
         if (state is not null && moment1 is not null && moment2 is not null)
         {
             SafeTensorWriter.Write(Path.Combine(directory, StateFile), Entries(device, moment1, "adam.m.").Concat(Entries(device, moment2, "adam.v.")),
@@ -46,36 +47,15 @@ public static class Checkpoint
                 });
             CrashPoints.Reach("checkpoint-state-written");
         }
-        if (tokenizer is not null) CopyTokenizer(tokenizer, directory);
+        foreach (var (name, bytes) in tokenizer ?? []) WriteDurably(Path.Combine(directory, name), bytes);
     }
 
-    static void WriteDurably(string path, string text)
+    static void WriteDurably(string path, byte[] bytes)
     {
         using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
-        stream.Write(System.Text.Encoding.UTF8.GetBytes(text));
+        stream.Write(bytes);
         stream.Flush(flushToDisk: true);
     }
-
-    /// <summary>
-    /// Copies the tokenizer into the checkpoint: GPT-2 BPE files under HF's names (vocab.json, merges.txt),
-    /// or a LLaMA tokenizer.model / llama2.c tokenizer.bin (given as the file or a folder holding it).
-    /// </summary>
-    static void CopyTokenizer(string source, string directory)
-    {
-        foreach (var (from, name) in RequireTokenizerFiles(source))
-        {
-            using var input = new FileStream(from, FileMode.Open, FileAccess.Read);
-            using var output = new FileStream(Path.Combine(directory, name), FileMode.CreateNew, FileAccess.Write, FileShare.None);
-            input.CopyTo(output);
-            output.Flush(flushToDisk: true);
-        }
-    }
-
-    /// <summary>The tokenizer files a checkpoint will carry, or an error naming what is missing (checked before a run starts).</summary>
-    public static (string From, string Name)[] RequireTokenizerFiles(string source) =>
-        TokenizerFiles(source) ?? throw new DiffuException(Directory.Exists(source) || File.Exists(source)
-            ? $"{source}: no tokenizer files (vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.model or tokenizer.bin) to copy into the checkpoint"
-            : $"{source}: tokenizer folder or file not found");
 
     static (string From, string Name)[]? TokenizerFiles(string source)
     {
@@ -96,6 +76,17 @@ public static class Checkpoint
 
     /// <summary>Whether a folder or file holds a tokenizer the checkpoint can carry.</summary>
     public static bool HasTokenizer(string source) => TokenizerFiles(source) is not null;
+
+    /// <summary>
+    /// The tokenizer a run's checkpoints carry, read once when the run starts: GPT-2 BPE files under HF's names
+    /// (vocab.json, merges.txt), or a LLaMA tokenizer.model / llama2.c tokenizer.bin (the file or a folder holding
+    /// it). Held in memory, so later checkpoints never depend on the source (or on a pruned checkpoint) still being there.
+    /// </summary>
+    public static IReadOnlyList<(string Name, byte[] Bytes)> ReadTokenizer(string source) =>
+        (TokenizerFiles(source) ?? throw new DiffuException(Directory.Exists(source) || File.Exists(source)
+            ? $"{source}: no tokenizer files (vocab.json + merges.txt, encoder.json + vocab.bpe, tokenizer.model or tokenizer.bin) to copy into the checkpoint"
+            : $"{source}: tokenizer folder or file not found"))
+        .Select(f => (f.Name, File.ReadAllBytes(f.From))).ToArray();
 
     /// <summary>The options of the run saved in a checkpoint folder (or a run folder's newest).</summary>
     public static TrainOptions LoadOptions(string directory)

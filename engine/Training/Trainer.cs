@@ -194,7 +194,7 @@ public sealed class Trainer : IDisposable
     /// to train_log.jsonl and calls <paramref name="stepped"/> (progress display). The log keeps the rows up
     /// to the step the run resumed from, so it always describes one run.
     /// </summary>
-    public void Run(RunFolder run, string? tokenizerDirectory, Action<TrainLogRow>? stepped = null,
+    public void Run(RunFolder run, IReadOnlyList<(string Name, byte[] Bytes)>? tokenizer, Action<TrainLogRow>? stepped = null,
         Action<IReadOnlyList<TrainLogRow>>? evaluated = null, CancellationToken cancel = default)
     {
         history.Clear();
@@ -230,7 +230,7 @@ public sealed class Trainer : IDisposable
             if (evaluate)
             {
                 run.SaveCheckpoint(Step, folder => Checkpoint.Write(folder, model, moment1, moment2, new TrainingState(Step, Options, data.State),
-                    tokenizerDirectory, Options.Objective == TrainingObjective.Diffusion ? Options.MaskTokenId : null));
+                    tokenizer, Options.Objective == TrainingObjective.Diffusion ? Options.MaskTokenId : null));
                 evaluated?.Invoke(history);
             }
         }

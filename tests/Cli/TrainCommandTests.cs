@@ -11,30 +11,19 @@ public sealed class TrainCommandTests
     string temp = null!;
     string shard = null!;
 
-    static string Tokenizer => Path.Combine(TestUtil.SharedData, "tokenizers", "gpt2");
+    static string Tokenizer => CliRun.Gpt2Tokenizer;
 
     [SetUp]
     public void SetUp()
     {
         temp = Directory.CreateTempSubdirectory("diffu-traincli-").FullName;
-        var text = Path.Combine(temp, "stories.txt");
-        File.WriteAllText(text, string.Join("<|endoftext|>", File.ReadAllText(Path.Combine(TestUtil.SharedData, "corpora", "tinystories", "train_v2_head.txt"))
-            .Split("<|endoftext|>").Take(40)));
-        shard = Path.Combine(temp, "stories.tok");
-        var (code, _, err) = Run("tokenize", "--tokenizer", Tokenizer, "--vocab-limit", "512", "--out", shard, text);
-        Assert.That(code, Is.EqualTo(0), err);
+        shard = CliRun.StoriesShard(temp);
     }
 
     [TearDown]
     public void TearDown() => Directory.Delete(temp, recursive: true);
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = DiffuSharp.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
 
     [Test]
     public void AdaptsTheFixtureIntoADiffusionModelAndResumes()

@@ -6,11 +6,11 @@ namespace DiffuSharp.Cli;
 
 /// <summary>
 /// The `diffu` command line. Exit codes: 0 success, 2 bad arguments or bad input (one-line message on
-/// stderr), 1 an internal error.
+/// stderr), 3 a training run that diverged (stopped before writing; the last checkpoint is kept), 1 an internal error.
 /// </summary>
 public static class Cli
 {
-    public const int Ok = 0, InternalError = 1, BadInput = 2;
+    public const int Ok = 0, InternalError = 1, BadInput = 2, Diverged = 3;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -34,6 +34,11 @@ public static class Cli
         try
         {
             return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
+        }
+        catch (Training.TrainingDivergedException e)
+        {
+            stderr.WriteLine($"error: {e.Message}");
+            return Diverged;
         }
         catch (Exception e) when (e is DiffuException or IOException or UnauthorizedAccessException)
         {

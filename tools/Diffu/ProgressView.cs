@@ -6,7 +6,7 @@ namespace DiffuSharp.Cli;
 /// <summary>Shows a training run: a live progress bar on a terminal, a line every so often otherwise.</summary>
 static class ProgressView
 {
-    public static void Run(Trainer trainer, RunFolder run, string? tokenizerDir, Action<IReadOnlyList<TrainLogRow>> plot, TextWriter stdout)
+    public static void Run(Trainer trainer, RunFolder run, IReadOnlyList<(string Name, byte[] Bytes)> tokenizer, Action<IReadOnlyList<TrainLogRow>> plot, TextWriter stdout)
     {
         var o = trainer.Options;
         long first = trainer.Step, total = o.Steps;
@@ -17,7 +17,7 @@ static class ProgressView
         if (!interactive)
         {
             long every = Math.Max(1, (total - first) / 20);
-            trainer.Run(run, tokenizerDir, row =>
+            trainer.Run(run, tokenizer, row =>
             {
                 if (row.Step % every == 0 || row.ValLoss is not null || row.Step == total) stdout.WriteLine(Describe(row));
             }, plot);
@@ -31,7 +31,7 @@ static class ProgressView
             {
                 var task = context.AddTask($"step {first}/{total}", maxValue: total);
                 task.Value = first;
-                trainer.Run(run, tokenizerDir, row =>
+                trainer.Run(run, tokenizer, row =>
                 {
                     task.Description = Markup.Escape(Describe(row));
                     task.Value = row.Step;

@@ -139,8 +139,7 @@ static class TrainCommand
             config = ModelLoader.LoadConfig(from);
         }
         else config = Presets.Load(request.Config!);
-        string tokenizerDir = TokenizerFor(request);
-        Checkpoint.RequireTokenizerFiles(tokenizerDir);
+        var tokenizer = Checkpoint.ReadTokenizer(TokenizerFor(request));
         int vocab = config.VocabSize;
         if (options.Objective == TrainingObjective.Diffusion)
         {
@@ -162,7 +161,7 @@ static class TrainCommand
             run.Clear();
         }
         using var trainer = NewRun(request, options, device, blocks);
-        return Train(trainer, run, tokenizerDir, device, stdout, stderr);
+        return Train(trainer, run, tokenizer, device, stdout, stderr);
     }
 
     static int Resume(string resumeDir, Request request, TrainOptions given, TextWriter stdout, TextWriter stderr)
@@ -178,6 +177,7 @@ static class TrainCommand
             ? $"{resumeDir}: the run stopped before its first checkpoint, so there is nothing to resume; start it again with --overwrite"
             : $"{resumeDir}: no training run here to resume (no checkpoints/)");
         var saved = Checkpoint.LoadOptions(checkpoint);
+        var tokenizer = Checkpoint.ReadTokenizer(checkpoint);
         var options = saved with
         {
             Steps = request.StepsGiven ? given.Steps : saved.Steps,
@@ -198,10 +198,10 @@ static class TrainCommand
             stderr.WriteLine($"note: --steps {options.Steps} (was {saved.Steps}) re-spreads the cosine schedule over the new length: "
                 + $"the learning rate at step {trainer.Step + 1} becomes {after.At(trainer.Step):g3} instead of {before.At(trainer.Step):g3}");
         }
-        return Train(trainer, run, checkpoint, device, stdout, stderr);
+        return Train(trainer, run, tokenizer, device, stdout, stderr);
     }
 
-    static int Train(Trainer trainer, RunFolder run, string tokenizerDir, Device device, TextWriter stdout, TextWriter stderr)
+    static int Train(Trainer trainer, RunFolder run, IReadOnlyList<(string Name, byte[] Bytes)> tokenizer, Device device, TextWriter stdout, TextWriter stderr)
     {
         var o = trainer.Options;
         stderr.WriteLine($"training {o.Objective} on {device.Description}: {trainer.Model.ParameterCount:N0} parameters, "
@@ -209,7 +209,7 @@ static class TrainCommand
         var title = $"{(o.Objective == TrainingObjective.Diffusion ? "diffusion" : "AR")} training, {Path.GetFileName(run.Path)}";
         void Plot(IReadOnlyList<TrainLogRow> rows) =>
             run.ReplaceFile(RunLayout.PlotFile, temp => LossPlot.Write(temp, rows, title, o.Objective == TrainingObjective.Diffusion));
-        ProgressView.Run(trainer, run, tokenizerDir, Plot, stdout);
+        ProgressView.Run(trainer, run, tokenizer, Plot, stdout);
         var last = trainer.History.LastOrDefault(r => r.ValLoss is not null);
         var first = trainer.History.FirstOrDefault(r => r.ValLoss is not null);
         stdout.WriteLine($"done: step {trainer.Step}; validation loss {first?.ValLoss:F4} -> {last?.ValLoss:F4}, "
