@@ -6,8 +6,8 @@ namespace DiffuSharp.Training;
 /// A training run's output folder (layout: <see cref="RunLayout"/>), held by one process at a time through
 /// an exclusive OS lock on its lock file: the kernel drops the lock when the holder dies, so no stale marker
 /// can block a later run. Checkpoints are written into a hidden staging folder and renamed into place, so
-/// after a kill at any instant the folder holds the previous complete checkpoint or the new one; the newest
-/// <see cref="Keep"/> are kept. Leftovers of a killed save are removed when the folder is opened again.
+/// after a kill at any instant the folder holds the previous complete checkpoint or the new one; only the newest
+/// few are kept. Leftovers of a killed save are removed when the folder is opened again.
 /// </summary>
 public sealed class RunFolder : IDisposable
 {
@@ -23,18 +23,14 @@ public sealed class RunFolder : IDisposable
     readonly FileStream lockStream;
     readonly bool created;
 
-    RunFolder(string path, FileStream lockStream, bool created, int keep)
+    RunFolder(string path, FileStream lockStream, bool created)
     {
         Path = path;
         this.lockStream = lockStream;
         this.created = created;
-        Keep = keep;
     }
 
     public string Path { get; }
-
-    /// <summary>How many of the newest checkpoints stay on disk.</summary>
-    public int Keep { get; }
 
     public string LogPath => System.IO.Path.Combine(Path, RunLayout.LogFile);
     public string PlotPath => System.IO.Path.Combine(Path, RunLayout.PlotFile);
@@ -43,9 +39,8 @@ public sealed class RunFolder : IDisposable
     /// Takes the folder (creating it if needed) for this process, or fails at once, naming the folder, when
     /// another process holds it. Removes what a killed save left behind.
     /// </summary>
-    public static RunFolder Open(string path, int keep = 1)
+    public static RunFolder Open(string path)
     {
-        if (keep < 1) throw new DiffuException($"--keep must be at least 1, got {keep}");
         path = System.IO.Path.GetFullPath(path);
         if (File.Exists(path)) throw new DiffuException($"{path}: is a file, not an output folder");
         bool created = !Directory.Exists(path);
@@ -59,7 +54,7 @@ public sealed class RunFolder : IDisposable
         {
             throw new DiffuException($"{path}: another process is writing to this output folder (it holds {RunLayout.LockFile}); wait for it or choose another --out");
         }
-        var folder = new RunFolder(path, stream, created, keep);
+        var folder = new RunFolder(path, stream, created);
         folder.RemoveLeftovers();
         return folder;
     }
@@ -85,10 +80,10 @@ public sealed class RunFolder : IDisposable
 
     /// <summary>
     /// Writes the checkpoint of <paramref name="step"/>: <paramref name="write"/> fills an empty staging
-    /// folder (its files flushed to disk), which is then renamed to its step name; older checkpoints beyond
-    /// <see cref="Keep"/> are removed after that.
+    /// folder (its files flushed to disk), which is then renamed to its step name; then all but the newest
+    /// <paramref name="keep"/> checkpoints are removed.
     /// </summary>
-    public string SaveCheckpoint(long step, Action<string> write)
+    public string SaveCheckpoint(long step, int keep, Action<string> write)
     {
         var root = Directory.CreateDirectory(System.IO.Path.Combine(Path, RunLayout.CheckpointsFolder)).FullName;
         string name = RunLayout.StepFolderName(step);
@@ -108,9 +103,16 @@ public sealed class RunFolder : IDisposable
             throw;
         }
         CrashPoints.Reach("checkpoint-renamed");
-        var all = RunLayout.Checkpoints(Path);
-        for (int i = 0; i < all.Count - Keep; i++) Retire(all[i].Path);
+        Prune(keep);
         return final;
+    }
+
+    /// <summary>Removes all but the newest <paramref name="keep"/> checkpoints (also what a save killed before its pruning left).</summary>
+    public void Prune(int keep)
+    {
+        if (keep < 1) throw new ArgumentOutOfRangeException(nameof(keep), keep, "at least one checkpoint must stay");
+        var all = RunLayout.Checkpoints(Path);
+        for (int i = 0; i < all.Count - keep; i++) Retire(all[i].Path);
     }
 
     /// <summary>
@@ -123,6 +125,7 @@ public sealed class RunFolder : IDisposable
         try
         {
             write(temp);
+            CrashPoints.Reach("file-staged");
             File.Move(temp, target, overwrite: true);
         }
         finally

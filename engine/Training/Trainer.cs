@@ -197,6 +197,7 @@ public sealed class Trainer : IDisposable
     public void Run(RunFolder run, IReadOnlyList<(string Name, byte[] Bytes)>? tokenizer, Action<TrainLogRow>? stepped = null,
         Action<IReadOnlyList<TrainLogRow>>? evaluated = null, CancellationToken cancel = default)
     {
+        run.Prune(Options.KeepCheckpoints);
         history.Clear();
         history.AddRange(ReadLog(run.LogPath, tornTail: true).Where(r => r.Step <= Step));
         run.ReplaceFile(LogFile, temp => File.WriteAllLines(temp, history.Select(r => JsonSerializer.Serialize(r, LogJson))));
@@ -229,7 +230,7 @@ public sealed class Trainer : IDisposable
             stepped?.Invoke(row);
             if (evaluate)
             {
-                run.SaveCheckpoint(Step, folder => Checkpoint.Write(folder, model, moment1, moment2, new TrainingState(Step, Options, data.State),
+                run.SaveCheckpoint(Step, Options.KeepCheckpoints, folder => Checkpoint.Write(folder, model, moment1, moment2, new TrainingState(Step, Options, data.State),
                     tokenizer, Options.Objective == TrainingObjective.Diffusion ? Options.MaskTokenId : null));
                 evaluated?.Invoke(history);
             }

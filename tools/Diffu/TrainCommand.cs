@@ -74,7 +74,7 @@ static class TrainCommand
                 Decay = parse.GetValue(schedule) == "constant" ? LearningRateDecay.Constant : LearningRateDecay.Cosine,
                 AnnealSteps = parse.GetValue(anneal), GradientAccumulation = parse.GetValue(accum), EvalEvery = parse.GetValue(evalEvery),
                 EvalBatches = parse.GetValue(evalBatches), Seed = parse.GetValue(seed),
-                WeightDecay = parse.GetValue(weightDecay), ClipNorm = parse.GetValue(clip), MaxLoss = parse.GetValue(maxLoss),
+                WeightDecay = parse.GetValue(weightDecay), ClipNorm = parse.GetValue(clip), MaxLoss = parse.GetValue(maxLoss), KeepCheckpoints = parse.GetValue(keep),
                 Data = (parse.GetValue(data) ?? []).Select(Path.GetFullPath).ToArray(),
             };
             if (parse.GetValue(recipe) is string name)
@@ -92,7 +92,7 @@ static class TrainCommand
                 weightDecay, clip, valFraction, recipe, tokenizer, overwrite };
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
                 parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(valFraction),
-                Given(parse, steps), Given(parse, maxLoss), parse.GetValue(mask)!, parse.GetValue(overwrite), parse.GetValue(keep),
+                Given(parse, steps), Given(parse, maxLoss), Given(parse, keep), parse.GetValue(mask)!, parse.GetValue(overwrite),
                 fixedOnResume.Where(o => Given(parse, o)).Select(o => o.Name).ToArray());
             return Run(request, options, stdout, stderr);
         });
@@ -110,7 +110,7 @@ static class TrainCommand
     };
 
     sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device, string? Precision,
-        double ValidationFraction, bool StepsGiven, bool MaxLossGiven, string MaskToken, bool Overwrite, int Keep, string[] GivenFixedOptions);
+        double ValidationFraction, bool StepsGiven, bool MaxLossGiven, bool KeepGiven, string MaskToken, bool Overwrite, string[] GivenFixedOptions);
 
     /// <summary>
     /// Checks every input before any work (sources, output folder, data, tokenizer, model size against the
@@ -121,7 +121,6 @@ static class TrainCommand
         int sources = (request.Init is null ? 0 : 1) + (request.Config is null ? 0 : 1) + (request.Resume is null ? 0 : 1);
         if (sources != 1) throw new DiffuException("give exactly one of --init DIR, --config PRESET or --resume DIR");
         if (!(request.ValidationFraction is >= 0 and < 1)) throw new DiffuException($"--val-fraction must lie in [0, 1), got {request.ValidationFraction}");
-        if (request.Keep < 1) throw new DiffuException($"--keep must be at least 1, got {request.Keep}");
         return request.Resume is string resumeDir ? Resume(resumeDir, request, options, stdout, stderr) : Start(request, options, stdout, stderr);
     }
 
@@ -152,7 +151,7 @@ static class TrainCommand
         using var device = Cli.CreateDevice(request.Device, request.Precision);
         RequireMemory(device, config, options);
         using var blocks = OpenData(options.Data, options, request.ValidationFraction, vocab);
-        using var run = RunFolder.Open(outDir, request.Keep);
+        using var run = RunFolder.Open(outDir);
         if (run.HoldsRun)
         {
             if (!request.Overwrite)
@@ -172,7 +171,7 @@ static class TrainCommand
             throw new DiffuException($"{string.Join(", ", request.GivenFixedOptions)}: fixed by the run being resumed (stored in its checkpoint); "
                 + "on --resume only --steps, --max-loss, --data, --keep, --device and --precision can be given");
         if (!Directory.Exists(resumeDir)) throw new DiffuException($"{resumeDir}: no such folder to resume");
-        using var run = RunFolder.Open(resumeDir, request.Keep);
+        using var run = RunFolder.Open(resumeDir);
         var checkpoint = run.LatestCheckpoint ?? throw new DiffuException(run.HoldsRun
             ? $"{resumeDir}: the run stopped before its first checkpoint, so there is nothing to resume; start it again with --overwrite"
             : $"{resumeDir}: no training run here to resume (no checkpoints/)");
@@ -182,6 +181,7 @@ static class TrainCommand
         {
             Steps = request.StepsGiven ? given.Steps : saved.Steps,
             MaxLoss = request.MaxLossGiven ? given.MaxLoss : saved.MaxLoss,
+            KeepCheckpoints = request.KeepGiven ? given.KeepCheckpoints : saved.KeepCheckpoints,
             Data = given.Data.Length > 0 ? given.Data : saved.Data,
         };
         if (options.Data.Length == 0) throw new DiffuException("--data FILE is required (the checkpoint names no token shards)");
