@@ -70,6 +70,6 @@ public sealed record TrainOptions
         Check(LearningRate * WeightDecay < 1, $"--lr {LearningRate:g3} x --weight-decay {WeightDecay:g3} must be below 1 (decoupled decay multiplies each weight by 1 - lr x decay)");
         Check(Beta1 is >= 0 and < 1 && Beta2 is >= 0 and < 1, $"AdamW betas must lie in [0, 1), got {Beta1}, {Beta2}");
         Check(float.IsFinite(Epsilon) && Epsilon > 0, $"AdamW epsilon must be a positive finite number, got {Epsilon}");
-        Check(MaxLoss > 0, $"--max-loss must be positive, got {MaxLoss}");
+        Check(double.IsFinite(MaxLoss) && MaxLoss > 0, $"--max-loss must be a positive finite number, got {MaxLoss}");
     }
 }

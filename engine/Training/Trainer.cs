@@ -150,7 +150,7 @@ public sealed class Trainer : IDisposable
         d.Synchronize();
         Step++;
         double tokens = (double)Options.Batch * Options.SequenceLength * accumulation;
-        var row = new TrainLogRow(Step, loss, crossEntropy, lr, norm, tokens / clock.Elapsed.TotalSeconds);
+        var row = new TrainLogRow(Step, loss, crossEntropy, lr, norm, tokens / Math.Max(clock.Elapsed.TotalSeconds, 1e-9));
         history.Add(row);
         return row;
     }
@@ -251,6 +251,7 @@ public sealed class Trainer : IDisposable
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
 
     /// <summary>

@@ -134,6 +134,7 @@ public sealed class TrainSafetyTests
     [TestCase("--weight-decay", "NaN")]
     [TestCase("--clip", "1e39")]
     [TestCase("--max-loss", "NaN")]
+    [TestCase("--max-loss", "Infinity")]
     [TestCase("--weight-decay", "2000")]
     [TestCase("--batch", "2147483647")]
     [TestCase("--batch", "1073741824")]
