@@ -69,6 +69,21 @@ public sealed class RunFolder : IDisposable
         || File.Exists(LogPath) || File.Exists(PlotPath)
         || FlatCheckpointFiles.Any(name => File.Exists(System.IO.Path.Combine(Path, name)));
 
+    /// <summary>
+    /// Refuses a run whose checkpoints cannot fit on this folder's disk: <paramref name="keep"/> complete ones plus
+    /// the one being written, counting the space this folder's checkpoints already take (they are replaced as it goes).
+    /// </summary>
+    public void RequireSpace(long checkpointBytes, int keep)
+    {
+        long need = checkpointBytes > long.MaxValue / (keep + 1L) ? long.MaxValue : checkpointBytes * (keep + 1L);
+        var checkpoints = new DirectoryInfo(System.IO.Path.Combine(Path, RunLayout.CheckpointsFolder));
+        long held = checkpoints.Exists ? checkpoints.EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length) : 0;
+        long free = new DriveInfo(Path).AvailableFreeSpace;
+        if (free + held < need)
+            throw new DiffuException($"{Path}: {keep} checkpoint(s) of about {Runtime.DeviceMemory.Format(checkpointBytes)} plus the one being written need "
+                + $"{Runtime.DeviceMemory.Format(need)}, but the disk has {Runtime.DeviceMemory.Format(free + held)} for them (free up space, lower --keep or choose another --out)");
+    }
+
     /// <summary>Removes everything an earlier run wrote here (asked for with --overwrite); other files are left alone.</summary>
     public void Clear()
     {

@@ -31,6 +31,9 @@ public sealed record TrainOptions
     /// <summary>Validation and checkpoint cadence in steps (also at the last step).</summary>
     public long EvalEvery { get; init; } = 100;
 
+    /// <summary>The share of the data's blocks held out for validation (part of the run: it decides the split).</summary>
+    public double ValidationFraction { get; init; } = 0.05;
+
     /// <summary>How many of the newest checkpoints stay on disk.</summary>
     public int KeepCheckpoints { get; init; } = 1;
 
@@ -62,6 +65,7 @@ public sealed record TrainOptions
         Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--lr must be a positive finite number, got {LearningRate}");
         Check(EvalEvery > 0, $"--eval-every must be positive, got {EvalEvery}");
         Check(EvalBatches > 0, $"--eval-batches must be positive, got {EvalBatches}");
+        Check(ValidationFraction is >= 0 and < 1, $"--val-fraction must lie in [0, 1), got {ValidationFraction}");
         Check(KeepCheckpoints > 0, $"--keep must be at least 1, got {KeepCheckpoints}");
         Check(WarmupSteps >= 0, $"--warmup must be non-negative, got {WarmupSteps}");
         Check(AnnealSteps >= 0, $"--anneal-steps must be non-negative, got {AnnealSteps}");

@@ -214,6 +214,16 @@ public sealed class TrainSafetyTests
     }
 
     [Test]
+    public void CheckpointsThatCannotFitOnTheDiskAreRefusedUpFront()
+    {
+        using var run = RunFolder.Open(NewFolder("disk"));
+        long free = new DriveInfo(run.Path).AvailableFreeSpace;
+        Assert.That(() => run.RequireSpace(free, keep: 1), Throws.TypeOf<DiffuException>().With.Message.Contains("disk"));
+        Assert.That(() => run.RequireSpace(long.MaxValue / 2, keep: 3), Throws.TypeOf<DiffuException>());
+        Assert.That(() => run.RequireSpace(1 << 20, keep: 1), Throws.Nothing);
+    }
+
+    [Test]
     public void ResumeSaysHowTheScheduleChangesAndRefusesOptionsTheRunFixed()
     {
         var outDir = NewFolder("resume");

@@ -41,7 +41,7 @@ static class TrainCommand
         };
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay", DefaultValueFactory = _ => 0f };
         var clip = new Option<float>("--clip") { Description = "global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1f };
-        var valFraction = new Option<double>("--val-fraction") { Description = "share of blocks held out for validation", DefaultValueFactory = _ => 0.05 };
+        var valFraction = new Option<double>("--val-fraction") { Description = "share of blocks held out for validation", DefaultValueFactory = _ => new TrainOptions().ValidationFraction };
         var recipe = new Option<string?>("--recipe")
         {
             Description = "the paper's adaptation recipes as defaults for the options not given: annealed (DiffuGPT: attention annealed over 10K steps, "
@@ -75,6 +75,7 @@ static class TrainCommand
                 AnnealSteps = parse.GetValue(anneal), GradientAccumulation = parse.GetValue(accum), EvalEvery = parse.GetValue(evalEvery),
                 EvalBatches = parse.GetValue(evalBatches), Seed = parse.GetValue(seed),
                 WeightDecay = parse.GetValue(weightDecay), ClipNorm = parse.GetValue(clip), MaxLoss = parse.GetValue(maxLoss), KeepCheckpoints = parse.GetValue(keep),
+                ValidationFraction = parse.GetValue(valFraction),
                 Data = (parse.GetValue(data) ?? []).Select(Path.GetFullPath).ToArray(),
             };
             if (parse.GetValue(recipe) is string name)
@@ -91,7 +92,7 @@ static class TrainCommand
             var fixedOnResume = new Option[] { objective, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches, seed, mask,
                 weightDecay, clip, valFraction, recipe, tokenizer, overwrite };
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
-                parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(valFraction),
+                parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision),
                 Given(parse, steps), Given(parse, maxLoss), Given(parse, keep), parse.GetValue(mask)!, parse.GetValue(overwrite),
                 fixedOnResume.Where(o => Given(parse, o)).Select(o => o.Name).ToArray());
             return Run(request, options, stdout, stderr);
@@ -110,7 +111,7 @@ static class TrainCommand
     };
 
     sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device, string? Precision,
-        double ValidationFraction, bool StepsGiven, bool MaxLossGiven, bool KeepGiven, string MaskToken, bool Overwrite, string[] GivenFixedOptions);
+        bool StepsGiven, bool MaxLossGiven, bool KeepGiven, string MaskToken, bool Overwrite, string[] GivenFixedOptions);
 
     /// <summary>
     /// Checks every input before any work (sources, output folder, data, tokenizer, model size against the
@@ -120,7 +121,6 @@ static class TrainCommand
     {
         int sources = (request.Init is null ? 0 : 1) + (request.Config is null ? 0 : 1) + (request.Resume is null ? 0 : 1);
         if (sources != 1) throw new DiffuException("give exactly one of --init DIR, --config PRESET or --resume DIR");
-        if (!(request.ValidationFraction is >= 0 and < 1)) throw new DiffuException($"--val-fraction must lie in [0, 1), got {request.ValidationFraction}");
         return request.Resume is string resumeDir ? Resume(resumeDir, request, options, stdout, stderr) : Start(request, options, stdout, stderr);
     }
 
@@ -150,15 +150,13 @@ static class TrainCommand
 
         using var device = Cli.CreateDevice(request.Device, request.Precision);
         RequireMemory(device, config, options);
-        using var blocks = OpenData(options.Data, options, request.ValidationFraction, vocab);
+        using var blocks = OpenData(options.Data, options, vocab);
         using var run = RunFolder.Open(outDir);
-        if (run.HoldsRun)
-        {
-            if (!request.Overwrite)
-                throw new DiffuException($"{outDir} already holds a training run ({Describe(run)}): continue it with --resume {request.Out}, "
-                    + "or start again with --overwrite (which deletes it)");
-            run.Clear();
-        }
+        if (run.HoldsRun && !request.Overwrite)
+            throw new DiffuException($"{outDir} already holds a training run ({Describe(run)}): continue it with --resume {request.Out}, "
+                + "or start again with --overwrite (which deletes it)");
+        run.RequireSpace(CheckpointBytes(config, vocab, tokenizer), options.KeepCheckpoints);
+        run.Clear();
         using var trainer = NewRun(request, options, device, blocks);
         return Train(trainer, run, tokenizer, device, stdout, stderr);
     }
@@ -187,9 +185,10 @@ static class TrainCommand
         if (options.Data.Length == 0) throw new DiffuException("--data FILE is required (the checkpoint names no token shards)");
         options.Validate();
         var config = ModelLoader.LoadConfig(checkpoint);
+        run.RequireSpace(CheckpointBytes(config, config.VocabSize, tokenizer), options.KeepCheckpoints);
         using var device = Cli.CreateDevice(request.Device, request.Precision);
         RequireMemory(device, config, options);
-        using var blocks = OpenData(options.Data, options, request.ValidationFraction, config.VocabSize);
+        using var blocks = OpenData(options.Data, options, config.VocabSize);
         using var trainer = Trainer.Resume(checkpoint, device, blocks, options);
         if (options.Steps != saved.Steps && options.Decay == LearningRateDecay.Cosine)
         {
@@ -225,10 +224,19 @@ static class TrainCommand
 
     static long SaturatingAdd(long a, long b) => a > long.MaxValue - b ? long.MaxValue : a + b;
 
-    /// <summary>The token shards, checked against the model's vocabulary and for validation blocks.</summary>
-    static TrainingData OpenData(string[] shards, TrainOptions options, double validationFraction, int modelVocab)
+    /// <summary>One checkpoint on disk: the float32 weights and two AdamW moments, the embedding rows an appended mask token
+    /// adds (counted twice, for an untied head), and the tokenizer.</summary>
+    static long CheckpointBytes(IModelConfig config, int vocab, IReadOnlyList<(string Name, byte[] Bytes)> tokenizer)
     {
-        var blocks = TrainingData.Open(shards, options.SequenceLength, options.Seed, validationFraction);
+        long weights = ModelMemory.Weights(config);
+        long rows = 2L * (vocab - config.VocabSize) * config.Channels * sizeof(float);
+        return SaturatingAdd(weights > long.MaxValue / 3 ? long.MaxValue : 3 * weights, rows + tokenizer.Sum(f => (long)f.Bytes.Length));
+    }
+
+    /// <summary>The token shards, checked against the model's vocabulary and for validation blocks.</summary>
+    static TrainingData OpenData(string[] shards, TrainOptions options, int modelVocab)
+    {
+        var blocks = TrainingData.Open(shards, options.SequenceLength, options.Seed, options.ValidationFraction);
         try
         {
             if (blocks.VocabSize > modelVocab)
