@@ -182,12 +182,20 @@ public sealed class TrainSafetyTests
     public void AMissingTokenizerOrAShardOfAnotherVocabularyIsRefusedBeforeTraining()
     {
         var outDir = NewFolder("tokenizer");
-        string[] args = ["train", "--config", Path.Combine(Gpt2FixtureTests.FixtureDir, "config.json"), "--tokenizer", Path.Combine(temp, "nonexistent"),
+        string[] args = ["train", "--config", Path.Combine(Gpt2FixtureTests.FixtureDir, "config.json"), "--tokenizer", Path.Combine(temp, "nonexistent"), "--mask-token", "3",
             "--data", shard, "--steps", "1", "--batch", "2", "--seq-len", "16", "--out", outDir, "--device", "cpu"];
         var (code, _, err) = CliRun.Run(args);
         Assert.That(code, Is.EqualTo(2));
         AssertOneLineError(err, "nonexistent", "not found");
         Assert.That(Directory.Exists(outDir), Is.False);
+
+        var garbage = Directory.CreateDirectory(Path.Combine(temp, "garbage-tokenizer")).FullName;
+        File.WriteAllText(Path.Combine(garbage, "vocab.json"), "this is not a vocabulary");
+        File.WriteAllText(Path.Combine(garbage, "merges.txt"), "#version: 0.2\n");
+        (code, _, err) = CliRun.Run([.. args[..4], garbage, .. args[5..]]);
+        Assert.That(code, Is.EqualTo(2), err);
+        AssertOneLineError(err, "vocab.json");
+        Assert.That(Directory.Exists(outDir), Is.False, "a garbage tokenizer is found before the run starts");
 
         var text = Path.Combine(temp, "stories.txt");
         var wide = Path.Combine(temp, "wide.tok");

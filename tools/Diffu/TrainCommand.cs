@@ -138,7 +138,8 @@ static class TrainCommand
             config = ModelLoader.LoadConfig(from);
         }
         else config = Presets.Load(request.Config!);
-        var tokenizer = Checkpoint.ReadTokenizer(TokenizerFor(request));
+        string tokenizerSource = TokenizerFor(request);
+        var tokenizer = Checkpoint.ReadTokenizer(tokenizerSource);
         int vocab = config.VocabSize;
         if (options.Objective == TrainingObjective.Diffusion)
         {
@@ -156,8 +157,9 @@ static class TrainCommand
             throw new DiffuException($"{outDir} already holds a training run ({Describe(run)}): continue it with --resume {request.Out}, "
                 + "or start again with --overwrite (which deletes it)");
         run.RequireSpace(CheckpointBytes(config, vocab, tokenizer), options.KeepCheckpoints);
-        run.Clear();
         using var trainer = NewRun(request, options, device, blocks);
+        ModelFolder.Tokenizer(tokenizerSource, trainer.Model, null);
+        run.Clear();
         return Train(trainer, run, tokenizer, device, stdout, stderr);
     }
 
