@@ -1,3 +1,4 @@
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -19,13 +20,18 @@ public sealed class JsonConfig
 
     public string Path { get; }
 
+    /// <summary>The largest config accepted: HF config.json files are a few kilobytes.</summary>
+    public const long MaxBytes = 16 << 20;
+
     public static JsonConfig Load(string path)
     {
-        if (!File.Exists(path)) throw new ConfigException(path, "file not found");
+        byte[] bytes = InputFile.ReadAllBytes(path, problem => new ConfigException(path, problem), MaxBytes);
+        var json = bytes.AsSpan();
+        if (json.StartsWith(Encoding.UTF8.Preamble)) json = json[Encoding.UTF8.Preamble.Length..];
         JsonNode? node;
         try
         {
-            node = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            node = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
         }
         catch (JsonException e)
         {

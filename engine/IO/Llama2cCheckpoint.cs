@@ -74,8 +74,7 @@ public sealed class Llama2cCheckpoint
 
     public static Llama2cCheckpoint Read(string path)
     {
-        if (!File.Exists(path)) throw new DiffuException($"{path}: llama2.c checkpoint not found");
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+        using var stream = InputFile.Open(path, problem => new DiffuException($"{path}: {problem}"), 1 << 20);
         long length = stream.Length;
         if (length < HeaderBytes)
             throw new DiffuException($"{path}: truncated llama2.c checkpoint: {length} bytes, less than the {HeaderBytes}-byte header");

@@ -135,18 +135,7 @@ public sealed class SafeTensorCheckpoint : IDisposable
 
     private static (Dictionary<string, string> WeightMap, Dictionary<string, string> Metadata) ReadIndex(string indexPath)
     {
-        byte[] json;
-        try
-        {
-            long length = new FileInfo(indexPath).Length;
-            if (length > SafeTensorsHeader.MaxHeaderBytes)
-                throw new SafeTensorFormatException(indexPath, $"index is {length} bytes, larger than the {SafeTensorsHeader.MaxHeaderBytes}-byte limit");
-            json = File.ReadAllBytes(indexPath);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new SafeTensorFormatException(indexPath, $"cannot read: {e.Message}", e);
-        }
+        byte[] json = InputFile.ReadAllBytes(indexPath, problem => new SafeTensorFormatException(indexPath, problem), SafeTensorsHeader.MaxHeaderBytes);
         Dictionary<string, string>? weightMap = null;
         Dictionary<string, string>? metadata = null;
         try

@@ -44,15 +44,10 @@ public sealed unsafe class SafeTensorFile : IDisposable
 
     public static SafeTensorFile Open(string path)
     {
-        if (!File.Exists(path))
-            throw new SafeTensorFormatException(path, Directory.Exists(path)
-                ? "is a directory, not a safetensors file"
-                : "file not found");
-        FileStream? stream = null;
+        FileStream? stream = InputFile.Open(path, problem => new SafeTensorFormatException(path, problem));
         MemoryMappedFile? map = null;
         try
         {
-            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
             long length = stream.Length;
             if (length < 8)
                 throw new SafeTensorFormatException(path, $"file is {length} bytes, too short for the 8-byte header length");

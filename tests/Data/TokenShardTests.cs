@@ -232,6 +232,15 @@ public sealed class TokenShardTests
     }
 
     [Test]
+    public void CharacterDeviceIsRefused()
+    {
+        Assume.That(File.Exists("/dev/zero"), "needs /dev/zero");
+        string zero = Path.Combine(dir, "zero.tok");
+        File.CreateSymbolicLink(zero, "/dev/zero");
+        Assert.That(Assert.Throws<TokenShardException>(() => TokenShard.Open(zero))!.Message, Does.Contain("not a regular file"));
+    }
+
+    [Test]
     public void ReadsOutsideTheShardAreArgumentErrors()
     {
         string path = Path.Combine(dir, "small.tok");

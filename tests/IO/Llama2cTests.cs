@@ -271,6 +271,23 @@ public class Llama2cTests
         Assert.That(() => Llama2cCheckpoint.Read(Path.Combine(_dir, "missing.bin")), Throws.TypeOf<DiffuException>().With.Message.Contains("not found"));
     }
 
+    /// <summary>/dev/zero reports length 0 and never ends: as a checkpoint or a vocabulary it is refused, not read forever.</summary>
+    [Test]
+    public void CharacterDeviceAsCheckpointOrTokenizerIsRefused()
+    {
+        Assume.That(File.Exists("/dev/zero"), "needs /dev/zero");
+        string model = Path.Combine(_dir, "zero.bin"), tokenizer = Path.Combine(_dir, "zero-tok.bin"), outDir = Path.Combine(_dir, "out");
+        File.CreateSymbolicLink(model, "/dev/zero");
+        File.CreateSymbolicLink(tokenizer, "/dev/zero");
+        foreach (var args in new[] { new[] { "convert", "llama2c", model, Tok512, outDir }, new[] { "convert", "llama2c", ModelBin, tokenizer, outDir } })
+        {
+            var (code, _, err) = Cli(args);
+            Assert.That(code, Is.EqualTo(2), err);
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+            Assert.That(err, Does.Contain("zero").And.Contain("not a regular file"));
+        }
+    }
+
     [Test]
     public void UnsharedClassifierBecomesLmHead()
     {

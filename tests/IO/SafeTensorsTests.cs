@@ -365,6 +365,19 @@ public class SafeTensorsTests
     [Test]
     public void FolderIsNotAFile() => ExpectFormatError(_dir, "is a directory");
 
+    /// <summary>/dev/zero reports length 0 and never ends: it must be refused, not read as an empty file or read forever.</summary>
+    [Test]
+    public void CharacterDeviceIsRefused()
+    {
+        Assume.That(File.Exists("/dev/zero"), "needs /dev/zero");
+        string file = Path.Combine(_dir, "zero.safetensors");
+        File.CreateSymbolicLink(file, "/dev/zero");
+        ExpectFormatError(file, "not a regular file");
+        string index = Path.Combine(_dir, SafeTensorCheckpoint.IndexFileName);
+        File.CreateSymbolicLink(index, "/dev/zero");
+        ExpectCheckpointError(_dir, index, "not a regular file");
+    }
+
     // ---- checkpoints -------------------------------------------------------------------------------
 
     [Test]

@@ -1,0 +1,81 @@
+using System.Text;
+using DiffuSharp.IO;
+
+namespace DiffuSharp.Tests;
+
+/// <summary>
+/// config.json files that are hostile rather than merely wrong: each is a <see cref="ConfigException"/> naming
+/// the file, and through the CLI exit code 2 with one line on stderr.
+/// </summary>
+public sealed class ConfigTests
+{
+    string dir = null!;
+
+    [SetUp]
+    public void SetUp() => dir = Directory.CreateTempSubdirectory("diffu-config-").FullName;
+
+    [TearDown]
+    public void TearDown() => Directory.Delete(dir, recursive: true);
+
+    string Write(string json) => Write(Encoding.UTF8.GetBytes(json));
+
+    string Write(byte[] bytes)
+    {
+        string path = Path.Combine(dir, "config.json");
+        File.WriteAllBytes(path, bytes);
+        return path;
+    }
+
+    static ConfigException Refused(string path, string problem)
+    {
+        var e = Assert.Throws<ConfigException>(() => JsonConfig.Load(path))!;
+        Assert.That(e.Path, Is.EqualTo(path));
+        Assert.That(e.Message, Does.StartWith(path + ": ").And.Contain(problem));
+        return e;
+    }
+
+    /// <summary>`diffu info` on the folder holding config.json: exit code 2 and one line that names the file.</summary>
+    void ExpectCliError(string problem)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = DiffuSharp.Cli.Cli.Run(["info", dir], stdout, stderr);
+        string err = stderr.ToString();
+        Assert.That(code, Is.EqualTo(2), err);
+        Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+        Assert.That(err, Does.StartWith("error: ").And.Contain("config.json").And.Contain(problem));
+    }
+
+    [Test]
+    public void DirectoryIsRefused()
+    {
+        string path = Path.Combine(dir, "config.json");
+        Directory.CreateDirectory(path);
+        Refused(path, "is a directory");
+    }
+
+    /// <summary>/dev/zero reports length 0 and never ends: refused before it is read, not read until memory runs out.</summary>
+    [Test]
+    public void CharacterDeviceIsRefused()
+    {
+        Assume.That(File.Exists("/dev/zero"), "needs /dev/zero");
+        string path = Path.Combine(dir, "config.json");
+        File.CreateSymbolicLink(path, "/dev/zero");
+        Refused(path, "not a regular file");
+        ExpectCliError("not a regular file");
+    }
+
+    [Test]
+    public void OversizedFileIsRefused()
+    {
+        string path = Write(new string(' ', (int)JsonConfig.MaxBytes) + "{}");
+        Refused(path, "larger than the");
+    }
+
+    [Test]
+    public void ByteOrderMarkIsAccepted()
+    {
+        string path = Write([.. Encoding.UTF8.Preamble, .. Encoding.UTF8.GetBytes("{\"model_type\": \"gpt2\"}")]);
+        Assert.That(JsonConfig.Load(path).String("model_type"), Is.EqualTo("gpt2"));
+    }
+}
