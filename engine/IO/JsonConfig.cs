@@ -31,14 +31,49 @@ public sealed class JsonConfig
         JsonNode? node;
         try
         {
+            CheckKeysAndStrings(path, json);
             node = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
         }
         catch (JsonException e)
         {
             throw new ConfigException(path, $"invalid JSON ({e.Message})");
         }
+        catch (InvalidOperationException e)
+        {
+            throw new ConfigException(path, $"invalid text in a JSON string ({e.Message})");
+        }
         if (node is not JsonObject obj) throw new ConfigException(path, "the top level must be a JSON object");
         return new JsonConfig(path, obj);
+    }
+
+    /// <summary>
+    /// JsonNode parses lazily: a key written twice or a string that is not valid UTF-8 (or holds half a
+    /// surrogate pair) surfaces as an ArgumentException or InvalidOperationException when a field is first
+    /// read. One pass over the tokens finds both up front, at any depth.
+    /// </summary>
+    static void CheckKeysAndStrings(string path, ReadOnlySpan<byte> json)
+    {
+        var reader = new Utf8JsonReader(json, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+        var keys = new Stack<HashSet<string>>();
+        while (reader.Read())
+        {
+            switch (reader.TokenType)
+            {
+                case JsonTokenType.StartObject:
+                    keys.Push(new HashSet<string>(StringComparer.Ordinal));
+                    break;
+                case JsonTokenType.EndObject:
+                    keys.Pop();
+                    break;
+                case JsonTokenType.PropertyName:
+                    string key = reader.GetString()!;
+                    if (!keys.Peek().Add(key)) throw new ConfigException(path, $"key {JsonSerializer.Serialize(key)} is written twice in the same object");
+                    break;
+                case JsonTokenType.String:
+                    reader.GetString();
+                    break;
+            }
+        }
     }
 
     public bool Has(string name) => root.TryGetPropertyValue(name, out var v) && v is not null;

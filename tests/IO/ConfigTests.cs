@@ -72,6 +72,35 @@ public sealed class ConfigTests
         Refused(path, "larger than the");
     }
 
+    /// <summary>JsonNode would accept these and throw an ArgumentException when a field is first read.</summary>
+    [TestCase("""{"n_embd": 64, "n_embd": 64}""", "\"n_embd\"")]
+    [TestCase("""{"a": {"b": 1, "b": 2}}""", "\"b\"")]
+    [TestCase("""{"a": [{"c": 1}, {"c": 1, "c": 2}]}""", "\"c\"")]
+    [TestCase("""{"\n": 1, "\u000a": 2}""", "\"\\n\"")]
+    public void KeyWrittenTwiceIsRefusedAtAnyDepth(string json, string key) => Refused(Write(json), $"key {key} is written twice");
+
+    [Test]
+    public void SameKeyInDifferentObjectsIsAccepted() =>
+        Assert.That(JsonConfig.Load(Write("""{"a": {"x": 1}, "b": {"x": 1}, "x": 2}""")).Int("x", 0), Is.EqualTo(2));
+
+    [Test]
+    public void KeyWrittenTwiceExitsWithTwo()
+    {
+        Write("""{"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 8, "vocab_size": 512, "n_layer": 3}""");
+        ExpectCliError("key \"n_layer\" is written twice");
+    }
+
+    [Test]
+    public void InvalidUtf8IsRefused() =>
+        Refused(Write([.. "{\"model_type\": \"gp"u8, 0xFF, .. "\"}"u8]), "invalid text in a JSON string");
+
+    /// <summary>Half a surrogate pair parses, and JsonNode would throw an InvalidOperationException when the field is read.</summary>
+    [Test]
+    public void LoneSurrogateIsRefused() => Refused(Write("""{"model_type": "\ud800"}"""), "invalid text in a JSON string");
+
+    [Test]
+    public void DeepNestingIsRefused() => Refused(Write(new string('[', 1000) + new string(']', 1000)), "invalid JSON");
+
     [Test]
     public void ByteOrderMarkIsAccepted()
     {
