@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using System.Text.Json;
 using DiffuSharp.IO;
 
 namespace DiffuSharp.Tests;
@@ -449,8 +450,24 @@ public class SafeTensorsTests
     [TestCase("{\"weight_map\": [\"a\"]}", "weight_map is not a JSON object")]
     [TestCase("{\"weight_map\": {\"a\": 3}}", "weight_map entry 'a' is 3, not a shard file name")]
     [TestCase("{\"weight_map\": {\"a\": \"s.safetensors\"}, \"weight_map\": {}}", "index names 'weight_map' twice")]
-    [TestCase("{\"weight_map\": {\"a\": \"../s.safetensors\"}}", "shard '../s.safetensors' lies outside the checkpoint folder")]
     public void InvalidIndex(string json, string problem) => ExpectCheckpointError(_dir, WriteIndex(json), problem);
+
+    /// <summary>Shards are files beside the index; a NUL used to reach Path.GetFullPath and throw an ArgumentException.</summary>
+    [TestCase("a\0b")]
+    [TestCase("a\nb.safetensors")]
+    [TestCase("")]
+    [TestCase(".")]
+    [TestCase("..")]
+    [TestCase("../s.safetensors")]
+    [TestCase("sub/s.safetensors")]
+    [TestCase("sub\\s.safetensors")]
+    [TestCase("/etc/passwd")]
+    public void ShardNameMustBeAPlainFileName(string shard)
+    {
+        string quoted = JsonSerializer.Serialize(shard);
+        string index = WriteIndex("{\"weight_map\": {\"x\": " + quoted + "}}");
+        ExpectCheckpointError(_dir, index, $"shard {quoted} is not a plain file name in the checkpoint folder");
+    }
 
     [Test]
     public void ShardFileMissing()
