@@ -91,6 +91,18 @@ public sealed class JsonConfig
         throw new ConfigException(Path, $"field \"{name}\" must be a number, got {v.ToJsonString()}");
     }
 
+    /// <summary>
+    /// A number the model uses as a float32, which must lie strictly between <paramref name="low"/> and
+    /// <paramref name="high"/> once rounded (1e-50 rounds to 0, 1e300 to infinity).
+    /// </summary>
+    public float FloatBetween(string name, double fallback, double low, double high)
+    {
+        double value = Double(name, fallback);
+        float rounded = (float)value;
+        if (rounded > low && rounded < high) return rounded;
+        throw new ConfigException(Path, FormattableString.Invariant($"field \"{name}\" must be in ({low}, {high}) as a float32, got {value}"));
+    }
+
     public bool Bool(string name, bool fallback)
     {
         if (!Has(name)) return fallback;

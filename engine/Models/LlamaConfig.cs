@@ -40,12 +40,13 @@ public sealed record LlamaConfig(
         if (json.Has("rope_scaling")) throw new ConfigException(path, "unsupported rope_scaling: only plain RoPE is supported");
         foreach (var flag in new[] { "attention_bias", "mlp_bias" })
             if (json.Bool(flag, false)) throw new ConfigException(path, $"unsupported option \"{flag}\": true");
-        double eps = json.Double("rms_norm_eps", 1e-6);
-        double theta = json.Double("rope_theta", 10000);
-        if (eps <= 0 || theta <= 0) throw new ConfigException(path, "rms_norm_eps and rope_theta must be positive");
+        // RMSNorm divides by sqrt(mean square + eps), as LayerNorm does (see Gpt2Config). RoPE rotates pair i by
+        // position · rope_theta^(-2i/d): at 1 every pair turns at the same rate, and at infinity only the first turns.
+        float eps = json.FloatBetween("rms_norm_eps", 1e-6, 0, 1);
+        float theta = json.FloatBetween("rope_theta", 10000, 1, double.PositiveInfinity);
         int? mask = json.OptionalInt("mask_token_id");
         if (mask is int m && (m < 0 || m >= vocab)) throw new ConfigException(path, $"mask_token_id {m} is outside the vocabulary [0, {vocab})");
-        return new LlamaConfig(vocab, positions, channels, hidden, layers, heads, kvHeads, (float)eps, (float)theta, json.Bool("tie_word_embeddings", false))
+        return new LlamaConfig(vocab, positions, channels, hidden, layers, heads, kvHeads, eps, theta, json.Bool("tie_word_embeddings", false))
         {
             MaskTokenId = mask,
         };

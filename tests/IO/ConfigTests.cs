@@ -1,5 +1,7 @@
 using System.Text;
+using System.Text.Json.Nodes;
 using DiffuSharp.IO;
+using DiffuSharp.Models;
 
 namespace DiffuSharp.Tests;
 
@@ -16,6 +18,27 @@ public sealed class ConfigTests
 
     [TearDown]
     public void TearDown() => Directory.Delete(dir, recursive: true);
+
+    const string Gpt2Json = """{"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 8, "vocab_size": 512}""";
+
+    const string LlamaJson = """
+        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2,
+         "num_attention_heads": 8, "num_key_value_heads": 4, "max_position_embeddings": 512, "vocab_size": 512}
+        """;
+
+    /// <summary>A GPT-2 or LLaMA config.json of a tiny model with the fields of <paramref name="extra"/> added or replaced.</summary>
+    string WriteModelConfig(string family, string extra)
+    {
+        var config = JsonNode.Parse(family == "llama" ? LlamaJson : Gpt2Json)!.AsObject();
+        foreach (var (key, value) in JsonNode.Parse("{" + extra + "}")!.AsObject()) config[key] = value?.DeepClone();
+        return Write(config.ToJsonString());
+    }
+
+    static void LoadModelConfig(string family, string path)
+    {
+        if (family == "llama") LlamaConfig.Load(path);
+        else Gpt2Config.Load(path);
+    }
 
     string Write(string json) => Write(Encoding.UTF8.GetBytes(json));
 
@@ -100,6 +123,31 @@ public sealed class ConfigTests
 
     [Test]
     public void DeepNestingIsRefused() => Refused(Write(new string('[', 1000) + new string(']', 1000)), "invalid JSON");
+
+    /// <summary>An epsilon of 1e308 was accepted and gave meaningless logits; 1e-50 rounds to a float32 0.</summary>
+    [TestCase("gpt2", "layer_norm_epsilon", "1e308", "(0, 1)")]
+    [TestCase("gpt2", "layer_norm_epsilon", "1", "(0, 1)")]
+    [TestCase("gpt2", "layer_norm_epsilon", "0", "(0, 1)")]
+    [TestCase("gpt2", "layer_norm_epsilon", "-1e-5", "(0, 1)")]
+    [TestCase("gpt2", "layer_norm_epsilon", "1e-50", "(0, 1)")]
+    [TestCase("llama", "rms_norm_eps", "1e308", "(0, 1)")]
+    [TestCase("llama", "rms_norm_eps", "2", "(0, 1)")]
+    [TestCase("llama", "rms_norm_eps", "0", "(0, 1)")]
+    [TestCase("llama", "rope_theta", "1e300", "(1, Infinity)")]
+    [TestCase("llama", "rope_theta", "1", "(1, Infinity)")]
+    [TestCase("llama", "rope_theta", "0.5", "(1, Infinity)")]
+    [TestCase("llama", "rope_theta", "-10000", "(1, Infinity)")]
+    public void NormEpsilonAndRopeThetaOutsideTheirRangeAreRefused(string family, string field, string value, string range)
+    {
+        string path = WriteModelConfig(family, $"\"{field}\": {value}");
+        var e = Assert.Throws<ConfigException>(() => LoadModelConfig(family, path))!;
+        Assert.That(e.Message, Does.StartWith(path + ": ").And.Contain($"field \"{field}\" must be in {range} as a float32, got "));
+        ExpectCliError(field);
+    }
+
+    [TestCase("gpt2", "\"layer_norm_epsilon\": 1e-12")]
+    [TestCase("llama", "\"rms_norm_eps\": 1e-5, \"rope_theta\": 500000")]
+    public void UsualEpsilonsAndRopeThetasAreAccepted(string family, string extra) => LoadModelConfig(family, WriteModelConfig(family, extra));
 
     [Test]
     public void ByteOrderMarkIsAccepted()
