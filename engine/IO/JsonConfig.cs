@@ -134,6 +134,23 @@ public sealed class JsonConfig
         return null;
     }
 
+    /// <summary>
+    /// A size the model computes from fields in 32-bit ints (<paramref name="expression"/> names them, e.g.
+    /// "4 * n_embd"), which must not overflow. It arrives as an Int128 so that computing it cannot.
+    /// </summary>
+    public void RequireIntSize(string expression, Int128 value)
+    {
+        if (value > int.MaxValue)
+            throw new ConfigException(Path, $"{expression} = {value} overflows the 32-bit arithmetic of the model (at most {int.MaxValue})");
+    }
+
+    /// <summary>The element count of a weight, from fields named in <paramref name="expression"/>: a CPU tensor is one managed array.</summary>
+    public void RequireTensorSize(string tensor, string expression, Int128 elements)
+    {
+        if (elements > Array.MaxLength)
+            throw new ConfigException(Path, $"{tensor} would hold {expression} = {elements} elements, more than one array can hold ({Array.MaxLength})");
+    }
+
     public void RequirePositive(string name, int value)
     {
         if (value <= 0) throw new ConfigException(Path, $"field \"{name}\" must be positive, got {value}");

@@ -31,6 +31,13 @@ public sealed record Gpt2Config(
             json.RequirePositive(name, v);
         if (channels % heads != 0)
             throw new ConfigException(path, $"n_embd ({channels}) must be divisible by n_head ({heads})");
+        // The model computes 3 * n_embd and 4 * n_embd in ints, and Gpt2Model.CreateRandom 2 * n_layer, which also
+        // keeps ParameterCount within a long; a CPU tensor is one managed array.
+        json.RequireIntSize("4 * n_embd", 4 * (Int128)channels);
+        json.RequireIntSize("2 * n_layer", 2 * (Int128)layers);
+        json.RequireTensorSize("transformer.wte.weight", "vocab_size * n_embd", (Int128)vocab * channels);
+        json.RequireTensorSize("transformer.wpe.weight", "n_positions * n_embd", (Int128)positions * channels);
+        json.RequireTensorSize("mlp.c_fc.weight", "n_embd * 4 * n_embd", (Int128)channels * 4 * channels);
         var act = json.String("activation_function") ?? "gelu_new";
         if (!TanhGelu.Contains(act))
             throw new ConfigException(path, $"unsupported activation_function \"{act}\" (supported: {string.Join(", ", TanhGelu)})");

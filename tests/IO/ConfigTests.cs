@@ -34,11 +34,9 @@ public sealed class ConfigTests
         return Write(config.ToJsonString());
     }
 
-    static void LoadModelConfig(string family, string path)
-    {
-        if (family == "llama") LlamaConfig.Load(path);
-        else Gpt2Config.Load(path);
-    }
+    /// <summary>Loads a GPT-2 or LLaMA config.json and returns its parameter count.</summary>
+    static long LoadModelConfig(string family, string path) =>
+        family == "llama" ? LlamaConfig.Load(path).ParameterCount : Gpt2Config.Load(path).ParameterCount;
 
     string Write(string json) => Write(Encoding.UTF8.GetBytes(json));
 
@@ -147,7 +145,36 @@ public sealed class ConfigTests
 
     [TestCase("gpt2", "\"layer_norm_epsilon\": 1e-12")]
     [TestCase("llama", "\"rms_norm_eps\": 1e-5, \"rope_theta\": 500000")]
-    public void UsualEpsilonsAndRopeThetasAreAccepted(string family, string extra) => LoadModelConfig(family, WriteModelConfig(family, extra));
+    public void UsualEpsilonsAndRopeThetasAreAccepted(string family, string extra) =>
+        Assert.That(() => LoadModelConfig(family, WriteModelConfig(family, extra)), Throws.Nothing);
+
+    /// <summary>
+    /// Sizes the models compute in ints, or hold in one array, from these fields used to overflow inside the
+    /// model (an OverflowException or a negative dimension); they are refused at load, naming the fields.
+    /// </summary>
+    [TestCase("gpt2", "\"n_embd\": 536870912", "4 * n_embd = 2147483648 overflows")]
+    [TestCase("gpt2", "\"n_embd\": 65536", "mlp.c_fc.weight would hold n_embd * 4 * n_embd = 17179869184 elements")]
+    [TestCase("gpt2", "\"vocab_size\": 2147483647", "transformer.wte.weight would hold vocab_size * n_embd")]
+    [TestCase("gpt2", "\"n_positions\": 2147483647", "transformer.wpe.weight would hold n_positions * n_embd")]
+    [TestCase("gpt2", "\"n_layer\": 2147483647", "2 * n_layer = 4294967294 overflows")]
+    [TestCase("llama", "\"vocab_size\": 2147483647", "model.embed_tokens.weight would hold vocab_size * hidden_size")]
+    [TestCase("llama", "\"hidden_size\": 65536", "self_attn.q_proj.weight would hold hidden_size * hidden_size = 4294967296 elements")]
+    [TestCase("llama", "\"intermediate_size\": 2147483647", "mlp.gate_proj.weight would hold intermediate_size * hidden_size")]
+    [TestCase("llama", "\"hidden_size\": 46336, \"intermediate_size\": 46336, \"num_hidden_layers\": 2000000000",
+        "num_hidden_layers 2000000000 is too large: the parameter count")]
+    public void SizesThatOverflowAreRefusedAtLoad(string family, string extra, string problem)
+    {
+        string path = WriteModelConfig(family, extra);
+        var e = Assert.Throws<ConfigException>(() => LoadModelConfig(family, path))!;
+        Assert.That(e.Message, Does.StartWith(path + ": ").And.Contain(problem));
+        ExpectCliError(problem);
+    }
+
+    /// <summary>Sizes just inside the bounds are accepted (they bound arithmetic, not memory), and the parameter count does not wrap.</summary>
+    [TestCase("gpt2", "\"n_embd\": 23168, \"vocab_size\": 92690, \"n_layer\": 1073741823")]
+    [TestCase("llama", "\"hidden_size\": 46336, \"intermediate_size\": 46336, \"vocab_size\": 46336, \"num_hidden_layers\": 500000000")]
+    public void LargeSizesThatFitAreAccepted(string family, string extra) =>
+        Assert.That(LoadModelConfig(family, WriteModelConfig(family, extra)), Is.GreaterThan(1_000_000_000_000_000_000L));
 
     [Test]
     public void ByteOrderMarkIsAccepted()
