@@ -257,6 +257,27 @@ public class SafeTensorsTests
         ExpectFormatError(path, "header length 1000 is larger than the file (32 bytes");
     }
 
+    /// <summary>A text file used to be reported by the header length its first 8 bytes make.</summary>
+    [TestCase("hello world, this is text\n", "not a safetensors file: it starts with \"hello wo\"")]
+    [TestCase("{\n  \"vocab_size\": 512\n}\n", "not a safetensors file: it starts with \"{\\n  \\\"voc\"")]
+    public void TextFileIsNotASafetensorsFile(string text, string problem)
+    {
+        string path = Path.Combine(_dir, "text.safetensors");
+        File.WriteAllText(path, text);
+        ExpectFormatError(path, problem);
+    }
+
+    [Test]
+    public void BinaryStartIsNotShownAsText()
+    {
+        string path = Path.Combine(_dir, "big.safetensors");
+        var bytes = new byte[40];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, 1000);
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<SafeTensorFormatException>(() => SafeTensorFile.Open(path))!;
+        Assert.That(e.Message, Does.Contain("not a safetensors file: header length 1000").And.Not.Contain("starts with"));
+    }
+
     [Test]
     public void HeaderLengthOverTheLimit()
     {
@@ -268,11 +289,12 @@ public class SafeTensorsTests
     }
 
     [TestCase("{\"a\": {\"dtype\": \"F32\",", "not valid JSON")]
-    [TestCase("not json at all", "not valid JSON")]
-    [TestCase("", "not valid JSON")]
+    [TestCase("not json at all", "not a safetensors file: the header does not start with '{'")]
+    [TestCase("", "not a safetensors file: the header does not start with '{'")]
+    [TestCase(" {}", "not a safetensors file: the header does not start with '{'")]
     [TestCase("{} {}", "not valid JSON")]
-    [TestCase("[1, 2]", "header is not a JSON object")]
-    [TestCase("\"text\"", "header is not a JSON object")]
+    [TestCase("[1, 2]", "not a safetensors file: the header does not start with '{'")]
+    [TestCase("\"text\"", "not a safetensors file: the header does not start with '{'")]
     [TestCase("{\"a\": 5}", "entry for tensor 'a' is not a JSON object")]
     [TestCase("{\"a\": [\"F32\"]}", "entry for tensor 'a' is not a JSON object")]
     public void InvalidHeaderJson(string header, string problem) => ExpectFormatError(RawFile(header, 0), problem);
