@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text;
+using DiffuSharp.IO;
 using DiffuSharp.Text;
 
 namespace DiffuSharp.Data;
@@ -43,7 +44,7 @@ public static class CorpusTokenizer
         foreach (var input in inputs)
         {
             long documentsBefore = writer.DocumentCount, tokensBefore = writer.TokenCount;
-            using var stream = new FileStream(input, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+            using var stream = InputFile.Open(input, problem => new DiffuException($"{input}: {problem}"), 1 << 16);
             var separator = TextDocuments.DetectSeparator(stream);
             stream.Position = 0;
             using var reader = new StreamReader(stream, new UTF8Encoding(false, throwOnInvalidBytes: true), detectEncodingFromByteOrderMarks: true);

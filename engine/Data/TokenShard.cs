@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
+using DiffuSharp.IO;
 
 namespace DiffuSharp.Data;
 
@@ -64,14 +65,11 @@ public sealed unsafe class TokenShard : IDisposable
 
     public static TokenShard Open(string path)
     {
-        if (!File.Exists(path))
-            throw new TokenShardException(path, Directory.Exists(path) ? "is a directory, not a token shard" : "file not found");
-        FileStream? stream = null;
+        FileStream? stream = InputFile.Open(path, problem => new TokenShardException(path, problem));
         MemoryMappedFile? map = null;
         MemoryMappedViewAccessor? view = null;
         try
         {
-            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
             long length = stream.Length;
             if (length < TokenShardFormat.HeaderBytes)
                 throw new TokenShardException(path, $"truncated: the file is {length} bytes, shorter than the {TokenShardFormat.HeaderBytes}-byte header");

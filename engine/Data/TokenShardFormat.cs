@@ -84,9 +84,12 @@ static class TokenShardFormat
         JsonDocument document;
         try
         {
-            document = JsonDocument.Parse(new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(bytes));
+            // The writer never repeats a key. Checking that unescapes every key, which throws an
+            // InvalidOperationException on half a surrogate pair (an escape such as \ud800).
+            document = JsonDocument.Parse(new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(bytes),
+                                          new JsonDocumentOptions { AllowDuplicateProperties = false });
         }
-        catch (Exception e) when (e is JsonException or DecoderFallbackException)
+        catch (Exception e) when (e is JsonException or DecoderFallbackException or InvalidOperationException)
         {
             throw new TokenShardException(path, $"metadata is not valid UTF-8 JSON: {e.Message}", e);
         }
@@ -96,13 +99,14 @@ static class TokenShardFormat
             if (root.ValueKind != JsonValueKind.Object) throw new TokenShardException(path, "metadata is not a JSON object");
             if (!root.TryGetProperty("tokenizer", out var tokenizer) || tokenizer.ValueKind != JsonValueKind.String)
                 throw new TokenShardException(path, "metadata has no \"tokenizer\" string");
+            string tokenizerName = Text(path, tokenizer);
             if (!root.TryGetProperty("sources", out var sources) || sources.ValueKind != JsonValueKind.Array)
                 throw new TokenShardException(path, "metadata has no \"sources\" array");
             var names = new List<string>();
             foreach (var source in sources.EnumerateArray())
             {
                 if (source.ValueKind != JsonValueKind.String) throw new TokenShardException(path, "metadata \"sources\" holds a value that is not a string");
-                names.Add(source.GetString()!);
+                names.Add(Text(path, source));
             }
             if (!root.TryGetProperty("eos_id", out var eos))
                 throw new TokenShardException(path, "metadata has no \"eos_id\" (a token id or null)");
@@ -115,7 +119,20 @@ static class TokenShardFormat
                     throw new TokenShardException(path, $"metadata \"eos_id\" {id} is outside the vocabulary [0, {vocabSize})");
                 eosId = id;
             }
-            return (new TokenShardMetadata(tokenizer.GetString()!, names), eosId);
+            return (new TokenShardMetadata(tokenizerName, names), eosId);
+        }
+    }
+
+    /// <summary>A string value; half a surrogate pair (an escape such as \ud800) parses but cannot be read as text.</summary>
+    private static string Text(string path, JsonElement value)
+    {
+        try
+        {
+            return value.GetString()!;
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new TokenShardException(path, $"metadata string {value.GetRawText()} is not valid text: {e.Message}", e);
         }
     }
 }

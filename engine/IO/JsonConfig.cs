@@ -1,3 +1,4 @@
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -19,20 +20,60 @@ public sealed class JsonConfig
 
     public string Path { get; }
 
+    /// <summary>The largest config accepted: HF config.json files are a few kilobytes.</summary>
+    public const long MaxBytes = 16 << 20;
+
     public static JsonConfig Load(string path)
     {
-        if (!File.Exists(path)) throw new ConfigException(path, "file not found");
+        byte[] bytes = InputFile.ReadAllBytes(path, problem => new ConfigException(path, problem), MaxBytes);
+        var json = bytes.AsSpan();
+        if (json.StartsWith(Encoding.UTF8.Preamble)) json = json[Encoding.UTF8.Preamble.Length..];
         JsonNode? node;
         try
         {
-            node = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            CheckKeysAndStrings(path, json);
+            node = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
         }
         catch (JsonException e)
         {
             throw new ConfigException(path, $"invalid JSON ({e.Message})");
         }
+        catch (InvalidOperationException e)
+        {
+            throw new ConfigException(path, $"invalid text in a JSON string ({e.Message})");
+        }
         if (node is not JsonObject obj) throw new ConfigException(path, "the top level must be a JSON object");
         return new JsonConfig(path, obj);
+    }
+
+    /// <summary>
+    /// JsonNode parses lazily: a key written twice or a string that is not valid UTF-8 (or holds half a
+    /// surrogate pair) surfaces as an ArgumentException or InvalidOperationException when a field is first
+    /// read. One pass over the tokens finds both up front, at any depth.
+    /// </summary>
+    static void CheckKeysAndStrings(string path, ReadOnlySpan<byte> json)
+    {
+        var reader = new Utf8JsonReader(json, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+        var keys = new Stack<HashSet<string>>();
+        while (reader.Read())
+        {
+            switch (reader.TokenType)
+            {
+                case JsonTokenType.StartObject:
+                    keys.Push(new HashSet<string>(StringComparer.Ordinal));
+                    break;
+                case JsonTokenType.EndObject:
+                    keys.Pop();
+                    break;
+                case JsonTokenType.PropertyName:
+                    string key = reader.GetString()!;
+                    if (!keys.Peek().Add(key)) throw new ConfigException(path, $"key {JsonSerializer.Serialize(key)} is written twice in the same object");
+                    break;
+                case JsonTokenType.String:
+                    reader.GetString();
+                    break;
+            }
+        }
     }
 
     public bool Has(string name) => root.TryGetPropertyValue(name, out var v) && v is not null;
@@ -48,6 +89,18 @@ public sealed class JsonConfig
         var v = root[name]!;
         if (v is JsonValue jv && jv.TryGetValue(out double d) && double.IsFinite(d)) return d;
         throw new ConfigException(Path, $"field \"{name}\" must be a number, got {v.ToJsonString()}");
+    }
+
+    /// <summary>
+    /// A number the model uses as a float32, which must lie strictly between <paramref name="low"/> and
+    /// <paramref name="high"/> once rounded (1e-50 rounds to 0, 1e300 to infinity).
+    /// </summary>
+    public float FloatBetween(string name, double fallback, double low, double high)
+    {
+        double value = Double(name, fallback);
+        float rounded = (float)value;
+        if (rounded > low && rounded < high) return rounded;
+        throw new ConfigException(Path, FormattableString.Invariant($"field \"{name}\" must be in ({low}, {high}) as a float32, got {value}"));
     }
 
     public bool Bool(string name, bool fallback)
@@ -79,6 +132,23 @@ public sealed class JsonConfig
             throw new ConfigException(Path, $"field \"{key}\" must be an integer, got {v.ToJsonString()}");
         }
         return null;
+    }
+
+    /// <summary>
+    /// A size the model computes from fields in 32-bit ints (<paramref name="expression"/> names them, e.g.
+    /// "4 * n_embd"), which must not overflow. It arrives as an Int128 so that computing it cannot.
+    /// </summary>
+    public void RequireIntSize(string expression, Int128 value)
+    {
+        if (value > int.MaxValue)
+            throw new ConfigException(Path, $"{expression} = {value} overflows the 32-bit arithmetic of the model (at most {int.MaxValue})");
+    }
+
+    /// <summary>The element count of a weight, from fields named in <paramref name="expression"/>: a CPU tensor is one managed array.</summary>
+    public void RequireTensorSize(string tensor, string expression, Int128 elements)
+    {
+        if (elements > Array.MaxLength)
+            throw new ConfigException(Path, $"{tensor} would hold {expression} = {elements} elements, more than one array can hold ({Array.MaxLength})");
     }
 
     public void RequirePositive(string name, int value)

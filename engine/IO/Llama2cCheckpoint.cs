@@ -74,8 +74,7 @@ public sealed class Llama2cCheckpoint
 
     public static Llama2cCheckpoint Read(string path)
     {
-        if (!File.Exists(path)) throw new DiffuException($"{path}: llama2.c checkpoint not found");
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+        using var stream = InputFile.Open(path, problem => new DiffuException($"{path}: {problem}"), 1 << 20);
         long length = stream.Length;
         if (length < HeaderBytes)
             throw new DiffuException($"{path}: truncated llama2.c checkpoint: {length} bytes, less than the {HeaderBytes}-byte header");
@@ -119,11 +118,20 @@ public sealed class Llama2cCheckpoint
         if (h[0] / h[3] % 2 != 0) throw new DiffuException($"{path}: bad llama2.c header: head size {h[0] / h[3]} is odd, RoPE needs it even");
         if (h[4] > h[3] || h[3] % h[4] != 0)
             throw new DiffuException($"{path}: bad llama2.c header: n_heads {h[3]} is not a multiple of n_kv_heads {h[4]}");
+        // Each tensor, stacked over the layers, is read into one array. With these three bounded (in 128 bits;
+        // the others are no larger), no size computed from the header afterwards can overflow, so the expected
+        // file length cannot wrap round to the real one.
+        (string Name, Int128 Floats)[] largest =
+            [("token_embedding", (Int128)Math.Abs(h[5]) * h[0]), ("wq", (Int128)h[2] * h[0] * h[0]), ("w1", (Int128)h[2] * h[1] * h[0])];
+        foreach (var (name, floats) in largest)
+        {
+            if (floats > Array.MaxLength)
+                throw new DiffuException($"{path}: bad llama2.c header: {name} would hold {floats} floats, more than one array can hold");
+        }
     }
 
     private static float[] ReadFloats(Stream stream, long count)
     {
-        if (count > Array.MaxLength) throw new DiffuException($"a llama2.c tensor of {count} floats is larger than one array can hold");
         var values = new float[count];
         stream.ReadExactly(MemoryMarshal.AsBytes(values.AsSpan()));
         if (!BitConverter.IsLittleEndian)

@@ -99,9 +99,9 @@ public sealed class SafeTensorCheckpoint : IDisposable
             var shardOf = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (string shard in shardNames)
             {
-                string full = Path.GetFullPath(Path.Combine(folder, shard));
-                if (!full.StartsWith(folder + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-                    throw new SafeTensorFormatException(indexPath, $"shard '{shard}' lies outside the checkpoint folder");
+                if (!IsPlainFileName(shard))
+                    throw new SafeTensorFormatException(indexPath, $"shard {JsonSerializer.Serialize(shard)} is not a plain file name in the checkpoint folder");
+                string full = Path.Combine(folder, shard);
                 if (!File.Exists(full))
                     throw new SafeTensorFormatException(indexPath, $"shard file '{shard}' is missing (expected at {full})");
                 var file = SafeTensorFile.Open(full);
@@ -133,20 +133,18 @@ public sealed class SafeTensorCheckpoint : IDisposable
         }
     }
 
+    /// <summary>
+    /// Shards are files beside the index, so a shard name is a plain file name: not empty, not . or .., no
+    /// path separator of any system and no drive (which could reach outside the folder), and no control
+    /// character (the path APIs refuse NUL).
+    /// </summary>
+    private static bool IsPlainFileName(string name) =>
+        name.Length > 0 && name is not ("." or "..") && name.IndexOfAny(['/', '\\']) < 0 && !Path.IsPathRooted(name)
+        && !name.Any(char.IsControl);
+
     private static (Dictionary<string, string> WeightMap, Dictionary<string, string> Metadata) ReadIndex(string indexPath)
     {
-        byte[] json;
-        try
-        {
-            long length = new FileInfo(indexPath).Length;
-            if (length > SafeTensorsHeader.MaxHeaderBytes)
-                throw new SafeTensorFormatException(indexPath, $"index is {length} bytes, larger than the {SafeTensorsHeader.MaxHeaderBytes}-byte limit");
-            json = File.ReadAllBytes(indexPath);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new SafeTensorFormatException(indexPath, $"cannot read: {e.Message}", e);
-        }
+        byte[] json = InputFile.ReadAllBytes(indexPath, problem => new SafeTensorFormatException(indexPath, problem), SafeTensorsHeader.MaxHeaderBytes);
         Dictionary<string, string>? weightMap = null;
         Dictionary<string, string>? metadata = null;
         try

@@ -1,6 +1,9 @@
 using System.Buffers.Binary;
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
 
 namespace DiffuSharp.IO;
 
@@ -44,15 +47,10 @@ public sealed unsafe class SafeTensorFile : IDisposable
 
     public static SafeTensorFile Open(string path)
     {
-        if (!File.Exists(path))
-            throw new SafeTensorFormatException(path, Directory.Exists(path)
-                ? "is a directory, not a safetensors file"
-                : "file not found");
-        FileStream? stream = null;
+        FileStream? stream = InputFile.Open(path, problem => new SafeTensorFormatException(path, problem));
         MemoryMappedFile? map = null;
         try
         {
-            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
             long length = stream.Length;
             if (length < 8)
                 throw new SafeTensorFormatException(path, $"file is {length} bytes, too short for the 8-byte header length");
@@ -60,11 +58,13 @@ public sealed unsafe class SafeTensorFile : IDisposable
             stream.ReadExactly(prefix);
             ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
             if (headerLength > SafeTensorsHeader.MaxHeaderBytes)
-                throw new SafeTensorFormatException(path, $"header length {headerLength} is larger than the {SafeTensorsHeader.MaxHeaderBytes}-byte limit");
+                throw NotSafeTensors(path, prefix, $"header length {headerLength} is larger than the {SafeTensorsHeader.MaxHeaderBytes}-byte limit");
             if ((long)headerLength > length - 8)
-                throw new SafeTensorFormatException(path, $"header length {headerLength} is larger than the file ({length - 8} bytes after the length field)");
+                throw NotSafeTensors(path, prefix, $"header length {headerLength} is larger than the file ({length - 8} bytes after the length field)");
             var header = new byte[headerLength];
             stream.ReadExactly(header);
+            if (header.Length == 0 || header[0] != '{')
+                throw NotSafeTensors(path, prefix, "the header does not start with '{'");
             long dataStart = 8 + (long)headerLength;
             var (tensors, metadata) = SafeTensorsHeader.Parse(path, header, length - dataStart);
             map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
@@ -211,4 +211,20 @@ public sealed unsafe class SafeTensorFile : IDisposable
         info.ElementCount <= Array.MaxLength
             ? (int)info.ElementCount
             : throw new DiffuException($"tensor '{info.Name}' in {FilePath} has {info.ElementCount} elements, more than one array can hold");
+
+    /// <summary>
+    /// A file without a plausible header length, or whose header does not open a JSON object, is some other
+    /// file (the reference implementation also requires the '{'). Eight bytes of text read as a length far
+    /// over the limit, so for a text file its first bytes say more than the length does.
+    /// </summary>
+    private static SafeTensorFormatException NotSafeTensors(string path, ReadOnlySpan<byte> start, string why)
+    {
+        foreach (byte b in start)
+        {
+            if (b is not ((>= 0x20 and < 0x7F) or (byte)'\t' or (byte)'\n' or (byte)'\r'))
+                return new SafeTensorFormatException(path, $"not a safetensors file: {why}");
+        }
+        string text = JsonEncodedText.Encode(Encoding.ASCII.GetString(start), JavaScriptEncoder.UnsafeRelaxedJsonEscaping).ToString();
+        return new SafeTensorFormatException(path, $"not a safetensors file: it starts with \"{text}\"");
+    }
 }

@@ -36,20 +36,28 @@ public sealed record Gpt2Config(
             json.RequirePositive(name, v);
         if (channels % heads != 0)
             throw new ConfigException(path, $"n_embd ({channels}) must be divisible by n_head ({heads})");
+        // The model computes 3 * n_embd and 4 * n_embd in ints, and Gpt2Model.CreateRandom 2 * n_layer, which also
+        // keeps ParameterCount within a long; a CPU tensor is one managed array.
+        json.RequireIntSize("4 * n_embd", 4 * (Int128)channels);
+        json.RequireIntSize("2 * n_layer", 2 * (Int128)layers);
+        json.RequireTensorSize("transformer.wte.weight", "vocab_size * n_embd", (Int128)vocab * channels);
+        json.RequireTensorSize("transformer.wpe.weight", "n_positions * n_embd", (Int128)positions * channels);
+        json.RequireTensorSize("mlp.c_fc.weight", "n_embd * 4 * n_embd", (Int128)channels * 4 * channels);
         var act = json.String("activation_function") ?? "gelu_new";
         if (!TanhGelu.Contains(act))
             throw new ConfigException(path, $"unsupported activation_function \"{act}\" (supported: {string.Join(", ", TanhGelu)})");
         if (json.Has("n_inner") && json.OptionalInt("n_inner") is int inner && inner != 4 * channels)
             throw new ConfigException(path, $"unsupported n_inner {inner}: only the standard 4 * n_embd = {4 * channels} is supported");
-        double eps = json.Double("layer_norm_epsilon", 1e-5);
-        if (eps <= 0) throw new ConfigException(path, $"layer_norm_epsilon must be positive, got {eps}");
+        // LayerNorm divides by sqrt(variance + eps): eps must be a positive float32 (a constant row has variance
+        // 0) and well below the variances of about 1, or it flattens every activation into meaningless logits.
+        float eps = json.FloatBetween("layer_norm_epsilon", 1e-5, 0, 1);
         foreach (var flag in new[] { "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn" })
             if (json.Bool(flag, false)) throw new ConfigException(path, $"unsupported option \"{flag}\": true");
         if (!json.Bool("scale_attn_weights", true)) throw new ConfigException(path, "unsupported option \"scale_attn_weights\": false");
         int? mask = json.OptionalInt("mask_token_id");
         if (mask is int m && (m < 0 || m >= vocab))
             throw new ConfigException(path, $"mask_token_id {m} is outside the vocabulary [0, {vocab})");
-        return new Gpt2Config(vocab, positions, channels, layers, heads, (float)eps, json.Bool("tie_word_embeddings", true)) { MaskTokenId = mask };
+        return new Gpt2Config(vocab, positions, channels, layers, heads, eps, json.Bool("tie_word_embeddings", true)) { MaskTokenId = mask };
     }
 
     /// <summary>An HF config.json for this config.</summary>

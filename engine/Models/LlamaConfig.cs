@@ -38,6 +38,11 @@ public sealed record LlamaConfig(
         if (channels % heads != 0) throw new ConfigException(path, $"hidden_size ({channels}) must be divisible by num_attention_heads ({heads})");
         if (heads % kvHeads != 0) throw new ConfigException(path, $"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kvHeads})");
         if ((channels / heads) % 2 != 0) throw new ConfigException(path, $"the head dimension {channels / heads} must be even for RoPE");
+        // A CPU tensor is one managed array. The kv width num_key_value_heads * head_dim is at most hidden_size,
+        // as num_attention_heads is a multiple of num_key_value_heads.
+        json.RequireTensorSize("model.embed_tokens.weight", "vocab_size * hidden_size", (Int128)vocab * channels);
+        json.RequireTensorSize("self_attn.q_proj.weight", "hidden_size * hidden_size", (Int128)channels * channels);
+        json.RequireTensorSize("mlp.gate_proj.weight", "intermediate_size * hidden_size", (Int128)hidden * channels);
         if (json.OptionalInt("head_dim") is int headDim && headDim != channels / heads)
             throw new ConfigException(path, $"unsupported head_dim {headDim}: only hidden_size / num_attention_heads = {channels / heads} is supported");
         var act = json.String("hidden_act") ?? "silu";
@@ -45,20 +50,27 @@ public sealed record LlamaConfig(
         if (json.Has("rope_scaling")) throw new ConfigException(path, "unsupported rope_scaling: only plain RoPE is supported");
         foreach (var flag in new[] { "attention_bias", "mlp_bias" })
             if (json.Bool(flag, false)) throw new ConfigException(path, $"unsupported option \"{flag}\": true");
-        double eps = json.Double("rms_norm_eps", 1e-6);
-        double theta = json.Double("rope_theta", 10000);
-        if (eps <= 0 || theta <= 0) throw new ConfigException(path, "rms_norm_eps and rope_theta must be positive");
+        // RMSNorm divides by sqrt(mean square + eps), as LayerNorm does (see Gpt2Config). RoPE rotates pair i by
+        // position · rope_theta^(-2i/d): at 1 every pair turns at the same rate, and at infinity only the first turns.
+        float eps = json.FloatBetween("rms_norm_eps", 1e-6, 0, 1);
+        float theta = json.FloatBetween("rope_theta", 10000, 1, double.PositiveInfinity);
         int? mask = json.OptionalInt("mask_token_id");
         if (mask is int m && (m < 0 || m >= vocab)) throw new ConfigException(path, $"mask_token_id {m} is outside the vocabulary [0, {vocab})");
-        return new LlamaConfig(vocab, positions, channels, hidden, layers, heads, kvHeads, (float)eps, (float)theta, json.Bool("tie_word_embeddings", false))
+        var config = new LlamaConfig(vocab, positions, channels, hidden, layers, heads, kvHeads, eps, theta, json.Bool("tie_word_embeddings", false))
         {
             MaskTokenId = mask,
         };
+        if (config.ExactParameterCount > long.MaxValue)
+            throw new ConfigException(path, $"num_hidden_layers {layers} is too large: the parameter count {config.ExactParameterCount} overflows a 64-bit long");
+        return config;
     }
 
-    public long ParameterCount =>
-        (long)VocabSize * Channels * (TieWordEmbeddings ? 1 : 2) + Channels
-        + Layers * (2L * Channels + 2L * Channels * Channels + 2L * Channels * KvHeads * HeadDim + 3L * Channels * Hidden);
+    public long ParameterCount => (long)ExactParameterCount;
+
+    /// <summary>The parameter count in 128 bits, so that <see cref="Load"/> can check that it fits a long.</summary>
+    Int128 ExactParameterCount =>
+        (Int128)VocabSize * Channels * (TieWordEmbeddings ? 1 : 2) + Channels
+        + (Int128)Layers * (2L * Channels + 2L * Channels * Channels + 2L * Channels * KvHeads * HeadDim + 3L * Channels * Hidden);
 
     public JsonObject ToJson()
     {

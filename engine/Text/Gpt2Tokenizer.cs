@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using DiffuSharp.IO;
 using Microsoft.ML.Tokenizers;
 
 namespace DiffuSharp.Text;
@@ -202,19 +203,5 @@ public sealed partial class Gpt2Tokenizer : TextTokenizer
         return merges;
     }
 
-    private static byte[] ReadFile(string path)
-    {
-        try
-        {
-            return File.ReadAllBytes(path);
-        }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
-        {
-            throw new TokenizerException($"{path}: file not found", e);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new TokenizerException($"{path}: cannot read: {e.Message}", e);
-        }
-    }
+    private static byte[] ReadFile(string path) => InputFile.ReadAllBytes(path, problem => new TokenizerException($"{path}: {problem}"));
 }

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Globalization;
 using System.Text;
+using DiffuSharp.IO;
 using Microsoft.ML.Tokenizers;
 
 namespace DiffuSharp.Text;
@@ -23,21 +24,7 @@ public static class LlamaTokenizers
         };
     }
 
-    internal static byte[] ReadFile(string path)
-    {
-        try
-        {
-            return File.ReadAllBytes(path);
-        }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
-        {
-            throw new TokenizerException($"{path}: file not found", e);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new TokenizerException($"{path}: cannot read: {e.Message}", e);
-        }
-    }
+    internal static byte[] ReadFile(string path) => InputFile.ReadAllBytes(path, problem => new TokenizerException($"{path}: {problem}"));
 }
 
 /// <summary>

@@ -171,6 +171,27 @@ public sealed class CliTests
     }
 
     [Test]
+    public void TextFileAsWeightsIsNotASafetensorsFile()
+    {
+        string path = Path.Combine(temp, "model.safetensors");
+        File.WriteAllText(path, "hello world\nsecond line\n");
+        var (code, _, err) = Run("info", path);
+        Assert.That(code, Is.EqualTo(2), err);
+        Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+        Assert.That(err, Does.StartWith($"error: {path}: not a safetensors file").And.Contain("it starts with \"hello wo\""));
+    }
+
+    [Test]
+    public void ShardNameWithNulExitsWithTwoAndOneLine()
+    {
+        File.WriteAllText(Path.Combine(temp, SafeTensorCheckpoint.IndexFileName), """{"weight_map": {"x": "a\u0000b"}}""");
+        var (code, _, err) = Run("info", temp);
+        Assert.That(code, Is.EqualTo(2), err);
+        Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+        Assert.That(err, Does.StartWith("error: ").And.Contain(SafeTensorCheckpoint.IndexFileName).And.Contain("\"a\\u0000b\""));
+    }
+
+    [Test]
     public void OutOfVocabularyIdsAndUnknownDeviceAreBadInput()
     {
         var outPath = Path.Combine(temp, "o.safetensors");

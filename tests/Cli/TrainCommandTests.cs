@@ -117,6 +117,20 @@ public sealed class TrainCommandTests
         Assert.That(output, Does.StartWith("Once upon a time"));
     }
 
+    /// <summary>These used to overflow int arithmetic inside the model: an OverflowException and exit code 1.</summary>
+    [TestCase("""{"n_embd": 65536, "n_layer": 1, "n_head": 1, "n_positions": 64, "vocab_size": 512}""", "n_embd")]
+    [TestCase("""{"n_embd": 64, "n_layer": 1, "n_head": 1, "n_positions": 64, "vocab_size": 2147483647}""", "vocab_size")]
+    public void ConfigWhoseSizesOverflowExitsWithCode2AndOneLine(string json, string field)
+    {
+        string config = Path.Combine(temp, "big.json");
+        File.WriteAllText(config, json);
+        var (code, _, err) = Run("train", "--config", config, "--data", shard, "--tokenizer", Tokenizer, "--steps", "1",
+            "--out", Path.Combine(temp, "run"), "--device", "cpu");
+        Assert.That(code, Is.EqualTo(2), err);
+        Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+        Assert.That(err, Does.StartWith("error: " + config).And.Contain(field));
+    }
+
     [Test]
     public void BadTrainingArgumentsExitWithCode2()
     {

@@ -181,6 +181,16 @@ public sealed class TokenShardTests
         yield return Case("MetadataOverLimit", new RawShard { MetadataLength = uint.MaxValue }, "larger than the");
         yield return Case("MetadataNotJson", new RawShard { Metadata = "{tokenizer" }, "metadata is not valid UTF-8 JSON");
         yield return Case("MetadataNotUtf8", new RawShard { MetadataBytes = [(byte)'"', 0xC3, 0x28, (byte)'"'] }, "metadata is not valid UTF-8 JSON");
+        // Half a surrogate pair parses, and reading it as a string threw an InvalidOperationException.
+        yield return Case("MetadataTokenizerHalfASurrogatePair", new RawShard { Metadata = """{"tokenizer":"\ud800","sources":[],"eos_id":null}""" },
+            "metadata string \"\\ud800\" is not valid text");
+        yield return Case("MetadataSourceHalfASurrogatePair", new RawShard { Metadata = """{"tokenizer":"t","sources":["\udc00"],"eos_id":null}""" },
+            "metadata string \"\\udc00\" is not valid text");
+        yield return Case("MetadataKeyHalfASurrogatePair", new RawShard { Metadata = """{"\ud800":1,"tokenizer":"t","sources":[],"eos_id":null}""" },
+            "metadata is not valid UTF-8 JSON");
+        yield return Case("MetadataKeyTwice", new RawShard { Metadata = """{"tokenizer":"t","tokenizer":"u","sources":[],"eos_id":null}""" },
+            "metadata is not valid UTF-8 JSON: Duplicate property 'tokenizer'");
+        yield return Case("MetadataDeeplyNested", new RawShard { Metadata = new string('[', 1000) + new string(']', 1000) }, "metadata is not valid UTF-8 JSON");
         yield return Case("MetadataNotObject", new RawShard { Metadata = "[1,2]" }, "metadata is not a JSON object");
         yield return Case("MetadataWithoutTokenizer", new RawShard { Metadata = """{"sources":[],"eos_id":null}""" }, "no \"tokenizer\"");
         yield return Case("MetadataWithoutSources", new RawShard { Metadata = """{"tokenizer":"t","eos_id":null}""" }, "no \"sources\"");
@@ -229,6 +239,15 @@ public sealed class TokenShardTests
         string empty = Path.Combine(dir, "empty.tok");
         File.WriteAllBytes(empty, []);
         Assert.That(Assert.Throws<TokenShardException>(() => TokenShard.Open(empty))!.Message, Does.Contain("truncated: the file is 0 bytes"));
+    }
+
+    [Test]
+    public void CharacterDeviceIsRefused()
+    {
+        Assume.That(File.Exists("/dev/zero"), "needs /dev/zero");
+        string zero = Path.Combine(dir, "zero.tok");
+        File.CreateSymbolicLink(zero, "/dev/zero");
+        Assert.That(Assert.Throws<TokenShardException>(() => TokenShard.Open(zero))!.Message, Does.Contain("not a regular file"));
     }
 
     [Test]

@@ -131,6 +131,8 @@ public sealed class TokenizeCommandTests
         yield return Case("BlankInput", "no documents", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "{dir}/blank.txt");
         yield return Case("InvalidUtf8", "not valid UTF-8", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "{dir}/binary.txt");
         yield return Case("DirectoryInput", "input file not found", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "{dir}");
+        // /dev/zero never ends: refused up front instead of being scanned for ever.
+        yield return Case("CharacterDeviceInput", "not a regular file", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "/dev/zero");
     }
 
     [TestCaseSource(nameof(BadArguments))]

@@ -271,6 +271,42 @@ public class Llama2cTests
         Assert.That(() => Llama2cCheckpoint.Read(Path.Combine(_dir, "missing.bin")), Throws.TypeOf<DiffuException>().With.Message.Contains("not found"));
     }
 
+    /// <summary>
+    /// Header values whose tensors cannot be held in an array. The first one's sizes wrap round to 0, so the
+    /// 28-byte file matched its expected length and the error came from deep in the reader without the file name.
+    /// </summary>
+    [TestCase(1 << 30, int.MaxValue, int.MaxValue, 1, 1, int.MaxValue, int.MaxValue, "token_embedding")]
+    [TestCase(65536, 64, 1, 1, 1, 1, 8, "wq")]
+    [TestCase(64, int.MaxValue, 1, 1, 1, 32, 8, "w1")]
+    [TestCase(64, 64, 1, 1, 1, -int.MaxValue, 8, "token_embedding")]
+    public void HeaderWithTensorsTooLargeForAnArrayIsRefused(int dim, int hidden, int layers, int heads, int kvHeads, int vocab, int seqLen, string tensor)
+    {
+        string path = Path.Combine(_dir, "huge.bin");
+        var header = new byte[Llama2cCheckpoint.HeaderBytes];
+        int[] values = [dim, hidden, layers, heads, kvHeads, vocab, seqLen];
+        for (int i = 0; i < values.Length; i++) BinaryPrimitives.WriteInt32LittleEndian(header.AsSpan(4 * i), values[i]);
+        File.WriteAllBytes(path, header);
+        Assert.That(() => Llama2cCheckpoint.Read(path),
+            Throws.TypeOf<DiffuException>().With.Message.StartsWith(path + ": bad llama2.c header: " + tensor).And.Message.Contains("more than one array can hold"));
+    }
+
+    /// <summary>/dev/zero reports length 0 and never ends: as a checkpoint or a vocabulary it is refused, not read forever.</summary>
+    [Test]
+    public void CharacterDeviceAsCheckpointOrTokenizerIsRefused()
+    {
+        Assume.That(File.Exists("/dev/zero"), "needs /dev/zero");
+        string model = Path.Combine(_dir, "zero.bin"), tokenizer = Path.Combine(_dir, "zero-tok.bin"), outDir = Path.Combine(_dir, "out");
+        File.CreateSymbolicLink(model, "/dev/zero");
+        File.CreateSymbolicLink(tokenizer, "/dev/zero");
+        foreach (var args in new[] { new[] { "convert", "llama2c", model, Tok512, outDir }, new[] { "convert", "llama2c", ModelBin, tokenizer, outDir } })
+        {
+            var (code, _, err) = Cli(args);
+            Assert.That(code, Is.EqualTo(2), err);
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+            Assert.That(err, Does.Contain("zero").And.Contain("not a regular file"));
+        }
+    }
+
     [Test]
     public void UnsharedClassifierBecomesLmHead()
     {

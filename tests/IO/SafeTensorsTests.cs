@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using System.Text.Json;
 using DiffuSharp.IO;
 
 namespace DiffuSharp.Tests;
@@ -256,6 +257,27 @@ public class SafeTensorsTests
         ExpectFormatError(path, "header length 1000 is larger than the file (32 bytes");
     }
 
+    /// <summary>A text file used to be reported by the header length its first 8 bytes make.</summary>
+    [TestCase("hello world, this is text\n", "not a safetensors file: it starts with \"hello wo\"")]
+    [TestCase("{\n  \"vocab_size\": 512\n}\n", "not a safetensors file: it starts with \"{\\n  \\\"voc\"")]
+    public void TextFileIsNotASafetensorsFile(string text, string problem)
+    {
+        string path = Path.Combine(_dir, "text.safetensors");
+        File.WriteAllText(path, text);
+        ExpectFormatError(path, problem);
+    }
+
+    [Test]
+    public void BinaryStartIsNotShownAsText()
+    {
+        string path = Path.Combine(_dir, "big.safetensors");
+        var bytes = new byte[40];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, 1000);
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<SafeTensorFormatException>(() => SafeTensorFile.Open(path))!;
+        Assert.That(e.Message, Does.Contain("not a safetensors file: header length 1000").And.Not.Contain("starts with"));
+    }
+
     [Test]
     public void HeaderLengthOverTheLimit()
     {
@@ -267,11 +289,12 @@ public class SafeTensorsTests
     }
 
     [TestCase("{\"a\": {\"dtype\": \"F32\",", "not valid JSON")]
-    [TestCase("not json at all", "not valid JSON")]
-    [TestCase("", "not valid JSON")]
+    [TestCase("not json at all", "not a safetensors file: the header does not start with '{'")]
+    [TestCase("", "not a safetensors file: the header does not start with '{'")]
+    [TestCase(" {}", "not a safetensors file: the header does not start with '{'")]
     [TestCase("{} {}", "not valid JSON")]
-    [TestCase("[1, 2]", "header is not a JSON object")]
-    [TestCase("\"text\"", "header is not a JSON object")]
+    [TestCase("[1, 2]", "not a safetensors file: the header does not start with '{'")]
+    [TestCase("\"text\"", "not a safetensors file: the header does not start with '{'")]
     [TestCase("{\"a\": 5}", "entry for tensor 'a' is not a JSON object")]
     [TestCase("{\"a\": [\"F32\"]}", "entry for tensor 'a' is not a JSON object")]
     public void InvalidHeaderJson(string header, string problem) => ExpectFormatError(RawFile(header, 0), problem);
@@ -365,6 +388,19 @@ public class SafeTensorsTests
     [Test]
     public void FolderIsNotAFile() => ExpectFormatError(_dir, "is a directory");
 
+    /// <summary>/dev/zero reports length 0 and never ends: it must be refused, not read as an empty file or read forever.</summary>
+    [Test]
+    public void CharacterDeviceIsRefused()
+    {
+        Assume.That(File.Exists("/dev/zero"), "needs /dev/zero");
+        string file = Path.Combine(_dir, "zero.safetensors");
+        File.CreateSymbolicLink(file, "/dev/zero");
+        ExpectFormatError(file, "not a regular file");
+        string index = Path.Combine(_dir, SafeTensorCheckpoint.IndexFileName);
+        File.CreateSymbolicLink(index, "/dev/zero");
+        ExpectCheckpointError(_dir, index, "not a regular file");
+    }
+
     // ---- checkpoints -------------------------------------------------------------------------------
 
     [Test]
@@ -436,8 +472,24 @@ public class SafeTensorsTests
     [TestCase("{\"weight_map\": [\"a\"]}", "weight_map is not a JSON object")]
     [TestCase("{\"weight_map\": {\"a\": 3}}", "weight_map entry 'a' is 3, not a shard file name")]
     [TestCase("{\"weight_map\": {\"a\": \"s.safetensors\"}, \"weight_map\": {}}", "index names 'weight_map' twice")]
-    [TestCase("{\"weight_map\": {\"a\": \"../s.safetensors\"}}", "shard '../s.safetensors' lies outside the checkpoint folder")]
     public void InvalidIndex(string json, string problem) => ExpectCheckpointError(_dir, WriteIndex(json), problem);
+
+    /// <summary>Shards are files beside the index; a NUL used to reach Path.GetFullPath and throw an ArgumentException.</summary>
+    [TestCase("a\0b")]
+    [TestCase("a\nb.safetensors")]
+    [TestCase("")]
+    [TestCase(".")]
+    [TestCase("..")]
+    [TestCase("../s.safetensors")]
+    [TestCase("sub/s.safetensors")]
+    [TestCase("sub\\s.safetensors")]
+    [TestCase("/etc/passwd")]
+    public void ShardNameMustBeAPlainFileName(string shard)
+    {
+        string quoted = JsonSerializer.Serialize(shard);
+        string index = WriteIndex("{\"weight_map\": {\"x\": " + quoted + "}}");
+        ExpectCheckpointError(_dir, index, $"shard {quoted} is not a plain file name in the checkpoint folder");
+    }
 
     [Test]
     public void ShardFileMissing()

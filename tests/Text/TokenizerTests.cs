@@ -221,6 +221,17 @@ public class TokenizerTests
         Assert.That(e.Message, Does.Contain(absent).And.Contain("file not found"));
     }
 
+    /// <summary>/dev/zero reports length 0 and never ends: refused, not read until memory runs out.</summary>
+    [Test]
+    public void CharacterDeviceAsVocabularyIsRefused()
+    {
+        Assume.That(File.Exists("/dev/zero"), "needs /dev/zero");
+        string zero = Path.Combine(_dir, "vocab.json");
+        File.CreateSymbolicLink(zero, "/dev/zero");
+        var e = Assert.Throws<TokenizerException>(() => Gpt2Tokenizer.FromFiles(zero, Merges))!;
+        Assert.That(e.Message, Does.StartWith(zero + ": ").And.Contain("not a regular file"));
+    }
+
     [TestCase("{\"a\": 0,", "not valid JSON")]
     [TestCase("[\"a\"]", "not a JSON object of token -> id")]
     [TestCase("{}", "vocabulary is empty")]
