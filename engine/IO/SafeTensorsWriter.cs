@@ -79,18 +79,38 @@ public sealed class SafeTensorEntry
 /// </summary>
 public static class SafeTensorWriter
 {
-    /// <summary>A new file at <paramref name="path"/> (an existing one is an error), flushed to disk.</summary>
+    /// <summary>
+    /// A new file at <paramref name="path"/> (an existing one is an error and is left alone), flushed to disk.
+    /// The entries are checked before the file is created, and a write that fails part-way removes it.
+    /// </summary>
     public static void Write(string path, IEnumerable<SafeTensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
-        Write(stream, tensors, metadata);
-        stream.Flush(flushToDisk: true);
+        var list = new List<SafeTensorEntry>(tensors);
+        byte[] header = Header(list, metadata);
+        var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+        try
+        {
+            using (stream)
+            {
+                Write(stream, list, header);
+                stream.Flush(flushToDisk: true);
+            }
+        }
+        catch
+        {
+            File.Delete(path);
+            throw;
+        }
     }
 
     public static void Write(Stream stream, IEnumerable<SafeTensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var list = new List<SafeTensorEntry>(tensors);
-        byte[] header = Header(list, metadata);
+        Write(stream, list, Header(list, metadata));
+    }
+
+    static void Write(Stream stream, List<SafeTensorEntry> list, byte[] header)
+    {
         Span<byte> prefix = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
         stream.Write(prefix);

@@ -590,9 +590,9 @@ public class SafeTensorsTests
         var metadata = new Dictionary<string, string> { ["format"] = "pt", ["step"] = "12" };
         string path = Path.Combine(_dir, "w.safetensors");
         SafeTensorWriter.Write(path, entries, metadata);
-        var first = File.ReadAllBytes(path);
-        SafeTensorWriter.Write(path, entries, metadata);
-        Assert.That(File.ReadAllBytes(path), Is.EqualTo(first));
+        string again = Path.Combine(_dir, "w2.safetensors");
+        SafeTensorWriter.Write(again, entries, metadata);
+        Assert.That(File.ReadAllBytes(again), Is.EqualTo(File.ReadAllBytes(path)));
 
         string copy = Path.Combine(_dir, "copy.safetensors");
         using (var file = SafeTensorFile.Open(path))
@@ -603,7 +603,7 @@ public class SafeTensorsTests
                 SafeTensorEntry.FromInt32("c", [1], file.ReadInt32("c")),
             ], file.Metadata);
         }
-        Assert.That(File.ReadAllBytes(copy), Is.EqualTo(first), "read then written again");
+        Assert.That(File.ReadAllBytes(copy), Is.EqualTo(File.ReadAllBytes(path)), "read then written again");
     }
 
     [Test]
@@ -622,19 +622,19 @@ public class SafeTensorsTests
     }
 
     [Test]
-    public void WriterLeavesNoTemporaryFileBehind()
+    public void WriterMakesANewFileAndLeavesNothingWhenItFails()
     {
         string path = Path.Combine(_dir, "out.safetensors");
-        SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("x", [1], [1f])]);
         SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("x", [2], [1f, 2f])]);
-        Assert.That(Directory.GetFiles(_dir).Select(Path.GetFileName), Is.EqualTo(new[] { "out.safetensors" }));
-        using (var file = SafeTensorFile.Open(path)) Assert.That(file.ReadFloat32("x"), Is.EqualTo(new[] { 1f, 2f }), "overwritten");
+        Assert.Throws<IOException>(() => SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("x", [1], [3f])]), "an existing file is not replaced");
+        using (var file = SafeTensorFile.Open(path)) Assert.That(file.ReadFloat32("x"), Is.EqualTo(new[] { 1f, 2f }));
 
-        Assert.Throws<ArgumentException>(() => SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("x", [3], [1f])]));
-        Assert.Throws<ArgumentException>(() => SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("x", [1], [1f]), SafeTensorEntry.FromFloat32("x", [1], [1f])]));
+        string other = Path.Combine(_dir, "other.safetensors");
+        Assert.Throws<ArgumentException>(() => SafeTensorWriter.Write(other, [SafeTensorEntry.FromFloat32("x", [1], [1f]), SafeTensorEntry.FromFloat32("x", [1], [1f])]));
+        Assert.Throws<ArgumentException>(() => SafeTensorWriter.Write(other, [new SafeTensorEntry("x", SafeTensorDType.F32, [2], s => s.Write(new byte[4]))]),
+            "a tensor that writes fewer bytes than its shape needs");
         Assert.Throws<DirectoryNotFoundException>(() => SafeTensorWriter.Write(Path.Combine(_dir, "no", "such.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [1f])]));
         Assert.That(Directory.GetFiles(_dir).Select(Path.GetFileName), Is.EqualTo(new[] { "out.safetensors" }), "failed writes leave nothing");
-        using (var file = SafeTensorFile.Open(path)) Assert.That(file.ReadFloat32("x"), Is.EqualTo(new[] { 1f, 2f }), "a failed write keeps the old file");
     }
 
     // ---- helpers -----------------------------------------------------------------------------------
