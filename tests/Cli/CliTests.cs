@@ -143,6 +143,53 @@ public sealed class CliTests
         Assert.That(Run("logits", "--model", Fixture, "--ids", "1,2", "--out", output, "--device", "cpu", "--precision", "f32").Code, Is.EqualTo(0));
     }
 
+    /// <summary>
+    /// --out replaces an existing regular file, but nothing that is not one (as root, the rename replaced the
+    /// /dev/full node with a file, and a FIFO too) and none of the model's own files.
+    /// </summary>
+    [Test]
+    public void LogitsReplacesRegularFilesOnly()
+    {
+        string output = Path.Combine(temp, "logits.safetensors");
+        string[] args = ["logits", "--model", Fixture, "--ids", "1,2", "--device", "cpu", "--out"];
+        Assert.That(Run([.. args, output]).Code, Is.EqualTo(0));
+        var again = Run([.. args, output]);
+        Assert.That(again.Code, Is.EqualTo(0), again.Err);
+        string fifo = IO.OutputFileTests.MakeFifo(Path.Combine(temp, "pipe"));
+        string modelFile = Path.Combine(Fixture, "model.safetensors");
+        long modelBytes = new FileInfo(modelFile).Length;
+        foreach (var target in new[] { "/dev/full", "/dev/null", fifo, temp, modelFile, " " })
+        {
+            var (code, _, err) = Run([.. args, target]);
+            Assert.That(code, Is.EqualTo(2), target);
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+        }
+        Assert.That(FileStatus.Kind("/dev/full"), Is.EqualTo(FileKind.CharacterDevice));
+        Assert.That(FileStatus.Kind(fifo), Is.EqualTo(FileKind.Fifo));
+        Assert.That(new FileInfo(modelFile).Length, Is.EqualTo(modelBytes));
+        Assert.That(Directory.GetFiles(temp).Select(Path.GetFileName), Is.EquivalentTo(new[] { "logits.safetensors", "pipe" }));
+    }
+
+    /// <summary>Bench outputs are checked before the run: a FIFO for --json, a folder where a plot goes, two outputs in one file.</summary>
+    [Test]
+    public void BenchRefusesBadOutputsBeforeRunning()
+    {
+        string fifo = IO.OutputFileTests.MakeFifo(Path.Combine(temp, "pipe"));
+        string plots = Directory.CreateDirectory(Path.Combine(temp, "plots")).FullName;
+        Directory.CreateDirectory(Path.Combine(plots, "attention.png"));
+        string json = Path.Combine(temp, "b.json");
+        string[] quick = ["bench", "--suite", "norm", "--quick", "--repeat", "1", "--reference", "none", "--device", "cpu"];
+        foreach (var extra in new[] { new[] { "--json", fifo }, ["--markdown", "/dev/full"], ["--plots", plots], ["--json", json, "--markdown", json] })
+        {
+            var (code, output, err) = Run([.. quick, .. extra]);
+            Assert.That(code, Is.EqualTo(2), string.Join(" ", extra) + ": " + err);
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+            Assert.That(output, Does.Not.Contain("LayerNorm"), "refused before measuring");
+        }
+        Assert.That(FileStatus.Kind(fifo), Is.EqualTo(FileKind.Fifo));
+        Assert.That(File.Exists(json), Is.False);
+    }
+
     [TestCase("info")]
     [TestCase("logits", "--model", "x")]
     [TestCase("generate", "--model", "x", "--prompt", "hi", "--ar", "--max-new", "many")]

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using DiffuSharp.Bench;
+using DiffuSharp.IO;
 using DiffuSharp.Runtime;
 using Spectre.Console;
 
@@ -84,20 +85,18 @@ static class BenchCommand
 
     static int Run(BenchOptions options, BenchSettings settings, string? deviceName, string? precision, Outputs outputs, TextWriter stdout, TextWriter stderr)
     {
-        foreach (var (file, option) in new[] { (outputs.Json, "--json"), (outputs.Markdown, "--markdown") })
-            if (file is not null) CheckWritable(Path.GetDirectoryName(Path.GetFullPath(file))!, option);
-        if (outputs.Plots is not null) Directory.CreateDirectory(outputs.Plots);
+        CheckOutputs(outputs);
         using var device = Cli.CreateDevice(deviceName, precision);
         var report = RunWithProgress(device, options, settings, stdout, stderr);
         BenchTable.Write(report, stdout);
         if (outputs.Json is string jsonPath)
         {
-            WriteAtomically(jsonPath, JsonSerializer.Serialize(report, Json));
+            OutputFile.Write(jsonPath, "--json", stream => JsonSerializer.Serialize(stream, report, Json));
             stdout.WriteLine($"results: {jsonPath}");
         }
         if (outputs.Markdown is string markdownPath)
         {
-            WriteAtomically(markdownPath, BenchTable.Markdown(report));
+            OutputFile.Write(markdownPath, "--markdown", stream => stream.Write(System.Text.Encoding.UTF8.GetBytes(BenchTable.Markdown(report))));
             stdout.WriteLine($"markdown: {markdownPath}");
         }
         if (outputs.Plots is string plotDir)
@@ -139,16 +138,23 @@ static class BenchCommand
         return report!;
     }
 
-    static void CheckWritable(string directory, string option)
+    /// <summary>Refuses, before anything is measured, outputs that could not be written at the end (the plot folder is created now).</summary>
+    static void CheckOutputs(Outputs outputs)
     {
-        if (!Directory.Exists(directory)) throw new DiffuException($"{option}: folder {directory} does not exist");
-    }
-
-    static void WriteAtomically(string path, string text)
-    {
-        string temp = path + ".tmp";
-        File.WriteAllText(temp, text);
-        File.Move(temp, path, overwrite: true);
+        var files = new List<(string Path, string Option)>();
+        if (outputs.Json is string json) files.Add((json, "--json"));
+        if (outputs.Markdown is string markdown) files.Add((markdown, "--markdown"));
+        if (outputs.Plots is string plots)
+        {
+            if (string.IsNullOrWhiteSpace(plots)) throw new DiffuException("--plots: the path is empty");
+            var kind = FileStatus.Kind(plots);
+            if (kind is not (FileKind.Missing or FileKind.Directory)) throw new DiffuException($"--plots {plots} is {FileStatus.Describe(kind)}, not a folder");
+            Directory.CreateDirectory(plots);
+            files.AddRange(BenchPlots.FileNames.Select(name => (Path.Combine(plots, name), "--plots")));
+        }
+        foreach (var (path, option) in files) OutputFile.Check(path, option);
+        foreach (var same in files.GroupBy(f => Path.GetFullPath(f.Path)).Where(g => g.Count() > 1))
+            throw new DiffuException($"{string.Join(" and ", same.Select(f => f.Option))} name the same file {same.Key}");
     }
 
     static readonly JsonSerializerOptions Json = new()

@@ -36,6 +36,7 @@ static class LogitsCommand
 
     static int Run(string modelDir, int[] ids, bool bidirectional, string outPath, string? deviceName, string? precision, TextWriter stdout)
     {
+        OutputFile.Check(outPath, "--out", ModelFolder.Files(modelDir));
         using var device = Cli.CreateDevice(deviceName, precision);
         using var model = ModelLoader.Load(modelDir, device);
         var mode = bidirectional ? AttentionMaskMode.Bidirectional : AttentionMaskMode.Causal;
@@ -47,7 +48,9 @@ static class LogitsCommand
             ["attention"] = bidirectional ? "bidirectional" : "causal",
             ["device"] = device.Name,
         };
-        SafeTensorWriter.Write(outPath, [SafeTensorEntry.FromFloat32("logits", [ids.Length, model.VocabSize], logits)], metadata);
+        OutputFile.Write(outPath, "--out",
+            stream => SafeTensorWriter.Write(stream, [SafeTensorEntry.FromFloat32("logits", [ids.Length, model.VocabSize], logits)], metadata),
+            ModelFolder.Files(modelDir));
         stdout.WriteLine($"wrote logits [{ids.Length}, {model.VocabSize}] ({metadata["attention"]}, {device.Name}) to {outPath}");
         return Cli.Ok;
     }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DiffuSharp.IO;
 using DiffuSharp.Models;
 using DiffuSharp.Text;
 
@@ -19,7 +20,9 @@ static class ModelFolder
             .Where(c => !string.IsNullOrWhiteSpace(c)).Select(c => c!);
         foreach (var place in candidates)
         {
-            if (!Directory.Exists(place) && !File.Exists(place)) throw new DiffuException($"{place}: tokenizer folder or file not found");
+            var kind = FileStatus.Kind(place);
+            if (kind == FileKind.Missing) throw new DiffuException($"{place}: tokenizer folder or file not found");
+            if (kind != FileKind.Directory) FileStatus.RequireRegularFile(place, "tokenizer");
             var tokenizer = model is LlamaModel ? Llama(place) : Gpt2(place, model.VocabSize);
             if (tokenizer is null) continue;
             if (tokenizer.VocabSize > model.VocabSize)
@@ -41,6 +44,9 @@ static class ModelFolder
             if (File.Exists(Path.Combine(place, name))) return LlamaTokenizers.FromFile(Path.Combine(place, name));
         return null;
     }
+
+    /// <summary>The files of a model folder (weights, config, tokenizer): inputs that no output of the command may replace.</summary>
+    public static string[] Files(string modelDir) => Directory.Exists(modelDir) ? Directory.GetFiles(modelDir) : [];
 
     /// <summary>The fixed first token of a sequence: LLaMA's BOS, GPT-2's end-of-text (which also separates documents).</summary>
     public static int StartToken(ILanguageModel model, TextTokenizer tokenizer) =>

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffuSharp.Data;
+using DiffuSharp.IO;
 using DiffuSharp.Text;
 using Spectre.Console;
 
@@ -35,9 +36,9 @@ static class TokenizeCommand
     {
         if (maxDocs is <= 0) throw new DiffuException($"--max-docs must be positive, got {maxDocs}");
         if (vocabLimit is <= 0) throw new DiffuException($"--vocab-limit must be positive, got {vocabLimit}");
-        foreach (var input in inputs)
-            if (!File.Exists(input)) throw new DiffuException($"{input}: input file not found");
-        var tokenizer = LoadTokenizer(tokenizerDir, vocabLimit);
+        foreach (var input in inputs) FileStatus.RequireRegularFile(input, "input file");
+        var (tokenizer, tokenizerFiles) = LoadTokenizer(tokenizerDir, vocabLimit);
+        OutputFile.Check(outPath, "--out", [.. inputs, .. tokenizerFiles]);
 
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(stderr) });
         TokenizeSummary summary;
@@ -74,16 +75,20 @@ static class TokenizeCommand
         return Cli.Ok;
     }
 
-    static TextTokenizer LoadTokenizer(string? tokenizerDir, int? vocabLimit)
+    /// <summary>The tokenizer and the files it was read from (which the output may not replace).</summary>
+    static (TextTokenizer Tokenizer, string[] Files) LoadTokenizer(string? tokenizerDir, int? vocabLimit)
     {
         string? dir = string.IsNullOrWhiteSpace(tokenizerDir) ? Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") : tokenizerDir;
         if (string.IsNullOrWhiteSpace(dir)) throw new DiffuException("no tokenizer: pass --tokenizer DIR or set DIFFU_TOKENIZER");
-        if (File.Exists(dir))
+        var kind = FileStatus.Kind(dir);
+        if (kind is not (FileKind.Directory or FileKind.Missing))
         {
+            FileStatus.RequireRegularFile(dir, "tokenizer");
             if (vocabLimit is not null) throw new DiffuException("--vocab-limit applies to GPT-2 BPE tokenizers only");
-            return LlamaTokenizers.FromFile(dir);
+            return (LlamaTokenizers.FromFile(dir), [dir]);
         }
-        return Gpt2Tokenizer.FromDirectory(dir, vocabLimit)
-               ?? throw new DiffuException($"{dir}: no GPT-2 tokenizer files (vocab.json + merges.txt or encoder.json + vocab.bpe)");
+        var tokenizer = Gpt2Tokenizer.FromDirectory(dir, vocabLimit)
+                        ?? throw new DiffuException($"{dir}: no GPT-2 tokenizer files (vocab.json + merges.txt or encoder.json + vocab.bpe)");
+        return (tokenizer, Directory.GetFiles(dir));
     }
 }
