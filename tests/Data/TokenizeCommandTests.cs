@@ -174,7 +174,7 @@ public sealed class TokenizeCommandTests
         yield return Case("NoOut", "--out", "--tokenizer", "{tok}", "{dir}/in.txt");
         yield return Case("MissingTokenizer", "tokenizer folder not found", "--tokenizer", "{dir}/no-tokenizer", "--out", "{dir}/o.tok", "{dir}/in.txt");
         yield return Case("FolderWithoutTokenizer", "no GPT-2 tokenizer files", "--tokenizer", "{dir}", "--out", "{dir}/o.tok", "{dir}/in.txt");
-        yield return Case("ZeroMaxDocs", "--max-docs must be positive", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "--max-docs", "0", "{dir}/in.txt");
+        yield return Case("ZeroMaxDocs", "--max-docs: 0 is out of range: must be at least 1", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "--max-docs", "0", "{dir}/in.txt");
         yield return Case("TinyVocabLimit", "below 256", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "--vocab-limit", "100", "{dir}/in.txt");
         yield return Case("NonNumericMaxDocs", "error", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "--max-docs", "many", "{dir}/in.txt");
         yield return Case("MissingOutputFolder", "output folder", "--tokenizer", "{tok}", "--out", "{dir}/missing/o.tok", "{dir}/in.txt");

@@ -26,13 +26,13 @@ static class BenchCommand
         var shapes = new Option<string?>("--shapes") { Description = "only these matmul shapes, comma-separated MxKxN (x[M,K] · w[K,N])" };
         var squares = new Option<string?>("--squares") { Description = "square matmul sides, e.g. 1024,2048,4096,8192 (default by device)" };
         var lengths = new Option<string?>("--lengths") { Description = "attention sequence lengths, e.g. 256,1024,4096 (default by device)" };
-        var tokens = new Option<int>("--tokens") { Description = "rows of the layer-shape matmuls and row-wise kernels (default: cpu 1024, cuda 8192)" };
-        var trainBatch = new Option<int>("--train-batch") { Description = "training row: sequences per step (default: cpu 4, cuda 8)" };
-        var trainLength = new Option<int>("--train-length") { Description = "training row: tokens per sequence (default: cpu 256, cuda 1024)" };
-        var denoiseLength = new Option<int>("--denoise-length") { Description = "denoising row: sequence length (default 1024)" };
-        var denoiseSteps = new Option<int>("--denoise-steps") { Description = "denoising row: steps T (default 64)" };
-        var repeat = new Option<int>("--repeat") { Description = "timed runs per case at most (best and median are reported)", DefaultValueFactory = _ => 10 };
-        var budget = new Option<double>("--budget") { Description = "seconds per case after which timing stops at three runs", DefaultValueFactory = _ => 2.0 };
+        var tokens = TypedOptions.OptionalInteger("--tokens", "rows of the layer-shape matmuls and row-wise kernels (default: cpu 1024, cuda 8192)", min: 1);
+        var trainBatch = TypedOptions.OptionalInteger("--train-batch", "training row: sequences per step (default: cpu 4, cuda 8)", min: 1);
+        var trainLength = TypedOptions.OptionalInteger("--train-length", "training row: tokens per sequence (default: cpu 256, cuda 1024)", min: 1);
+        var denoiseLength = TypedOptions.OptionalInteger("--denoise-length", "denoising row: sequence length (default 1024)", min: 2);
+        var denoiseSteps = TypedOptions.OptionalInteger("--denoise-steps", "denoising row: steps T (default 64)", min: 1);
+        var repeat = TypedOptions.Integer("--repeat", "timed runs per case at most (best and median are reported)", 10, min: 1);
+        var budget = TypedOptions.Double("--budget", "seconds per case after which timing stops at three runs", 2.0, min: 0, minExclusive: true);
         var reference = new Option<string>("--reference") { Description = "torch: also time PyTorch on the same cases; none: only the in-process library", DefaultValueFactory = _ => "torch" };
         reference.AcceptOnlyFromAmong("torch", "none");
         var python = new Option<string?>("--python") { Description = "Python with PyTorch for the reference (default: $DIFFU_PYTHON, python3, /usr/bin/python3)" };
@@ -55,8 +55,8 @@ static class BenchCommand
                 MatMulShapes = ParseShapes(parse.GetValue(shapes)),
                 Squares = ParseList(parse.GetValue(squares), "--squares"),
                 AttentionLengths = ParseList(parse.GetValue(lengths), "--lengths"),
-                Tokens = parse.GetValue(tokens), TrainBatch = parse.GetValue(trainBatch), TrainLength = parse.GetValue(trainLength),
-                DenoiseLength = parse.GetValue(denoiseLength), DenoiseSteps = parse.GetValue(denoiseSteps),
+                Tokens = parse.GetValue(tokens) ?? 0, TrainBatch = parse.GetValue(trainBatch) ?? 0, TrainLength = parse.GetValue(trainLength) ?? 0,
+                DenoiseLength = parse.GetValue(denoiseLength) ?? 0, DenoiseSteps = parse.GetValue(denoiseSteps) ?? 0,
             };
             options.Validate();
             var settings = new BenchSettings(parse.GetValue(repeat), parse.GetValue(budget), parse.GetValue(reference) == "torch",

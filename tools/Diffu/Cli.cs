@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 
@@ -14,21 +15,11 @@ public static class Cli
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        var root = new RootCommand("DiffuSharp: diffusion language models (DiffuGPT, DiffuLLaMA) in .NET")
-        {
-            InfoCommand.Create(stdout),
-            LogitsCommand.Create(stdout),
-            GenerateCommand.Create(stdout, stderr),
-            BenchCommand.Create(stdout, stderr),
-            TokenizeCommand.Create(stdout, stderr),
-            TrainCommand.Create(stdout, stderr),
-            ConvertCommand.Create(stdout),
-        };
-        var parsed = root.Parse(args);
+        var parsed = CreateRoot(stdout, stderr).Parse(args);
         if (parsed.Errors.Count > 0)
         {
-            foreach (var e in parsed.Errors) stderr.WriteLine($"error: {e.Message}");
-            stderr.WriteLine("run 'diffu --help' for usage");
+            var problems = string.Join("; ", parsed.Errors.Select(e => e.Message.TrimEnd('.')).Distinct());
+            stderr.WriteLine(OneLine($"error: {problems} (see '{CommandPath(parsed.CommandResult)} --help')"));
             return BadInput;
         }
         try
@@ -37,7 +28,7 @@ public static class Cli
         }
         catch (Exception e) when (e is DiffuException or IOException or UnauthorizedAccessException)
         {
-            stderr.WriteLine($"error: {e.Message}");
+            stderr.WriteLine(OneLine($"error: {e.Message}"));
             return BadInput;
         }
         catch (Exception e)
@@ -47,6 +38,26 @@ public static class Cli
             return InternalError;
         }
     }
+
+    /// <summary>The command tree of `diffu`, with each command writing to the given streams.</summary>
+    public static RootCommand CreateRoot(TextWriter stdout, TextWriter stderr) =>
+        new("DiffuSharp: diffusion language models (DiffuGPT, DiffuLLaMA) in .NET")
+        {
+            InfoCommand.Create(stdout),
+            LogitsCommand.Create(stdout),
+            GenerateCommand.Create(stdout, stderr),
+            BenchCommand.Create(stdout, stderr),
+            TokenizeCommand.Create(stdout, stderr),
+            TrainCommand.Create(stdout, stderr),
+            ConvertCommand.Create(stdout),
+        };
+
+    /// <summary>"diffu convert llama2c" for the command a parse stopped in.</summary>
+    static string CommandPath(CommandResult result) =>
+        result.Parent is CommandResult parent ? $"{CommandPath(parent)} {result.Command.Name}" : "diffu";
+
+    /// <summary>A bad-input message stays one line even when it quotes a value or a path with line breaks in it.</summary>
+    static string OneLine(string message) => message.ReplaceLineEndings(" ");
 
     /// <summary>--device, shared by the commands that run a model.</summary>
     public static Option<string?> DeviceOption() => new("--device")

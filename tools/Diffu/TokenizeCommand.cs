@@ -16,11 +16,8 @@ static class TokenizeCommand
             Description = "folder with GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe), or a LLaMA tokenizer.model / llama2.c tokenizer.bin; default $DIFFU_TOKENIZER",
         };
         var output = new Option<string>("--out") { Description = "the token shard to write (e.g. train.tok)", Required = true };
-        var vocabLimit = new Option<int?>("--vocab-limit")
-        {
-            Description = "keep only the first V GPT-2 tokens (for a model with vocab_size V < 50257)",
-        };
-        var maxDocs = new Option<long?>("--max-docs") { Description = "stop after this many documents" };
+        var vocabLimit = TypedOptions.OptionalInteger("--vocab-limit", "keep only the first V GPT-2 tokens (for a model with vocab_size V < 50257)", min: 1);
+        var maxDocs = TypedOptions.OptionalInteger("--max-docs", "stop after this many documents", min: 1L);
         var inputs = new Argument<string[]>("INPUT")
         {
             Description = "UTF-8 text files; documents are separated by <|endoftext|> when a file contains it, else by blank lines",
@@ -34,8 +31,6 @@ static class TokenizeCommand
 
     static int Run(string[] inputs, string? tokenizerDir, string outPath, int? vocabLimit, long? maxDocs, TextWriter stdout, TextWriter stderr)
     {
-        if (maxDocs is <= 0) throw new DiffuException($"--max-docs must be positive, got {maxDocs}");
-        if (vocabLimit is <= 0) throw new DiffuException($"--vocab-limit must be positive, got {vocabLimit}");
         foreach (var input in inputs) FileStatus.RequireRegularFile(input, "input file");
         var (tokenizer, tokenizerFiles) = LoadTokenizer(tokenizerDir, vocabLimit);
         OutputFile.Check(outPath, "--out", [.. inputs, .. tokenizerFiles]);
