@@ -190,6 +190,43 @@ public sealed class CliTests
         Assert.That(File.Exists(json), Is.False);
     }
 
+    /// <summary>
+    /// Bench options are checked before anything is measured: a Python that cannot be started (Process.Start threw
+    /// after the whole run), sizes past the plan's int arithmetic ("negative dimension"), end-to-end rows longer than
+    /// their model or larger than memory. A huge --repeat is fine: the budget stops the timing.
+    /// </summary>
+    [Test]
+    public void BenchChecksItsOptionsBeforeMeasuring()
+    {
+        string[] quick = ["bench", "--quick", "--device", "cpu", "--budget", "0.001"];
+        string script = Path.Combine(temp, "script.txt");
+        File.WriteAllText(script, "not a program");
+        foreach (var extra in new[]
+        {
+            new[] { "--suite", "norm", "--python", Path.Combine(temp, "nonexistent") },
+            ["--suite", "norm", "--python", "/dev/null"],
+            ["--suite", "norm", "--python", temp],
+            ["--suite", "norm", "--python", script],
+            ["--suite", "norm", "--python", "no-such-python-anywhere"],
+            ["--suite", "norm", "--tokens", "2147483647"],
+            ["--suite", "matmul", "--squares", "2147483647"],
+            ["--suite", "matmul", "--shapes", "2x2147483647x2"],
+            ["--suite", "attention", "--lengths", "1,2147483647"],
+            ["--suite", "train", "--train-length", "257"],
+            ["--suite", "train", "--train-batch", "1000000", "--train-length", "256"],
+            ["--suite", "denoise", "--denoise-length", "257"],
+            ["--suite", "denoise", "--denoise-steps", "2147483647"],
+        })
+        {
+            var (code, output, err) = Run([.. quick, .. extra]);
+            Assert.That(code, Is.EqualTo(2), string.Join(" ", extra) + ": " + err);
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+            Assert.That(output, Is.Empty, "refused before measuring");
+        }
+        var (ok, _, okErr) = Run([.. quick, "--suite", "norm", "--reference", "none", "--tokens", "16", "--repeat", "2147483647"]);
+        Assert.That(ok, Is.EqualTo(0), okErr);
+    }
+
     [TestCase("info")]
     [TestCase("logits", "--model", "x")]
     [TestCase("generate", "--model", "x", "--prompt", "hi", "--ar", "--max-new", "many")]

@@ -26,11 +26,11 @@ static class BenchCommand
         var shapes = new Option<string?>("--shapes") { Description = "only these matmul shapes, comma-separated MxKxN (x[M,K] · w[K,N])" };
         var squares = new Option<string?>("--squares") { Description = "square matmul sides, e.g. 1024,2048,4096,8192 (default by device)" };
         var lengths = new Option<string?>("--lengths") { Description = "attention sequence lengths, e.g. 256,1024,4096 (default by device)" };
-        var tokens = TypedOptions.OptionalInteger("--tokens", "rows of the layer-shape matmuls and row-wise kernels (default: cpu 1024, cuda 8192)", min: 1);
-        var trainBatch = TypedOptions.OptionalInteger("--train-batch", "training row: sequences per step (default: cpu 4, cuda 8)", min: 1);
-        var trainLength = TypedOptions.OptionalInteger("--train-length", "training row: tokens per sequence (default: cpu 256, cuda 1024)", min: 1);
-        var denoiseLength = TypedOptions.OptionalInteger("--denoise-length", "denoising row: sequence length (default 1024)", min: 2);
-        var denoiseSteps = TypedOptions.OptionalInteger("--denoise-steps", "denoising row: steps T (default 64)", min: 1);
+        var tokens = TypedOptions.OptionalInteger("--tokens", "rows of the layer-shape matmuls and row-wise kernels (default: cpu 1024, cuda 8192)", min: 1, max: BenchOptions.MaxSize);
+        var trainBatch = TypedOptions.OptionalInteger("--train-batch", "training row: sequences per step (default: cpu 4, cuda 8)", min: 1, max: BenchOptions.MaxSize);
+        var trainLength = TypedOptions.OptionalInteger("--train-length", "training row: tokens per sequence (default: cpu 256, cuda 1024)", min: 1, max: BenchOptions.MaxSize);
+        var denoiseLength = TypedOptions.OptionalInteger("--denoise-length", "denoising row: sequence length (default 1024)", min: 2, max: BenchOptions.MaxSize);
+        var denoiseSteps = TypedOptions.OptionalInteger("--denoise-steps", "denoising row: steps T (default 64)", min: 1, max: BenchOptions.MaxSize);
         var repeat = TypedOptions.Integer("--repeat", "timed runs per case at most (best and median are reported)", 10, min: 1);
         var budget = TypedOptions.Double("--budget", "seconds per case after which timing stops at three runs", 2.0, min: 0, minExclusive: true);
         var reference = new Option<string>("--reference") { Description = "torch: also time PyTorch on the same cases; none: only the in-process library", DefaultValueFactory = _ => "torch" };
@@ -60,7 +60,7 @@ static class BenchCommand
             };
             options.Validate();
             var settings = new BenchSettings(parse.GetValue(repeat), parse.GetValue(budget), parse.GetValue(reference) == "torch",
-                parse.GetValue(python), "diffu " + string.Join(' ', parse.Tokens.Select(t => t.Value)));
+                ResolvePython(parse.GetValue(python)), "diffu " + string.Join(' ', parse.Tokens.Select(t => t.Value)));
             return Run(options, settings, parse.GetValue(device), parse.GetValue(precision),
                 new Outputs(parse.GetValue(json), parse.GetValue(plots), parse.GetValue(markdown)), stdout, stderr);
         });
@@ -80,6 +80,25 @@ static class BenchCommand
         (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
             int.TryParse(s, out int v) && v > 0 ? v : throw new DiffuException($"{option}: '{s}' is not a positive integer")).ToArray();
 
+    /// <summary>
+    /// --python as a program that can be started: a path must be an executable regular file, a bare name must be
+    /// one on the PATH. Checked before the run, since PyTorch is asked only after all of ours.
+    /// </summary>
+    static string? ResolvePython(string? python)
+    {
+        if (python is null) return null;
+        if (string.IsNullOrWhiteSpace(python)) throw new DiffuException("--python: the path is empty");
+        string? found = python.Contains(Path.DirectorySeparatorChar) || python.Contains(Path.AltDirectorySeparatorChar) ? python
+            : (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
+                .Select(dir => Path.Combine(dir, python)).FirstOrDefault(p => FileStatus.Kind(p) == FileKind.RegularFile);
+        if (found is null) throw new DiffuException($"--python: {python} not found on the PATH");
+        FileStatus.RequireRegularFile(found, "--python");
+        const UnixFileMode execute = UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute;
+        if (!OperatingSystem.IsWindows() && (File.GetUnixFileMode(found) & execute) == 0)
+            throw new DiffuException($"{found}: --python is not executable");
+        return found;
+    }
+
     /// <summary>The files a run writes besides the table on stdout; null: not asked for.</summary>
     sealed record Outputs(string? Json, string? Plots, string? Markdown);
 
@@ -87,6 +106,7 @@ static class BenchCommand
     {
         CheckOutputs(outputs);
         using var device = Cli.CreateDevice(deviceName, precision);
+        BenchPlan.RequireMemory(device, options);
         var report = RunWithProgress(device, options, settings, stdout, stderr);
         BenchTable.Write(report, stdout);
         if (outputs.Json is string jsonPath)
