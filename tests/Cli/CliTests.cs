@@ -227,6 +227,33 @@ public sealed class CliTests
         Assert.That(ok, Is.EqualTo(0), okErr);
     }
 
+    /// <summary>A FIFO named like a model or tokenizer file would block its reader forever: refused before anything opens it.</summary>
+    [Test]
+    public void SpecialFilesInModelAndTokenizerFoldersAreRefused()
+    {
+        string model = Directory.CreateDirectory(Path.Combine(temp, "model")).FullName;
+        File.Copy(Path.Combine(Fixture, "model.safetensors"), Path.Combine(model, "model.safetensors"));
+        IO.OutputFileTests.MakeFifo(Path.Combine(model, "config.json"));
+        string tokenizer = Directory.CreateDirectory(Path.Combine(temp, "tokenizer")).FullName;
+        File.Copy(Path.Combine(Gpt2Tokenizer, "vocab.bpe"), Path.Combine(tokenizer, "vocab.bpe"));
+        IO.OutputFileTests.MakeFifo(Path.Combine(tokenizer, "encoder.json"));
+        File.WriteAllText(Path.Combine(temp, "in.txt"), "text");
+        foreach (var args in new[]
+        {
+            new[] { "info", model },
+            ["logits", "--model", model, "--ids", "1", "--out", Path.Combine(temp, "o.safetensors"), "--device", "cpu"],
+            ["generate", "--model", model, "--device", "cpu", "--mask-token", "3"],
+            ["generate", "--model", Fixture, "--tokenizer", tokenizer, "--device", "cpu", "--mask-token", "3"],
+            ["tokenize", "--tokenizer", tokenizer, "--out", Path.Combine(temp, "o.tok"), Path.Combine(temp, "in.txt")],
+        })
+        {
+            var run = Task.Run(() => Run(args));
+            Assert.That(run.Wait(TimeSpan.FromSeconds(20)), Is.True, $"{string.Join(" ", args)}: the FIFO must not be opened");
+            Assert.That(run.Result.Code, Is.EqualTo(2), run.Result.Err);
+            Assert.That(run.Result.Err, Does.Contain("FIFO"));
+        }
+    }
+
     [TestCase("info")]
     [TestCase("logits", "--model", "x")]
     [TestCase("generate", "--model", "x", "--prompt", "hi", "--ar", "--max-new", "many")]

@@ -162,6 +162,14 @@ public sealed class DenoiserTests
         Assert.That(there.Tokens, Is.EqualTo(here.Tokens));
     }
 
+    /// <summary>Blocks are counted in long arithmetic: a block length near int.MaxValue is one block, not a wrapped-around third.</summary>
+    [Test]
+    public void ABlockLongerThanTheRowIsOneBlock()
+    {
+        var result = new Denoiser(model, Mask).Run(Prompted(1, 2, 6), new DenoiseSettings { Steps = 2, BlockLength = int.MaxValue });
+        Assert.That(result.ForwardPasses, Is.EqualTo(2));
+    }
+
     [Test]
     public void InfillSliceArithmetic()
     {

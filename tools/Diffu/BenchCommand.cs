@@ -35,10 +35,10 @@ static class BenchCommand
         var budget = TypedOptions.Double("--budget", "seconds per case after which timing stops at three runs", 2.0, min: 0, minExclusive: true);
         var reference = new Option<string>("--reference") { Description = "torch: also time PyTorch on the same cases; none: only the in-process library", DefaultValueFactory = _ => "torch" };
         reference.AcceptOnlyFromAmong("torch", "none");
-        var python = new Option<string?>("--python") { Description = "Python with PyTorch for the reference (default: $DIFFU_PYTHON, python3, /usr/bin/python3)" };
-        var json = new Option<string?>("--json") { Description = "write the results as JSON to this file" };
-        var plots = new Option<string?>("--plots") { Description = "write throughput plots (PNG) into this folder" };
-        var markdown = new Option<string?>("--markdown") { Description = "write the table as Markdown (with machine, date and command) to this file" };
+        var python = Cli.NonEmpty(new Option<string?>("--python") { Description = "Python with PyTorch for the reference (default: $DIFFU_PYTHON, python3, /usr/bin/python3)" });
+        var json = Cli.NonEmpty(new Option<string?>("--json") { Description = "write the results as JSON to this file" });
+        var plots = Cli.NonEmpty(new Option<string?>("--plots") { Description = "write throughput plots (PNG) into this folder" });
+        var markdown = Cli.NonEmpty(new Option<string?>("--markdown") { Description = "write the table as Markdown (with machine, date and command) to this file" });
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("bench", "measure kernel and end-to-end throughput against the device's ceilings and reference libraries")
@@ -50,7 +50,7 @@ static class BenchCommand
         {
             var options = new BenchOptions
             {
-                Suites = parse.GetValue(suites)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
+                Suites = Items(parse.GetValue(suites), "--suite"),
                 Quick = parse.GetValue(quick),
                 MatMulShapes = ParseShapes(parse.GetValue(shapes)),
                 Squares = ParseList(parse.GetValue(squares), "--squares"),
@@ -67,8 +67,16 @@ static class BenchCommand
         return command;
     }
 
+    /// <summary>The comma-separated items of a list option; none when it was not given, and an error when it was given empty.</summary>
+    static string[] Items(string? text, string option)
+    {
+        if (text is null) return [];
+        var items = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        return items.Length > 0 ? items : throw new DiffuException($"{option} '{text}' names nothing");
+    }
+
     static (int M, int K, int N)[] ParseShapes(string? text) =>
-        (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
+        Items(text, "--shapes").Select(s =>
         {
             var p = s.Split('x');
             if (p.Length != 3 || !int.TryParse(p[0], out int m) || !int.TryParse(p[1], out int k) || !int.TryParse(p[2], out int n) || m <= 0 || k <= 0 || n <= 0)
@@ -77,8 +85,7 @@ static class BenchCommand
         }).ToArray();
 
     static int[] ParseList(string? text, string option) =>
-        (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
-            int.TryParse(s, out int v) && v > 0 ? v : throw new DiffuException($"{option}: '{s}' is not a positive integer")).ToArray();
+        Items(text, option).Select(s => int.TryParse(s, out int v) && v > 0 ? v : throw new DiffuException($"{option}: '{s}' is not a positive integer")).ToArray();
 
     /// <summary>
     /// --python as a program that can be started: a path must be an executable regular file, a bare name must be

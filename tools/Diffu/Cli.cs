@@ -60,10 +60,10 @@ public static class Cli
     static string OneLine(string message) => message.ReplaceLineEndings(" ");
 
     /// <summary>--device, shared by the commands that run a model.</summary>
-    public static Option<string?> DeviceOption() => new("--device")
+    public static Option<string?> DeviceOption() => NonEmpty(new Option<string?>("--device")
     {
         Description = $"where to run: {string.Join(", ", Devices.Names)} (default: $DIFFU_DEVICE, else auto = CUDA if present, else cpu)",
-    };
+    });
 
     /// <summary>--precision, shared by the commands that run a model.</summary>
     public static Option<string?> PrecisionOption()
@@ -87,9 +87,31 @@ public static class Cli
         return Devices.Create(name, value);
     }
 
-    public static Option<string> ModelOption() => new("--model")
+    public static Option<string> ModelOption() => NonEmpty(new Option<string>("--model")
     {
         Description = "model folder (config.json + model.safetensors or a sharded index)",
         Required = true,
-    };
+    });
+
+    /// <summary>
+    /// Refuses an empty or blank value when the command line is parsed: for a path or a name, "" is never what
+    /// was meant, and an empty --device would otherwise silently mean the default.
+    /// </summary>
+    public static Option<T> NonEmpty<T>(Option<T> option)
+    {
+        option.Validators.Add(result => RefuseEmpty(result, option.Name));
+        return option;
+    }
+
+    /// <inheritdoc cref="NonEmpty{T}(Option{T})"/>
+    public static Argument<T> NonEmpty<T>(Argument<T> argument)
+    {
+        argument.Validators.Add(result => RefuseEmpty(result, argument.Name));
+        return argument;
+    }
+
+    static void RefuseEmpty(SymbolResult result, string name)
+    {
+        if (result.Tokens.Any(t => string.IsNullOrWhiteSpace(t.Value))) result.AddError($"{name} is empty");
+    }
 }

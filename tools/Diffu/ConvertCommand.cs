@@ -9,9 +9,9 @@ static class ConvertCommand
 {
     public static Command Create(TextWriter stdout)
     {
-        var model = new Argument<string>("MODEL") { Description = "llama2.c checkpoint (legacy .bin format)" };
-        var tokenizer = new Argument<string>("TOKENIZER") { Description = "llama2.c vocabulary (.bin) or SentencePiece model (.model)" };
-        var outDir = new Argument<string>("OUT_DIR") { Description = "folder for model.safetensors, config.json and the tokenizer" };
+        var model = Cli.NonEmpty(new Argument<string>("MODEL") { Description = "llama2.c checkpoint (legacy .bin format)" });
+        var tokenizer = Cli.NonEmpty(new Argument<string>("TOKENIZER") { Description = "llama2.c vocabulary (.bin) or SentencePiece model (.model)" });
+        var outDir = Cli.NonEmpty(new Argument<string>("OUT_DIR") { Description = "folder for model.safetensors, config.json and the tokenizer" });
         var overwrite = new Option<bool>("--overwrite") { Description = "replace the model files of an OUT_DIR that already holds a model" };
         var llama2c = new Command("llama2c", "convert a llama2.c checkpoint and its tokenizer to a Hugging Face LLaMA folder") { model, tokenizer, outDir, overwrite };
         llama2c.SetAction(parse => RunLlama2c(parse.GetValue(model)!, parse.GetValue(tokenizer)!, parse.GetValue(outDir)!, parse.GetValue(overwrite), stdout));

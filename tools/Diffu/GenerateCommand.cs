@@ -90,6 +90,7 @@ static class GenerateCommand
     {
         settings.Validate();
         if (request.Infill is not null && request.Prompts.Length > 0) throw new DiffuException("give either --prompt or --infill, not both");
+        ModelFolder.RequireRegularFiles(source.Model, "model file");
         var config = ModelLoader.LoadConfig(source.Model);
         var tokenizer = ModelFolder.Tokenizer(source.Model, config, source.Tokenizer);
         int maskToken = MaskToken(config, request.MaskToken);
@@ -202,6 +203,7 @@ static class GenerateCommand
     /// <summary>Checks the prompt and --max-new against the positions and the memory estimate before reading weights or printing anything.</summary>
     static int RunAutoregressive(Source source, string prompt, int maxNew, float temperature, ulong seed, TextWriter stdout, TextWriter stderr)
     {
+        ModelFolder.RequireRegularFiles(source.Model, "model file");
         var config = ModelLoader.LoadConfig(source.Model);
         var tokenizer = ModelFolder.Tokenizer(source.Model, config, source.Tokenizer);
         bool startToken = config is LlamaConfig;

@@ -22,7 +22,8 @@ static class ModelFolder
         {
             var kind = FileStatus.Kind(place);
             if (kind == FileKind.Missing) throw new DiffuException($"{place}: tokenizer folder or file not found");
-            if (kind != FileKind.Directory) FileStatus.RequireRegularFile(place, "tokenizer");
+            if (kind == FileKind.Directory) RequireRegularFiles(place, "tokenizer file");
+            else FileStatus.RequireRegularFile(place, "tokenizer");
             var tokenizer = config is LlamaConfig ? Llama(place) : Gpt2(place, config.VocabSize);
             if (tokenizer is null) continue;
             if (tokenizer.VocabSize > config.VocabSize)
@@ -43,6 +44,16 @@ static class ModelFolder
         foreach (var name in new[] { "tokenizer.model", "tokenizer.bin" })
             if (File.Exists(Path.Combine(place, name))) return LlamaTokenizers.FromFile(Path.Combine(place, name));
         return null;
+    }
+
+    /// <summary>
+    /// Refuses a folder that holds anything but regular files and folders, before any of it is read: a FIFO named
+    /// config.json or vocab.json would block its reader forever. A path that is not a folder is the loader's to report.
+    /// </summary>
+    public static void RequireRegularFiles(string folder, string what)
+    {
+        if (FileStatus.Kind(folder) != FileKind.Directory) return;
+        foreach (var file in Directory.GetFiles(folder)) FileStatus.RequireRegularFile(file, what);
     }
 
     /// <summary>The files of a model folder (weights, config, tokenizer): inputs that no output of the command may replace.</summary>
@@ -67,8 +78,8 @@ static class ModelFolder
     public static string DecodeRow(IModelConfig config, TextTokenizer tokenizer, ReadOnlySpan<int> row) =>
         tokenizer.Decode((config is LlamaConfig ? row : row[1..]).ToArray());
 
-    public static Option<string?> TokenizerOption() => new("--tokenizer")
+    public static Option<string?> TokenizerOption() => Cli.NonEmpty(new Option<string?>("--tokenizer")
     {
         Description = "tokenizer when the model folder has none: a folder with GPT-2 BPE files, or a LLaMA tokenizer.model / llama2.c tokenizer.bin",
-    };
+    });
 }

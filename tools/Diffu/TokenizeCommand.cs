@@ -11,18 +11,18 @@ static class TokenizeCommand
 {
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
-        var tokenizer = new Option<string?>("--tokenizer")
+        var tokenizer = Cli.NonEmpty(new Option<string?>("--tokenizer")
         {
             Description = "folder with GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe), or a LLaMA tokenizer.model / llama2.c tokenizer.bin; default $DIFFU_TOKENIZER",
-        };
-        var output = new Option<string>("--out") { Description = "the token shard to write (e.g. train.tok)", Required = true };
+        });
+        var output = Cli.NonEmpty(new Option<string>("--out") { Description = "the token shard to write (e.g. train.tok)", Required = true });
         var vocabLimit = TypedOptions.OptionalInteger("--vocab-limit", "keep only the first V GPT-2 tokens (for a model with vocab_size V < 50257)", min: 1);
         var maxDocs = TypedOptions.OptionalInteger("--max-docs", "stop after this many documents", min: 1L);
-        var inputs = new Argument<string[]>("INPUT")
+        var inputs = Cli.NonEmpty(new Argument<string[]>("INPUT")
         {
             Description = "UTF-8 text files; documents are separated by <|endoftext|> when a file contains it, else by blank lines",
             Arity = ArgumentArity.OneOrMore,
-        };
+        });
         var command = new Command("tokenize", "tokenize text files into a token shard for training") { tokenizer, output, vocabLimit, maxDocs, inputs };
         command.SetAction(parse => Run(parse.GetValue(inputs)!, parse.GetValue(tokenizer), parse.GetValue(output)!, parse.GetValue(vocabLimit),
             parse.GetValue(maxDocs), stdout, stderr));
@@ -82,6 +82,7 @@ static class TokenizeCommand
             if (vocabLimit is not null) throw new DiffuException("--vocab-limit applies to GPT-2 BPE tokenizers only");
             return (LlamaTokenizers.FromFile(dir), [dir]);
         }
+        ModelFolder.RequireRegularFiles(dir, "tokenizer file");
         var tokenizer = Gpt2Tokenizer.FromDirectory(dir, vocabLimit)
                         ?? throw new DiffuException($"{dir}: no GPT-2 tokenizer files (vocab.json + merges.txt or encoder.json + vocab.bpe)");
         return (tokenizer, Directory.GetFiles(dir));
