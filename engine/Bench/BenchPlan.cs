@@ -163,14 +163,11 @@ public static class BenchPlan
         if (o.Suites.Contains("train") && (o.TrainBatch > 0 || o.TrainLength > 0))
         {
             var (batch, length) = TrainShape(device, o);
-            DeviceMemory.Require(device, Plus(weights, ModelMemory.Training(config, batch, length)), $"the training row (batch {batch} x length {length})");
+            DeviceMemory.Require(device, ModelMemory.Total(weights, ModelMemory.Training(config, batch, length)), $"the training row (batch {batch} x length {length})");
         }
         if (o.Suites.Contains("denoise") && o.DenoiseLength > 0)
-            DeviceMemory.Require(device, Plus(weights, ModelMemory.Forward(config, 1, o.DenoiseLength)), $"the denoising row (length {o.DenoiseLength})");
+            DeviceMemory.Require(device, ModelMemory.Total(weights, ModelMemory.Forward(config, 1, o.DenoiseLength)), $"the denoising row (length {o.DenoiseLength})");
     }
-
-    /// <summary>a + b, saturating: an estimate that overflowed is long.MaxValue and stays "too much".</summary>
-    static long Plus(long a, long b) => a > long.MaxValue - b ? long.MaxValue : a + b;
 
     // ---- matmul --------------------------------------------------------------------------------
 

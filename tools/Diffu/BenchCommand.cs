@@ -94,7 +94,6 @@ static class BenchCommand
     static string? ResolvePython(string? python)
     {
         if (python is null) return null;
-        if (string.IsNullOrWhiteSpace(python)) throw new DiffuException("--python: the path is empty");
         string? found = python.Contains(Path.DirectorySeparatorChar) || python.Contains(Path.AltDirectorySeparatorChar) ? python
             : (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
                 .Select(dir => Path.Combine(dir, python)).FirstOrDefault(p => FileStatus.Kind(p) == FileKind.RegularFile);
@@ -173,7 +172,6 @@ static class BenchCommand
         if (outputs.Markdown is string markdown) files.Add((markdown, "--markdown"));
         if (outputs.Plots is string plots)
         {
-            if (string.IsNullOrWhiteSpace(plots)) throw new DiffuException("--plots: the path is empty");
             var kind = FileStatus.Kind(plots);
             if (kind is not (FileKind.Missing or FileKind.Directory)) throw new DiffuException($"--plots {plots} is {FileStatus.Describe(kind)}, not a folder");
             Directory.CreateDirectory(plots);

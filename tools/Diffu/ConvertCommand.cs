@@ -26,7 +26,6 @@ static class ConvertCommand
         // Everything is read and checked before the first file is written, so a refusal leaves OUT_DIR as it was.
         FileStatus.RequireRegularFile(modelPath, "model file");
         FileStatus.RequireRegularFile(tokenizerPath, "tokenizer file");
-        if (string.IsNullOrWhiteSpace(outDir)) throw new DiffuException("OUT_DIR: the path is empty");
         var outKind = FileStatus.Kind(outDir);
         if (outKind is not (FileKind.Missing or FileKind.Directory))
             throw new DiffuException($"{outDir}: OUT_DIR is {FileStatus.Describe(outKind)}, not a folder");

@@ -102,7 +102,7 @@ static class GenerateCommand
         long rows = (long)request.Samples * templates.Count;
         int n = templates.Max(t => t.Tokens.Length);
         using var device = Cli.CreateDevice(source.Device, source.Precision);
-        DeviceMemory.Require(device, Plus(ModelMemory.Weights(config), ModelMemory.Forward(config, rows, n)),
+        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), ModelMemory.Forward(config, rows, n)),
             $"{source.Model}: {rows:N0} rows of {n} tokens (--batch {request.Samples} x {templates.Count} {(request.Prompts.Length > 1 ? "prompts" : "row")})");
         if (rows * n > Array.MaxLength) throw new DeviceMemoryException($"{rows:N0} rows of {n} tokens are more than one array holds ({Array.MaxLength:N0} tokens)");
 
@@ -186,9 +186,6 @@ static class GenerateCommand
     /// <summary>The end-of-text marker as a line of its own after <paramref name="before"/>.</summary>
     static string EndOfTextLine(string before) => (before.Length > 0 && !before.EndsWith('\n') ? "\n" : "") + EndOfTextMarker;
 
-    /// <summary>a + b, saturating: an estimate that overflowed is long.MaxValue and stays "too much".</summary>
-    static long Plus(long a, long b) => a > long.MaxValue - b ? long.MaxValue : a + b;
-
     static string Ms(TimeSpan total, int passes) => $"{total.TotalMilliseconds / Math.Max(1, passes):F1} ms";
 
     /// <summary>The text of row 0 with still-masked slots shown as a placeholder.</summary>
@@ -218,7 +215,7 @@ static class GenerateCommand
                 + (room > 0 ? $"at most --max-new {room} fits" : "the prompt leaves no room: shorten it"));
         }
         using var device = Cli.CreateDevice(source.Device, source.Precision);
-        DeviceMemory.Require(device, Plus(ModelMemory.Weights(config), ModelMemory.Decoding(config, 1, capacity)), $"{source.Model}: decoding {capacity} positions");
+        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), ModelMemory.Decoding(config, 1, capacity)), $"{source.Model}: decoding {capacity} positions");
         using var model = ModelLoader.Load(source.Model, device);
         stdout.Write(prompt);
         stdout.Flush();
