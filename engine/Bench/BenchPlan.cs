@@ -35,14 +35,29 @@ public sealed record BenchOptions
     public int DenoiseLength { get; init; }
     public int DenoiseSteps { get; init; }
 
+    /// <summary>The largest size any option may ask for, so that the plan's int arithmetic (tokens × 4 rows, ...) cannot overflow.</summary>
+    public const int MaxSize = 1 << 20;
+
     public void Validate()
     {
         foreach (var s in Suites)
             if (!BenchPlan.SuiteNames.Contains(s))
                 throw new DiffuException($"unknown bench suite '{s}': expected {string.Join(", ", BenchPlan.SuiteNames)}");
-        foreach (var v in Squares.Concat(AttentionLengths).Concat(MatMulShapes.SelectMany(s => new[] { s.M, s.K, s.N })).Concat([Tokens, TrainBatch, TrainLength, DenoiseLength, DenoiseSteps]))
-            if (v < 0) throw new DiffuException($"bench sizes must be positive, got {v}");
-        if (DenoiseLength == 1) throw new DiffuException("--denoise-length must be at least 2");
+        foreach (int side in Squares) Size("--squares", side, 1);
+        foreach (int length in AttentionLengths) Size("--lengths", length, 1);
+        foreach (var (m, k, n) in MatMulShapes) { Size("--shapes", m, 1); Size("--shapes", k, 1); Size("--shapes", n, 1); }
+        foreach (var (option, value, min) in new[] { ("--tokens", Tokens, 1), ("--train-batch", TrainBatch, 1), ("--train-length", TrainLength, 1),
+                     ("--denoise-length", DenoiseLength, 2), ("--denoise-steps", DenoiseSteps, 1) })
+            if (value != 0) Size(option, value, min);
+        int positions = BenchPlan.EndToEndModel(Quick).Positions;
+        foreach (var (option, length) in new[] { ("--train-length", TrainLength), ("--denoise-length", DenoiseLength) })
+            if (length > positions)
+                throw new DiffuException($"{option} {length} exceeds the {positions} positions of the model the row runs{(Quick ? " with --quick" : "")}");
+    }
+
+    static void Size(string option, int value, int min)
+    {
+        if (value < min || value > MaxSize) throw new DiffuException($"{option}: {value} is out of range: must be from {min} to {MaxSize}");
     }
 }
 
@@ -112,21 +127,47 @@ public static class BenchPlan
         }
         if (o.Suites.Contains("train"))
         {
-            int batch = o.TrainBatch > 0 ? o.TrainBatch : quick ? 1 : gpu ? 8 : 4;
-            int length = o.TrainLength > 0 ? o.TrainLength : quick ? 64 : gpu ? 1024 : 256;
-            cases.Add(TrainStep(quick ? TinyGpt2 : Gpt2Small, batch, length));
+            var (batch, length) = TrainShape(device, o);
+            cases.Add(TrainStep(EndToEndModel(quick), batch, length));
         }
         if (o.Suites.Contains("denoise"))
         {
-            int length = o.DenoiseLength > 0 ? o.DenoiseLength : quick ? 64 : 1024;
             int steps = o.DenoiseSteps > 0 ? o.DenoiseSteps : quick ? 4 : 64;
-            cases.Add(Denoise(quick ? TinyGpt2 : Gpt2Small, length, steps));
+            cases.Add(Denoise(EndToEndModel(quick), DenoiseLength(o), steps));
         }
         return cases;
     }
 
     /// <summary>A GPT-2 shape small enough for --quick runs on the CPU.</summary>
     static readonly Gpt2Config TinyGpt2 = new(2048, 256, 128, 2, 4);
+
+    /// <summary>The model of the end-to-end rows: GPT-2 small, or a tiny GPT-2 with --quick.</summary>
+    public static Gpt2Config EndToEndModel(bool quick) => quick ? TinyGpt2 : Gpt2Small;
+
+    static (int Batch, int Length) TrainShape(Device device, BenchOptions o)
+    {
+        bool gpu = device is IlgpuDevice;
+        return (o.TrainBatch > 0 ? o.TrainBatch : o.Quick ? 1 : gpu ? 8 : 4, o.TrainLength > 0 ? o.TrainLength : o.Quick ? 64 : gpu ? 1024 : 256);
+    }
+
+    static int DenoiseLength(BenchOptions o) => o.DenoiseLength > 0 ? o.DenoiseLength : o.Quick ? 64 : 1024;
+
+    /// <summary>
+    /// Refuses, before anything runs, end-to-end rows whose sizes were given and whose memory estimate exceeds
+    /// what the device has. Rows at the default sizes are left to fail in their own row, like the kernels.
+    /// </summary>
+    public static void RequireMemory(Device device, BenchOptions o)
+    {
+        var config = EndToEndModel(o.Quick);
+        long weights = ModelMemory.Weights(config);
+        if (o.Suites.Contains("train") && (o.TrainBatch > 0 || o.TrainLength > 0))
+        {
+            var (batch, length) = TrainShape(device, o);
+            DeviceMemory.Require(device, ModelMemory.Total(weights, ModelMemory.Training(config, batch, length)), $"the training row (batch {batch} x length {length})");
+        }
+        if (o.Suites.Contains("denoise") && o.DenoiseLength > 0)
+            DeviceMemory.Require(device, ModelMemory.Total(weights, ModelMemory.Forward(config, 1, o.DenoiseLength)), $"the denoising row (length {o.DenoiseLength})");
+    }
 
     // ---- matmul --------------------------------------------------------------------------------
 

@@ -66,7 +66,17 @@ public static class TorchReference
         }).ToArray());
         string[] args = [script, "--device", torchDevice, "--threads", threads.ToString(), "--repeat", repeat.ToString(),
             "--budget", budget.ToString(System.Globalization.CultureInfo.InvariantCulture)];
-        var (code, stdout, stderr) = RunProcess(python, args, input.ToJsonString(), TimeSpan.FromHours(2), log);
+        int code;
+        string stdout, stderr;
+        try
+        {
+            (code, stdout, stderr) = RunProcess(python, args, input.ToJsonString(), TimeSpan.FromHours(2), log);
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            // Ours are measured by now: a Python that cannot start costs the reference column, not the table.
+            return new TorchTimings(null, null, none, noErrors, $"could not start {python}: {e.Message}");
+        }
         if (code != 0)
             return new TorchTimings(null, null, none, noErrors, $"torch_reference.py exited with {code}: {LastLine(stderr)}");
         try

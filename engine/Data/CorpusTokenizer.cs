@@ -30,11 +30,7 @@ public static class CorpusTokenizer
     {
         if (inputs.Count == 0) throw new DiffuException("no input files");
         if (maxDocuments is <= 0) throw new DiffuException($"the document limit must be positive, got {maxDocuments}");
-        foreach (var input in inputs)
-        {
-            if (!File.Exists(input))
-                throw new DiffuException($"{input}: {(Directory.Exists(input) ? "is a directory, not a text file" : "input file not found")}");
-        }
+        foreach (var input in inputs) FileStatus.RequireRegularFile(input, "input file");
         var clock = Stopwatch.StartNew();
         var metadata = new TokenShardMetadata(tokenizer.Name, [.. inputs]);
         using var writer = new TokenShardWriter(outputPath, tokenizer.VocabSize, tokenizer.EndOfTextId, metadata);

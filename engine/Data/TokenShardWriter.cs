@@ -1,12 +1,14 @@
 using System.Buffers.Binary;
+using DiffuSharp.IO;
 
 namespace DiffuSharp.Data;
 
 /// <summary>
 /// Builds a token shard one document at a time, so a corpus never has to fit in memory. Tokens go to a
 /// scratch file beside the target while the offsets stay in memory (8 bytes a document); <see cref="Complete"/>
-/// writes header, metadata, offsets and tokens under a temporary name and renames it over the target, so a
-/// killed run never leaves a half-written shard. Disposing without completing deletes the scratch files.
+/// writes header, metadata, offsets and tokens as an <see cref="OutputFile"/> (a temporary renamed over the
+/// target), so a killed run never leaves a half-written shard, and the scratch file is named like its
+/// temporaries, so a later write removes it. Disposing without completing deletes the scratch file.
 /// </summary>
 public sealed class TokenShardWriter : IDisposable
 {
@@ -29,13 +31,14 @@ public sealed class TokenShardWriter : IDisposable
             throw new TokenShardException(path, $"EOS id {eos} is outside the vocabulary [0, {vocabSize})");
         string? folder = Path.GetDirectoryName(Path.GetFullPath(path));
         if (folder is null || !Directory.Exists(folder)) throw new TokenShardException(path, $"output folder {folder} not found");
+        OutputFile.Check(path, "token shard");
         _path = path;
         _vocabSize = vocabSize;
         _eosId = eosId;
         _metadata = metadata;
         _width = TokenShardFormat.TokenWidth(vocabSize);
         _buffer = new byte[BufferTokens * _width];
-        _tokensPath = $"{path}.tokens-{Guid.NewGuid():N}.tmp";
+        _tokensPath = OutputFile.TemporaryPath(path);
         _tokens = new FileStream(_tokensPath, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20);
     }
 
@@ -64,16 +67,15 @@ public sealed class TokenShardWriter : IDisposable
         _offsets.Add(TokenCount + document.Length);
     }
 
-    /// <summary>Writes the shard to its path (replacing any file there) and deletes the scratch file.</summary>
+    /// <summary>Writes the shard to its path (replacing a regular file there) and deletes the scratch file.</summary>
     public void Complete()
     {
         var tokens = _tokens ?? throw new InvalidOperationException($"{_path}: the shard is already complete");
         byte[] metadata = TokenShardFormat.EncodeMetadata(_metadata, _eosId);
         byte[] header = TokenShardFormat.EncodeHeader(_width, _vocabSize, DocumentCount, TokenCount, metadata);
-        string temp = $"{_path}.tmp-{Guid.NewGuid():N}";
         try
         {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            OutputFile.Write(_path, "token shard", stream =>
             {
                 stream.Write(header);
                 stream.Write(metadata);
@@ -85,15 +87,8 @@ public sealed class TokenShardWriter : IDisposable
                 }
                 tokens.Flush();
                 tokens.Position = 0;
-                tokens.CopyTo(stream);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, _path, overwrite: true);
-        }
-        catch
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-            throw;
+                tokens.CopyTo(stream, 1 << 20);
+            });
         }
         finally
         {

@@ -264,7 +264,8 @@ public sealed class Denoiser
         if (first == n) throw new DiffuException("nothing to generate: every position is fixed");
         if (blockLength <= 0) return [(first, n)];
         var blocks = new List<(int, int)>();
-        for (int s = first; s < n; s += blockLength) blocks.Add((s, Math.Min(n, s + blockLength)));
+        // In long arithmetic: a block length near int.MaxValue must make one block, not wrap around.
+        for (long s = first; s < n; s += blockLength) blocks.Add(((int)s, (int)Math.Min(n, s + blockLength)));
         return blocks;
     }
 }

@@ -11,8 +11,10 @@ internal static class InputFile
     /// <summary>A regular file opened for reading at its start; its length is what it holds.</summary>
     public static FileStream Open(string path, Func<string, DiffuException> fail, int bufferSize = 4096)
     {
-        if (Directory.Exists(path)) throw fail("is a directory, not a file");
-        if (!File.Exists(path)) throw fail("file not found");
+        var kind = FileStatus.Kind(path);
+        if (kind == FileKind.Directory) throw fail("is a directory, not a file");
+        if (kind == FileKind.Missing) throw fail("file not found");
+        if (kind != FileKind.RegularFile) throw fail($"is {FileStatus.Describe(kind)}, not a regular file");
         FileStream? stream = null;
         try
         {

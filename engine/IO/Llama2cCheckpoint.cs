@@ -213,29 +213,17 @@ public sealed class Llama2cCheckpoint
         ["torch_dtype"] = "float32",
     };
 
-    /// <summary>Writes model.safetensors and config.json into <paramref name="dir"/>, each under a temporary name first.</summary>
+    /// <summary>
+    /// Writes model.safetensors and config.json into <paramref name="dir"/>, each as an <see cref="OutputFile"/>
+    /// (replacing regular files of those names, never the source checkpoint).
+    /// </summary>
     public void WriteHuggingFace(string dir)
     {
         Directory.CreateDirectory(dir);
-        WriteAtomically(Path.Combine(dir, SafeTensorCheckpoint.SingleFileName), temp => SafeTensorWriter.Write(temp, HuggingFaceTensors(),
-            new Dictionary<string, string> { ["format"] = "pt", ["source"] = "llama2.c " + Path.GetFileName(SourcePath) }));
-        string json = HuggingFaceConfig().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
-        WriteAtomically(Path.Combine(dir, "config.json"), temp => File.WriteAllText(temp, json));
-    }
-
-    /// <summary>Runs <paramref name="write"/> on a temporary path beside <paramref name="path"/>, then renames it over <paramref name="path"/>.</summary>
-    public static void WriteAtomically(string path, Action<string> write)
-    {
-        string temp = $"{path}.tmp-{Guid.NewGuid():N}";
-        try
-        {
-            write(temp);
-            File.Move(temp, path, overwrite: true);
-        }
-        catch
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-            throw;
-        }
+        var metadata = new Dictionary<string, string> { ["format"] = "pt", ["source"] = "llama2.c " + Path.GetFileName(SourcePath) };
+        OutputFile.Write(Path.Combine(dir, SafeTensorCheckpoint.SingleFileName), "output",
+            stream => SafeTensorWriter.Write(stream, HuggingFaceTensors(), metadata), [SourcePath]);
+        byte[] json = System.Text.Encoding.UTF8.GetBytes(HuggingFaceConfig().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        OutputFile.Write(Path.Combine(dir, "config.json"), "output", stream => stream.Write(json), [SourcePath]);
     }
 }

@@ -24,14 +24,15 @@ public sealed class ArDecoder
         if (prompt.Count == 0) throw new DiffuException("the prompt is empty: AR decoding needs at least one token");
         if (maxNew < 0) throw new DiffuException($"--max-new must be non-negative, got {maxNew}");
         if (temperature < 0 || !float.IsFinite(temperature)) throw new DiffuException($"temperature must be a finite number >= 0, got {temperature}");
-        int capacity = prompt.Count + maxNew;
+        long capacity = (long)prompt.Count + maxNew;
         if (capacity > model.Positions)
-            throw new DiffuException($"prompt ({prompt.Count}) + new tokens ({maxNew}) exceed the model's {model.Positions} positions");
+            throw new DiffuException($"prompt ({prompt.Count}) + new tokens ({maxNew}) = {capacity} exceed the model's {model.Positions} positions");
 
-        var output = new List<int>(maxNew);
+        // No room reserved for maxNew tokens: decoding may stop at the first end-of-text.
+        var output = new List<int>();
         if (maxNew == 0) return [];
         var logits = new float[model.VocabSize];
-        using var cache = model.CreateKvCache(1, capacity);
+        using var cache = model.CreateKvCache(1, (int)capacity);
         int[] step = prompt.ToArray();
         for (int i = 0; i < maxNew; i++)
         {

@@ -56,6 +56,9 @@ public static class ModelMemory
     public static long Decoding(IModelConfig config, long batch, long capacity) => Checked(() =>
         checked(Float * 2 * config.Layers * batch * capacity * config.KvWidth + Forward(config, batch, 1)));
 
+    /// <summary>The sum of estimates, saturating: one that overflowed (long.MaxValue) keeps the total "too much".</summary>
+    public static long Total(long first, long second) => first > long.MaxValue - second ? long.MaxValue : first + second;
+
     /// <summary>Embedding, final norm and logits per row.</summary>
     static long HeadFloatsPerRow(IModelConfig config) => checked(3L * config.Channels + 4 + config.VocabSize);
 

@@ -143,6 +143,117 @@ public sealed class CliTests
         Assert.That(Run("logits", "--model", Fixture, "--ids", "1,2", "--out", output, "--device", "cpu", "--precision", "f32").Code, Is.EqualTo(0));
     }
 
+    /// <summary>
+    /// --out replaces an existing regular file, but nothing that is not one (as root, the rename replaced the
+    /// /dev/full node with a file, and a FIFO too) and none of the model's own files.
+    /// </summary>
+    [Test]
+    public void LogitsReplacesRegularFilesOnly()
+    {
+        string output = Path.Combine(temp, "logits.safetensors");
+        string[] args = ["logits", "--model", Fixture, "--ids", "1,2", "--device", "cpu", "--out"];
+        Assert.That(Run([.. args, output]).Code, Is.EqualTo(0));
+        var again = Run([.. args, output]);
+        Assert.That(again.Code, Is.EqualTo(0), again.Err);
+        string fifo = IO.OutputFileTests.MakeFifo(Path.Combine(temp, "pipe"));
+        string modelFile = Path.Combine(Fixture, "model.safetensors");
+        long modelBytes = new FileInfo(modelFile).Length;
+        foreach (var target in new[] { "/dev/full", "/dev/null", fifo, temp, modelFile, " " })
+        {
+            var (code, _, err) = Run([.. args, target]);
+            Assert.That(code, Is.EqualTo(2), target);
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+        }
+        Assert.That(FileStatus.Kind("/dev/full"), Is.EqualTo(FileKind.CharacterDevice));
+        Assert.That(FileStatus.Kind(fifo), Is.EqualTo(FileKind.Fifo));
+        Assert.That(new FileInfo(modelFile).Length, Is.EqualTo(modelBytes));
+        Assert.That(Directory.GetFiles(temp).Select(Path.GetFileName), Is.EquivalentTo(new[] { "logits.safetensors", "pipe" }));
+    }
+
+    /// <summary>Bench outputs are checked before the run: a FIFO for --json, a folder where a plot goes, two outputs in one file.</summary>
+    [Test]
+    public void BenchRefusesBadOutputsBeforeRunning()
+    {
+        string fifo = IO.OutputFileTests.MakeFifo(Path.Combine(temp, "pipe"));
+        string plots = Directory.CreateDirectory(Path.Combine(temp, "plots")).FullName;
+        Directory.CreateDirectory(Path.Combine(plots, "attention.png"));
+        string json = Path.Combine(temp, "b.json");
+        string[] quick = ["bench", "--suite", "norm", "--quick", "--repeat", "1", "--reference", "none", "--device", "cpu"];
+        foreach (var extra in new[] { new[] { "--json", fifo }, ["--markdown", "/dev/full"], ["--plots", plots], ["--json", json, "--markdown", json] })
+        {
+            var (code, output, err) = Run([.. quick, .. extra]);
+            Assert.That(code, Is.EqualTo(2), string.Join(" ", extra) + ": " + err);
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+            Assert.That(output, Does.Not.Contain("LayerNorm"), "refused before measuring");
+        }
+        Assert.That(FileStatus.Kind(fifo), Is.EqualTo(FileKind.Fifo));
+        Assert.That(File.Exists(json), Is.False);
+    }
+
+    /// <summary>
+    /// Bench options are checked before anything is measured: a Python that cannot be started (Process.Start threw
+    /// after the whole run), sizes past the plan's int arithmetic ("negative dimension"), end-to-end rows longer than
+    /// their model or larger than memory. A huge --repeat is fine: the budget stops the timing.
+    /// </summary>
+    [Test]
+    public void BenchChecksItsOptionsBeforeMeasuring()
+    {
+        string[] quick = ["bench", "--quick", "--device", "cpu", "--budget", "0.001"];
+        string script = Path.Combine(temp, "script.txt");
+        File.WriteAllText(script, "not a program");
+        foreach (var extra in new[]
+        {
+            new[] { "--suite", "norm", "--python", Path.Combine(temp, "nonexistent") },
+            ["--suite", "norm", "--python", "/dev/null"],
+            ["--suite", "norm", "--python", temp],
+            ["--suite", "norm", "--python", script],
+            ["--suite", "norm", "--python", "no-such-python-anywhere"],
+            ["--suite", "norm", "--tokens", "2147483647"],
+            ["--suite", "matmul", "--squares", "2147483647"],
+            ["--suite", "matmul", "--shapes", "2x2147483647x2"],
+            ["--suite", "attention", "--lengths", "1,2147483647"],
+            ["--suite", "train", "--train-length", "257"],
+            ["--suite", "train", "--train-batch", "1000000", "--train-length", "256"],
+            ["--suite", "denoise", "--denoise-length", "257"],
+            ["--suite", "denoise", "--denoise-steps", "2147483647"],
+        })
+        {
+            var (code, output, err) = Run([.. quick, .. extra]);
+            Assert.That(code, Is.EqualTo(2), string.Join(" ", extra) + ": " + err);
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
+            Assert.That(output, Is.Empty, "refused before measuring");
+        }
+        var (ok, _, okErr) = Run([.. quick, "--suite", "norm", "--reference", "none", "--tokens", "16", "--repeat", "2147483647"]);
+        Assert.That(ok, Is.EqualTo(0), okErr);
+    }
+
+    /// <summary>A FIFO named like a model or tokenizer file would block its reader forever: refused before anything opens it.</summary>
+    [Test]
+    public void SpecialFilesInModelAndTokenizerFoldersAreRefused()
+    {
+        string model = Directory.CreateDirectory(Path.Combine(temp, "model")).FullName;
+        File.Copy(Path.Combine(Fixture, "model.safetensors"), Path.Combine(model, "model.safetensors"));
+        IO.OutputFileTests.MakeFifo(Path.Combine(model, "config.json"));
+        string tokenizer = Directory.CreateDirectory(Path.Combine(temp, "tokenizer")).FullName;
+        File.Copy(Path.Combine(Gpt2Tokenizer, "vocab.bpe"), Path.Combine(tokenizer, "vocab.bpe"));
+        IO.OutputFileTests.MakeFifo(Path.Combine(tokenizer, "encoder.json"));
+        File.WriteAllText(Path.Combine(temp, "in.txt"), "text");
+        foreach (var args in new[]
+        {
+            new[] { "info", model },
+            ["logits", "--model", model, "--ids", "1", "--out", Path.Combine(temp, "o.safetensors"), "--device", "cpu"],
+            ["generate", "--model", model, "--device", "cpu", "--mask-token", "3"],
+            ["generate", "--model", Fixture, "--tokenizer", tokenizer, "--device", "cpu", "--mask-token", "3"],
+            ["tokenize", "--tokenizer", tokenizer, "--out", Path.Combine(temp, "o.tok"), Path.Combine(temp, "in.txt")],
+        })
+        {
+            var run = Task.Run(() => Run(args));
+            Assert.That(run.Wait(TimeSpan.FromSeconds(20)), Is.True, $"{string.Join(" ", args)}: the FIFO must not be opened");
+            Assert.That(run.Result.Code, Is.EqualTo(2), run.Result.Err);
+            Assert.That(run.Result.Err, Does.Contain("FIFO"));
+        }
+    }
+
     [TestCase("info")]
     [TestCase("logits", "--model", "x")]
     [TestCase("generate", "--model", "x", "--prompt", "hi", "--ar", "--max-new", "many")]

@@ -116,6 +116,56 @@ public sealed class TokenizeCommandTests
         Assert.That(stdout, Does.Contain($"{documents.Count:N0} documents"));
     }
 
+    /// <summary>`--out a.txt a.txt` overwrote its own input; the same file is refused by inode, through links too.</summary>
+    [Test]
+    public void TheOutputMayNotBeAnInput()
+    {
+        string input = Write("a.txt", "Some text.\n\nMore text.");
+        string symlink = Path.Combine(dir, "link.txt");
+        File.CreateSymbolicLink(symlink, input);
+        foreach (var target in new[] { input, symlink })
+        {
+            var (code, _, stderr) = Run("tokenize", "--tokenizer", TokenizerDir, "--out", target, input);
+            Assert.That(code, Is.EqualTo(2), stderr);
+            Assert.That(stderr, Does.Contain("same file as the input"));
+        }
+        Assert.That(File.ReadAllText(input), Is.EqualTo("Some text.\n\nMore text."));
+        Assert.That(Run("tokenize", "--tokenizer", TokenizerDir, "--out", Path.Combine(TokenizerDir, "vocab.bpe"), input).Code, Is.EqualTo(2),
+            "nor a tokenizer file");
+    }
+
+    /// <summary>Reading a FIFO or /dev/zero never ends: inputs that are not regular files are refused before they are opened.</summary>
+    [Test]
+    public void SpecialInputsAreRefusedWithoutReadingThem()
+    {
+        string fifo = IO.OutputFileTests.MakeFifo(Path.Combine(dir, "pipe"));
+        foreach (var input in new[] { "/dev/zero", "/dev/null", fifo })
+        {
+            var run = Task.Run(() => Run("tokenize", "--tokenizer", TokenizerDir, "--out", Path.Combine(dir, "o.tok"), input));
+            Assert.That(run.Wait(TimeSpan.FromSeconds(20)), Is.True, $"{input}: the command must not read it");
+            Assert.That(run.Result.Code, Is.EqualTo(2), run.Result.Err);
+            Assert.That(run.Result.Err, Does.Contain("not a regular file"));
+        }
+        Assert.That(Run("tokenize", "--tokenizer", "/dev/zero", "--out", Path.Combine(dir, "o.tok"), Write("in.txt", "text")).Code, Is.EqualTo(2));
+    }
+
+    /// <summary>An existing token shard is replaced (asking for --out is asking for that); devices and FIFOs are not.</summary>
+    [Test]
+    public void AnExistingShardIsReplacedButNotADevice()
+    {
+        string input = Write("in.txt", "Some text.\n\nMore text.");
+        string output = Path.Combine(dir, "o.tok");
+        Assert.That(Run("tokenize", "--tokenizer", TokenizerDir, "--out", output, input).Code, Is.EqualTo(0));
+        File.WriteAllText(input, "Other text.");
+        Assert.That(Run("tokenize", "--tokenizer", TokenizerDir, "--out", output, input).Code, Is.EqualTo(0));
+        using (var shard = TokenShard.Open(output)) Assert.That(shard.DocumentCount, Is.EqualTo(1));
+        string fifo = IO.OutputFileTests.MakeFifo(Path.Combine(dir, "pipe"));
+        var (code, _, stderr) = Run("tokenize", "--tokenizer", TokenizerDir, "--out", fifo, input);
+        Assert.That(code, Is.EqualTo(2), stderr);
+        Assert.That(DiffuSharp.IO.FileStatus.Kind(fifo), Is.EqualTo(DiffuSharp.IO.FileKind.Fifo));
+        Assert.That(Directory.GetFiles(dir).Where(f => f.EndsWith(".tmp")), Is.Empty);
+    }
+
     static IEnumerable<TestCaseData> BadArguments()
     {
         TestCaseData Case(string name, string expected, params string[] args) => new TestCaseData(args, expected).SetName($"ExitsWithTwoFor{name}");
@@ -124,13 +174,13 @@ public sealed class TokenizeCommandTests
         yield return Case("NoOut", "--out", "--tokenizer", "{tok}", "{dir}/in.txt");
         yield return Case("MissingTokenizer", "tokenizer folder not found", "--tokenizer", "{dir}/no-tokenizer", "--out", "{dir}/o.tok", "{dir}/in.txt");
         yield return Case("FolderWithoutTokenizer", "no GPT-2 tokenizer files", "--tokenizer", "{dir}", "--out", "{dir}/o.tok", "{dir}/in.txt");
-        yield return Case("ZeroMaxDocs", "--max-docs must be positive", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "--max-docs", "0", "{dir}/in.txt");
+        yield return Case("ZeroMaxDocs", "--max-docs: 0 is out of range: must be at least 1", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "--max-docs", "0", "{dir}/in.txt");
         yield return Case("TinyVocabLimit", "below 256", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "--vocab-limit", "100", "{dir}/in.txt");
         yield return Case("NonNumericMaxDocs", "error", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "--max-docs", "many", "{dir}/in.txt");
         yield return Case("MissingOutputFolder", "output folder", "--tokenizer", "{tok}", "--out", "{dir}/missing/o.tok", "{dir}/in.txt");
         yield return Case("BlankInput", "no documents", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "{dir}/blank.txt");
         yield return Case("InvalidUtf8", "not valid UTF-8", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "{dir}/binary.txt");
-        yield return Case("DirectoryInput", "input file not found", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "{dir}");
+        yield return Case("DirectoryInput", "input file is a folder, not a regular file", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "{dir}");
         // /dev/zero never ends: refused up front instead of being scanned for ever.
         yield return Case("CharacterDeviceInput", "not a regular file", "--tokenizer", "{tok}", "--out", "{dir}/o.tok", "/dev/zero");
     }

@@ -30,7 +30,7 @@ public sealed class DenoiserTests
     static DenoisingProblem Prompted(int batch, int promptLength, int length)
     {
         var rows = Enumerable.Range(0, batch)
-            .Select(r => DenoisingPrompts.Completion(Start, Enumerable.Range(10 + r, promptLength).ToArray(), length)).ToList();
+            .Select(r => DenoisingPrompts.Completion(Start, Enumerable.Range(10 + r, promptLength).ToArray(), length, 64)).ToList();
         return DenoisingPrompts.Stack(rows);
     }
 
@@ -162,11 +162,19 @@ public sealed class DenoiserTests
         Assert.That(there.Tokens, Is.EqualTo(here.Tokens));
     }
 
+    /// <summary>Blocks are counted in long arithmetic: a block length near int.MaxValue is one block, not a wrapped-around third.</summary>
+    [Test]
+    public void ABlockLongerThanTheRowIsOneBlock()
+    {
+        var result = new Denoiser(model, Mask).Run(Prompted(1, 2, 6), new DenoiseSettings { Steps = 2, BlockLength = int.MaxValue });
+        Assert.That(result.ForwardPasses, Is.EqualTo(2));
+    }
+
     [Test]
     public void InfillSliceArithmetic()
     {
         var tokenizer = DiffuSharp.Text.Gpt2Tokenizer.FromDirectory(Path.Combine(TestUtil.SharedData, "tokenizers", "gpt2"))!;
-        var row = DenoisingPrompts.Infill(50256, "The cat<mask:4> on the mat.", tokenizer);
+        var row = DenoisingPrompts.Infill(50256, "The cat<mask:4> on the mat.", tokenizer, 1024);
         var prefix = tokenizer.Encode("The cat");
         var suffix = tokenizer.Encode(" on the mat.");
         int n = row.Tokens.Length;
@@ -175,6 +183,6 @@ public sealed class DenoiserTests
         Assert.That(row.Tokens.Skip(1).Take(prefix.Count), Is.EqualTo(prefix));
         Assert.That(row.Tokens.Skip(n - suffix.Count), Is.EqualTo(suffix));
         Assert.That(row.Fixed.Select((f, i) => (f, i)).Where(x => x.f == 0).Select(x => x.i), Is.EqualTo(Enumerable.Range(1 + prefix.Count, 4)));
-        Assert.That(() => DenoisingPrompts.Infill(0, "no placeholder", tokenizer), Throws.TypeOf<DiffuException>());
+        Assert.That(() => DenoisingPrompts.Infill(0, "no placeholder", tokenizer, 1024), Throws.TypeOf<DiffuException>());
     }
 }

@@ -350,9 +350,44 @@ public class Llama2cTests
             Assert.That(file.Tensors, Has.Count.EqualTo(3 + 9 * Layers));
         Assert.That(Text.LlamaTokenizers.FromFile(Path.Combine(outDir, "tokenizer.bin")).Encode("Once upon a time"), Is.EqualTo(new[] { 403, 407, 261, 378 }));
 
+        var before = Directory.GetFiles(outDir).ToDictionary(f => f, File.GetLastWriteTimeUtc);
         var (again, _, againErr) = Cli("convert", "llama2c", ModelBin, Tok512, outDir);
+        Assert.That(again, Is.EqualTo(2), "a folder that holds a model is not replaced silently");
+        Assert.That(againErr, Does.Contain("--overwrite").And.Contain(outDir));
+        Assert.That(Directory.GetFiles(outDir).ToDictionary(f => f, File.GetLastWriteTimeUtc), Is.EquivalentTo(before));
+
+        (again, _, againErr) = Cli("convert", "llama2c", ModelBin, Tok512, outDir, "--overwrite");
         Assert.That(again, Is.EqualTo(0), againErr);
         Assert.That(Directory.GetFiles(outDir), Has.Length.EqualTo(3), "no temporary files are left behind");
+    }
+
+    /// <summary>Everything is checked before the first file is written: a target that is not a regular file, an
+    /// OUT_DIR that is not a folder, an output that is an input.</summary>
+    [Test]
+    public void CliChecksEveryOutputBeforeWritingAny()
+    {
+        string outDir = Directory.CreateDirectory(Path.Combine(_dir, "half")).FullName;
+        Directory.CreateDirectory(Path.Combine(outDir, "tokenizer.bin"));
+        var (code, _, err) = Cli("convert", "llama2c", ModelBin, Tok512, outDir, "--overwrite");
+        Assert.That(code, Is.EqualTo(2), err);
+        Assert.That(err, Does.Contain("tokenizer.bin"));
+        Assert.That(Directory.GetFiles(outDir), Is.Empty, "model.safetensors and config.json are not written either");
+
+        foreach (var notAFolder in new[] { "/dev/null", ModelBin })
+        {
+            (code, _, err) = Cli("convert", "llama2c", ModelBin, Tok512, notAFolder, "--overwrite");
+            Assert.That(code, Is.EqualTo(2), err);
+            Assert.That(err, Does.Contain("not a folder"));
+        }
+
+        string inPlace = Directory.CreateDirectory(Path.Combine(_dir, "in-place")).FullName;
+        string model = Path.Combine(inPlace, "config.json");
+        File.Copy(ModelBin, model);
+        long bytes = new FileInfo(model).Length;
+        (code, _, err) = Cli("convert", "llama2c", model, Tok512, inPlace, "--overwrite");
+        Assert.That(code, Is.EqualTo(2), err);
+        Assert.That(err, Does.Contain("same file as the input"));
+        Assert.That(new FileInfo(model).Length, Is.EqualTo(bytes));
     }
 
     [Test]

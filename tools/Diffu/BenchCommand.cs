@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using DiffuSharp.Bench;
+using DiffuSharp.IO;
 using DiffuSharp.Runtime;
 using Spectre.Console;
 
@@ -25,19 +26,19 @@ static class BenchCommand
         var shapes = new Option<string?>("--shapes") { Description = "only these matmul shapes, comma-separated MxKxN (x[M,K] · w[K,N])" };
         var squares = new Option<string?>("--squares") { Description = "square matmul sides, e.g. 1024,2048,4096,8192 (default by device)" };
         var lengths = new Option<string?>("--lengths") { Description = "attention sequence lengths, e.g. 256,1024,4096 (default by device)" };
-        var tokens = new Option<int>("--tokens") { Description = "rows of the layer-shape matmuls and row-wise kernels (default: cpu 1024, cuda 8192)" };
-        var trainBatch = new Option<int>("--train-batch") { Description = "training row: sequences per step (default: cpu 4, cuda 8)" };
-        var trainLength = new Option<int>("--train-length") { Description = "training row: tokens per sequence (default: cpu 256, cuda 1024)" };
-        var denoiseLength = new Option<int>("--denoise-length") { Description = "denoising row: sequence length (default 1024)" };
-        var denoiseSteps = new Option<int>("--denoise-steps") { Description = "denoising row: steps T (default 64)" };
-        var repeat = new Option<int>("--repeat") { Description = "timed runs per case at most (best and median are reported)", DefaultValueFactory = _ => 10 };
-        var budget = new Option<double>("--budget") { Description = "seconds per case after which timing stops at three runs", DefaultValueFactory = _ => 2.0 };
+        var tokens = TypedOptions.OptionalInteger("--tokens", "rows of the layer-shape matmuls and row-wise kernels (default: cpu 1024, cuda 8192)", min: 1, max: BenchOptions.MaxSize);
+        var trainBatch = TypedOptions.OptionalInteger("--train-batch", "training row: sequences per step (default: cpu 4, cuda 8)", min: 1, max: BenchOptions.MaxSize);
+        var trainLength = TypedOptions.OptionalInteger("--train-length", "training row: tokens per sequence (default: cpu 256, cuda 1024)", min: 1, max: BenchOptions.MaxSize);
+        var denoiseLength = TypedOptions.OptionalInteger("--denoise-length", "denoising row: sequence length (default 1024)", min: 2, max: BenchOptions.MaxSize);
+        var denoiseSteps = TypedOptions.OptionalInteger("--denoise-steps", "denoising row: steps T (default 64)", min: 1, max: BenchOptions.MaxSize);
+        var repeat = TypedOptions.Integer("--repeat", "timed runs per case at most (best and median are reported)", 10, min: 1);
+        var budget = TypedOptions.Double("--budget", "seconds per case after which timing stops at three runs", 2.0, min: 0, minExclusive: true);
         var reference = new Option<string>("--reference") { Description = "torch: also time PyTorch on the same cases; none: only the in-process library", DefaultValueFactory = _ => "torch" };
         reference.AcceptOnlyFromAmong("torch", "none");
-        var python = new Option<string?>("--python") { Description = "Python with PyTorch for the reference (default: $DIFFU_PYTHON, python3, /usr/bin/python3)" };
-        var json = new Option<string?>("--json") { Description = "write the results as JSON to this file" };
-        var plots = new Option<string?>("--plots") { Description = "write throughput plots (PNG) into this folder" };
-        var markdown = new Option<string?>("--markdown") { Description = "write the table as Markdown (with machine, date and command) to this file" };
+        var python = Cli.NonEmpty(new Option<string?>("--python") { Description = "Python with PyTorch for the reference (default: $DIFFU_PYTHON, python3, /usr/bin/python3)" });
+        var json = Cli.NonEmpty(new Option<string?>("--json") { Description = "write the results as JSON to this file" });
+        var plots = Cli.NonEmpty(new Option<string?>("--plots") { Description = "write throughput plots (PNG) into this folder" });
+        var markdown = Cli.NonEmpty(new Option<string?>("--markdown") { Description = "write the table as Markdown (with machine, date and command) to this file" });
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("bench", "measure kernel and end-to-end throughput against the device's ceilings and reference libraries")
@@ -49,25 +50,33 @@ static class BenchCommand
         {
             var options = new BenchOptions
             {
-                Suites = parse.GetValue(suites)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
+                Suites = Items(parse.GetValue(suites), "--suite"),
                 Quick = parse.GetValue(quick),
                 MatMulShapes = ParseShapes(parse.GetValue(shapes)),
                 Squares = ParseList(parse.GetValue(squares), "--squares"),
                 AttentionLengths = ParseList(parse.GetValue(lengths), "--lengths"),
-                Tokens = parse.GetValue(tokens), TrainBatch = parse.GetValue(trainBatch), TrainLength = parse.GetValue(trainLength),
-                DenoiseLength = parse.GetValue(denoiseLength), DenoiseSteps = parse.GetValue(denoiseSteps),
+                Tokens = parse.GetValue(tokens) ?? 0, TrainBatch = parse.GetValue(trainBatch) ?? 0, TrainLength = parse.GetValue(trainLength) ?? 0,
+                DenoiseLength = parse.GetValue(denoiseLength) ?? 0, DenoiseSteps = parse.GetValue(denoiseSteps) ?? 0,
             };
             options.Validate();
             var settings = new BenchSettings(parse.GetValue(repeat), parse.GetValue(budget), parse.GetValue(reference) == "torch",
-                parse.GetValue(python), "diffu " + string.Join(' ', parse.Tokens.Select(t => t.Value)));
+                ResolvePython(parse.GetValue(python)), "diffu " + string.Join(' ', parse.Tokens.Select(t => t.Value)));
             return Run(options, settings, parse.GetValue(device), parse.GetValue(precision),
                 new Outputs(parse.GetValue(json), parse.GetValue(plots), parse.GetValue(markdown)), stdout, stderr);
         });
         return command;
     }
 
+    /// <summary>The comma-separated items of a list option; none when it was not given, and an error when it was given empty.</summary>
+    static string[] Items(string? text, string option)
+    {
+        if (text is null) return [];
+        var items = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        return items.Length > 0 ? items : throw new DiffuException($"{option} '{text}' names nothing");
+    }
+
     static (int M, int K, int N)[] ParseShapes(string? text) =>
-        (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
+        Items(text, "--shapes").Select(s =>
         {
             var p = s.Split('x');
             if (p.Length != 3 || !int.TryParse(p[0], out int m) || !int.TryParse(p[1], out int k) || !int.TryParse(p[2], out int n) || m <= 0 || k <= 0 || n <= 0)
@@ -76,28 +85,44 @@ static class BenchCommand
         }).ToArray();
 
     static int[] ParseList(string? text, string option) =>
-        (text ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s =>
-            int.TryParse(s, out int v) && v > 0 ? v : throw new DiffuException($"{option}: '{s}' is not a positive integer")).ToArray();
+        Items(text, option).Select(s => int.TryParse(s, out int v) && v > 0 ? v : throw new DiffuException($"{option}: '{s}' is not a positive integer")).ToArray();
+
+    /// <summary>
+    /// --python as a program that can be started: a path must be an executable regular file, a bare name must be
+    /// one on the PATH. Checked before the run, since PyTorch is asked only after all of ours.
+    /// </summary>
+    static string? ResolvePython(string? python)
+    {
+        if (python is null) return null;
+        string? found = python.Contains(Path.DirectorySeparatorChar) || python.Contains(Path.AltDirectorySeparatorChar) ? python
+            : (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
+                .Select(dir => Path.Combine(dir, python)).FirstOrDefault(p => FileStatus.Kind(p) == FileKind.RegularFile);
+        if (found is null) throw new DiffuException($"--python: {python} not found on the PATH");
+        FileStatus.RequireRegularFile(found, "--python");
+        const UnixFileMode execute = UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute;
+        if (!OperatingSystem.IsWindows() && (File.GetUnixFileMode(found) & execute) == 0)
+            throw new DiffuException($"{found}: --python is not executable");
+        return found;
+    }
 
     /// <summary>The files a run writes besides the table on stdout; null: not asked for.</summary>
     sealed record Outputs(string? Json, string? Plots, string? Markdown);
 
     static int Run(BenchOptions options, BenchSettings settings, string? deviceName, string? precision, Outputs outputs, TextWriter stdout, TextWriter stderr)
     {
-        foreach (var (file, option) in new[] { (outputs.Json, "--json"), (outputs.Markdown, "--markdown") })
-            if (file is not null) CheckWritable(Path.GetDirectoryName(Path.GetFullPath(file))!, option);
-        if (outputs.Plots is not null) Directory.CreateDirectory(outputs.Plots);
+        CheckOutputs(outputs);
         using var device = Cli.CreateDevice(deviceName, precision);
+        BenchPlan.RequireMemory(device, options);
         var report = RunWithProgress(device, options, settings, stdout, stderr);
         BenchTable.Write(report, stdout);
         if (outputs.Json is string jsonPath)
         {
-            WriteAtomically(jsonPath, JsonSerializer.Serialize(report, Json));
+            OutputFile.Write(jsonPath, "--json", stream => JsonSerializer.Serialize(stream, report, Json));
             stdout.WriteLine($"results: {jsonPath}");
         }
         if (outputs.Markdown is string markdownPath)
         {
-            WriteAtomically(markdownPath, BenchTable.Markdown(report));
+            OutputFile.Write(markdownPath, "--markdown", stream => stream.Write(System.Text.Encoding.UTF8.GetBytes(BenchTable.Markdown(report))));
             stdout.WriteLine($"markdown: {markdownPath}");
         }
         if (outputs.Plots is string plotDir)
@@ -139,16 +164,22 @@ static class BenchCommand
         return report!;
     }
 
-    static void CheckWritable(string directory, string option)
+    /// <summary>Refuses, before anything is measured, outputs that could not be written at the end (the plot folder is created now).</summary>
+    static void CheckOutputs(Outputs outputs)
     {
-        if (!Directory.Exists(directory)) throw new DiffuException($"{option}: folder {directory} does not exist");
-    }
-
-    static void WriteAtomically(string path, string text)
-    {
-        string temp = path + ".tmp";
-        File.WriteAllText(temp, text);
-        File.Move(temp, path, overwrite: true);
+        var files = new List<(string Path, string Option)>();
+        if (outputs.Json is string json) files.Add((json, "--json"));
+        if (outputs.Markdown is string markdown) files.Add((markdown, "--markdown"));
+        if (outputs.Plots is string plots)
+        {
+            var kind = FileStatus.Kind(plots);
+            if (kind is not (FileKind.Missing or FileKind.Directory)) throw new DiffuException($"--plots {plots} is {FileStatus.Describe(kind)}, not a folder");
+            Directory.CreateDirectory(plots);
+            files.AddRange(BenchPlots.FileNames.Select(name => (Path.Combine(plots, name), "--plots")));
+        }
+        foreach (var (path, option) in files) OutputFile.Check(path, option);
+        foreach (var same in files.GroupBy(f => Path.GetFullPath(f.Path)).Where(g => g.Count() > 1))
+            throw new DiffuException($"{string.Join(" and ", same.Select(f => f.Option))} name the same file {same.Key}");
     }
 
     static readonly JsonSerializerOptions Json = new()

@@ -1,4 +1,5 @@
 using DiffuSharp.Bench;
+using DiffuSharp.IO;
 using ScottPlot;
 
 namespace DiffuSharp.Cli;
@@ -9,6 +10,9 @@ namespace DiffuSharp.Cli;
 /// </summary>
 static class BenchPlots
 {
+    /// <summary>Every file a report may be plotted to (which of them depends on the suites run).</summary>
+    public static readonly string[] FileNames = ["matmul_squares.png", "attention.png", "vs_reference.png"];
+
     public static IEnumerable<string> Write(BenchReport report, string directory)
     {
         var written = new List<string>();
@@ -87,9 +91,9 @@ static class BenchPlots
     static string Save(Plot plot, string directory, string file, int width, int height)
     {
         string path = Path.Combine(directory, file);
-        string temp = path + ".tmp.png";
-        plot.SavePng(temp, width, height);
-        File.Move(temp, path, overwrite: true);
+        using var image = plot.GetImage(width, height);
+        byte[] png = image.GetImageBytes(ImageFormat.Png);
+        OutputFile.Write(path, "--plots", stream => stream.Write(png));
         return path;
     }
 }

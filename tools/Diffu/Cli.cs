@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 
@@ -14,21 +15,11 @@ public static class Cli
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        var root = new RootCommand("DiffuSharp: diffusion language models (DiffuGPT, DiffuLLaMA) in .NET")
-        {
-            InfoCommand.Create(stdout),
-            LogitsCommand.Create(stdout),
-            GenerateCommand.Create(stdout, stderr),
-            BenchCommand.Create(stdout, stderr),
-            TokenizeCommand.Create(stdout, stderr),
-            TrainCommand.Create(stdout, stderr),
-            ConvertCommand.Create(stdout),
-        };
-        var parsed = root.Parse(args);
+        var parsed = CreateRoot(stdout, stderr).Parse(args);
         if (parsed.Errors.Count > 0)
         {
-            foreach (var e in parsed.Errors) stderr.WriteLine($"error: {e.Message}");
-            stderr.WriteLine("run 'diffu --help' for usage");
+            var problems = string.Join("; ", parsed.Errors.Select(e => e.Message.TrimEnd('.')).Distinct());
+            stderr.WriteLine(OneLine($"error: {problems} (see '{CommandPath(parsed.CommandResult)} --help')"));
             return BadInput;
         }
         try
@@ -42,7 +33,7 @@ public static class Cli
         }
         catch (Exception e) when (e is DiffuException or IOException or UnauthorizedAccessException)
         {
-            stderr.WriteLine($"error: {e.Message}");
+            stderr.WriteLine(OneLine($"error: {e.Message}"));
             return BadInput;
         }
         catch (Exception e)
@@ -53,11 +44,31 @@ public static class Cli
         }
     }
 
+    /// <summary>The command tree of `diffu`, with each command writing to the given streams.</summary>
+    public static RootCommand CreateRoot(TextWriter stdout, TextWriter stderr) =>
+        new("DiffuSharp: diffusion language models (DiffuGPT, DiffuLLaMA) in .NET")
+        {
+            InfoCommand.Create(stdout),
+            LogitsCommand.Create(stdout),
+            GenerateCommand.Create(stdout, stderr),
+            BenchCommand.Create(stdout, stderr),
+            TokenizeCommand.Create(stdout, stderr),
+            TrainCommand.Create(stdout, stderr),
+            ConvertCommand.Create(stdout),
+        };
+
+    /// <summary>"diffu convert llama2c" for the command a parse stopped in.</summary>
+    static string CommandPath(CommandResult result) =>
+        result.Parent is CommandResult parent ? $"{CommandPath(parent)} {result.Command.Name}" : "diffu";
+
+    /// <summary>A bad-input message stays one line even when it quotes a value or a path with line breaks in it.</summary>
+    static string OneLine(string message) => message.ReplaceLineEndings(" ");
+
     /// <summary>--device, shared by the commands that run a model.</summary>
-    public static Option<string?> DeviceOption() => new("--device")
+    public static Option<string?> DeviceOption() => NonEmpty(new Option<string?>("--device")
     {
         Description = $"where to run: {string.Join(", ", Devices.Names)} (default: $DIFFU_DEVICE, else auto = CUDA if present, else cpu)",
-    };
+    });
 
     /// <summary>--precision, shared by the commands that run a model.</summary>
     public static Option<string?> PrecisionOption()
@@ -81,9 +92,31 @@ public static class Cli
         return Devices.Create(name, value);
     }
 
-    public static Option<string> ModelOption() => new("--model")
+    public static Option<string> ModelOption() => NonEmpty(new Option<string>("--model")
     {
         Description = "model folder (config.json + model.safetensors or a sharded index)",
         Required = true,
-    };
+    });
+
+    /// <summary>
+    /// Refuses an empty or blank value when the command line is parsed: for a path or a name, "" is never what
+    /// was meant, and an empty --device would otherwise silently mean the default.
+    /// </summary>
+    public static Option<T> NonEmpty<T>(Option<T> option)
+    {
+        option.Validators.Add(result => RefuseEmpty(result, option.Name));
+        return option;
+    }
+
+    /// <inheritdoc cref="NonEmpty{T}(Option{T})"/>
+    public static Argument<T> NonEmpty<T>(Argument<T> argument)
+    {
+        argument.Validators.Add(result => RefuseEmpty(result, argument.Name));
+        return argument;
+    }
+
+    static void RefuseEmpty(SymbolResult result, string name)
+    {
+        if (result.Tokens.Any(t => string.IsNullOrWhiteSpace(t.Value))) result.AddError($"{name} is empty");
+    }
 }

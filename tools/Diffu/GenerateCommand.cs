@@ -26,36 +26,41 @@ static class GenerateCommand
         var model = Cli.ModelOption();
         var prompt = new Option<string[]>("--prompt") { Description = "text to continue; repeat for a batch of prompts", AllowMultipleArgumentsPerToken = false };
         var infill = new Option<string?>("--infill") { Description = "text with <mask:N> placeholders to fill, prefix and suffix kept (e.g. \"Tom <mask:12> the park.\")" };
-        var length = new Option<int>("--length") { Description = "tokens to generate after the prompt (diffusion)", DefaultValueFactory = _ => 64 };
-        var steps = new Option<int>("--steps") { Description = "denoising steps T = forward passes (diffusion)", DefaultValueFactory = _ => 64 };
+        var length = TypedOptions.Integer("--length", "tokens to generate after the prompt (diffusion)", 64, min: 1);
+        var steps = TypedOptions.Integer("--steps", "denoising steps T = forward passes (diffusion)", 64, min: 1);
         var sampler = new Option<string>("--sampler") { Description = "which slots to commit each step: topk (the paper's confidence top-k), random (ancestral), maxprob, margin, entropy", DefaultValueFactory = _ => "topk" };
         sampler.AcceptOnlyFromAmong(Samplers.Keys.ToArray());
-        var temperature = new Option<float>("--temperature") { Description = "sampling temperature; 0 = argmax", DefaultValueFactory = _ => 1f };
-        var topP = new Option<float>("--top-p") { Description = "nucleus sampling mass (1 = off)", DefaultValueFactory = _ => 1f };
-        var topK = new Option<int>("--top-k") { Description = "sample among the k most likely tokens (0 = off)", DefaultValueFactory = _ => 0 };
-        var block = new Option<int>("--block") { Description = "semi-autoregressive: decode in blocks of this many positions, left to right (0 = off)", DefaultValueFactory = _ => 0 };
-        var budget = new Option<int>("--tokens-per-step") { Description = "commit at most this many tokens per step (0 = no cap)", DefaultValueFactory = _ => 0 };
-        var batch = new Option<int>("--batch") { Description = "samples per prompt (or unconditional samples)", DefaultValueFactory = _ => 1 };
-        var seed = new Option<ulong>("--seed") { Description = "random seed (same seed, same text, on every device)", DefaultValueFactory = _ => 0 };
-        var mask = new Option<int?>("--mask-token") { Description = "[MASK] id (default: config.json's mask_token_id, else 10541 for GPT-2, 811 for LLaMA)" };
+        var temperature = TypedOptions.Float("--temperature", "sampling temperature; 0 = argmax", 1f, min: 0);
+        var topP = TypedOptions.Float("--top-p", "nucleus sampling mass (1 = off)", 1f, min: 0, max: 1, minExclusive: true);
+        var topK = TypedOptions.Integer("--top-k", "sample among the k most likely tokens (0 = off)", 0, min: 0);
+        var block = TypedOptions.Integer("--block", "semi-autoregressive: decode in blocks of this many positions, left to right (0 = off)", 0, min: 0);
+        var budget = TypedOptions.Integer("--tokens-per-step", "commit at most this many tokens per step (0 = no cap)", 0, min: 0);
+        var batch = TypedOptions.Integer("--batch", "samples per prompt (or unconditional samples)", 1, min: 1);
+        var seed = TypedOptions.Integer("--seed", "random seed (same seed, same text, on every device)", 0UL, min: 0UL);
+        var mask = TypedOptions.OptionalInteger("--mask-token", "[MASK] id (default: config.json's mask_token_id, else 10541 for GPT-2, 811 for LLaMA)", min: 0);
         var showSteps = new Option<bool>("--show-steps") { Description = "on a terminal, redraw the text at every denoising step" };
         var ar = new Option<bool>("--ar") { Description = "autoregressive decoding instead (causal attention, KV cache)" };
-        var maxNew = new Option<int>("--max-new") { Description = "tokens to generate with --ar", DefaultValueFactory = _ => 64 };
+        var maxNew = TypedOptions.Integer("--max-new", "tokens to generate with --ar", 64, min: 0);
+        var stopAtEos = new Option<bool>("--stop-at-eos")
+        {
+            Description = $"end each sample's generated text at its first end-of-text token (an infill's gaps each end at theirs, its suffix is kept); without it each end-of-text is shown as a line {EndOfTextMarker}",
+        };
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("generate", "generate, complete or infill text")
         {
-            model, prompt, infill, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, tokenizer, device, precision,
+            model, prompt, infill, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, stopAtEos,
+            tokenizer, device, precision,
         };
         command.SetAction(parse =>
         {
             var prompts = parse.GetValue(prompt) ?? [];
+            var source = new Source(parse.GetValue(model)!, parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(stopAtEos));
             if (parse.GetValue(ar))
             {
                 if (prompts.Length != 1) throw new DiffuException("--ar decodes one --prompt");
-                return RunAutoregressive(parse.GetValue(model)!, prompts[0], parse.GetValue(maxNew), parse.GetValue(temperature),
-                    parse.GetValue(seed), parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), stdout, stderr);
+                return RunAutoregressive(source, prompts[0], parse.GetValue(maxNew), parse.GetValue(temperature), parse.GetValue(seed), stdout, stderr);
             }
             var settings = new DenoiseSettings
             {
@@ -63,34 +68,47 @@ static class GenerateCommand
                 Sampling = new SamplingOptions(parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP)),
                 BlockLength = parse.GetValue(block), TokensPerStep = parse.GetValue(budget),
             };
-            return RunDiffusion(new DiffusionRequest(parse.GetValue(model)!, prompts, parse.GetValue(infill), parse.GetValue(length),
-                parse.GetValue(batch), parse.GetValue(mask), parse.GetValue(showSteps), parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision)),
-                settings, stdout, stderr);
+            return RunDiffusion(source, new DiffusionRequest(prompts, parse.GetValue(infill), parse.GetValue(length), parse.GetValue(batch),
+                parse.GetValue(mask), parse.GetValue(showSteps)), settings, stdout, stderr);
         });
         return command;
     }
 
-    sealed record DiffusionRequest(string Model, string[] Prompts, string? Infill, int Length, int Samples, int? MaskToken, bool ShowSteps,
-        string? Tokenizer, string? Device, string? Precision);
+    /// <summary>The line that stands for an end-of-text token in the printed text (README, Sampling).</summary>
+    const string EndOfTextMarker = "⏎ <|endoftext|>";
 
-    static int RunDiffusion(DiffusionRequest request, DenoiseSettings settings, TextWriter stdout, TextWriter stderr)
+    /// <summary>What both kinds of generation read and where they run.</summary>
+    sealed record Source(string Model, string? Tokenizer, string? Device, string? Precision, bool StopAtEndOfText);
+
+    sealed record DiffusionRequest(string[] Prompts, string? Infill, int Length, int Samples, int? MaskToken, bool ShowSteps);
+
+    /// <summary>
+    /// Everything is checked from the config and the tokenizer before the weights are read: the rows against
+    /// the model's positions, the mask token, and the whole batch against the memory estimate.
+    /// </summary>
+    static int RunDiffusion(Source source, DiffusionRequest request, DenoiseSettings settings, TextWriter stdout, TextWriter stderr)
     {
         settings.Validate();
-        if (request.Samples <= 0) throw new DiffuException($"--batch must be positive, got {request.Samples}");
         if (request.Infill is not null && request.Prompts.Length > 0) throw new DiffuException("give either --prompt or --infill, not both");
-        using var device = Cli.CreateDevice(request.Device, request.Precision);
-        using var model = ModelLoader.Load(request.Model, device);
-        var tokenizer = ModelFolder.Tokenizer(request.Model, model, request.Tokenizer);
-        int start = ModelFolder.StartToken(model, tokenizer);
-        var rows = new List<DenoisingRow>();
-        for (int s = 0; s < request.Samples; s++)
-        {
-            if (request.Infill is string text) rows.Add(DenoisingPrompts.Infill(start, text, tokenizer));
-            else if (request.Prompts.Length == 0) rows.Add(DenoisingPrompts.Unconditional(start, request.Length));
-            else rows.AddRange(request.Prompts.Select(p => DenoisingPrompts.Completion(start, tokenizer.Encode(p), request.Length)));
-        }
-        var problem = DenoisingPrompts.Stack(rows);
-        var denoiser = new Denoiser(model, request.MaskToken ?? model.MaskTokenId ?? DefaultMaskToken(model));
+        ModelFolder.RequireRegularFiles(source.Model, "model file");
+        var config = ModelLoader.LoadConfig(source.Model);
+        var tokenizer = ModelFolder.Tokenizer(source.Model, config, source.Tokenizer);
+        int maskToken = MaskToken(config, request.MaskToken);
+        int start = ModelFolder.StartToken(config, tokenizer);
+        // One row per prompt (or the infill, or one unconditional row); each sample repeats them.
+        List<DenoisingRow> templates = request.Infill is string text ? [DenoisingPrompts.Infill(start, text, tokenizer, config.Positions)]
+            : request.Prompts.Length == 0 ? [DenoisingPrompts.Unconditional(start, request.Length, config.Positions)]
+            : [.. request.Prompts.Select(p => DenoisingPrompts.Completion(start, tokenizer.Encode(p), request.Length, config.Positions))];
+        long rows = (long)request.Samples * templates.Count;
+        int n = templates.Max(t => t.Tokens.Length);
+        using var device = Cli.CreateDevice(source.Device, source.Precision);
+        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), ModelMemory.Forward(config, rows, n)),
+            $"{source.Model}: {rows:N0} rows of {n} tokens (--batch {request.Samples} x {templates.Count} {(request.Prompts.Length > 1 ? "prompts" : "row")})");
+        if (rows * n > Array.MaxLength) throw new DeviceMemoryException($"{rows:N0} rows of {n} tokens are more than one array holds ({Array.MaxLength:N0} tokens)");
+
+        using var model = ModelLoader.Load(source.Model, device);
+        var problem = DenoisingPrompts.Stack([.. Enumerable.Range(0, (int)rows).Select(r => templates[r % templates.Count])]);
+        var denoiser = new Denoiser(model, maskToken);
 
         var clock = Stopwatch.StartNew();
         DenoiseResult result;
@@ -111,11 +129,10 @@ static class GenerateCommand
         else result = denoiser.Run(problem, settings);
         clock.Stop();
 
-        int n = problem.Length;
         for (int r = 0; r < problem.Batch; r++)
         {
-            if (problem.Batch > 1) stdout.WriteLine($"--- sample {r + 1}");
-            stdout.WriteLine(ModelFolder.DecodeRow(model, tokenizer, result.Tokens.AsSpan(r * n, n)));
+            if (problem.Batch > 1) stdout.WriteLine($"--- sample {r + 1}{PromptLabel(request.Prompts, r)}");
+            stdout.WriteLine(Show(config, tokenizer, result.Tokens.AsSpan(r * n, n), problem.Fixed.AsSpan(r * n, n), source.StopAtEndOfText));
         }
         int generated = problem.Fixed.Count(f => f == 0);
         double seconds = clock.Elapsed.TotalSeconds;
@@ -125,8 +142,49 @@ static class GenerateCommand
         return Cli.Ok;
     }
 
-    /// <summary>The paper's [MASK] ids when the config names none: 10541 for GPT-2 (DiffuGPT-S), 811 for LLaMA (DiffuLLaMA).</summary>
-    static int DefaultMaskToken(ILanguageModel model) => model is LlamaModel ? 811 : 10541;
+    /// <summary>
+    /// --mask-token, else config.json's mask_token_id, else the paper's [MASK] id for the family: 10541 for GPT-2
+    /// (DiffuGPT-S), 811 for LLaMA (DiffuLLaMA), which a smaller vocabulary does not have.
+    /// </summary>
+    static int MaskToken(IModelConfig config, int? given)
+    {
+        if (given is int id)
+            return id < config.VocabSize ? id : throw new DiffuException($"--mask-token {id} is outside the model's vocabulary of {config.VocabSize} tokens");
+        if (ModelFolder.MaskTokenId(config) is int named) return named;
+        int fallback = config is LlamaConfig ? 811 : 10541;
+        if (fallback >= config.VocabSize)
+            throw new DiffuException($"config.json names no mask_token_id and the {(config is LlamaConfig ? "LLaMA" : "GPT-2")} default {fallback} is outside "
+                + $"the model's vocabulary of {config.VocabSize} tokens: pass --mask-token ID (below {config.VocabSize}; the one the model was trained with)");
+        return fallback;
+    }
+
+    /// <summary>" (prompt 2, \"Once upon\")" for row r of a batch of prompts (rows cycle through the prompts), else nothing.</summary>
+    static string PromptLabel(string[] prompts, int row)
+    {
+        if (prompts.Length == 0) return "";
+        int p = row % prompts.Length;
+        string text = prompts[p].ReplaceLineEndings(" ");
+        return $" (prompt {p + 1}, \"{(text.Length <= 20 ? text : text[..20] + "…")}\")";
+    }
+
+    /// <summary>
+    /// The text of a finished row: split at its end-of-text tokens, each shown as a marker line, or with
+    /// --stop-at-eos each generated span cut at its first (see <see cref="DenoisingPrompts.Pieces"/>).
+    /// </summary>
+    static string Show(IModelConfig config, TextTokenizer tokenizer, ReadOnlySpan<int> row, ReadOnlySpan<byte> fixedMask, bool stopAtEndOfText)
+    {
+        var pieces = DenoisingPrompts.Pieces(row, fixedMask, tokenizer.EndOfTextId, stopAtEndOfText);
+        string text = ModelFolder.DecodeRow(config, tokenizer, pieces[0]);
+        foreach (var piece in pieces.Skip(1))
+        {
+            string after = tokenizer.Decode(piece);
+            text += EndOfTextLine(text) + (after.Length > 0 ? "\n" + after : "");
+        }
+        return text;
+    }
+
+    /// <summary>The end-of-text marker as a line of its own after <paramref name="before"/>.</summary>
+    static string EndOfTextLine(string before) => (before.Length > 0 && !before.EndsWith('\n') ? "\n" : "") + EndOfTextMarker;
 
     static string Ms(TimeSpan total, int passes) => $"{total.TotalMilliseconds / Math.Max(1, passes):F1} ms";
 
@@ -139,13 +197,26 @@ static class GenerateCommand
         return text.ToString();
     }
 
-    static int RunAutoregressive(string modelDir, string prompt, int maxNew, float temperature, ulong seed, string? tokenizerDir, string? deviceName,
-        string? precision, TextWriter stdout, TextWriter stderr)
+    /// <summary>Checks the prompt and --max-new against the positions and the memory estimate before reading weights or printing anything.</summary>
+    static int RunAutoregressive(Source source, string prompt, int maxNew, float temperature, ulong seed, TextWriter stdout, TextWriter stderr)
     {
-        using var device = Cli.CreateDevice(deviceName, precision);
-        using var model = ModelLoader.Load(modelDir, device);
-        var tokenizer = ModelFolder.Tokenizer(modelDir, model, tokenizerDir);
-        var promptIds = model is LlamaModel ? [ModelFolder.StartToken(model, tokenizer), .. tokenizer.Encode(prompt)] : tokenizer.Encode(prompt);
+        ModelFolder.RequireRegularFiles(source.Model, "model file");
+        var config = ModelLoader.LoadConfig(source.Model);
+        var tokenizer = ModelFolder.Tokenizer(source.Model, config, source.Tokenizer);
+        bool startToken = config is LlamaConfig;
+        var promptIds = startToken ? [ModelFolder.StartToken(config, tokenizer), .. tokenizer.Encode(prompt)] : tokenizer.Encode(prompt);
+        if (promptIds.Count == 0) throw new DiffuException("--prompt is empty: AR decoding needs at least one token");
+        long capacity = (long)promptIds.Count + maxNew;
+        if (capacity > config.Positions)
+        {
+            string given = startToken ? $"the start token (1) + prompt ({promptIds.Count - 1} tokens)" : $"prompt ({promptIds.Count} tokens)";
+            long room = config.Positions - promptIds.Count;
+            throw new DiffuException($"{given} + --max-new {maxNew} = {capacity} exceeds the model's {config.Positions} positions; "
+                + (room > 0 ? $"at most --max-new {room} fits" : "the prompt leaves no room: shorten it"));
+        }
+        using var device = Cli.CreateDevice(source.Device, source.Precision);
+        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), ModelMemory.Decoding(config, 1, capacity)), $"{source.Model}: decoding {capacity} positions");
+        using var model = ModelLoader.Load(source.Model, device);
         stdout.Write(prompt);
         stdout.Flush();
 
@@ -153,8 +224,9 @@ static class GenerateCommand
         var generated = new List<int>();
         string shown = "";
         var clock = Stopwatch.StartNew();
-        decoder.Generate(promptIds, maxNew, temperature, seed, tokenizer.EndOfTextId, token =>
+        var output = decoder.Generate(promptIds, maxNew, temperature, seed, tokenizer.EndOfTextId, token =>
         {
+            if (token == tokenizer.EndOfTextId) return;
             generated.Add(token);
             // Decode the whole continuation and print what is new, so multi-token characters come out whole.
             var text = tokenizer.Decode(generated);
@@ -166,11 +238,13 @@ static class GenerateCommand
             }
         });
         clock.Stop();
-        var final = tokenizer.Decode(generated);
-        if (final.StartsWith(shown, StringComparison.Ordinal)) stdout.Write(final[shown.Length..]);
+        var continuation = tokenizer.Decode(generated);
+        if (continuation.StartsWith(shown, StringComparison.Ordinal)) stdout.Write(continuation[shown.Length..]);
+        // Decoding stops at the first end-of-text, so only the last token can be one.
+        if (output.Length > 0 && output[^1] == tokenizer.EndOfTextId && !source.StopAtEndOfText) stdout.Write(EndOfTextLine(prompt + continuation));
         stdout.WriteLine();
         double seconds = clock.Elapsed.TotalSeconds;
-        stderr.WriteLine($"{generated.Count} tokens in {seconds:F2} s ({generated.Count / Math.Max(seconds, 1e-9):F1} tokens/s, prompt {promptIds.Count} tokens, {device.Name})");
+        stderr.WriteLine($"{output.Length} tokens in {seconds:F2} s ({output.Length / Math.Max(seconds, 1e-9):F1} tokens/s, prompt {promptIds.Count} tokens, {device.Name})");
         return Cli.Ok;
     }
 }

@@ -10,7 +10,7 @@ static class InfoCommand
 {
     public static Command Create(TextWriter stdout)
     {
-        var path = new Argument<string>("path") { Description = "a model folder or a .safetensors file" };
+        var path = Cli.NonEmpty(new Argument<string>("path") { Description = "a model folder or a .safetensors file" });
         var command = new Command("info", "print a checkpoint's config, tensors and parameter count") { path };
         command.SetAction(parse => Run(parse.GetValue(path)!, stdout));
         return command;
@@ -19,8 +19,14 @@ static class InfoCommand
     static int Run(string path, TextWriter stdout)
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(stdout) });
-        if (!File.Exists(path) && !Directory.Exists(path)) throw new DiffuException($"{path}: no such file or folder");
-        path = RunLayout.ModelFolder(path);
+        var kind = FileStatus.Kind(path);
+        if (kind == FileKind.Missing) throw new DiffuException($"{path}: no such file or folder");
+        if (kind == FileKind.Directory)
+        {
+            path = RunLayout.ModelFolder(path);
+            ModelFolder.RequireRegularFiles(path, "model file");
+        }
+        else FileStatus.RequireRegularFile(path, "checkpoint");
         var configPath = Directory.Exists(path) ? Path.Combine(path, "config.json") : null;
         if (configPath is not null && File.Exists(configPath))
         {

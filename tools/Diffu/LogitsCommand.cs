@@ -14,7 +14,7 @@ static class LogitsCommand
         var model = Cli.ModelOption();
         var ids = new Option<string>("--ids") { Description = "comma-separated token ids, e.g. 1,2,3", Required = true };
         var bidirectional = new Option<bool>("--bidirectional") { Description = "full attention instead of causal (as a diffusion model sees its input)" };
-        var output = new Option<string>("--out") { Description = "output .safetensors file (tensor 'logits', F32 [T, V])", Required = true };
+        var output = Cli.NonEmpty(new Option<string>("--out") { Description = "output .safetensors file (tensor 'logits', F32 [T, V])", Required = true });
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("logits", "write the logits of one forward pass") { model, ids, bidirectional, output, device, precision };
@@ -36,6 +36,8 @@ static class LogitsCommand
 
     static int Run(string modelDir, int[] ids, bool bidirectional, string outPath, string? deviceName, string? precision, TextWriter stdout)
     {
+        ModelFolder.RequireRegularFiles(modelDir, "model file");
+        OutputFile.Check(outPath, "--out", ModelFolder.Files(modelDir));
         using var device = Cli.CreateDevice(deviceName, precision);
         using var model = ModelLoader.Load(modelDir, device);
         var mode = bidirectional ? AttentionMaskMode.Bidirectional : AttentionMaskMode.Causal;
@@ -47,7 +49,9 @@ static class LogitsCommand
             ["attention"] = bidirectional ? "bidirectional" : "causal",
             ["device"] = device.Name,
         };
-        SafeTensorWriter.Write(outPath, [SafeTensorEntry.FromFloat32("logits", [ids.Length, model.VocabSize], logits)], metadata);
+        OutputFile.Write(outPath, "--out",
+            stream => SafeTensorWriter.Write(stream, [SafeTensorEntry.FromFloat32("logits", [ids.Length, model.VocabSize], logits)], metadata),
+            ModelFolder.Files(modelDir));
         stdout.WriteLine($"wrote logits [{ids.Length}, {model.VocabSize}] ({metadata["attention"]}, {device.Name}) to {outPath}");
         return Cli.Ok;
     }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffuSharp.Data;
+using DiffuSharp.IO;
 using DiffuSharp.Text;
 using Spectre.Console;
 
@@ -10,21 +11,18 @@ static class TokenizeCommand
 {
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
-        var tokenizer = new Option<string?>("--tokenizer")
+        var tokenizer = Cli.NonEmpty(new Option<string?>("--tokenizer")
         {
             Description = "folder with GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe), or a LLaMA tokenizer.model / llama2.c tokenizer.bin; default $DIFFU_TOKENIZER",
-        };
-        var output = new Option<string>("--out") { Description = "the token shard to write (e.g. train.tok)", Required = true };
-        var vocabLimit = new Option<int?>("--vocab-limit")
-        {
-            Description = "keep only the first V GPT-2 tokens (for a model with vocab_size V < 50257)",
-        };
-        var maxDocs = new Option<long?>("--max-docs") { Description = "stop after this many documents" };
-        var inputs = new Argument<string[]>("INPUT")
+        });
+        var output = Cli.NonEmpty(new Option<string>("--out") { Description = "the token shard to write (e.g. train.tok)", Required = true });
+        var vocabLimit = TypedOptions.OptionalInteger("--vocab-limit", "keep only the first V GPT-2 tokens (for a model with vocab_size V < 50257)", min: 1);
+        var maxDocs = TypedOptions.OptionalInteger("--max-docs", "stop after this many documents", min: 1L);
+        var inputs = Cli.NonEmpty(new Argument<string[]>("INPUT")
         {
             Description = "UTF-8 text files; documents are separated by <|endoftext|> when a file contains it, else by blank lines",
             Arity = ArgumentArity.OneOrMore,
-        };
+        });
         var command = new Command("tokenize", "tokenize text files into a token shard for training") { tokenizer, output, vocabLimit, maxDocs, inputs };
         command.SetAction(parse => Run(parse.GetValue(inputs)!, parse.GetValue(tokenizer), parse.GetValue(output)!, parse.GetValue(vocabLimit),
             parse.GetValue(maxDocs), stdout, stderr));
@@ -33,11 +31,9 @@ static class TokenizeCommand
 
     static int Run(string[] inputs, string? tokenizerDir, string outPath, int? vocabLimit, long? maxDocs, TextWriter stdout, TextWriter stderr)
     {
-        if (maxDocs is <= 0) throw new DiffuException($"--max-docs must be positive, got {maxDocs}");
-        if (vocabLimit is <= 0) throw new DiffuException($"--vocab-limit must be positive, got {vocabLimit}");
-        foreach (var input in inputs)
-            if (!File.Exists(input)) throw new DiffuException($"{input}: input file not found");
-        var tokenizer = LoadTokenizer(tokenizerDir, vocabLimit);
+        foreach (var input in inputs) FileStatus.RequireRegularFile(input, "input file");
+        var (tokenizer, tokenizerFiles) = LoadTokenizer(tokenizerDir, vocabLimit);
+        OutputFile.Check(outPath, "--out", [.. inputs, .. tokenizerFiles]);
 
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(stderr) });
         TokenizeSummary summary;
@@ -74,16 +70,21 @@ static class TokenizeCommand
         return Cli.Ok;
     }
 
-    static TextTokenizer LoadTokenizer(string? tokenizerDir, int? vocabLimit)
+    /// <summary>The tokenizer and the files it was read from (which the output may not replace).</summary>
+    static (TextTokenizer Tokenizer, string[] Files) LoadTokenizer(string? tokenizerDir, int? vocabLimit)
     {
         string? dir = string.IsNullOrWhiteSpace(tokenizerDir) ? Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") : tokenizerDir;
         if (string.IsNullOrWhiteSpace(dir)) throw new DiffuException("no tokenizer: pass --tokenizer DIR or set DIFFU_TOKENIZER");
-        if (File.Exists(dir))
+        var kind = FileStatus.Kind(dir);
+        if (kind is not (FileKind.Directory or FileKind.Missing))
         {
+            FileStatus.RequireRegularFile(dir, "tokenizer");
             if (vocabLimit is not null) throw new DiffuException("--vocab-limit applies to GPT-2 BPE tokenizers only");
-            return LlamaTokenizers.FromFile(dir);
+            return (LlamaTokenizers.FromFile(dir), [dir]);
         }
-        return Gpt2Tokenizer.FromDirectory(dir, vocabLimit)
-               ?? throw new DiffuException($"{dir}: no GPT-2 tokenizer files (vocab.json + merges.txt or encoder.json + vocab.bpe)");
+        ModelFolder.RequireRegularFiles(dir, "tokenizer file");
+        var tokenizer = Gpt2Tokenizer.FromDirectory(dir, vocabLimit)
+                        ?? throw new DiffuException($"{dir}: no GPT-2 tokenizer files (vocab.json + merges.txt or encoder.json + vocab.bpe)");
+        return (tokenizer, Directory.GetFiles(dir));
     }
 }

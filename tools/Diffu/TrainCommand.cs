@@ -158,7 +158,7 @@ static class TrainCommand
                 + "or start again with --overwrite (which deletes it)");
         run.RequireSpace(CheckpointBytes(config, vocab, tokenizer), options.KeepCheckpoints);
         using var trainer = NewRun(request, options, device, blocks);
-        ModelFolder.Tokenizer(tokenizerSource, trainer.Model, null);
+        ModelFolder.Tokenizer(tokenizerSource, trainer.Model.Config, null);
         run.Clear();
         return Train(trainer, run, tokenizer, device, stdout, stderr);
     }

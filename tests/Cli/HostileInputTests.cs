@@ -1,0 +1,259 @@
+using System.CommandLine;
+using System.CommandLine.Help;
+using DiffuSharp.Tests.Models;
+
+namespace DiffuSharp.Tests.CliTests;
+
+/// <summary>
+/// Every option and argument of every `diffu` command (train excepted: its owner adds its rows) against hostile
+/// values, each run in-process on the tiny fixture with otherwise valid arguments. A row says the outcome: bad
+/// input is exit 2 with exactly one line on stderr and no stack trace; a legitimately valid value is exit 0.
+/// A new option joins the table, or <see cref="EveryOptionHasARow"/> fails.
+/// </summary>
+public sealed class HostileInputTests
+{
+    const string Empty = "", Negative = "-1", Zero = "0", IntMax = "2147483647", LongMax = "9223372036854775807",
+        NaN = "NaN", Inf = "Infinity", NegInf = "-Infinity", Huge = "1e39", Garbage = "x\ny!";
+    const string Missing = "{in}/nonexistent", Folder = "{in}/folder", AFile = "{in}/in.txt", Fifo = "{in}/fifo",
+        DevNull = "/dev/null", DevZero = "/dev/zero", DevFull = "/dev/full", MissingFolder = "{out}/missing/o";
+
+    /// <summary>Where the valid arguments of each row come from: the command's path and its arguments, by option or argument name.</summary>
+    static readonly Dictionary<string, (string[] Path, (string Name, string Value)[] Valid)> Bases = new()
+    {
+        ["info"] = (["info"], [("path", "{fixture}")]),
+        ["logits"] = (["logits"], [("--model", "{fixture}"), ("--ids", "1,2"), ("--out", "{out}/o.safetensors"), ("--device", "cpu")]),
+        ["generate"] = (["generate"], [("--model", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--device", "cpu"), ("--mask-token", "3"), ("--length", "4"), ("--steps", "2")]),
+        ["generate --ar"] = (["generate"], [("--model", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--device", "cpu"), ("--ar", "true"), ("--prompt", "Once"), ("--max-new", "2")]),
+        ["bench"] = (["bench"], [("--quick", "true"), ("--suite", "norm"), ("--tokens", "16"), ("--repeat", "1"), ("--budget", "0.001"), ("--reference", "none"), ("--device", "cpu")]),
+        ["tokenize"] = (["tokenize"], [("--tokenizer", "{gpt2}"), ("--out", "{out}/o.tok"), ("INPUT", AFile)]),
+        ["convert llama2c"] = (["convert", "llama2c"], [("MODEL", "{stories}"), ("TOKENIZER", "{tok512}"), ("OUT_DIR", "{out}/converted")]),
+    };
+
+    public enum Outcome { Exit2, Exit0 }
+
+    sealed record Row(string Base, string Name, Outcome Expected, params string[] Values);
+
+    static Row Bad(string baseName, string name, params string[] values) => new(baseName, name, Outcome.Exit2, values);
+    static Row Good(string baseName, string name, params string[] values) => new(baseName, name, Outcome.Exit0, values);
+
+    /// <summary>
+    /// The table. Left out as valid but long-running: generate --steps 2147483647 (as many forward passes),
+    /// bench --tokens/--squares/--lengths up to 2^20 (gigabytes, minutes), bench --quick false (full-size
+    /// ceilings), bench --reference torch (starts Python), --device ilgpu-cpu (the ILGPU simulator) and cuda
+    /// (exit 0 or 2 depending on the machine).
+    /// </summary>
+    static readonly Row[] Table =
+    [
+        Bad("info", "path", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, Garbage),
+        Good("info", "path", "{fixture}", "{fixture}/model.safetensors"),
+
+        Bad("logits", "--model", Empty, Missing, Folder, AFile, DevNull, Fifo, Garbage),
+        Bad("logits", "--ids", Empty, Negative, IntMax, LongMax, NaN, Inf, Huge, Garbage, "512", "1,-2", "{65 ids}"),
+        Good("logits", "--ids", Zero, "511", "1,,2", "{64 ids}"),
+        Bad("logits", "--bidirectional", Garbage, Empty),
+        Good("logits", "--bidirectional", "true", "false"),
+        Bad("logits", "--out", Empty, Folder, DevNull, DevFull, Fifo, MissingFolder, "{fixture}/model.safetensors", "{out}/"),
+        Good("logits", "--out", "{out}/other.safetensors"),
+        Bad("logits", "--device", Empty, Garbage, "tpu"),
+        Good("logits", "--device", "cpu", "auto"),
+        Bad("logits", "--precision", Empty, Garbage, "fp64", "tf32", "bf16"),
+        Good("logits", "--precision", "f32"),
+
+        Bad("generate", "--model", Empty, Missing, Folder, AFile, DevNull, Fifo, Garbage),
+        Bad("generate", "--prompt", "{70 words}"),
+        Good("generate", "--prompt", Empty, Garbage, "Once upon a time", "<|endoftext|>"),
+        Bad("generate", "--infill", Empty, Garbage, "a <mask:0> b", "a <mask:2147483648> b", "a <mask:100> b", "<mask:-1>"),
+        Good("generate", "--infill", "a <mask:2> b", "<mask:3>"),
+        Bad("generate", "--length", Empty, Negative, Zero, IntMax, LongMax, NaN, Inf, NegInf, Huge, Garbage, "64"),
+        Good("generate", "--length", "1", "63"),
+        Bad("generate", "--steps", Empty, Negative, Zero, LongMax, NaN, Inf, NegInf, Huge, Garbage),
+        Good("generate", "--steps", "1", "3", "8"),
+        Bad("generate", "--sampler", Empty, Garbage, "TOPK"),
+        Good("generate", "--sampler", "topk", "random", "maxprob", "margin", "entropy"),
+        Bad("generate", "--temperature", Empty, Negative, NaN, Inf, NegInf, Huge, Garbage),
+        Good("generate", "--temperature", Zero, IntMax, LongMax, "1e-45", "0.7"),
+        Bad("generate", "--top-p", Empty, Negative, Zero, IntMax, LongMax, NaN, Inf, NegInf, Huge, Garbage, "1.5"),
+        Good("generate", "--top-p", "1", "0.5", "1e-45"),
+        Bad("generate", "--top-k", Empty, Negative, LongMax, NaN, Inf, NegInf, Huge, Garbage),
+        Good("generate", "--top-k", Zero, "1", IntMax),
+        Bad("generate", "--block", Empty, Negative, LongMax, NaN, Inf, NegInf, Huge, Garbage),
+        Good("generate", "--block", Zero, "2", "3", IntMax),
+        Bad("generate", "--tokens-per-step", Empty, Negative, LongMax, NaN, Inf, NegInf, Huge, Garbage),
+        Good("generate", "--tokens-per-step", Zero, "1", IntMax),
+        Bad("generate", "--batch", Empty, Negative, Zero, IntMax, LongMax, NaN, Inf, NegInf, Huge, Garbage, "100000000"),
+        Good("generate", "--batch", "1", "3"),
+        Bad("generate", "--seed", Empty, Negative, NaN, Inf, NegInf, Huge, Garbage, "18446744073709551616"),
+        Good("generate", "--seed", Zero, IntMax, LongMax, "18446744073709551615"),
+        Bad("generate", "--mask-token", Empty, Negative, IntMax, LongMax, NaN, Inf, NegInf, Huge, Garbage, "512"),
+        Good("generate", "--mask-token", Zero, "511"),
+        Bad("generate", "--show-steps", Garbage),
+        Good("generate", "--show-steps", "true"),
+        Bad("generate", "--ar", Garbage, "true"),
+        Good("generate", "--ar", "false"),
+        Good("generate --ar", "--ar", "true"),
+        Bad("generate --ar", "--prompt", Empty, "{70 words}"),
+        Good("generate --ar", "--prompt", Garbage, "<|endoftext|>"),
+        Bad("generate --ar", "--max-new", Empty, Negative, IntMax, LongMax, NaN, Inf, NegInf, Huge, Garbage, "64"),
+        Good("generate --ar", "--max-new", Zero, "8"),
+        Bad("generate --ar", "--temperature", Negative, NaN, Inf, Huge),
+        Good("generate --ar", "--temperature", Zero, "1e-45", LongMax),
+        Bad("generate", "--stop-at-eos", Garbage),
+        Good("generate", "--stop-at-eos", "true"),
+        Good("generate --ar", "--stop-at-eos", "true"),
+        Bad("generate", "--tokenizer", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo),
+        Good("generate", "--tokenizer", "{gpt2}"),
+        Bad("generate", "--device", Empty, Garbage),
+        Good("generate", "--device", "cpu"),
+        Bad("generate", "--precision", Empty, Garbage, "tf32"),
+        Good("generate", "--precision", "f32"),
+
+        Bad("bench", "--suite", Empty, Garbage, ",", "norm,frobnicate"),
+        Good("bench", "--suite", "norm,rope", "softmax"),
+        Bad("bench", "--quick", Garbage),
+        Bad("bench", "--shapes", Empty, Garbage, ",", "0x1x1", "-1x2x2", "2147483647x1x1", "1x2", "NaNx1x1"),
+        Good("bench", "--shapes", "8x8x8"),
+        Bad("bench", "--squares", Empty, Negative, Zero, IntMax, LongMax, NaN, Huge, Garbage, ","),
+        Good("bench", "--squares", "16"),
+        Bad("bench", "--lengths", Empty, Negative, Zero, IntMax, LongMax, NaN, Huge, Garbage, "1,,x"),
+        Good("bench", "--lengths", "16,32"),
+        Bad("bench", "--tokens", Empty, Negative, Zero, IntMax, LongMax, NaN, Inf, NegInf, Huge, Garbage),
+        Good("bench", "--tokens", "1"),
+        Bad("bench", "--train-batch", Empty, Negative, Zero, IntMax, LongMax, NaN, Inf, Huge, Garbage),
+        Good("bench", "--train-batch", "2"),
+        Bad("bench", "--train-length", Empty, Negative, Zero, IntMax, LongMax, NaN, Inf, Huge, Garbage, "257"),
+        Good("bench", "--train-length", "256"),
+        Bad("bench", "--denoise-length", Empty, Negative, Zero, "1", IntMax, LongMax, NaN, Inf, Huge, Garbage, "257"),
+        Good("bench", "--denoise-length", "2", "256"),
+        Bad("bench", "--denoise-steps", Empty, Negative, Zero, IntMax, LongMax, NaN, Inf, Huge, Garbage),
+        Good("bench", "--denoise-steps", "1"),
+        Bad("bench", "--repeat", Empty, Negative, Zero, LongMax, NaN, Inf, Huge, Garbage),
+        Good("bench", "--repeat", IntMax),
+        Bad("bench", "--budget", Empty, Negative, Zero, NaN, Inf, NegInf, Garbage),
+        Good("bench", "--budget", IntMax, LongMax, Huge, "1e-300"),
+        Bad("bench", "--reference", Empty, Garbage),
+        Good("bench", "--reference", "none"),
+        Bad("bench", "--python", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, "no-such-python-anywhere"),
+        Good("bench", "--python", "true"),
+        Bad("bench", "--json", Empty, Folder, DevNull, DevFull, Fifo, MissingFolder),
+        Good("bench", "--json", "{out}/b.json"),
+        Bad("bench", "--markdown", Empty, Folder, DevNull, DevFull, Fifo, MissingFolder),
+        Good("bench", "--markdown", "{out}/b.md"),
+        Bad("bench", "--plots", Empty, AFile, DevNull, Fifo),
+        Good("bench", "--plots", "{out}/plots", MissingFolder),
+        Bad("bench", "--device", Empty, Garbage),
+        Bad("bench", "--precision", Empty, Garbage, "tf32"),
+        Good("bench", "--precision", "f32"),
+
+        Bad("tokenize", "--tokenizer", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo),
+        Good("tokenize", "--tokenizer", "{tok512}"),
+        Bad("tokenize", "--out", Empty, Folder, DevNull, DevFull, Fifo, MissingFolder, AFile, "{gpt2}/vocab.bpe"),
+        Good("tokenize", "--out", "{out}/other.tok"),
+        Bad("tokenize", "--vocab-limit", Empty, Negative, Zero, LongMax, NaN, Inf, Huge, Garbage, "100"),
+        Good("tokenize", "--vocab-limit", "512", IntMax),
+        Bad("tokenize", "--max-docs", Empty, Negative, Zero, "9223372036854775808", NaN, Inf, Huge, Garbage),
+        Good("tokenize", "--max-docs", "1", IntMax, LongMax),
+        Bad("tokenize", "INPUT", Empty, Missing, Folder, DevNull, DevZero, Fifo, "{binary}"),
+        Good("tokenize", "INPUT", AFile),
+
+        Bad("convert llama2c", "MODEL", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo),
+        Bad("convert llama2c", "TOKENIZER", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, "{llama-tokenizer}"),
+        Bad("convert llama2c", "OUT_DIR", Empty, AFile, DevNull, Fifo),
+        Good("convert llama2c", "OUT_DIR", "{out}/a/b"),
+        Bad("convert llama2c", "--overwrite", Garbage),
+        Good("convert llama2c", "--overwrite", "true"),
+    ];
+
+    static string Fixture => Gpt2FixtureTests.FixtureDir;
+    static string SharedData => TestUtil.SharedData;
+
+    string input = null!, output = null!;
+
+    [OneTimeSetUp]
+    public void CreateInputs()
+    {
+        input = Directory.CreateTempSubdirectory("diffu-hostile-in-").FullName;
+        File.WriteAllText(Path.Combine(input, "in.txt"), "Once upon a time.\n\nThe end.");
+        File.WriteAllBytes(Path.Combine(input, "binary.txt"), [(byte)'a', 0xFF, 0xC3, 0x28]);
+        Directory.CreateDirectory(Path.Combine(input, "folder"));
+        IO.OutputFileTests.MakeFifo(Path.Combine(input, "fifo"));
+    }
+
+    [OneTimeTearDown]
+    public void DeleteInputs() => Directory.Delete(input, recursive: true);
+
+    [SetUp]
+    public void CreateOutputFolder() => output = Directory.CreateTempSubdirectory("diffu-hostile-out-").FullName;
+
+    [TearDown]
+    public void DeleteOutputFolder() => Directory.Delete(output, recursive: true);
+
+    string Resolve(string value) => value
+        .Replace("{in}", input).Replace("{out}", output).Replace("{fixture}", Fixture)
+        .Replace("{gpt2}", Path.Combine(SharedData, "tokenizers", "gpt2"))
+        .Replace("{stories}", Path.Combine(SharedData, "llama2c", "stories260K.bin"))
+        .Replace("{tok512}", Path.Combine(SharedData, "llama2c", "tok512.bin"))
+        .Replace("{llama-tokenizer}", Path.Combine(SharedData, "llama2c", "tokenizer.model"))
+        .Replace("{binary}", Path.Combine(input, "binary.txt"))
+        .Replace("{64 ids}", string.Join(",", Enumerable.Repeat(7, 64)))
+        .Replace("{65 ids}", string.Join(",", Enumerable.Repeat(7, 65)))
+        .Replace("{70 words}", string.Join(" ", Enumerable.Repeat("word", 70)));
+
+    /// <summary>The command line of a case: the base's valid arguments with the row's one replaced (or added), options before arguments.</summary>
+    string[] CommandLine(string baseName, string name, string value)
+    {
+        var (path, valid) = Bases[baseName];
+        var values = valid.ToList();
+        int at = values.FindIndex(v => v.Name == name);
+        if (at >= 0) values[at] = (name, value);
+        else values.Add((name, value));
+        var args = new List<string>(path);
+        foreach (var (n, v) in values.Where(v => v.Name.StartsWith("--"))) args.AddRange([n, Resolve(v)]);
+        args.AddRange(values.Where(v => !v.Name.StartsWith("--")).Select(v => Resolve(v.Value)));
+        return [.. args];
+    }
+
+    static IEnumerable<TestCaseData> Cases() =>
+        Table.SelectMany(row => row.Values.Select(value =>
+            new TestCaseData(row.Base, row.Name, value, row.Expected)
+                .SetName($"{row.Base} {row.Name} {(value.Length == 0 ? "(empty)" : value.ReplaceLineEndings("⏎"))} -> {row.Expected}")));
+
+    [TestCaseSource(nameof(Cases))]
+    public void HostileValue(string baseName, string name, string value, Outcome expected)
+    {
+        var args = CommandLine(baseName, name, value);
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        // A command that opens a FIFO or reads /dev/zero never returns: that is a failure, not a hang.
+        var run = Task.Run(() => DiffuSharp.Cli.Cli.Run(args, stdout, stderr));
+        Assert.That(run.Wait(TimeSpan.FromSeconds(60)), Is.True, "the command did not return: it read a special file");
+        string err = stderr.ToString();
+        Assert.That(err, Does.Not.Contain("internal error").And.Not.Contain("   at "), "no stack trace");
+        if (expected == Outcome.Exit0)
+        {
+            Assert.That(run.Result, Is.EqualTo(0), err);
+            return;
+        }
+        Assert.That(run.Result, Is.EqualTo(2), err);
+        Assert.That(err.TrimEnd('\n').Split('\n'), Has.Length.EqualTo(1), "exactly one line on stderr");
+        Assert.That(err, Does.StartWith("error: "));
+    }
+
+    /// <summary>Every option and argument of the real command tree (train excepted) has a row, and every row names one.</summary>
+    [Test]
+    public void EveryOptionHasARow()
+    {
+        var root = DiffuSharp.Cli.Cli.CreateRoot(TextWriter.Null, TextWriter.Null);
+        var symbols = new List<string>();
+        void Walk(Command command, string path)
+        {
+            foreach (var option in command.Options.Where(o => o is not HelpOption and not VersionOption)) symbols.Add($"{path} {option.Name}");
+            foreach (var argument in command.Arguments) symbols.Add($"{path} {argument.Name}");
+            foreach (var sub in command.Subcommands.Where(c => c.Name != "train")) Walk(sub, $"{path} {sub.Name}".Trim());
+        }
+        Walk(root, "");
+        var covered = Table.Select(r => $"{string.Join(' ', Bases[r.Base].Path)} {r.Name}").ToHashSet();
+        Assert.That(symbols.Where(s => !covered.Contains(s)), Is.Empty, "options without a row in the table");
+        Assert.That(covered.Where(c => !symbols.Contains(c)), Is.Empty, "rows that name no option");
+        Assert.That(Table.Where(r => r.Values.Length == 0), Is.Empty);
+    }
+}
