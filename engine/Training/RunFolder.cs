@@ -16,7 +16,10 @@ public sealed class RunFolder : IDisposable
     /// <summary>What earlier versions named their staged files (.model.safetensors.next, .next.tmp-GUID).</summary>
     const string FlatStagingMarker = ".next";
 
-    /// <summary>Files that earlier versions kept at the top of the run folder (still resumable, removed by <see cref="Clear"/>).</summary>
+    /// <summary>
+    /// Files that earlier versions kept at the top of the run folder. Such a folder is recognised by its
+    /// training state; it still resumes, and <see cref="Clear"/> removes these files only from such a folder.
+    /// </summary>
     static readonly string[] FlatCheckpointFiles =
         [Checkpoint.ModelFile, Checkpoint.ConfigFile, Checkpoint.StateFile, "vocab.json", "merges.txt", "tokenizer.model", "tokenizer.bin"];
 
@@ -37,12 +40,15 @@ public sealed class RunFolder : IDisposable
 
     /// <summary>
     /// Takes the folder (creating it if needed) for this process, or fails at once, naming the folder, when
-    /// another process holds it. Removes what a killed save left behind.
+    /// another process holds it. Removes what a killed save left behind. A model folder that is not a run
+    /// (config.json or weights without a training state) is refused untouched: a run never mixes its files in.
     /// </summary>
     public static RunFolder Open(string path)
     {
         path = System.IO.Path.GetFullPath(path);
         if (File.Exists(path)) throw new DiffuException($"{path}: is a file, not an output folder");
+        if (IsModelFolder(path))
+            throw new DiffuException($"{path}: holds a model (config.json or weights) that no training run wrote; choose another output folder");
         bool created = !Directory.Exists(path);
         Directory.CreateDirectory(path);
         FileStream stream;
@@ -60,14 +66,16 @@ public sealed class RunFolder : IDisposable
     }
 
     /// <summary>The newest complete checkpoint: a step folder, or the top folder itself in the older flat layout.</summary>
-    public string? LatestCheckpoint =>
-        RunLayout.LatestCheckpoint(Path) ?? (File.Exists(System.IO.Path.Combine(Path, Checkpoint.StateFile)) ? Path : null);
+    public string? LatestCheckpoint => RunLayout.LatestCheckpoint(Path) ?? (IsFlatRun(Path) ? Path : null);
 
     /// <summary>Whether the folder holds anything of an earlier run (checkpoints, a log, a plot).</summary>
     public bool HoldsRun =>
-        Directory.Exists(System.IO.Path.Combine(Path, RunLayout.CheckpointsFolder))
-        || File.Exists(LogPath) || File.Exists(PlotPath)
-        || FlatCheckpointFiles.Any(name => File.Exists(System.IO.Path.Combine(Path, name)));
+        Directory.Exists(System.IO.Path.Combine(Path, RunLayout.CheckpointsFolder)) || File.Exists(LogPath) || File.Exists(PlotPath) || IsFlatRun(Path);
+
+    static bool IsFlatRun(string path) => File.Exists(System.IO.Path.Combine(path, Checkpoint.StateFile));
+
+    static bool IsModelFolder(string path) =>
+        !IsFlatRun(path) && new[] { Checkpoint.ConfigFile, Checkpoint.ModelFile, SafeTensorCheckpoint.IndexFileName }.Any(name => File.Exists(System.IO.Path.Combine(path, name)));
 
     /// <summary>
     /// Refuses a run whose checkpoints cannot fit on this folder's disk: <paramref name="keep"/> complete ones plus
@@ -89,8 +97,9 @@ public sealed class RunFolder : IDisposable
     {
         var checkpoints = System.IO.Path.Combine(Path, RunLayout.CheckpointsFolder);
         if (Directory.Exists(checkpoints)) Directory.Delete(checkpoints, recursive: true);
-        foreach (var name in FlatCheckpointFiles.Append(RunLayout.LogFile).Append(RunLayout.PlotFile))
-            File.Delete(System.IO.Path.Combine(Path, name));
+        var names = new[] { RunLayout.LogFile, RunLayout.PlotFile }.AsEnumerable();
+        if (IsFlatRun(Path)) names = names.Concat(FlatCheckpointFiles);
+        foreach (var name in names) File.Delete(System.IO.Path.Combine(Path, name));
     }
 
     /// <summary>

@@ -62,7 +62,7 @@ public sealed record TrainOptions
         Check((long)Batch * SequenceLength <= Array.MaxLength,
             $"--batch {Batch} x --seq-len {SequenceLength} = {(long)Batch * SequenceLength:N0} tokens per micro-batch is more than one buffer can hold ({Array.MaxLength:N0})");
         Check(Steps <= long.MaxValue / GradientAccumulation, $"--steps {Steps} x --grad-accum {GradientAccumulation} micro-batches overflows a 64-bit count");
-        Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--lr must be a positive finite number, got {LearningRate}");
+        Check(LearningRate > 0 && float.IsFinite((float)LearningRate), $"--lr must be a positive number that float32 holds, got {LearningRate}");
         Check(EvalEvery > 0, $"--eval-every must be positive, got {EvalEvery}");
         Check(EvalBatches > 0, $"--eval-batches must be positive, got {EvalBatches}");
         Check(ValidationFraction is >= 0 and < 1, $"--val-fraction must lie in [0, 1), got {ValidationFraction}");

@@ -5,9 +5,9 @@ using DiffuSharp.Tests.Models;
 namespace DiffuSharp.Tests.CliTests;
 
 /// <summary>
-/// Every option and argument of every `diffu` command (train excepted: its owner adds its rows) against hostile
-/// values, each run in-process on the tiny fixture with otherwise valid arguments. A row says the outcome: bad
-/// input is exit 2 with exactly one line on stderr and no stack trace; a legitimately valid value is exit 0.
+/// Every option and argument of every `diffu` command against hostile values, each run in-process on the tiny
+/// fixture with otherwise valid arguments. A row says the outcome: bad input is exit 2 with exactly one line on
+/// stderr and no stack trace; a legitimately valid value is exit 0; a training run that diverges is exit 3.
 /// A new option joins the table, or <see cref="EveryOptionHasARow"/> fails.
 /// </summary>
 public sealed class HostileInputTests
@@ -27,20 +27,27 @@ public sealed class HostileInputTests
         ["bench"] = (["bench"], [("--quick", "true"), ("--suite", "norm"), ("--tokens", "16"), ("--repeat", "1"), ("--budget", "0.001"), ("--reference", "none"), ("--device", "cpu")]),
         ["tokenize"] = (["tokenize"], [("--tokenizer", "{gpt2}"), ("--out", "{out}/o.tok"), ("INPUT", AFile)]),
         ["convert llama2c"] = (["convert", "llama2c"], [("MODEL", "{stories}"), ("TOKENIZER", "{tok512}"), ("OUT_DIR", "{out}/converted")]),
+        ["train"] = (["train"], [("--init", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--data", "{shard}"), ("--mask-token", "3"), ("--steps", "1"),
+            ("--batch", "2"), ("--seq-len", "16"), ("--eval-every", "1"), ("--eval-batches", "1"), ("--out", "{out}/new"), ("--device", "cpu")]),
+        ["train --config"] = (["train"], [("--config", "{fixture}/config.json"), ("--tokenizer", "{gpt2}"), ("--data", "{shard}"), ("--mask-token", "3"),
+            ("--steps", "1"), ("--batch", "2"), ("--seq-len", "16"), ("--eval-batches", "1"), ("--out", "{out}/run"), ("--device", "cpu")]),
+        ["train --resume"] = (["train"], [("--resume", "{run}"), ("--device", "cpu")]),
     };
 
-    public enum Outcome { Exit2, Exit0 }
+    public enum Outcome { Exit2, Exit0, Exit3 }
 
     sealed record Row(string Base, string Name, Outcome Expected, params string[] Values);
 
     static Row Bad(string baseName, string name, params string[] values) => new(baseName, name, Outcome.Exit2, values);
     static Row Good(string baseName, string name, params string[] values) => new(baseName, name, Outcome.Exit0, values);
+    static Row Diverges(string baseName, string name, params string[] values) => new(baseName, name, Outcome.Exit3, values);
 
     /// <summary>
     /// The table. Left out as valid but long-running: generate --steps 2147483647 (as many forward passes),
     /// bench --tokens/--squares/--lengths up to 2^20 (gigabytes, minutes), bench --quick false (full-size
     /// ceilings), bench --reference torch (starts Python), --device ilgpu-cpu (the ILGPU simulator) and cuda
-    /// (exit 0 or 2 depending on the machine).
+    /// (exit 0 or 2 depending on the machine); train --steps, --grad-accum, --warmup and --eval-every at 2^31-1 and beyond
+    /// (that many optimizer steps or micro-batches).
     /// </summary>
     static readonly Row[] Table =
     [
@@ -161,12 +168,77 @@ public sealed class HostileInputTests
         Good("convert llama2c", "OUT_DIR", "{out}/a/b"),
         Bad("convert llama2c", "--overwrite", Garbage),
         Good("convert llama2c", "--overwrite", "true"),
+
+        Bad("train", "--init", Empty, Missing, Folder, AFile, DevNull, Fifo, Garbage, "{out}/new", "{out}"),
+        Good("train", "--init", "{fixture}", "{run}"),
+        Bad("train --config", "--config", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, Garbage, "{huge config}", "{binary}"),
+        Good("train --config", "--config", "{fixture}/config.json", "{fixture}"),
+        Bad("train --resume", "--resume", Empty, Missing, Folder, AFile, DevNull, Fifo, "{fixture}", "{out}"),
+        Good("train --resume", "--resume", "{run}"),
+        Bad("train", "--objective", Empty, Garbage, "AR"),
+        Good("train", "--objective", "ar", "diffusion"),
+        Bad("train", "--data", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, "{wide shard}"),
+        Good("train", "--data", "{shard}"),
+        Bad("train", "--steps", Empty, Negative, Zero, NaN, Inf, NegInf, Huge, Garbage, "9223372036854775808"),
+        Good("train", "--steps", "1", "2"),
+        Bad("train", "--batch", Empty, Negative, Zero, IntMax, LongMax, NaN, Inf, Huge, Garbage, "1073741824", "10000000"),
+        Good("train", "--batch", "1", "3"),
+        Bad("train", "--seq-len", Empty, Negative, Zero, "1", IntMax, LongMax, NaN, Garbage, "65"),
+        Good("train", "--seq-len", "2", "64"),
+        Bad("train", "--lr", Empty, Negative, Zero, NaN, Inf, NegInf, Huge, Garbage),
+        Good("train", "--lr", "1e-3", "1e-45"),
+        Diverges("train", "--lr", IntMax, LongMax),
+        Bad("train", "--warmup", Empty, Negative, NaN, Inf, Garbage, "9223372036854775808"),
+        Good("train", "--warmup", Zero, "5"),
+        Bad("train", "--schedule", Empty, Garbage),
+        Good("train", "--schedule", "cosine", "constant"),
+        Bad("train", "--anneal-steps", Empty, Negative, NaN, Inf, Garbage, "9223372036854775808"),
+        Good("train", "--anneal-steps", Zero, "3", LongMax),
+        Bad("train", "--grad-accum", Empty, Negative, Zero, LongMax, NaN, Inf, Garbage),
+        Good("train", "--grad-accum", "1", "2"),
+        Bad("train", "--eval-every", Empty, Negative, Zero, NaN, Inf, Garbage, "9223372036854775808"),
+        Good("train", "--eval-every", "1"),
+        Bad("train", "--eval-batches", Empty, Negative, Zero, LongMax, NaN, Inf, Garbage),
+        Good("train", "--eval-batches", "1", IntMax),
+        Bad("train", "--seed", Empty, Negative, NaN, Inf, Garbage, "18446744073709551616"),
+        Good("train", "--seed", Zero, "18446744073709551615"),
+        Bad("train", "--mask-token", Empty, Negative, "512", IntMax, LongMax, NaN, Garbage),
+        Good("train", "--mask-token", "3", "new"),
+        Bad("train", "--weight-decay", Empty, Negative, NaN, Inf, Huge, Garbage, "5000"),
+        Good("train", "--weight-decay", Zero, "0.1"),
+        Bad("train", "--clip", Empty, Negative, NaN, Inf, Huge, Garbage),
+        Good("train", "--clip", Zero, "1", IntMax),
+        Bad("train", "--val-fraction", Empty, Negative, Zero, "1", IntMax, NaN, Inf, Garbage),
+        Good("train", "--val-fraction", "0.05", "0.5"),
+        Bad("train", "--recipe", Empty, Garbage),
+        Good("train", "--recipe", "annealed", "no-anneal"),
+        Bad("train", "--out", Empty, AFile, DevNull, Fifo, "{fixture}", "{run}"),
+        Good("train", "--out", "{out}/a/b", Folder),
+        Bad("train", "--overwrite", Garbage),
+        Good("train", "--overwrite", "true"),
+        Bad("train", "--keep", Empty, Negative, Zero, LongMax, NaN, Garbage),
+        Good("train", "--keep", "1", IntMax),
+        Bad("train", "--max-loss", Empty, Negative, Zero, NaN, Inf, Garbage),
+        Good("train", "--max-loss", "1e5", IntMax, Huge),
+        Diverges("train", "--max-loss", "1e-9"),
+        Bad("train", "--tokenizer", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo),
+        Good("train", "--tokenizer", "{gpt2}"),
+        Bad("train", "--device", Empty, Garbage),
+        Good("train", "--device", "cpu"),
+        Bad("train", "--precision", Empty, Garbage, "tf32"),
+        Good("train", "--precision", "f32"),
+        Bad("train --resume", "--steps", Zero, Negative, Garbage),
+        Good("train --resume", "--steps", "1", "2"),
+        Bad("train --resume", "--lr", "1e-3"),
+        Bad("train --resume", "--out", "{out}/elsewhere"),
+        Good("train --resume", "--keep", "2"),
+        Good("train --resume", "--data", "{shard}"),
     ];
 
     static string Fixture => Gpt2FixtureTests.FixtureDir;
     static string SharedData => TestUtil.SharedData;
 
-    string input = null!, output = null!;
+    string input = null!, output = null!, shard = null!;
 
     [OneTimeSetUp]
     public void CreateInputs()
@@ -176,6 +248,12 @@ public sealed class HostileInputTests
         File.WriteAllBytes(Path.Combine(input, "binary.txt"), [(byte)'a', 0xFF, 0xC3, 0x28]);
         Directory.CreateDirectory(Path.Combine(input, "folder"));
         IO.OutputFileTests.MakeFifo(Path.Combine(input, "fifo"));
+        shard = CliRun.StoriesShard(input);
+        var wide = CliRun.Run("tokenize", "--tokenizer", Path.Combine(SharedData, "tokenizers", "gpt2"), "--out", Path.Combine(input, "wide.tok"), Path.Combine(input, "stories.txt"));
+        Assert.That(wide.Code, Is.EqualTo(0), wide.Err);
+        File.WriteAllText(Path.Combine(input, "huge.json"), """{"model_type": "gpt2", "vocab_size": 512, "n_positions": 64, "n_embd": 64, "n_layer": 1000000000, "n_head": 4}""");
+        var made = CliRun.Run([.. CommandLine("train", "--out", Path.Combine(input, "run-template"))]);
+        Assert.That(made.Code, Is.EqualTo(0), made.Err);
     }
 
     [OneTimeTearDown]
@@ -187,16 +265,34 @@ public sealed class HostileInputTests
     [TearDown]
     public void DeleteOutputFolder() => Directory.Delete(output, recursive: true);
 
-    string Resolve(string value) => value
+    string Resolve(string value) => (value.Contains("{run}") ? value.Replace("{run}", CopyOfTemplateRun()) : value)
         .Replace("{in}", input).Replace("{out}", output).Replace("{fixture}", Fixture)
         .Replace("{gpt2}", Path.Combine(SharedData, "tokenizers", "gpt2"))
         .Replace("{stories}", Path.Combine(SharedData, "llama2c", "stories260K.bin"))
         .Replace("{tok512}", Path.Combine(SharedData, "llama2c", "tok512.bin"))
         .Replace("{llama-tokenizer}", Path.Combine(SharedData, "llama2c", "tokenizer.model"))
         .Replace("{binary}", Path.Combine(input, "binary.txt"))
+        .Replace("{shard}", shard).Replace("{wide shard}", Path.Combine(input, "wide.tok"))
+        .Replace("{huge config}", Path.Combine(input, "huge.json"))
+
         .Replace("{64 ids}", string.Join(",", Enumerable.Repeat(7, 64)))
         .Replace("{65 ids}", string.Join(",", Enumerable.Repeat(7, 65)))
         .Replace("{70 words}", string.Join(" ", Enumerable.Repeat("word", 70)));
+
+    /// <summary>A fresh copy of the one-step run made at set-up, in this case's output folder (a case may continue it).</summary>
+    string CopyOfTemplateRun()
+    {
+        var copy = Path.Combine(output, "run");
+        if (Directory.Exists(copy)) return copy;
+        var template = Path.Combine(input, "run-template");
+        foreach (var file in Directory.EnumerateFiles(template, "*", SearchOption.AllDirectories))
+        {
+            var to = Path.Combine(copy, Path.GetRelativePath(template, file));
+            Directory.CreateDirectory(Path.GetDirectoryName(to)!);
+            File.Copy(file, to);
+        }
+        return copy;
+    }
 
     /// <summary>The command line of a case: the base's valid arguments with the row's one replaced (or added), options before arguments.</summary>
     string[] CommandLine(string baseName, string name, string value)
@@ -233,12 +329,19 @@ public sealed class HostileInputTests
             Assert.That(run.Result, Is.EqualTo(0), err);
             return;
         }
+        var lines = err.TrimEnd('\n').Split('\n');
+        if (expected == Outcome.Exit3)
+        {
+            Assert.That(run.Result, Is.EqualTo(3), err);
+            Assert.That(lines[^1], Does.StartWith("error: ").And.Contain("the last checkpoint is kept"), "the run's banner, then one line");
+            return;
+        }
         Assert.That(run.Result, Is.EqualTo(2), err);
-        Assert.That(err.TrimEnd('\n').Split('\n'), Has.Length.EqualTo(1), "exactly one line on stderr");
+        Assert.That(lines, Has.Length.EqualTo(1), "exactly one line on stderr");
         Assert.That(err, Does.StartWith("error: "));
     }
 
-    /// <summary>Every option and argument of the real command tree (train excepted) has a row, and every row names one.</summary>
+    /// <summary>Every option and argument of the real command tree has a row, and every row names one.</summary>
     [Test]
     public void EveryOptionHasARow()
     {
@@ -248,7 +351,7 @@ public sealed class HostileInputTests
         {
             foreach (var option in command.Options.Where(o => o is not HelpOption and not VersionOption)) symbols.Add($"{path} {option.Name}");
             foreach (var argument in command.Arguments) symbols.Add($"{path} {argument.Name}");
-            foreach (var sub in command.Subcommands.Where(c => c.Name != "train")) Walk(sub, $"{path} {sub.Name}".Trim());
+            foreach (var sub in command.Subcommands) Walk(sub, $"{path} {sub.Name}".Trim());
         }
         Walk(root, "");
         var covered = Table.Select(r => $"{string.Join(' ', Bases[r.Base].Path)} {r.Name}").ToHashSet();

@@ -16,46 +16,44 @@ static class TrainCommand
 {
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
-        var init = new Option<string?>("--init") { Description = "start from this checkpoint folder (e.g. an AR GPT-2 to adapt)" };
-        var config = new Option<string?>("--config") { Description = "start from random weights: a preset name in models/ (gpt2-tiny, gpt2-small) or a config.json path" };
-        var resume = new Option<string?>("--resume") { Description = "continue the run saved in this folder up to --steps" };
+        var defaults = new TrainOptions();
+        var init = Cli.NonEmpty(new Option<string?>("--init") { Description = "start from this model folder or run folder (e.g. an AR GPT-2 to adapt)" });
+        var config = Cli.NonEmpty(new Option<string?>("--config") { Description = "start from random weights: a preset name in models/ (gpt2-tiny, gpt2-small) or a config.json path" });
+        var resume = Cli.NonEmpty(new Option<string?>("--resume") { Description = "continue the run saved in this folder up to --steps" });
         var objective = new Option<string>("--objective") { Description = "diffusion (the DiffuGPT objective) or ar (next-token)", DefaultValueFactory = _ => "diffusion" };
         objective.AcceptOnlyFromAmong("diffusion", "ar");
-        var data = new Option<string[]>("--data") { Description = "token shard(s) written by `diffu tokenize`", AllowMultipleArgumentsPerToken = true };
-        var steps = new Option<long>("--steps") { Description = "total optimizer steps of the run", DefaultValueFactory = _ => 1000 };
-        var batch = new Option<int>("--batch") { Description = "sequences per micro-batch", DefaultValueFactory = _ => 8 };
-        var seqLen = new Option<int>("--seq-len") { Description = "tokens per sequence", DefaultValueFactory = _ => 128 };
-        var lr = new Option<double>("--lr") { Description = "peak learning rate", DefaultValueFactory = _ => 3e-4 };
-        var warmup = new Option<long>("--warmup") { Description = "linear warm-up steps", DefaultValueFactory = _ => 0 };
+        var data = Cli.NonEmpty(new Option<string[]>("--data") { Description = "token shard(s) written by `diffu tokenize`", AllowMultipleArgumentsPerToken = true });
+        var steps = TypedOptions.Integer("--steps", "total optimizer steps of the run", defaults.Steps, min: 1L);
+        var batch = TypedOptions.Integer("--batch", "sequences per micro-batch", defaults.Batch, min: 1);
+        var seqLen = TypedOptions.Integer("--seq-len", "tokens per sequence", defaults.SequenceLength, min: 2);
+        var lr = TypedOptions.Double("--lr", "peak learning rate", defaults.LearningRate, min: 0, max: float.MaxValue, minExclusive: true);
+        var warmup = TypedOptions.Integer("--warmup", "linear warm-up steps", defaults.WarmupSteps, min: 0L);
         var schedule = new Option<string>("--schedule") { Description = "after warm-up: cosine (to 0) or constant", DefaultValueFactory = _ => "cosine" };
         schedule.AcceptOnlyFromAmong("cosine", "constant");
-        var anneal = new Option<long>("--anneal-steps") { Description = "steps to anneal attention from causal to bidirectional (0 = bidirectional at once)", DefaultValueFactory = _ => 0 };
-        var accum = new Option<int>("--grad-accum") { Description = "micro-batches per optimizer step", DefaultValueFactory = _ => 1 };
-        var evalEvery = new Option<long>("--eval-every") { Description = "validate, checkpoint and plot every N steps", DefaultValueFactory = _ => 100 };
-        var evalBatches = new Option<int>("--eval-batches") { Description = "validation batches per evaluation", DefaultValueFactory = _ => 8 };
-        var seed = new Option<ulong>("--seed") { Description = "seed for initialisation, data order and noise", DefaultValueFactory = _ => 0 };
+        var anneal = TypedOptions.Integer("--anneal-steps", "steps to anneal attention from causal to bidirectional (0 = bidirectional at once)", defaults.AnnealSteps, min: 0L);
+        var accum = TypedOptions.Integer("--grad-accum", "micro-batches per optimizer step", defaults.GradientAccumulation, min: 1);
+        var evalEvery = TypedOptions.Integer("--eval-every", "validate, checkpoint and plot every N steps", defaults.EvalEvery, min: 1L);
+        var evalBatches = TypedOptions.Integer("--eval-batches", "validation batches per evaluation", defaults.EvalBatches, min: 1);
+        var seed = TypedOptions.Integer("--seed", "seed for initialisation, data order and noise", defaults.Seed, min: 0UL);
         var mask = new Option<string>("--mask-token")
         {
             Description = "[MASK] token: an existing id (DiffuGPT-S uses 10541) or 'new' to append one with the mean embedding",
             DefaultValueFactory = _ => "10541",
         };
-        var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay", DefaultValueFactory = _ => 0f };
-        var clip = new Option<float>("--clip") { Description = "global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1f };
-        var valFraction = new Option<double>("--val-fraction") { Description = "share of blocks held out for validation", DefaultValueFactory = _ => new TrainOptions().ValidationFraction };
+        var weightDecay = TypedOptions.Float("--weight-decay", "AdamW decoupled weight decay", defaults.WeightDecay, min: 0);
+        var clip = TypedOptions.Float("--clip", "global gradient-norm clip (0 = off)", defaults.ClipNorm, min: 0);
+        var valFraction = TypedOptions.Double("--val-fraction", "share of blocks held out for validation, below 1", defaults.ValidationFraction, min: 0, max: 1);
         var recipe = new Option<string?>("--recipe")
         {
             Description = "the paper's adaptation recipes as defaults for the options not given: annealed (DiffuGPT: attention annealed over 10K steps, "
                 + "3e-4 cosine, 2K warm-up) or no-anneal (DiffuLLaMA-7B: bidirectional from step 0, constant 2e-5, no warm-up)",
         };
         recipe.AcceptOnlyFromAmong(Recipes.Keys.ToArray());
-        var output = new Option<string?>("--out") { Description = "output folder: checkpoints/step-N/, train_log.jsonl, loss.png (a folder that holds a run needs --resume or --overwrite)" };
+        var output = Cli.NonEmpty(new Option<string?>("--out") { Description = "output folder: checkpoints/step-N/, train_log.jsonl, loss.png (a folder that holds a run needs --resume or --overwrite)" });
         var overwrite = new Option<bool>("--overwrite") { Description = "start a new run in an --out folder that holds an earlier run, deleting that run's checkpoints, log and plot" };
-        var keep = new Option<int>("--keep") { Description = "how many of the newest checkpoints to keep", DefaultValueFactory = _ => 1 };
-        var maxLoss = new Option<double>("--max-loss")
-        {
-            Description = "stop as diverged when a step's or the validation loss exceeds this (the last checkpoint is kept)",
-            DefaultValueFactory = _ => new TrainOptions().MaxLoss,
-        };
+        var keep = TypedOptions.Integer("--keep", "how many of the newest checkpoints to keep", defaults.KeepCheckpoints, min: 1);
+        var maxLoss = TypedOptions.Double("--max-loss", "stop as diverged when a step's or the validation loss exceeds this (the last checkpoint is kept)",
+            defaults.MaxLoss, min: 0, minExclusive: true);
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
@@ -156,7 +154,7 @@ static class TrainCommand
         if (run.HoldsRun && !request.Overwrite)
             throw new DiffuException($"{outDir} already holds a training run ({Describe(run)}): continue it with --resume {request.Out}, "
                 + "or start again with --overwrite (which deletes it)");
-        run.RequireSpace(CheckpointBytes(config, vocab, tokenizer), options.KeepCheckpoints);
+        run.RequireSpace(CheckpointBytes(config, vocab, tokenizer), CheckpointsOnDisk(options, 0));
         using var trainer = NewRun(request, options, device, blocks);
         ModelFolder.Tokenizer(tokenizerSource, trainer.Model.Config, null);
         run.Clear();
@@ -187,7 +185,7 @@ static class TrainCommand
         if (options.Data.Length == 0) throw new DiffuException("--data FILE is required (the checkpoint names no token shards)");
         options.Validate();
         var config = ModelLoader.LoadConfig(checkpoint);
-        run.RequireSpace(CheckpointBytes(config, config.VocabSize, tokenizer), options.KeepCheckpoints);
+        run.RequireSpace(CheckpointBytes(config, config.VocabSize, tokenizer), CheckpointsOnDisk(options, RunLayout.Checkpoints(resumeDir).Count));
         using var device = Cli.CreateDevice(request.Device, request.Precision);
         RequireMemory(device, config, options);
         using var blocks = OpenData(options.Data, options, config.VocabSize);
@@ -223,6 +221,10 @@ static class TrainCommand
     static void RequireMemory(Device device, IModelConfig config, TrainOptions options) =>
         DeviceMemory.Require(device, SaturatingAdd(ModelMemory.Weights(config), ModelMemory.Training(config, options.Batch, options.SequenceLength)),
             $"training {config.ParameterCount:N0} parameters with micro-batches of {options.Batch} x {options.SequenceLength}");
+
+    /// <summary>The most checkpoints the run can have on disk at once: --keep, or fewer when the run saves fewer (one every --eval-every and the last).</summary>
+    static int CheckpointsOnDisk(TrainOptions options, int existing) =>
+        (int)Math.Min(options.KeepCheckpoints, Math.Min(int.MaxValue - 1, existing + options.Steps / options.EvalEvery + 1));
 
     static long SaturatingAdd(long a, long b) => a > long.MaxValue - b ? long.MaxValue : a + b;
 
