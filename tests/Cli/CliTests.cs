@@ -15,13 +15,7 @@ public sealed class CliTests
     [TearDown]
     public void TearDown() => Directory.Delete(temp, recursive: true);
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = DiffuSharp.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
 
     static string Fixture => Gpt2FixtureTests.FixtureDir;
     static string Gpt2Tokenizer => Path.Combine(TestUtil.SharedData, "tokenizers", "gpt2");

@@ -22,13 +22,7 @@ public sealed class GenerateCommandTests
     static string Fixture => Gpt2FixtureTests.FixtureDir;
     static string Gpt2Tokenizer => Path.Combine(TestUtil.SharedData, "tokenizers", "gpt2");
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = DiffuSharp.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
 
     static readonly string[] Diffusion = ["generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--device", "cpu", "--mask-token", "3", "--steps", "2"];
     static readonly string[] Ar = ["generate", "--model", Fixture, "--tokenizer", Gpt2Tokenizer, "--device", "cpu", "--ar", "--prompt", "Once upon"];

@@ -57,13 +57,7 @@ public sealed class TypedOptionsTests
         Assert.That(parsed.Errors.Select(e => e.Message), Is.EqualTo(new[] { message }));
     }
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = DiffuSharp.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
 
     /// <summary>The commands use them: one line on stderr, the option and the problem in words, no CLR type names.</summary>
     [TestCase("--steps: 'abc' is not an integer", "generate", "--model", "{model}", "--steps", "abc")]

@@ -18,13 +18,7 @@ public sealed class TokenizeCommandTests
 
     static readonly Lazy<Gpt2Tokenizer> Gpt2 = new(() => Gpt2Tokenizer.FromDirectory(TokenizerDir)!);
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = DiffuSharp.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => DiffuSharp.Tests.CliTests.CliRun.Run(args);
 
     string Write(string name, string text)
     {

@@ -329,13 +329,7 @@ public class Llama2cTests
         Assert.That((int)config["vocab_size"]!, Is.EqualTo(Vocab));
     }
 
-    private static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = DiffuSharp.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    private static (int Code, string Out, string Err) Cli(params string[] args) => DiffuSharp.Tests.CliTests.CliRun.Run(args);
 
     [Test]
     public void CliConvertsAndCopiesTheTokenizer()

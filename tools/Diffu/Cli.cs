@@ -28,7 +28,7 @@ public static class Cli
         }
         catch (Training.TrainingDivergedException e)
         {
-            stderr.WriteLine($"error: {e.Message}");
+            stderr.WriteLine(OneLine($"error: {e.Message}"));
             return Diverged;
         }
         catch (Exception e) when (e is DiffuException or IOException or UnauthorizedAccessException)
