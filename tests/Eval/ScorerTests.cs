@@ -165,3 +165,56 @@ public sealed class ScorerMaskTests
         Assert.That(DiffusionScorer.Mask(1, Sequence(1, 0, 1, 20000), 2, 0.5), Is.Not.EqualTo(a), "another example");
     }
 }
+
+/// <summary>The generation-quality measures of the unconditional task (the paper's Fig. 3).</summary>
+public sealed class GenerationQualityTests
+{
+    [Test]
+    public void DistinctNCountsDistinctNGramsOverAllSamples()
+    {
+        int[][] samples = [[1, 2, 1, 2], [1, 2, 3]];
+        Assert.That(Diversity.DistinctN(samples, 1), Is.EqualTo(3.0 / 7));
+        Assert.That(Diversity.DistinctN(samples, 2), Is.EqualTo(3.0 / 5), "(1,2) (2,1) (1,2) | (1,2) (2,3)");
+        Assert.That(Diversity.DistinctN(samples, 3), Is.EqualTo(3.0 / 3));
+        Assert.That(Diversity.DistinctN(samples, 5), Is.EqualTo(0));
+    }
+
+    [Test]
+    public void TokenEntropyIsPerSampleThenAveraged()
+    {
+        Assert.That(Diversity.MeanTokenEntropy([[7, 7, 7, 7], [1, 2, 3, 4]]), Is.EqualTo(Math.Log(4) / 2).Within(1e-12));
+        Assert.That(Diversity.MeanTokenEntropy([[1, 1, 2, 2]]), Is.EqualTo(Math.Log(2)).Within(1e-12));
+    }
+
+    /// <summary>Against PyTorch's causal logits for the fixture's own ids (tests/reference/gpt2_reference.py), in float64 here.</summary>
+    [Test]
+    public void GenerativePerplexityIsTheExpOfTheJudgesMeanCrossEntropy()
+    {
+        using var device = new CpuDevice();
+        using var judge = ModelLoader.Load(Path.Combine(TestUtil.Fixtures, "gpt2-tiny"), device);
+        using var expected = SafeTensorFile.Open(Path.Combine(TestUtil.Fixtures, "gpt2-tiny", "expected.safetensors"));
+        var ids = expected.ReadInt32("ids");
+        var logits = expected.ReadFloat32("logits_causal");
+        int[] shape = expected.Info("logits_causal").Shape;
+        int rows = shape[0], length = shape[1], vocab = shape[2];
+        double nll = 0;
+        var samples = new List<int[]>();
+        for (int b = 0; b < rows; b++)
+        {
+            samples.Add(ids.AsSpan(b * length + 1, length - 1).ToArray());
+            for (int p = 0; p + 1 < length; p++)
+            {
+                var row = logits.AsSpan((b * length + p) * vocab, vocab);
+                double max = double.NegativeInfinity, sum = 0;
+                foreach (float v in row) max = Math.Max(max, v);
+                foreach (float v in row) sum += Math.Exp(v - max);
+                nll -= row[ids[b * length + p + 1]] - max - Math.Log(sum);
+            }
+        }
+        // Each sample is the row after its first token, which therefore plays the judge's start token: one start per row.
+        var perRow = samples.Select((s, b) => new GenerativePerplexity(judge, ids[b * length], 4, 1 << 16).Of([s])).ToArray();
+        double want = Math.Exp(nll / (rows * (length - 1)));
+        double got = Math.Exp(perRow.Select(p => Math.Log(p)).Average());
+        Assert.That(got, Is.EqualTo(want).Within(want * 1e-4));
+    }
+}
