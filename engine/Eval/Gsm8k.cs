@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text;
 using System.Text.Json;
 
@@ -87,17 +86,14 @@ public static class Gsm8k
     }
 
     /// <summary>
-    /// Whether the prediction's final answer is the gold one: compared as numbers when both are plain decimal
-    /// numbers (optional sign and decimal point: "12.00" is 12, "40." is 40), else as exact text. A
-    /// prediction without "####" is wrong. The reference compares the normalised texts only, so it counts
-    /// "12.00" against 12 as wrong; that is the one difference (2 of the authors' 1319 DiffuGPT-M rows).
+    /// Whether the prediction's final answer is the gold one, compared as text after the normalisation of
+    /// <see cref="FinalAnswer"/>, exactly as the paper's evaluation does (spec §8): "12.00" is not 12 and
+    /// "40." is not 40. A prediction without "####" is wrong.
     /// </summary>
     public static bool IsCorrect(string prediction, string gold)
     {
         string goldAnswer = FinalAnswer(gold) ?? throw new ArgumentException($"the gold answer has no '{AnswerMarker}': {gold}", nameof(gold));
-        if (FinalAnswer(prediction) is not { } answer) return false;
-        if (TryNumber(answer, out var a) && TryNumber(goldAnswer, out var b)) return a == b;
-        return string.Equals(answer, goldAnswer, StringComparison.Ordinal);
+        return FinalAnswer(prediction) is { } answer && string.Equals(answer, goldAnswer, StringComparison.Ordinal);
     }
 
     /// <summary>The percentage of predictions whose final answer is right (<see cref="IsCorrect"/>).</summary>
@@ -110,7 +106,4 @@ public static class Gsm8k
             if (IsCorrect(predictions[i], golds[i])) correct++;
         return 100.0 * correct / predictions.Count;
     }
-
-    private static bool TryNumber(string text, out decimal value) =>
-        decimal.TryParse(text, NumberStyles.AllowLeadingSign | NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out value);
 }
