@@ -55,6 +55,7 @@ public static class Cli
             TokenizeCommand.Create(stdout, stderr),
             TrainCommand.Create(stdout, stderr),
             ConvertCommand.Create(stdout),
+            EvalCommand.Create(stdout, stderr),
         };
 
     /// <summary>"diffu convert llama2c" for the command a parse stopped in.</summary>
