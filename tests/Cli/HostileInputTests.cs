@@ -32,6 +32,10 @@ public sealed class HostileInputTests
         ["train --config"] = (["train"], [("--config", "{fixture}/config.json"), ("--tokenizer", "{gpt2}"), ("--data", "{shard}"), ("--mask-token", "3"),
             ("--steps", "1"), ("--batch", "2"), ("--seq-len", "16"), ("--eval-batches", "1"), ("--out", "{out}/run"), ("--device", "cpu")]),
         ["train --resume"] = (["train"], [("--resume", "{run}"), ("--device", "cpu")]),
+        ["eval"] = (["eval"], [("--model", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--mask-token", "3"), ("--task", "piqa"), ("--limit", "1"),
+            ("--steps", "2"), ("--eval-data", "{eval}"), ("--device", "cpu")]),
+        ["eval unconditional"] = (["eval"], [("--model", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--mask-token", "3"), ("--task", "unconditional"),
+            ("--judge", "{fixture}"), ("--samples", "2"), ("--length", "4"), ("--steps", "2"), ("--device", "cpu")]),
     };
 
     public enum Outcome { Exit2, Exit0, Exit3 }
@@ -213,7 +217,7 @@ public sealed class HostileInputTests
         Bad("train", "--recipe", Empty, Garbage),
         Good("train", "--recipe", "annealed", "no-anneal"),
         Bad("train", "--out", Empty, AFile, DevNull, Fifo, "{fixture}", "{run}"),
-        Good("train", "--out", "{out}/a/b", Folder),
+        Good("train", "--out", "{out}/a/b", "{out}"),
         Bad("train", "--overwrite", Garbage),
         Good("train", "--overwrite", "true"),
         Bad("train", "--keep", Empty, Negative, Zero, LongMax, NaN, Garbage),
@@ -233,6 +237,49 @@ public sealed class HostileInputTests
         Bad("train --resume", "--out", "{out}/elsewhere"),
         Good("train --resume", "--keep", "2"),
         Good("train --resume", "--data", "{shard}"),
+
+        Bad("eval", "--model", Empty, Missing, Folder, AFile, DevNull, Fifo, Garbage),
+        Good("eval", "--model", "{fixture}"),
+        Bad("eval", "--task", Empty, Garbage, ",", "winogrande", "triviaqa", "squad", "unconditional"),
+        Good("eval", "--task", "piqa,siqa", "lambada", "hellaswag", "rocstories", "gsm8k", "PIQA"),
+        Bad("eval", "--limit", Empty, Negative, Zero, LongMax, NaN, Inf, Garbage),
+        Good("eval", "--limit", "1", IntMax),
+        Bad("eval", "--steps", Empty, Negative, Zero, LongMax, NaN, Garbage, "2,4", "1,,2"),
+        Good("eval", "--steps", "1", "3"),
+        Bad("eval", "--scorer", Empty, Garbage, "AR"),
+        Good("eval", "--scorer", "auto", "diffusion", "elbo", "ar"),
+        Bad("eval", "--samples", Empty, Negative, Zero, IntMax, NaN, Garbage),
+        Good("eval", "--samples", "1", "2"),
+        Bad("eval", "--batch", Empty, Negative, Zero, IntMax, NaN, Garbage),
+        Good("eval", "--batch", "1", "3"),
+        Bad("eval", "--seed", Empty, Negative, NaN, Garbage, "18446744073709551616"),
+        Good("eval", "--seed", Zero, LongMax),
+        Bad("eval", "--out", Empty, AFile, DevNull, Fifo),
+        Good("eval", "--out", "{out}/eval", "{out}/a/b"),
+        Bad("eval", "--overwrite", Garbage),
+        Good("eval", "--overwrite", "true"),
+        Bad("eval", "--data", Empty, Missing, Folder, DevNull, DevZero, Fifo, "{binary}"),
+        Bad("eval", "--eval-data", Empty, Missing, AFile, DevNull),
+        Good("eval", "--eval-data", "{eval}"),
+        Bad("eval", "--judge", Empty, Missing, Folder, AFile, DevNull, Fifo),
+        Bad("eval", "--length", Empty, Negative, Zero, IntMax, NaN, Garbage),
+        Good("eval", "--length", "1"),
+        Bad("eval", "--mask-token", Empty, Negative, "512", IntMax, NaN, Garbage),
+        Good("eval", "--mask-token", "3"),
+        Bad("eval", "--tokenizer", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo),
+        Good("eval", "--tokenizer", "{gpt2}"),
+        Bad("eval", "--device", Empty, Garbage),
+        Good("eval", "--device", "cpu"),
+        Bad("eval", "--precision", Empty, Garbage, "tf32"),
+        Good("eval", "--precision", "f32"),
+        Bad("eval unconditional", "--judge", Empty, Missing, Folder, AFile, DevNull, Fifo),
+        Good("eval unconditional", "--judge", "{fixture}"),
+        Bad("eval unconditional", "--steps", Zero, "2,0"),
+        Good("eval unconditional", "--steps", "1,2", "3"),
+        Bad("eval unconditional", "--length", Zero, "64", IntMax),
+        Good("eval unconditional", "--length", "1", "63"),
+        Bad("eval unconditional", "--scorer", "ar"),
+        Good("eval unconditional", "--scorer", "diffusion", "elbo"),
     ];
 
     static string Fixture => Gpt2FixtureTests.FixtureDir;
@@ -272,6 +319,7 @@ public sealed class HostileInputTests
         .Replace("{tok512}", Path.Combine(SharedData, "llama2c", "tok512.bin"))
         .Replace("{llama-tokenizer}", Path.Combine(SharedData, "llama2c", "tokenizer.model"))
         .Replace("{binary}", Path.Combine(input, "binary.txt"))
+        .Replace("{eval}", Path.Combine(SharedData, "eval"))
         .Replace("{shard}", shard).Replace("{wide shard}", Path.Combine(input, "wide.tok"))
         .Replace("{huge config}", Path.Combine(input, "huge.json"))
 

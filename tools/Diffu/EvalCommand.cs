@@ -79,6 +79,7 @@ static class EvalCommand
         if (stepsList is { Count: > 1 } && names.Count > 0) throw new DiffuException("--steps takes one value for the benchmark tasks; a list is for unconditional alone");
         if (request.Data is not null && !names.Contains("lambada", StringComparer.OrdinalIgnoreCase)) throw new DiffuException("--data replaces lambada's passages: add --task lambada");
         if (unconditional && request.Judge is null) throw new DiffuException("the unconditional task needs --judge AR_MODEL_DIR to score the samples");
+        if (!unconditional && request.Judge is not null) throw new DiffuException("--judge scores unconditional samples: add --task unconditional");
         string dataRoot = request.EvalData ?? Environment.GetEnvironmentVariable("DIFFU_EVAL_DATA") ?? Path.Combine("..", "shared", "data", "eval");
         var planned = names.Select(name => Plan(EvalTasks.Get(name), dataRoot, request)).ToList();
         if (request.Out is string outDir) CheckOutput(outDir, request.Overwrite, unconditional);
@@ -99,27 +100,22 @@ static class EvalCommand
             MaxTokens = TokensPerPass(network, dev),
         };
         var runner = new EvalRunner(evalModel, settings);
-        ILanguageModel? judgeNetwork = null;
-        try
+        using var judgeNetwork = unconditional ? ModelLoader.Load(request.Judge!, dev) : null;
+        if (judgeNetwork is not null)
         {
-            if (unconditional)
-            {
-                judgeNetwork = ModelLoader.Load(request.Judge!, dev);
-                var judgeModel = Describe(judgeNetwork, request.Judge!, null, null);
-                IReadOnlyList<int> at = stepsList ?? [32, 64, 128, 256];
-                int count = request.Samples ?? 64;
-                planned.Add(new Planned(Unconditional, count * at.Count, (r, progress) => r.Unconditional(judgeModel, count, request.Length, at, progress)));
-            }
-            stderr.WriteLine($"evaluating {request.Model} ({network.Config.ParameterCount:N0} parameters) on {dev.Description}: scorer {kind.ToString().ToLowerInvariant()}, "
-                + $"{string.Join(", ", planned.Select(p => $"{p.Name} ({p.Count})"))}");
-            var results = RunAll(planned, runner, stdout);
-            PrintTable(results, stdout);
-            if (request.Out is string dir) Write(dir, request, dev, kind, results, stdout);
+            var judgeModel = Describe(judgeNetwork, request.Judge!, request.Tokenizer, null);
+            IReadOnlyList<int> at = stepsList ?? [32, 64, 128, 256];
+            int count = request.Samples ?? 64;
+            if (kind == EvalScorer.Ar) throw new DiffuException("the unconditional task measures a diffusion model's denoising steps: use --scorer diffusion (or auto on a diffusion model)");
+            if (request.Length >= network.Positions)
+                throw new DiffuException($"--length {request.Length} plus the start token exceeds the model's {network.Positions} positions; at most --length {network.Positions - 1} fits");
+            planned.Add(new Planned(Unconditional, count * at.Count, (r, progress) => r.Unconditional(judgeModel, count, request.Length, at, progress)));
         }
-        finally
-        {
-            judgeNetwork?.Dispose();
-        }
+        stderr.WriteLine($"evaluating {request.Model} ({network.Config.ParameterCount:N0} parameters) on {dev.Description}: scorer {kind.ToString().ToLowerInvariant()}, "
+            + $"{string.Join(", ", planned.Select(p => $"{p.Name} ({p.Count})"))}");
+        var results = RunAll(planned, runner, stdout);
+        PrintTable(results, stdout);
+        if (request.Out is string dir) Write(dir, request, dev, kind, results, stdout);
         return Cli.Ok;
     }
 
