@@ -16,6 +16,7 @@ public enum AttentionMaskMode
 /// buffer [B, T, 3C] and a KV cache [B, Tmax, C] can be used in place. Head h of a row starts at column
 /// h * HeadDim; query head h reads key/value head h / (Heads / KvHeads) (grouped-query attention).
 /// The output is contiguous [B, QueryLength, Heads * HeadDim]; the log-sum-exp, if kept, is [B, Heads, QueryLength].
+/// The forward pass may also take per-row key lengths (see <see cref="ValidateKeyLengths"/>).
 /// </summary>
 public readonly record struct AttentionShape(
     int Batch, int Heads, int KvHeads, int HeadDim,
@@ -45,5 +46,22 @@ public readonly record struct AttentionShape(
             throw new ArgumentException($"query offset {QueryOffset} + length {QueryLength} exceeds key length {KeyLength}");
         if (QueryRowStride < Heads * HeadDim || KeyRowStride < KvHeads * HeadDim)
             throw new ArgumentException($"row strides too small for the heads: {this}");
+    }
+
+    /// <summary>
+    /// Throws ArgumentException unless <paramref name="keyLengths"/> holds one length per batch row, each in
+    /// [1, KeyLength]. With key lengths, key j of row b is visible only when j &lt; keyLengths[b], on top of the mask
+    /// mode: rows of different lengths right-padded into one batch see none of their padding, and every query (pads
+    /// included) keeps key 0, so only an explicit mask can leave a query with no key.
+    /// </summary>
+    public void ValidateKeyLengths(ReadOnlySpan<int> keyLengths)
+    {
+        if (keyLengths.Length != Batch)
+            throw new ArgumentException($"attention key lengths: expected one per batch row ({Batch}), got {keyLengths.Length}");
+        for (int b = 0; b < keyLengths.Length; b++)
+        {
+            if (keyLengths[b] < 1 || keyLengths[b] > KeyLength)
+                throw new ArgumentException($"attention key length {keyLengths[b]} of batch row {b} is outside [1, {KeyLength}]");
+        }
     }
 }

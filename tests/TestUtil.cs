@@ -1,3 +1,5 @@
+using DiffuSharp.Kernels;
+
 namespace DiffuSharp.Tests;
 
 /// <summary>Shared helpers: random inputs, error metrics and paths to the repository and its shared data.</summary>
@@ -30,6 +32,18 @@ public static class TestUtil
         var a = new float[n];
         for (int i = 0; i < n; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * scale);
         return a;
+    }
+
+    /// <summary>
+    /// Sets the key/value rows that per-row key lengths hide (row j &gt;= keyLengths[b] of batch b, the KvHeads · HeadDim
+    /// floats of each) to NaN in a k or v array laid out as <paramref name="shape"/> says from <paramref name="offset"/>:
+    /// an attention kernel that read or weighted any of them would turn its output NaN.
+    /// </summary>
+    public static void PoisonPaddedKeys(Span<float> kv, long offset, in AttentionShape shape, ReadOnlySpan<int> keyLengths)
+    {
+        for (int b = 0; b < shape.Batch; b++)
+            for (int j = keyLengths[b]; j < shape.KeyLength; j++)
+                kv.Slice((int)(offset + b * shape.KeyBatchStride + (long)j * shape.KeyRowStride), shape.KvHeads * shape.HeadDim).Fill(float.NaN);
     }
 
     public static double[] ToDouble(ReadOnlySpan<float> a)

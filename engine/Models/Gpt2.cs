@@ -159,12 +159,13 @@ public sealed class Gpt2Model : ITrainableModel
     public int KvWidth => Config.Channels;
     public int? MaskTokenId => Config.MaskTokenId;
 
-    public ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null)
+    public ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null,
+        ReadOnlySpan<int> rowLengths = default)
     {
         var act = CreateActivations(batch, length);
         try
         {
-            Forward(ids, act, mode, allow);
+            Forward(ids, act, mode, allow, rowLengths: rowLengths);
             return new ForwardResult(act.Logits!, act);
         }
         catch
@@ -244,15 +245,21 @@ public sealed class Gpt2Model : ITrainableModel
     /// Runs the network on ids [batch, length] and fills <paramref name="act"/>; the logits end up in
     /// act.Logits [B, T, V]. With a KV cache, the ids continue the cached sequence (positions start at
     /// cache.Length, attention sees the cached keys) and the cache grows by <paramref name="act"/>.Length.
+    /// With <paramref name="rowLengths"/>, rows are right-padded and attention never reaches their padding
+    /// (<see cref="ILanguageModel.Logits"/>); such a pass has no backward.
     /// </summary>
-    public void Forward(ReadOnlySpan<int> ids, Gpt2Activations act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null)
+    public void Forward(ReadOnlySpan<int> ids, Gpt2Activations act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null,
+        ReadOnlySpan<int> rowLengths = default)
     {
         int b = act.Batch, t = act.Length, c = Config.Channels, h = Config.Heads;
-        int offset = this.CheckInputs(ids, b, t, mode, cache);
+        int offset = this.CheckInputs(ids, b, t, mode, cache, rowLengths);
+        if (!rowLengths.IsEmpty && act.KeepsAllLayers)
+            throw new ArgumentException("row lengths are for inference: attention over per-row key lengths has no backward");
 
         var d = Device;
         var W = Weights;
         d.Upload(act.Ids, 0, ids);
+        using var keyLengths = rowLengths.IsEmpty ? null : d.FromArray(rowLengths, b);
         d.Embedding(act.Ids, W.Wte, W.Wpe, act.Encoded, offset);
         var residual = act.Encoded;
         for (int l = 0; l < W.Blocks.Length; l++)
@@ -264,7 +271,7 @@ public sealed class Gpt2Model : ITrainableModel
             if (cache is null)
             {
                 var shape = AttentionShape.PackedSelfAttention(b, t, h, Config.HeadDim);
-                d.Attention(a.Qkv, 0, a.Qkv, c, a.Qkv, 2 * c, a.Att, a.AttLse, shape, mode, allow);
+                d.Attention(a.Qkv, 0, a.Qkv, c, a.Qkv, 2 * c, a.Att, a.AttLse, shape, mode, allow, keyLengths);
             }
             else
             {

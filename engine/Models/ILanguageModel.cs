@@ -22,8 +22,14 @@ public interface ILanguageModel : IDisposable
     /// <summary>The [MASK] token named by the checkpoint's config, if any.</summary>
     int? MaskTokenId { get; }
 
-    /// <summary>One forward pass over ids [B, T]; the result holds logits [B, T, V] on the device until disposed.</summary>
-    ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null);
+    /// <summary>
+    /// One forward pass over ids [B, T]; the result holds logits [B, T, V] on the device until disposed.
+    /// <paramref name="rowLengths"/> (optional, one per row, each in [1, T]) marks rows right-padded to T: no position
+    /// of row b attends to positions from rowLengths[b] on, so the logits of its first rowLengths[b] positions are
+    /// those of the row run alone; the logits at its pad positions mean nothing.
+    /// </summary>
+    ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null,
+        ReadOnlySpan<int> rowLengths = default);
 
     /// <summary>
     /// Runs ids [B, T] causally after the cached positions, appends their keys and values to the cache and
@@ -43,9 +49,11 @@ public static class LanguageModelExtensions
 {
     /// <summary>
     /// Checks the ids [batch, length] of a forward pass against the vocabulary, the positions and the cache
-    /// (which only causal passes may continue); returns the position of the first id.
+    /// (which only causal passes may continue), and the row lengths, if any (one per row in [1, length], never with
+    /// a cache); returns the position of the first id.
     /// </summary>
-    internal static int CheckInputs(this ILanguageModel model, ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, KvCache? cache)
+    internal static int CheckInputs(this ILanguageModel model, ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, KvCache? cache,
+        ReadOnlySpan<int> rowLengths = default)
     {
         if (ids.Length != batch * length) throw new ArgumentException($"expected {batch * length} ids for [{batch}, {length}], got {ids.Length}");
         foreach (int id in ids)
@@ -56,6 +64,12 @@ public static class LanguageModelExtensions
             throw new DiffuException($"sequence of {offset + length} tokens exceeds the model's {model.Positions} positions");
         if (cache is not null && (cache.Batch != batch || offset + length > cache.Capacity || mode != AttentionMaskMode.Causal))
             throw new ArgumentException($"KV cache [{cache.Batch}, {cache.Capacity}] cannot take {length} more causal tokens after {offset} for batch {batch}");
+        if (rowLengths.IsEmpty) return offset;
+        if (cache is not null) throw new ArgumentException("row lengths are for a full forward pass, not for continuing a KV cache");
+        if (rowLengths.Length != batch) throw new ArgumentException($"expected {batch} row lengths, got {rowLengths.Length}");
+        foreach (int rowLength in rowLengths)
+            if (rowLength < 1 || rowLength > length)
+                throw new ArgumentException($"row length {rowLength} is outside [1, {length}]");
         return offset;
     }
 

@@ -158,12 +158,13 @@ public sealed class LlamaModel : ITrainableModel
         return new LlamaModel(config, device, weights);
     }
 
-    public ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null)
+    public ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null,
+        ReadOnlySpan<int> rowLengths = default)
     {
         var act = CreateActivations(batch, length);
         try
         {
-            Forward(ids, act, mode, allow);
+            Forward(ids, act, mode, allow, rowLengths: rowLengths);
             return new ForwardResult(act.Logits, act);
         }
         catch
@@ -186,15 +187,21 @@ public sealed class LlamaModel : ITrainableModel
 
     /// <summary>
     /// Runs the network on ids [B, T] (continuing the cache when given) and fills <paramref name="act"/>:
-    /// logits of every position, or of the last one in a decoding buffer.
+    /// logits of every position, or of the last one in a decoding buffer. With <paramref name="rowLengths"/>, rows
+    /// are right-padded and attention never reaches their padding (<see cref="ILanguageModel.Logits"/>); such a
+    /// pass has no backward.
     /// </summary>
-    public void Forward(ReadOnlySpan<int> ids, LlamaActivations act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null)
+    public void Forward(ReadOnlySpan<int> ids, LlamaActivations act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null,
+        ReadOnlySpan<int> rowLengths = default)
     {
         int b = act.Batch, t = act.Length, c = Config.Channels, h = Config.Heads, kvh = Config.KvHeads, hd = Config.HeadDim;
-        int offset = this.CheckInputs(ids, b, t, mode, cache);
+        int offset = this.CheckInputs(ids, b, t, mode, cache, rowLengths);
+        if (!rowLengths.IsEmpty && act.KeepsAllLayers)
+            throw new ArgumentException("row lengths are for inference: attention over per-row key lengths has no backward");
 
         var d = Device;
         d.Upload(act.Ids, 0, ids);
+        using var keyLengths = rowLengths.IsEmpty ? null : d.FromArray(rowLengths, b);
         d.Embedding(act.Ids, Weights.Embed, null, act.Embedded, 0);
         var residual = act.Embedded;
         for (int l = 0; l < Weights.Blocks.Length; l++)
@@ -208,7 +215,7 @@ public sealed class LlamaModel : ITrainableModel
             d.Rope(a.Q, 0, c, b, t, h, hd, offset, Config.RopeTheta, inverse: false);
             d.Rope(a.K, 0, KvWidth, b, t, kvh, hd, offset, Config.RopeTheta, inverse: false);
             if (cache is null)
-                d.Attention(a.Q, 0, a.K, 0, a.V, 0, a.Attention, a.Lse, SelfAttention(b, t), mode, allow);
+                d.Attention(a.Q, 0, a.K, 0, a.V, 0, a.Attention, a.Lse, SelfAttention(b, t), mode, allow, keyLengths);
             else
             {
                 cache.Append(l, a.K, 0, a.V, 0, KvWidth, t);

@@ -85,9 +85,9 @@ public sealed class CpuDevice : Device
         Cpu.Softmax.Forward(F32(x), F32(output), rows, columns);
 
     protected override void AttentionCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
-        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow) =>
+        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow, Tensor? keyLengths) =>
         Cpu.Attention.Forward(F32(q)[(int)qOffset..], F32(k)[(int)kOffset..], F32(v)[(int)vOffset..], F32(output),
-            lse is null ? default : F32(lse), shape, mode, allow is null ? default : U8(allow));
+            lse is null ? default : F32(lse), shape, mode, allow is null ? default : U8(allow), keyLengths is null ? default : I32(keyLengths));
 
     protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset) =>
         Cpu.Embedding.Backward(I32(ids), F32(dOutput), F32(dWte), dWpe is null ? default : F32(dWpe), ids.Shape[0], ids.Shape[1], dWte.Columns, positionOffset);

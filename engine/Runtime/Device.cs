@@ -213,12 +213,17 @@ public abstract class Device : IDisposable
     /// offsets with the strides in <paramref name="shape"/>; output is [B, Tq, H * D]; lse (optional) gets
     /// the log-sum-exp of each query's scaled scores, [B, H, Tq]. allow is a U8 [L, L] mask for
     /// <see cref="AttentionMaskMode.Explicit"/> (requires QueryOffset 0 and QueryLength = KeyLength = L).
+    /// keyLengths (optional) is an I32 [B] tensor: key j of batch row b is visible only when j &lt; keyLengths[b], on
+    /// top of the mask mode, so rows right-padded to a common length see none of their padding; each length must be
+    /// in [1, KeyLength] (<see cref="AttentionShape.ValidateKeyLengths"/>). The lengths are downloaded and checked
+    /// here, before any kernel runs (on a GPU that waits for the queued work). There is no backward with key lengths.
     /// </summary>
     public void Attention(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
-        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow)
+        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow, Tensor? keyLengths = null)
     {
         CheckAttention(q, qOffset, k, kOffset, v, vOffset, output, lse, shape, mode, allow);
-        AttentionCore(q, qOffset, k, kOffset, v, vOffset, output, lse, shape, mode, mode == AttentionMaskMode.Explicit ? allow : null);
+        if (keyLengths is not null) CheckKeyLengths(keyLengths, shape);
+        AttentionCore(q, qOffset, k, kOffset, v, vOffset, output, lse, shape, mode, mode == AttentionMaskMode.Explicit ? allow : null, keyLengths);
     }
 
     // ---- backward ops: every one ACCUMULATES into its gradient outputs (+=); callers zero them ------
@@ -434,7 +439,7 @@ public abstract class Device : IDisposable
     protected abstract void AddCore(Tensor a, Tensor b, Tensor output);
     protected abstract void SoftmaxCore(Tensor x, Tensor output, int rows, int columns);
     protected abstract void AttentionCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
-        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow);
+        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow, Tensor? keyLengths);
 
     // ---- checks ----------------------------------------------------------------------------------
 
@@ -494,6 +499,17 @@ public abstract class Device : IDisposable
             if (shape.QueryOffset != 0 || shape.QueryLength != shape.KeyLength || allow.Length != (long)shape.KeyLength * shape.KeyLength)
                 throw new ArgumentException($"allow-mask {allow.ShapeText} must be [L, L] with L = query length = key length");
         }
+    }
+
+    void CheckKeyLengths(Tensor keyLengths, AttentionShape shape)
+    {
+        Require(keyLengths, DType.I32, nameof(keyLengths));
+        if (keyLengths.Device != this) throw new ArgumentException($"tensor {keyLengths} belongs to another device than {Name}");
+        if (keyLengths.Rank != 1 || keyLengths.Shape[0] != shape.Batch)
+            throw new ArgumentException($"attention key lengths {keyLengths.ShapeText} are not [B] = [{shape.Batch}]");
+        Span<int> lengths = shape.Batch <= 256 ? stackalloc int[shape.Batch] : new int[shape.Batch];
+        Download(keyLengths, 0, lengths);
+        shape.ValidateKeyLengths(lengths);
     }
 
     static void CheckMatMulBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int k, int n)

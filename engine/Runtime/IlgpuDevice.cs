@@ -273,12 +273,12 @@ public sealed class IlgpuDevice : Device
     protected override void SoftmaxCore(Tensor x, Tensor output, int rows, int columns) => kernels.Softmax(F32(x), F32(output), rows, columns);
 
     protected override void AttentionCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
-        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow)
+        Tensor output, Tensor? lse, AttentionShape shape, AttentionMaskMode mode, Tensor? allow, Tensor? keyLengths)
     {
         if (shape.HeadDim > GpuKernels.MaxAttentionHeadDim)
             throw new ArgumentException($"{Name} attention supports head dimensions up to {GpuKernels.MaxAttentionHeadDim}, got {shape.HeadDim}");
         kernels.Attention(F32(q).SubView(qOffset), F32(k).SubView(kOffset), F32(v).SubView(vOffset), F32(output),
-            lse is null ? null : F32(lse), shape, mode, allow is null ? null : U8(allow));
+            lse is null ? null : F32(lse), shape, mode, allow is null ? null : U8(allow), keyLengths is null ? null : I32(keyLengths));
     }
 
     public override void Dispose()

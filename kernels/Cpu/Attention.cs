@@ -22,7 +22,9 @@ namespace DiffuSharp.Kernels.Cpu;
 /// forms dP = dO·vᵀ and dS = Scale · P ∘ (dP − D) with D_i = dO_i · O_i, and adds dv += Pᵀ·dO, dk += dSᵀ·q and
 /// dq += dS·k straight into the caller's gradients with the same four-row kernels as the forward pass.
 /// </para>
-/// The explicit allow-mask is read as [Tq, Tk] row-major (allow[i * Tk + j] for query i and key j).
+/// The explicit allow-mask is read as [Tq, Tk] row-major (allow[i * Tk + j] for query i and key j). Per-row key
+/// lengths end a row's key loop at its length, so a short row of a right-padded batch costs in proportion to its
+/// length and never reads its padding.
 /// Geometry and masks are those of <see cref="AttentionShape"/> and <see cref="AttentionMaskMode"/>. A query
 /// row that sees no key at all (possible only with an explicit mask) outputs zeros and lse = −∞.
 /// </summary>
@@ -33,11 +35,15 @@ public static class Attention
     /// <summary>Below this many rows in a block, scores are dot products rather than a transposed key block.</summary>
     const int TransposeRows = 4;
 
-    /// <summary>output [B, Tq, H·D] = softmax(Scale · q·kᵀ + mask) · v; lse [B, H, Tq] when not empty.</summary>
+    /// <summary>
+    /// output [B, Tq, H·D] = softmax(Scale · q·kᵀ + mask) · v; lse [B, H, Tq] when not empty; keys from keyLengths[b]
+    /// on hidden from row b when keyLengths is not empty (<see cref="AttentionShape.ValidateKeyLengths"/>).
+    /// </summary>
     public static unsafe void Forward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> output,
-        Span<float> lse, in AttentionShape shape, AttentionMaskMode mode, ReadOnlySpan<byte> allow)
+        Span<float> lse, in AttentionShape shape, AttentionMaskMode mode, ReadOnlySpan<byte> allow, ReadOnlySpan<int> keyLengths = default)
     {
         shape.Validate();
+        if (!keyLengths.IsEmpty) shape.ValidateKeyLengths(keyLengths);
         int tq = shape.QueryLength, tk = shape.KeyLength, heads = shape.Heads, hd = shape.HeadDim;
         Guard.Length(q.Length, (shape.Batch - 1) * shape.QueryBatchStride + (long)(tq - 1) * shape.QueryRowStride + heads * hd, nameof(q));
         long kvNeeded = (shape.Batch - 1) * shape.KeyBatchStride + (long)(tk - 1) * shape.KeyRowStride + shape.KvHeads * hd;
@@ -52,11 +58,14 @@ public static class Attention
         long work = (long)shape.Batch * heads * tq * tk * hd;
         var s = shape;
         bool keepLse = !lse.IsEmpty;
+        bool perRowKeys = !keyLengths.IsEmpty;
         fixed (float* pq = q, pk = k, pv = v, po = output, pl = lse)
         fixed (byte* pa = allow)
+        fixed (int* pkl = keyLengths)
         {
             float* xq = pq, xk = pk, xv = pv, xo = po, xl = keepLse ? pl : null;
             byte* xa = pa;
+            int* xkl = pkl;
             Work.For(items, work < (1 << 18) ? items : 1, (start, end) =>
             {
                 for (int item = start; item < end; item++)
@@ -64,7 +73,8 @@ public static class Attention
                     int block = item % rowBlocks;
                     int h = item / rowBlocks % s.Heads;
                     int b = item / rowBlocks / s.Heads;
-                    RowBlock(xq, xk, xv, xo, xl, s, mode, xa, b, h, block * BlockRows, Math.Min(s.QueryLength, (block + 1) * BlockRows));
+                    RowBlock(xq, xk, xv, xo, xl, s, mode, xa, perRowKeys ? xkl[b] : s.KeyLength, b, h,
+                        block * BlockRows, Math.Min(s.QueryLength, (block + 1) * BlockRows));
                 }
             });
         }
@@ -253,9 +263,9 @@ public static class Attention
         }
     }
 
-    /// <summary>Query rows [r0, r1) of head h in batch b.</summary>
+    /// <summary>Query rows [r0, r1) of head h in batch b, which has keys [0, keyLength).</summary>
     static unsafe void RowBlock(float* q, float* k, float* v, float* output, float* lse, in AttentionShape shape,
-        AttentionMaskMode mode, byte* allow, int b, int h, int r0, int r1)
+        AttentionMaskMode mode, byte* allow, int keyLength, int b, int h, int r0, int r1)
     {
         int hd = shape.HeadDim, tk = shape.KeyLength, rows = r1 - r0;
         int kvh = h / shape.GroupSize;
@@ -272,7 +282,8 @@ public static class Attention
         new Span<float>(rowMax, rows).Fill(float.NegativeInfinity);
         new Span<float>(rowSum, rows).Clear();
 
-        int keyEnd = mode == AttentionMaskMode.Causal ? Math.Min(tk, shape.QueryOffset + r1) : tk;
+        // The last block may stop inside a key block: Mask hides its lanes from nk on.
+        int keyEnd = mode == AttentionMaskMode.Causal ? Math.Min(keyLength, shape.QueryOffset + r1) : keyLength;
         bool grouped = Vector512.IsHardwareAccelerated && rows >= TransposeRows;
         bool transpose = rows >= TransposeRows;
         for (int kb = 0; kb < keyEnd; kb += BlockKeys)

@@ -13,6 +13,8 @@ public struct AttentionArgs
     public long QueryBatchStride, KeyBatchStride;
     public float Scale;
     public int Mode, HasLse, QueryBlocks;
+    /// <summary>1 when the kernel reads per-row key lengths (the tiled forward; the flash forward has them in its specialized configuration).</summary>
+    public int HasKeyLengths;
 
     public AttentionArgs(in AttentionShape shape, AttentionMaskMode mode, bool hasLse, int queryBlock = AttentionKernels.QueryBlock)
     {
@@ -43,7 +45,8 @@ public struct AttentionArgs
 /// </list>
 /// Rows are padded by one float (129, 17) so that reads across rows fall in different banks. Shared
 /// memory: (32 x 129 + 16 x 129 + 32 x 128 + 32 x 17 + 32) floats = 43.5 KB, under CUDA's 48 KB static limit.
-/// Causal blocks stop at their last visible key. A query with no visible key gets zeros and lse = -inf.
+/// Causal blocks stop at their last visible key, and with per-row key lengths every block of a row stops at its
+/// length (the tile that straddles it is masked per key). A query with no visible key gets zeros and lse = -inf.
 /// </summary>
 static class AttentionKernels
 {
@@ -57,7 +60,7 @@ static class AttentionKernels
         shape.Batch * shape.Heads * ((shape.QueryLength + QueryBlock - 1) / QueryBlock);
 
     internal static void Forward(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
-        ArrayView<float> lse, ArrayView<byte> allow, AttentionArgs a)
+        ArrayView<float> lse, ArrayView<byte> allow, ArrayView<int> keyLengths, AttentionArgs a)
     {
         var qTile = SharedMemory.Allocate<float>(QueryBlock * QStride);
         var kvTile = SharedMemory.Allocate<float>(KeyBlock * KvStride);
@@ -86,7 +89,8 @@ static class AttentionKernels
 
         float runMax = float.NegativeInfinity;
         float runSum = 0f;
-        int keyEnd = a.Mode == Causal ? IntrinsicMath.Min(a.KeyLength, a.QueryOffset + q0 + rows) : a.KeyLength;
+        int keyLimit = a.HasKeyLengths != 0 ? keyLengths[b] : a.KeyLength;
+        int keyEnd = a.Mode == Causal ? IntrinsicMath.Min(keyLimit, a.QueryOffset + q0 + rows) : keyLimit;
         int kj = t % KeyBlock;
         int qi = t / KeyBlock;
 

@@ -45,7 +45,7 @@ static class FlashAttentionBackwardKernels
 
         int dim = config.Value & 255;
         bool vector = (config.Value & 256) != 0;
-        int mode = config.Value >> 9;
+        int mode = FlashAttentionKernels.Mode(config.Value);
         int dq4 = dim >> 2;
         int t = Group.IdxX, w = Warp.WarpIdx, lane = Warp.LaneIdx;
         int rg = lane >> 3, kg = lane & 7;
@@ -136,7 +136,7 @@ static class FlashAttentionBackwardKernels
 
         int dim = config.Value & 255;
         bool vector = (config.Value & 256) != 0;
-        int mode = config.Value >> 9;
+        int mode = FlashAttentionKernels.Mode(config.Value);
         int dq4 = dim >> 2;
         int t = Group.IdxX, w = Warp.WarpIdx, lane = Warp.LaneIdx;
         int rg = lane >> 3, kg = lane & 7;

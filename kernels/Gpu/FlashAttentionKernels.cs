@@ -45,10 +45,11 @@ struct OutputQuads
 /// groups (and four row groups) of a warp then read eight (four) different bank quads for the same c, and the
 /// copies from global memory stay whole quads. The v tile needs no swizzle: a warp reads eight consecutive quads
 /// of one row. The last partial query block and the keys past the end are zero-filled; causal blocks stop at their
-/// last visible key, warps skip the tiles that none of their rows can see, and only tiles that straddle a
-/// row's limit (or the end of the keys, or any tile for an explicit mask) evaluate per-element masks. The head
-/// dimension must be a multiple of 4 and the warp 32 lanes wide (the host checks); a query that sees no key gets
-/// zeros and lse = −∞. The launch configuration (head dim, vector loads, mask mode) is a specialized value, so
+/// last visible key, blocks of a batch row with a key length stop at that length (a right-padded row never loads its
+/// padding), warps skip the tiles that none of their rows can see, and only tiles that straddle a row's limit (or
+/// the end of the keys, or any tile for an explicit mask) evaluate per-element masks. The head dimension must be a
+/// multiple of 4 and the warp 32 lanes wide (the host checks); a query that sees no key gets zeros and lse = −∞.
+/// The launch configuration (head dim, vector loads, mask mode, per-row key lengths) is a specialized value, so
 /// each combination compiles with its loop bounds and branches as constants.
 /// </summary>
 static class FlashAttentionKernels
@@ -71,26 +72,33 @@ static class FlashAttentionKernels
     /// </summary>
     internal static KernelSpecialization LaunchBounds(int warps) => new(warps * WarpLanes, 4);
 
-    /// <summary>The specialized launch configuration: head dim (bits 0..7), 16-byte global accesses (bit 8), mask mode (bits 9..10).</summary>
-    public static int Config(int headDim, bool vector, AttentionMaskMode mode) => headDim | (vector ? 1 << 8 : 0) | (int)mode << 9;
+    /// <summary>
+    /// The specialized launch configuration: head dim (bits 0..7), 16-byte global accesses (bit 8), mask mode (bits 9..10),
+    /// per-row key lengths (bit 11, forward only).
+    /// </summary>
+    public static int Config(int headDim, bool vector, AttentionMaskMode mode, bool keyLengths = false) =>
+        headDim | (vector ? 1 << 8 : 0) | (int)mode << 9 | (keyLengths ? 1 << 11 : 0);
+
+    /// <summary>The mask mode of a <see cref="Config"/> value.</summary>
+    internal static int Mode(int config) => (config >> 9) & 3;
 
     internal static void Forward64(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
-        ArrayView<float> lse, ArrayView<byte> allow, AttentionArgs a, SpecializedValue<int> config)
+        ArrayView<float> lse, ArrayView<byte> allow, ArrayView<int> keyLengths, AttentionArgs a, SpecializedValue<int> config)
     {
         var qTile = SharedMemory.Allocate<Float4>(SmallQueryBlock * SmallRowQuads);
         var kTile = SharedMemory.Allocate<Float4>(KeyTile * SmallRowQuads);
         var vTile = SharedMemory.Allocate<Float4>(KeyTile * SmallRowQuads);
         var pTiles = SharedMemory.Allocate<Float4>(SmallWarps * PQuads);
-        Run(q, k, v, output, lse, allow, a, config.Value, qTile, kTile, vTile, pTiles, SmallWarps, SmallRowQuads, 2, sharedKv: false);
+        Run(q, k, v, output, lse, allow, keyLengths, a, config.Value, qTile, kTile, vTile, pTiles, SmallWarps, SmallRowQuads, 2, sharedKv: false);
     }
 
     internal static void Forward128(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
-        ArrayView<float> lse, ArrayView<byte> allow, AttentionArgs a, SpecializedValue<int> config)
+        ArrayView<float> lse, ArrayView<byte> allow, ArrayView<int> keyLengths, AttentionArgs a, SpecializedValue<int> config)
     {
         var qTile = SharedMemory.Allocate<Float4>(LargeQueryBlock * LargeRowQuads);
         var kvTile = SharedMemory.Allocate<Float4>(KeyTile * LargeRowQuads);
         var pTiles = SharedMemory.Allocate<Float4>(LargeWarps * PQuads);
-        Run(q, k, v, output, lse, allow, a, config.Value, qTile, kvTile, kvTile, pTiles, LargeWarps, LargeRowQuads, 4, sharedKv: true);
+        Run(q, k, v, output, lse, allow, keyLengths, a, config.Value, qTile, kvTile, kvTile, pTiles, LargeWarps, LargeRowQuads, 4, sharedKv: true);
     }
 
     /// <summary>
@@ -98,13 +106,23 @@ static class FlashAttentionKernels
     /// <see cref="PtxDump"/> shows the code that runs rather than the generic variant.
     /// </summary>
     internal static void Forward64Head64(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
-        ArrayView<float> lse, ArrayView<byte> allow, AttentionArgs a) =>
-        Forward64(q, k, v, output, lse, allow, a, SpecializedValue.New(Config(64, true, AttentionMaskMode.Causal)));
+        ArrayView<float> lse, ArrayView<byte> allow, ArrayView<int> keyLengths, AttentionArgs a) =>
+        Forward64(q, k, v, output, lse, allow, keyLengths, a, SpecializedValue.New(Config(64, true, AttentionMaskMode.Causal)));
 
     /// <summary><see cref="Forward128"/> as ILGPU specializes it for LLaMA's heads (128 floats, aligned rows, causal).</summary>
     internal static void Forward128Head128(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
-        ArrayView<float> lse, ArrayView<byte> allow, AttentionArgs a) =>
-        Forward128(q, k, v, output, lse, allow, a, SpecializedValue.New(Config(128, true, AttentionMaskMode.Causal)));
+        ArrayView<float> lse, ArrayView<byte> allow, ArrayView<int> keyLengths, AttentionArgs a) =>
+        Forward128(q, k, v, output, lse, allow, keyLengths, a, SpecializedValue.New(Config(128, true, AttentionMaskMode.Causal)));
+
+    /// <summary><see cref="Forward64"/> for GPT-2's heads as evaluation runs it: bidirectional over right-padded rows of different lengths.</summary>
+    internal static void Forward64Head64KeyLengths(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
+        ArrayView<float> lse, ArrayView<byte> allow, ArrayView<int> keyLengths, AttentionArgs a) =>
+        Forward64(q, k, v, output, lse, allow, keyLengths, a, SpecializedValue.New(Config(64, true, AttentionMaskMode.Bidirectional, keyLengths: true)));
+
+    /// <summary><see cref="Forward128"/> for LLaMA's heads as evaluation runs it: bidirectional over right-padded rows of different lengths.</summary>
+    internal static void Forward128Head128KeyLengths(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
+        ArrayView<float> lse, ArrayView<byte> allow, ArrayView<int> keyLengths, AttentionArgs a) =>
+        Forward128(q, k, v, output, lse, allow, keyLengths, a, SpecializedValue.New(Config(128, true, AttentionMaskMode.Bidirectional, keyLengths: true)));
 
     /// <summary>
     /// The body of both variants; <paramref name="warps"/>, <paramref name="rowQuads"/> (quads a shared row holds),
@@ -112,13 +130,14 @@ static class FlashAttentionKernels
     /// of the caller, so ILGPU folds them after inlining.
     /// </summary>
     static void Run(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
-        ArrayView<float> lse, ArrayView<byte> allow, AttentionArgs a, int config,
+        ArrayView<float> lse, ArrayView<byte> allow, ArrayView<int> keyLengths, AttentionArgs a, int config,
         ArrayView<Float4> qTile, ArrayView<Float4> kTile, ArrayView<Float4> vTile, ArrayView<Float4> pTiles,
         int warps, int rowQuads, int columnQuads, bool sharedKv)
     {
         int dim = config & 255;
         bool vector = (config & 256) != 0;
-        int mode = config >> 9;
+        int mode = Mode(config);
+        bool perRowKeys = (config & 1 << 11) != 0;
         int dq = dim >> 2;
         int threads = warps * WarpLanes;
         int queryBlock = warps * RowsPerWarp;
@@ -139,13 +158,14 @@ static class FlashAttentionKernels
         LoadTile(q, b * a.QueryBatchStride + (long)q0 * a.QueryRowStride + h * dim, a.QueryRowStride, rows, queryBlock,
             dq, vector, a.Scale, qTile, rowQuads, true, threads, t);
 
-        int keyEnd = mode == Causal ? IntrinsicMath.Min(a.KeyLength, a.QueryOffset + q0 + rows) : a.KeyLength;
+        int keyLimit = perRowKeys ? keyLengths[b] : a.KeyLength;
+        int keyEnd = mode == Causal ? IntrinsicMath.Min(keyLimit, a.QueryOffset + q0 + rows) : keyLimit;
         int warpFirst = w * RowsPerWarp;
         int warpRows = IntrinsicMath.Clamp(rows - warpFirst, 0, RowsPerWarp);
         int warpKeyEnd = warpRows == 0 ? 0
-            : mode == Causal ? IntrinsicMath.Min(a.KeyLength, a.QueryOffset + q0 + warpFirst + warpRows) : a.KeyLength;
+            : mode == Causal ? IntrinsicMath.Min(keyLimit, a.QueryOffset + q0 + warpFirst + warpRows) : keyLimit;
         // Keys below this are visible to every row of the warp: tiles that end there need no per-element mask.
-        int unmaskedEnd = mode == Explicit ? 0 : mode == Causal ? a.QueryOffset + q0 + warpFirst + 1 : a.KeyLength;
+        int unmaskedEnd = mode == Explicit ? 0 : mode == Causal ? IntrinsicMath.Min(keyLimit, a.QueryOffset + q0 + warpFirst + 1) : keyLimit;
 
         var qRows = qTile.SubView((warpFirst + rg) * rowQuads);
         var kRows = kTile.SubView(kg * rowQuads);

@@ -59,6 +59,7 @@ public sealed class GpuKernels : IDisposable
     readonly Accelerator accelerator;
     readonly MemoryBuffer1D<float, Stride1D.Dense> noFloats;
     readonly MemoryBuffer1D<byte, Stride1D.Dense> noBytes;
+    readonly MemoryBuffer1D<int, Stride1D.Dense> noInts;
 
     Action<KernelConfig, ArrayView<float>, float>? fill;
     Action<KernelConfig, ArrayView<float>, ulong, ulong>? uniform;
@@ -70,9 +71,10 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int>? softmax;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs, SpecializedValue<int>>? gemm64, gemm128, gemmTf32, gemmBf16;
     readonly bool hasTensorCoreInstructions;
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>? attention;
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs,
-        SpecializedValue<int>>? flash64, flash128;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<int>,
+        AttentionArgs>? attention;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<int>,
+        AttentionArgs, SpecializedValue<int>>? flash64, flash128;
     Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? embeddingBackward;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? geluBackward;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? layerNormInput;
@@ -106,6 +108,7 @@ public sealed class GpuKernels : IDisposable
         hasTensorCoreInstructions = accelerator.AcceleratorType == AcceleratorType.Cuda;
         noFloats = accelerator.Allocate1D<float>(1);
         noBytes = accelerator.Allocate1D<byte>(1);
+        noInts = accelerator.Allocate1D<int>(1);
     }
 
     public Accelerator Accelerator => accelerator;
@@ -232,11 +235,13 @@ public sealed class GpuKernels : IDisposable
     /// <summary>
     /// Attention over q, k, v views that start at the first element of batch 0 (strides from
     /// <paramref name="shape"/>); output [B, Tq, H * D]; lse [B, H, Tq] when given; allow [L, L] for
-    /// <see cref="AttentionMaskMode.Explicit"/>. HeadDim must not exceed <see cref="MaxAttentionHeadDim"/>.
+    /// <see cref="AttentionMaskMode.Explicit"/>; keyLengths [B] when given, each in [1, KeyLength] (the caller
+    /// checks: <see cref="AttentionShape.ValidateKeyLengths"/>), hides keys from keyLengths[b] on from batch row b.
+    /// HeadDim must not exceed <see cref="MaxAttentionHeadDim"/>.
     /// </summary>
     public void Attention(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
-        ArrayView<float>? lse, in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow) =>
-        Attention(q, k, v, output, lse, shape, mode, allow, ChooseAttentionKernel(shape));
+        ArrayView<float>? lse, in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow, ArrayView<int>? keyLengths) =>
+        Attention(q, k, v, output, lse, shape, mode, allow, keyLengths, ChooseAttentionKernel(shape));
 
     /// <summary>
     /// The flash kernel that covers the head dim (64 queries a group up to 64, 48 up to 128), else the tiled kernel:
@@ -249,20 +254,23 @@ public sealed class GpuKernels : IDisposable
         : AttentionKernel.Flash128;
 
     /// <summary>
-    /// <see cref="Attention(ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}?, in AttentionShape, AttentionMaskMode, ArrayView{byte}?)"/>
+    /// <see cref="Attention(ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}?, in AttentionShape, AttentionMaskMode, ArrayView{byte}?, ArrayView{int}?)"/>
     /// on the given kernel. A flash kernel takes the head dims and warp width that <see cref="ChooseAttentionKernel"/>
     /// gives it, and reads q, k, v and writes the output 16 bytes at a time when every row and batch stride is a
     /// multiple of 4 floats and every view starts 16-byte aligned.
     /// </summary>
     public void Attention(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
-        ArrayView<float>? lse, in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow, AttentionKernel kernel)
+        ArrayView<float>? lse, in AttentionShape shape, AttentionMaskMode mode, ArrayView<byte>? allow, ArrayView<int>? keyLengths, AttentionKernel kernel)
     {
         var lseView = lse ?? noFloats.View;
         var allowView = allow ?? noBytes.View;
+        var keyLengthsView = keyLengths ?? noInts.View;
         if (kernel == AttentionKernel.Tiled)
         {
-            (attention ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs>(AttentionKernels.Forward))(
-                new KernelConfig(AttentionKernels.Groups(shape), AttentionKernels.Threads), q, k, v, output, lseView, allowView, new AttentionArgs(shape, mode, lse.HasValue));
+            (attention ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>,
+                ArrayView<int>, AttentionArgs>(AttentionKernels.Forward))(
+                new KernelConfig(AttentionKernels.Groups(shape), AttentionKernels.Threads), q, k, v, output, lseView, allowView, keyLengthsView,
+                new AttentionArgs(shape, mode, lse.HasValue) { HasKeyLengths = keyLengths.HasValue ? 1 : 0 });
             return;
         }
 
@@ -279,12 +287,14 @@ public sealed class GpuKernels : IDisposable
         bool vector = shape.QueryRowStride % 4 == 0 && shape.KeyRowStride % 4 == 0 && shape.QueryBatchStride % 4 == 0 && shape.KeyBatchStride % 4 == 0
             && Aligned(q) && Aligned(k) && Aligned(v) && Aligned(output);
         var args = new AttentionArgs(shape, mode, lse.HasValue, queryBlock);
-        launch(new KernelConfig(shape.Batch * shape.Heads * args.QueryBlocks, warps * FlashAttentionKernels.WarpLanes), q, k, v, output, lseView, allowView, args,
-            SpecializedValue.New(FlashAttentionKernels.Config(shape.HeadDim, vector, mode)));
+        launch(new KernelConfig(shape.Batch * shape.Heads * args.QueryBlocks, warps * FlashAttentionKernels.WarpLanes), q, k, v, output, lseView, allowView,
+            keyLengthsView, args, SpecializedValue.New(FlashAttentionKernels.Config(shape.HeadDim, vector, mode, keyLengths.HasValue)));
     }
 
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs, SpecializedValue<int>> LoadFlash(
-        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, AttentionArgs, SpecializedValue<int>> kernel, int warps) =>
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<int>, AttentionArgs,
+        SpecializedValue<int>> LoadFlash(
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<int>, AttentionArgs,
+            SpecializedValue<int>> kernel, int warps) =>
         accelerator.LoadStreamKernel(kernel, FlashAttentionKernels.LaunchBounds(warps));
 
     // ---- backward and training: every gradient output is accumulated (+=) unless said otherwise ----
@@ -337,8 +347,8 @@ public sealed class GpuKernels : IDisposable
     }
 
     /// <summary>
-    /// Backward of <see cref="Attention(ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}?, in AttentionShape, AttentionMaskMode, ArrayView{byte}?)"/>:
-    /// dq, dk, dv += , each laid out like q, k, v (views at their first element, strides from <paramref name="shape"/>).
+    /// Backward of <see cref="Attention(ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}, ArrayView{float}?, in AttentionShape, AttentionMaskMode, ArrayView{byte}?, ArrayView{int}?)"/>
+    /// without key lengths: dq, dk, dv += , each laid out like q, k, v (views at their first element, strides from <paramref name="shape"/>).
     /// output, dOutput [B, Tq, H * D] and lse [B, H, Tq] are the forward's; <paramref name="delta"/> is [B, H, Tq]
     /// scratch that this call overwrites.
     /// </summary>
@@ -478,6 +488,7 @@ public sealed class GpuKernels : IDisposable
     {
         noFloats.Dispose();
         noBytes.Dispose();
+        noInts.Dispose();
         partialSums?.Dispose();
     }
 }

@@ -12,6 +12,7 @@ public enum GpuKernel
 {
     Fill, CopyRows, Embedding, Gelu, Add, LayerNorm, Softmax, MatMul, MatMul128, MatMulTF32, MatMulBF16, Attention,
     AttentionFlash64, AttentionFlash128, AttentionFlash64Head64, AttentionFlash128Head128,
+    AttentionFlash64Head64KeyLengths, AttentionFlash128Head128KeyLengths,
     AttentionFlashQueryGradients, AttentionFlashKeyValueGradients, AttentionFlashQueryGradientsHead64, AttentionFlashKeyValueGradientsHead64,
     EmbeddingBackward, GeluBackward, LayerNormBackward, LayerNormParameters, ColumnSums,
     AttentionDelta, AttentionBackward, CrossEntropy, AdamW, Scale, SumOfSquares, SampleTokens,
@@ -43,8 +44,10 @@ public static class PtxDump
     /// <summary>The launch bounds <see cref="GpuKernels"/> loads a kernel with (none for most).</summary>
     static KernelSpecialization LaunchBounds(GpuKernel kernel) => kernel switch
     {
-        GpuKernel.AttentionFlash64 or GpuKernel.AttentionFlash64Head64 => FlashAttentionKernels.LaunchBounds(FlashAttentionKernels.SmallWarps),
-        GpuKernel.AttentionFlash128 or GpuKernel.AttentionFlash128Head128 => FlashAttentionKernels.LaunchBounds(FlashAttentionKernels.LargeWarps),
+        GpuKernel.AttentionFlash64 or GpuKernel.AttentionFlash64Head64 or GpuKernel.AttentionFlash64Head64KeyLengths
+            => FlashAttentionKernels.LaunchBounds(FlashAttentionKernels.SmallWarps),
+        GpuKernel.AttentionFlash128 or GpuKernel.AttentionFlash128Head128 or GpuKernel.AttentionFlash128Head128KeyLengths
+            => FlashAttentionKernels.LaunchBounds(FlashAttentionKernels.LargeWarps),
         GpuKernel.AttentionFlashQueryGradients or GpuKernel.AttentionFlashKeyValueGradients
             or GpuKernel.AttentionFlashQueryGradientsHead64 or GpuKernel.AttentionFlashKeyValueGradientsHead64
             => FlashAttentionKernels.LaunchBounds(FlashAttentionBackwardKernels.Warps),
@@ -71,6 +74,8 @@ public static class PtxDump
             GpuKernel.AttentionFlash128 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward128)),
             GpuKernel.AttentionFlash64Head64 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward64Head64)),
             GpuKernel.AttentionFlash128Head128 => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward128Head128)),
+            GpuKernel.AttentionFlash64Head64KeyLengths => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward64Head64KeyLengths)),
+            GpuKernel.AttentionFlash128Head128KeyLengths => (typeof(FlashAttentionKernels), nameof(FlashAttentionKernels.Forward128Head128KeyLengths)),
             GpuKernel.AttentionFlashQueryGradients => (typeof(FlashAttentionBackwardKernels), nameof(FlashAttentionBackwardKernels.QueryGradients)),
             GpuKernel.AttentionFlashKeyValueGradients => (typeof(FlashAttentionBackwardKernels), nameof(FlashAttentionBackwardKernels.KeyValueGradients)),
             GpuKernel.AttentionFlashQueryGradientsHead64 => (typeof(FlashAttentionBackwardKernels), nameof(FlashAttentionBackwardKernels.QueryGradientsHead64)),

@@ -10,18 +10,22 @@ public static class Attention
     /// <summary>
     /// output[b, i, h*D + d] = Σ_j softmax_j(Scale · q_i·k_j) v_j[d] over the keys visible to query i.
     /// lse (when not empty) is [B, H, Tq] = log Σ_j exp(Scale · q_i·k_j) over the visible keys. A query row
-    /// that sees no key at all (possible only with an explicit mask) outputs zeros and lse = −∞.
+    /// that sees no key at all (possible only with an explicit mask) outputs zeros and lse = −∞. With
+    /// <paramref name="keyLengths"/> (one per batch row, see <see cref="AttentionShape.ValidateKeyLengths"/>), keys
+    /// from keyLengths[b] on are hidden from every query of row b as well.
     /// </summary>
     public static void Forward(ReadOnlySpan<double> q, ReadOnlySpan<double> k, ReadOnlySpan<double> v, Span<double> output,
-        Span<double> lse, in AttentionShape shape, AttentionMaskMode mode, ReadOnlySpan<byte> allow)
+        Span<double> lse, in AttentionShape shape, AttentionMaskMode mode, ReadOnlySpan<byte> allow, ReadOnlySpan<int> keyLengths = default)
     {
         shape.Validate();
+        if (!keyLengths.IsEmpty) shape.ValidateKeyLengths(keyLengths);
         int hd = shape.HeadDim, tq = shape.QueryLength, tk = shape.KeyLength;
         int outStride = shape.Heads * hd;
         var scores = new double[tk];
         var visible = new bool[tk];
         for (int b = 0; b < shape.Batch; b++)
         {
+            int keyLength = keyLengths.IsEmpty ? tk : keyLengths[b];
             for (int h = 0; h < shape.Heads; h++)
             {
                 int kvh = h / shape.GroupSize;
@@ -31,7 +35,7 @@ public static class Attention
                     double max = double.NegativeInfinity;
                     for (int j = 0; j < tk; j++)
                     {
-                        visible[j] = mode switch
+                        visible[j] = j < keyLength && mode switch
                         {
                             AttentionMaskMode.Causal => j <= shape.QueryOffset + i,
                             AttentionMaskMode.Bidirectional => true,

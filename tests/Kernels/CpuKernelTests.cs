@@ -318,6 +318,71 @@ public class CpuKernelTests
         CheckAttention(qkv, qkv.AsSpan(c).ToArray(), qkv.AsSpan(2 * c).ToArray(), shape, mode, allow);
     }
 
+    /// <summary>
+    /// Per-row key lengths: rows of very different lengths (all keys, an odd count inside a 64-key block, a single key)
+    /// right-padded into one batch, grouped-query heads, one odd head dim past 64, every mask mode. The padded keys and
+    /// values are NaN, so a kernel that read one, or gave one a zero weight instead of skipping it, fails.
+    /// </summary>
+    static IEnumerable<TestCaseData> KeyLengthCases()
+    {
+        foreach (var mode in new[] { AttentionMaskMode.Causal, AttentionMaskMode.Bidirectional, AttentionMaskMode.Explicit })
+        {
+            yield return new TestCaseData(mode, 4, 2, 16, 100, new[] { 100, 37, 1 }).SetName($"AttentionWithKeyLengthsMatchesReference_Gqa_{mode}");
+            yield return new TestCaseData(mode, 2, 1, 72, 130, new[] { 65, 130, 3, 64 }).SetName($"AttentionWithKeyLengthsMatchesReference_LongOddHead_{mode}");
+            yield return new TestCaseData(mode, 3, 3, 8, 7, new[] { 1, 7 }).SetName($"AttentionWithKeyLengthsMatchesReference_Short_{mode}");
+        }
+    }
+
+    [TestCaseSource(nameof(KeyLengthCases))]
+    public void AttentionWithKeyLengthsMatchesReference(AttentionMaskMode mode, int heads, int kvHeads, int headDim, int length, int[] keyLengths)
+    {
+        var rng = TestUtil.NewRandom();
+        int batch = keyLengths.Length;
+        var shape = new AttentionShape(batch, heads, kvHeads, headDim, length, length, 0,
+            heads * headDim, kvHeads * headDim, (long)length * heads * headDim, (long)length * kvHeads * headDim, 1f / MathF.Sqrt(headDim));
+        var q = TestUtil.RandomFloats(rng, batch * length * heads * headDim, 2f);
+        var k = TestUtil.RandomFloats(rng, batch * length * kvHeads * headDim, 2f);
+        var v = TestUtil.RandomFloats(rng, batch * length * kvHeads * headDim);
+        TestUtil.PoisonPaddedKeys(k, 0, shape, keyLengths);
+        TestUtil.PoisonPaddedKeys(v, 0, shape, keyLengths);
+        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, length) : default;
+        CheckAttention(q, k, v, shape, mode, allow, keyLengths);
+    }
+
+    /// <summary>A causal chunk after cached keys (query offset 30) whose rows end before, inside and after the chunk's first keys.</summary>
+    [Test]
+    public void AttentionWithKeyLengthsAndQueryOffsetMatchesReference()
+    {
+        var rng = TestUtil.NewRandom();
+        const int heads = 2, headDim = 16, queries = 70, keys = 100, offset = 30;
+        int[] keyLengths = [100, 45, 12];
+        int batch = keyLengths.Length;
+        var shape = new AttentionShape(batch, heads, heads, headDim, queries, keys, offset,
+            heads * headDim, heads * headDim, (long)queries * heads * headDim, (long)keys * heads * headDim, 0.3f);
+        var q = TestUtil.RandomFloats(rng, batch * queries * heads * headDim);
+        var k = TestUtil.RandomFloats(rng, batch * keys * heads * headDim);
+        var v = TestUtil.RandomFloats(rng, batch * keys * heads * headDim);
+        TestUtil.PoisonPaddedKeys(k, 0, shape, keyLengths);
+        TestUtil.PoisonPaddedKeys(v, 0, shape, keyLengths);
+        CheckAttention(q, k, v, shape, AttentionMaskMode.Causal, default, keyLengths);
+    }
+
+    [TestCase(0)]
+    [TestCase(-1)]
+    [TestCase(8)]
+    public void AttentionRefusesKeyLengthsOutsideTheKeys(int badLength)
+    {
+        var shape = new AttentionShape(2, 1, 1, 4, 7, 7, 0, 4, 4, 28, 28, 1f);
+        var x = new float[56];
+        var e = Assert.Throws<ArgumentException>(() => Cpu.Attention.Forward(x, x, x, new float[56], default, shape, AttentionMaskMode.Bidirectional,
+            default, new[] { 7, badLength }));
+        Assert.That(e!.Message, Does.Contain($"key length {badLength} of batch row 1"));
+        Assert.Throws<ArgumentException>(() => Ref.Attention.Forward(new double[56], new double[56], new double[56], new double[56], default, shape,
+            AttentionMaskMode.Bidirectional, default, new[] { 7, badLength }));
+        Assert.Throws<ArgumentException>(() => Cpu.Attention.Forward(x, x, x, new float[56], default, shape, AttentionMaskMode.Bidirectional,
+            default, new[] { 7, 7, 7 }));
+    }
+
     [Test]
     public void AttentionRowWithoutVisibleKeysIsZero()
     {
@@ -379,7 +444,7 @@ public class CpuKernelTests
         return allow;
     }
 
-    static void CheckAttention(float[] q, float[] k, float[] v, AttentionShape shape, AttentionMaskMode mode, byte[]? allow)
+    static void CheckAttention(float[] q, float[] k, float[] v, AttentionShape shape, AttentionMaskMode mode, byte[]? allow, int[]? keyLengths = null)
     {
         int outLength = shape.Batch * shape.QueryLength * shape.Heads * shape.HeadDim;
         int lseLength = shape.Batch * shape.Heads * shape.QueryLength;
@@ -387,8 +452,8 @@ public class CpuKernelTests
         var actualLse = new float[lseLength];
         var expected = new double[outLength];
         var expectedLse = new double[lseLength];
-        Cpu.Attention.Forward(q, k, v, actual, actualLse, shape, mode, allow);
-        Ref.Attention.Forward(TestUtil.ToDouble(q), TestUtil.ToDouble(k), TestUtil.ToDouble(v), expected, expectedLse, shape, mode, allow);
+        Cpu.Attention.Forward(q, k, v, actual, actualLse, shape, mode, allow, keyLengths);
+        Ref.Attention.Forward(TestUtil.ToDouble(q), TestUtil.ToDouble(k), TestUtil.ToDouble(v), expected, expectedLse, shape, mode, allow, keyLengths);
         Assert.That(TestUtil.RelativeL2(actual, expected), Is.LessThan(Tolerance), "output");
         for (int i = 0; i < lseLength; i++)
         {
@@ -402,7 +467,7 @@ public class CpuKernelTests
         Assert.That(TestUtil.RelativeL2(actualLse, expectedLse), Is.LessThan(Tolerance), "lse");
 
         var withoutLse = new float[outLength];
-        Cpu.Attention.Forward(q, k, v, withoutLse, default, shape, mode, allow);
+        Cpu.Attention.Forward(q, k, v, withoutLse, default, shape, mode, allow, keyLengths);
         Assert.That(withoutLse, Is.EqualTo(actual), "output without lse");
     }
 }

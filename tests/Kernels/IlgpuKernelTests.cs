@@ -321,6 +321,45 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         CompareAttention(shape, mode, qT, qOffset, kT, kOffset, vT, vOffset, q.AsSpan(qOffset), k.AsSpan(kOffset), v.AsSpan(vOffset), allow, kernel);
     }
 
+    /// <summary>
+    /// Per-row key lengths on each attention kernel: rows of very different lengths right-padded into one batch, with
+    /// lengths one short of, at and one past a key tile (flash: 32 keys, tiled: 16) and a single key, grouped-query
+    /// heads, causal chunks after cached keys, every mask mode. The padded keys and values are NaN, so a kernel that
+    /// loaded one into a tile it used, or weighted one by zero instead of masking it, fails.
+    /// </summary>
+    [TestCase(AttentionKernel.Flash64, 2, 1, 16, 70, 0, AttentionMaskMode.Causal, new[] { 70, 33, 1 })]
+    [TestCase(AttentionKernel.Flash64, 2, 1, 16, 70, 0, AttentionMaskMode.Bidirectional, new[] { 5, 70, 32 })]
+    [TestCase(AttentionKernel.Flash64, 2, 2, 20, 40, 0, AttentionMaskMode.Explicit, new[] { 40, 9 })]
+    [TestCase(AttentionKernel.Flash64, 2, 2, 16, 90, 53, AttentionMaskMode.Causal, new[] { 90, 60, 20 })]
+    [TestCase(AttentionKernel.Flash128, 2, 1, 80, 50, 0, AttentionMaskMode.Causal, new[] { 50, 17, 1 })]
+    [TestCase(AttentionKernel.Flash128, 2, 2, 128, 50, 0, AttentionMaskMode.Bidirectional, new[] { 20, 50 })]
+    [TestCase(AttentionKernel.Flash128, 1, 1, 100, 49, 0, AttentionMaskMode.Explicit, new[] { 2, 49 })]
+    [TestCase(AttentionKernel.Flash128, 2, 1, 68, 70, 40, AttentionMaskMode.Causal, new[] { 70, 45, 10 })]
+    [TestCase(AttentionKernel.Tiled, 2, 1, 6, 33, 0, AttentionMaskMode.Causal, new[] { 33, 17, 1 })]
+    [TestCase(AttentionKernel.Tiled, 2, 2, 64, 40, 0, AttentionMaskMode.Bidirectional, new[] { 16, 40 })]
+    [TestCase(AttentionKernel.Tiled, 2, 1, 6, 33, 0, AttentionMaskMode.Explicit, new[] { 20, 33 })]
+    public void AttentionKernelWithKeyLengthsMatchesReference(AttentionKernel kernel, int heads, int kvHeads, int headDim,
+        int keys, int queryOffset, AttentionMaskMode mode, int[] keyLengths)
+    {
+        var rng = TestUtil.NewRandom();
+        int batch = keyLengths.Length, queries = keys - queryOffset;
+        var shape = new AttentionShape(batch, heads, kvHeads, headDim, queries, keys, queryOffset,
+            heads * headDim, kvHeads * headDim, (long)queries * heads * headDim, (long)keys * kvHeads * headDim, 1f / MathF.Sqrt(headDim));
+        var q = TestUtil.RandomFloats(rng, batch * queries * heads * headDim, 3f);
+        var k = TestUtil.RandomFloats(rng, batch * keys * kvHeads * headDim);
+        var v = TestUtil.RandomFloats(rng, batch * keys * kvHeads * headDim);
+        TestUtil.PoisonPaddedKeys(k, 0, shape, keyLengths);
+        TestUtil.PoisonPaddedKeys(v, 0, shape, keyLengths);
+        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, keys) : null;
+        // A pad query's diagonal key is padding too: key 0 keeps every query seeing a key (lse finite for the comparison).
+        for (int i = 0; allow is not null && i < keys; i++) allow[i * keys] = 1;
+
+        using var qT = device.FromArray(q, q.Length);
+        using var kT = device.FromArray(k, k.Length);
+        using var vT = device.FromArray(v, v.Length);
+        CompareAttention(shape, mode, qT, 0, kT, 0, vT, 0, q, k, v, allow, kernel, keyLengths);
+    }
+
     /// <summary>Flash kernels wherever the head dim is a multiple of 4 (64 queries a group up to 64, 48 up to 128), else the tiled kernel.</summary>
     [TestCase(64, AttentionKernel.Flash64)]
     [TestCase(8, AttentionKernel.Flash64)]
@@ -342,8 +381,8 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         var view = IlgpuDevice.View(x);
         var wide = new AttentionShape(1, 1, 1, 128, 2, 2, 0, 128, 128, 256, 256, 1f);
         var odd = new AttentionShape(1, 1, 1, 6, 2, 2, 0, 6, 6, 12, 12, 1f);
-        Assert.Throws<ArgumentException>(() => kernels.Attention(view, view, view, view, null, wide, AttentionMaskMode.Causal, null, AttentionKernel.Flash64));
-        Assert.Throws<ArgumentException>(() => kernels.Attention(view, view, view, view, null, odd, AttentionMaskMode.Causal, null, AttentionKernel.Flash128));
+        Assert.Throws<ArgumentException>(() => kernels.Attention(view, view, view, view, null, wide, AttentionMaskMode.Causal, null, null, AttentionKernel.Flash64));
+        Assert.Throws<ArgumentException>(() => kernels.Attention(view, view, view, view, null, odd, AttentionMaskMode.Causal, null, null, AttentionKernel.Flash128));
     }
 
     /// <summary>GPT-2's packed qkv rows [B, T, 3C]: one tensor read three times.</summary>
@@ -403,16 +442,18 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
     /// </summary>
     void CompareAttention(AttentionShape shape, AttentionMaskMode mode,
         Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
-        ReadOnlySpan<float> qHost, ReadOnlySpan<float> kHost, ReadOnlySpan<float> vHost, byte[]? allow, AttentionKernel? kernel = null)
+        ReadOnlySpan<float> qHost, ReadOnlySpan<float> kHost, ReadOnlySpan<float> vHost, byte[]? allow, AttentionKernel? kernel = null,
+        int[]? keyLengths = null)
     {
         int outLength = shape.Batch * shape.QueryLength * shape.Heads * shape.HeadDim;
         int lseLength = shape.Batch * shape.Heads * shape.QueryLength;
         var expected = new double[outLength];
         var expectedLse = new double[lseLength];
         Ref.Attention.Forward(TestUtil.ToDouble(qHost), TestUtil.ToDouble(kHost), TestUtil.ToDouble(vHost), expected, expectedLse,
-            shape, mode, allow);
+            shape, mode, allow, keyLengths);
 
         using var allowT = allow is null ? null : device.FromArray(allow, shape.KeyLength, shape.KeyLength);
+        using var keyLengthsT = keyLengths is null ? null : device.FromArray(keyLengths, keyLengths.Length);
         using var output = device.Allocate(DType.F32, shape.Batch, shape.QueryLength, shape.Heads * shape.HeadDim);
         using var lse = device.Allocate(DType.F32, shape.Batch, shape.Heads, shape.QueryLength);
 
@@ -420,12 +461,13 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         {
             if (kernel is null)
             {
-                device.Attention(q, qOffset, k, kOffset, v, vOffset, output, lseT, shape, mode, allowT);
+                device.Attention(q, qOffset, k, kOffset, v, vOffset, output, lseT, shape, mode, allowT, keyLengthsT);
                 return;
             }
             ((IlgpuDevice)device).Kernels.Attention(IlgpuDevice.View(q).SubView(qOffset), IlgpuDevice.View(k).SubView(kOffset),
                 IlgpuDevice.View(v).SubView(vOffset), IlgpuDevice.View(output), lseT is null ? null : IlgpuDevice.View(lseT), shape, mode,
-                allowT is null ? null : ((IlgpuStorage<byte>)allowT.Storage).View, kernel.Value);
+                allowT is null ? null : ((IlgpuStorage<byte>)allowT.Storage).View,
+                keyLengthsT is null ? null : ((IlgpuStorage<int>)keyLengthsT.Storage).View, kernel.Value);
         }
 
         device.Fill(lse, float.NaN);

@@ -187,7 +187,8 @@ public class PtxCompileTests
     }
 
     /// <summary>
-    /// The flash attention kernels, generic and as specialized for 64- and 128-float heads: 16-byte shared loads for
+    /// The flash attention kernels, generic and as specialized for 64- and 128-float heads (the forward also as evaluation
+    /// runs it, bidirectional with per-row key lengths): 16-byte shared loads for
     /// the register tiles, butterfly shuffles for the forward's row maxima and sums, group barriers (and a warp barrier
     /// where a warp hands its probabilities to itself), 16-byte global loads and stores, no local memory (nothing
     /// spilled by ILGPU), shared memory within CUDA's 48 KB static limit, launch bounds for four groups a
@@ -197,6 +198,8 @@ public class PtxCompileTests
     [TestCase(GpuKernel.AttentionFlash64Head64, 128, true, true)]
     [TestCase(GpuKernel.AttentionFlash128, 96, true, false)]
     [TestCase(GpuKernel.AttentionFlash128Head128, 96, true, false)]
+    [TestCase(GpuKernel.AttentionFlash64Head64KeyLengths, 128, true, true)]
+    [TestCase(GpuKernel.AttentionFlash128Head128KeyLengths, 96, true, false)]
     [TestCase(GpuKernel.AttentionFlashQueryGradients, 96, false, true)]
     [TestCase(GpuKernel.AttentionFlashQueryGradientsHead64, 96, false, true)]
     [TestCase(GpuKernel.AttentionFlashKeyValueGradients, 96, false, true)]

@@ -72,4 +72,11 @@ public sealed class Gpt2FixtureTests(string deviceName)
         var got = new ArDecoder(model).Generate(prompt, want.Length, temperature: 0, seed: 0);
         Assert.That(got, Is.EqualTo(want));
     }
+
+    /// <summary>Right-padded rows of 36, 13 and 1 positions in one bidirectional pass, and the row-length checks.</summary>
+    [Test]
+    public void PaddedRowsGetTheLogitsOfEachRowAlone() => PaddedRows.CheckEachRowGetsItsLogitsAlone(model, [36, 13, 1], 36);
+
+    [Test]
+    public void BadRowLengthsAreRefused() => PaddedRows.CheckBadRowLengthsAreRefused(model);
 }

@@ -53,4 +53,11 @@ public sealed class LlamaFixtureTests(string deviceName)
         var got = new ArDecoder(model).Generate(expected.ReadInt32("greedy_prompt"), want.Length, temperature: 0, seed: 0);
         Assert.That(got, Is.EqualTo(want));
     }
+
+    /// <summary>Right-padded rows of 36, 13 and 1 positions in one bidirectional pass (RoPE positions from 0 in each).</summary>
+    [Test]
+    public void PaddedRowsGetTheLogitsOfEachRowAlone() => PaddedRows.CheckEachRowGetsItsLogitsAlone(model, [36, 13, 1], 36);
+
+    [Test]
+    public void BadRowLengthsAreRefused() => PaddedRows.CheckBadRowLengthsAreRefused(model);
 }
