@@ -32,11 +32,11 @@ public sealed record LossRow(int[] Inputs, int[] Targets, float[] Weights)
 }
 
 /// <summary>
-/// Runs many rows through a model in as few forward passes as fit: rows are sorted by length and packed into
-/// passes of at most <see cref="MaxRows"/> rows and <see cref="MaxTokens"/> tokens. Causal rows of different
-/// lengths share a pass right-padded (a real token never sees a later pad); bidirectional rows share a pass
-/// only with rows of their own length, so no row ever sees another's tokens or a pad. The cross-entropy is
-/// computed on the device; only one number per position comes back.
+/// Runs many rows through a model in as few forward passes as fit: rows are sorted by length (longest first,
+/// so little is padded) and packed into passes of at most <see cref="MaxRows"/> rows and
+/// <see cref="MaxTokens"/> padded tokens. Rows of different lengths share a pass right-padded, each with its
+/// own key length, so no real token sees a pad or another row, with full attention as with causal. The
+/// cross-entropy is computed on the device; only one number per position comes back.
 /// </summary>
 public sealed class RowLosses(ILanguageModel model, AttentionMaskMode mode, int maxRows, long maxTokens)
 {
@@ -55,9 +55,7 @@ public sealed class RowLosses(ILanguageModel model, AttentionMaskMode mode, int 
         for (int start = 0; start < order.Length;)
         {
             int length = rows[order[start]].Length, count = 1;
-            while (start + count < order.Length && count < MaxRows && (long)(count + 1) * length <= MaxTokens
-                   && (mode == AttentionMaskMode.Causal || rows[order[start + count]].Length == length))
-                count++;
+            while (start + count < order.Length && count < MaxRows && (long)(count + 1) * length <= MaxTokens) count++;
             RunPass(rows, order.AsSpan(start, count), length, result);
             start += count;
             done += count;
@@ -73,16 +71,18 @@ public sealed class RowLosses(ILanguageModel model, AttentionMaskMode mode, int 
         var inputs = new int[positions];
         var targets = new int[positions];
         var weights = new float[positions];
+        var lengths = new int[batch];
         for (int b = 0; b < batch; b++)
         {
             var row = rows[members[b]];
+            lengths[b] = row.Length;
             row.Inputs.CopyTo(inputs, b * length);
             row.Targets.CopyTo(targets, b * length);
             row.Weights.CopyTo(weights, b * length);
-            // Padding: repeat the row's last input (any valid id will do; its weight is 0 and causal rows never attend to it).
+            // Padding: repeat the row's last input (any valid id will do: its weight is 0 and no real token attends to it).
             for (int p = row.Length; p < length; p++) inputs[b * length + p] = row.Inputs[^1];
         }
-        using var forward = model.Logits(inputs, batch, length, mode);
+        using var forward = model.Logits(inputs, batch, length, mode, rowLengths: lengths);
         using var targetTensor = d.FromArray(targets, positions);
         using var weightTensor = d.FromArray(weights, positions);
         using var losses = d.Allocate(DType.F32, positions);
