@@ -6,7 +6,7 @@ namespace DiffuSharp.Bench;
 /// <summary>
 /// One benchmarked operation at one shape. Work is counted per run: floating-point operations (for
 /// compute-bound kernels and model steps), the bytes a perfect kernel must move (for memory-bound ones),
-/// and for end-to-end rows the tokens trained or the denoising steps taken.
+/// and for end-to-end rows the tokens trained, the denoising steps taken or the examples scored.
 /// </summary>
 public sealed record BenchCase(string Id, string Suite, string Label, string Shape)
 {
@@ -14,6 +14,7 @@ public sealed record BenchCase(string Id, string Suite, string Label, string Sha
     public double Bytes { get; init; }
     public double Tokens { get; init; }
     public double Steps { get; init; }
+    public double Examples { get; init; }
 
     /// <summary>Our implementation on the device under test: allocate, then return what one run does.</summary>
     public required Func<Device, BenchRun> Prepare { get; init; }
@@ -37,13 +38,14 @@ public sealed record BenchCase(string Id, string Suite, string Label, string Sha
     public int MinRuns { get; init; } = 3;
 
     public BenchUnit Unit => Tokens > 0 ? BenchUnit.TokensPerSecond : Steps > 0 ? BenchUnit.StepsPerSecond
-        : Flops > 0 ? BenchUnit.GflopPerSecond : BenchUnit.GigabytePerSecond;
+        : Examples > 0 ? BenchUnit.ExamplesPerSecond : Flops > 0 ? BenchUnit.GflopPerSecond : BenchUnit.GigabytePerSecond;
 
     /// <summary>The rate of one run lasting <paramref name="seconds"/>, in <see cref="Unit"/>.</summary>
     public double Rate(double seconds) => Unit switch
     {
         BenchUnit.TokensPerSecond => Tokens / seconds,
         BenchUnit.StepsPerSecond => Steps / seconds,
+        BenchUnit.ExamplesPerSecond => Examples / seconds,
         BenchUnit.GflopPerSecond => Flops / seconds / 1e9,
         _ => Bytes / seconds / 1e9,
     };
@@ -54,7 +56,7 @@ public sealed record BenchCase(string Id, string Suite, string Label, string Sha
         Flops > 0 ? Flops / seconds / (ceilings.PeakGflops * 1e9) : Bytes / seconds / (ceilings.BandwidthGBs * 1e9);
 }
 
-public enum BenchUnit { GflopPerSecond, GigabytePerSecond, TokensPerSecond, StepsPerSecond }
+public enum BenchUnit { GflopPerSecond, GigabytePerSecond, TokensPerSecond, StepsPerSecond, ExamplesPerSecond }
 
 public static class BenchUnits
 {
@@ -63,7 +65,8 @@ public static class BenchUnits
         BenchUnit.GflopPerSecond => "GFLOP/s",
         BenchUnit.GigabytePerSecond => "GB/s",
         BenchUnit.TokensPerSecond => "tokens/s",
-        _ => "steps/s",
+        BenchUnit.StepsPerSecond => "steps/s",
+        _ => "examples/s",
     };
 }
 

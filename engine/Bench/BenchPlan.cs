@@ -1,8 +1,11 @@
 using System.Text.Json.Nodes;
 using DiffuSharp.Diffusion;
+using DiffuSharp.Eval;
+using DiffuSharp.IO;
 using DiffuSharp.Kernels;
 using DiffuSharp.Models;
 using DiffuSharp.Runtime;
+using DiffuSharp.Text;
 using DiffuSharp.Training;
 
 namespace DiffuSharp.Bench;
@@ -35,6 +38,20 @@ public sealed record BenchOptions
     public int DenoiseLength { get; init; }
     public int DenoiseSteps { get; init; }
 
+    /// <summary>HellaSwag examples of the end-to-end scoring row, and the rows one of its forward passes holds at most.</summary>
+    public int EvalExamples { get; init; }
+    public int EvalBatch { get; init; }
+
+    /// <summary>The folders of the evaluation sets and of the GPT-2 BPE that the scoring row reads; null: the defaults of <see cref="EvalDataRoot"/> and <see cref="TokenizerFolder"/>.</summary>
+    public string? EvalData { get; init; }
+    public string? Tokenizer { get; init; }
+
+    /// <summary>--eval-data, else $DIFFU_EVAL_DATA, else ../shared/data/eval: where `diffu eval` looks.</summary>
+    public string EvalDataRoot => EvalData ?? Environment.GetEnvironmentVariable("DIFFU_EVAL_DATA") ?? Path.Combine("..", "shared", "data", "eval");
+
+    /// <summary>--tokenizer, else $DIFFU_TOKENIZER, else ../shared/data/tokenizers/gpt2 (beside the eval data in the shared folder).</summary>
+    public string TokenizerFolder => Tokenizer ?? Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") ?? Path.Combine("..", "shared", "data", "tokenizers", "gpt2");
+
     /// <summary>The largest size any option may ask for, so that the plan's int arithmetic (tokens × 4 rows, ...) cannot overflow.</summary>
     public const int MaxSize = 1 << 20;
 
@@ -47,8 +64,16 @@ public sealed record BenchOptions
         foreach (int length in AttentionLengths) Size("--lengths", length, 1);
         foreach (var (m, k, n) in MatMulShapes) { Size("--shapes", m, 1); Size("--shapes", k, 1); Size("--shapes", n, 1); }
         foreach (var (option, value, min) in new[] { ("--tokens", Tokens, 1), ("--train-batch", TrainBatch, 1), ("--train-length", TrainLength, 1),
-                     ("--denoise-length", DenoiseLength, 2), ("--denoise-steps", DenoiseSteps, 1) })
+                     ("--denoise-length", DenoiseLength, 2), ("--denoise-steps", DenoiseSteps, 1), ("--eval-examples", EvalExamples, 1), ("--eval-batch", EvalBatch, 1) })
             if (value != 0) Size(option, value, min);
+        // Folders given by hand are checked now; the defaults, when absent, fail the scoring row alone.
+        foreach (var (option, folder) in new[] { ("--eval-data", EvalData), ("--tokenizer", Tokenizer) })
+        {
+            if (folder is null) continue;
+            var kind = FileStatus.Kind(folder);
+            if (kind == FileKind.Missing) throw new DiffuException($"{option} {folder}: folder not found");
+            if (kind != FileKind.Directory) throw new DiffuException($"{option} {folder} is {FileStatus.Describe(kind)}, not a folder");
+        }
         int positions = BenchPlan.EndToEndModel(Quick).Positions;
         foreach (var (option, length) in new[] { ("--train-length", TrainLength), ("--denoise-length", DenoiseLength) })
             if (length > positions)
@@ -63,13 +88,13 @@ public sealed record BenchOptions
 
 /// <summary>
 /// The benchmark cases of `diffu bench`: kernels at the sizes the models use (GPT-2-small and LLaMA-7B
-/// layer shapes, attention over L = 256..4096, the optimiser over GPT-2-small's parameters) and the two
-/// end-to-end rows (a GPT-2-small diffusion training step, T denoising steps at L = 1024). Sizes scale
-/// down on the CPU, where the largest would take minutes per run.
+/// layer shapes, attention over L = 256..4096, the optimiser over GPT-2-small's parameters) and the three
+/// end-to-end rows (a GPT-2-small diffusion training step, T denoising steps at L = 1024, HellaSwag scored
+/// with the likelihood scorer at T = 32). Sizes scale down on the CPU, where the largest would take minutes per run.
 /// </summary>
 public static class BenchPlan
 {
-    public static readonly string[] SuiteNames = ["matmul", "attention", "norm", "rope", "softmax", "adamw", "sampling", "train", "denoise"];
+    public static readonly string[] SuiteNames = ["matmul", "attention", "norm", "rope", "softmax", "adamw", "sampling", "train", "denoise", "eval"];
 
     /// <summary>GPT-2 small (124 M): the shape of the end-to-end rows.</summary>
     public static readonly Gpt2Config Gpt2Small = new(50257, 1024, 768, 12, 12);
@@ -135,6 +160,9 @@ public static class BenchPlan
             int steps = o.DenoiseSteps > 0 ? o.DenoiseSteps : quick ? 4 : 64;
             cases.Add(Denoise(EndToEndModel(quick), DenoiseLength(o), steps));
         }
+        if (o.Suites.Contains("eval"))
+            cases.Add(HellaSwagScoring(EndToEndModel(quick), o.EvalDataRoot, o.TokenizerFolder,
+                o.EvalExamples > 0 ? o.EvalExamples : quick ? 2 : gpu ? 64 : 4, o.EvalBatch > 0 ? o.EvalBatch : EvalRowsPerPass));
         return cases;
     }
 
@@ -504,6 +532,73 @@ public static class BenchPlan
             Torch = Spec("denoise", ("length", length), ("steps", steps), ("config", ConfigSpec(config)), ("warmup", 0), ("min_runs", 1)),
         };
     }
+
+    /// <summary>T of the likelihood scorer in the paper's evaluation scripts (spec §9), and diffu eval's default --batch.</summary>
+    public const int ScoringSteps = 32, EvalRowsPerPass = 32;
+
+    /// <summary>
+    /// HellaSwag multiple choice with the paper's likelihood scorer (spec §9) as `diffu eval` runs it: the
+    /// T rows of every choice of the first <paramref name="count"/> examples through <see cref="DiffusionScorer"/>,
+    /// which packs rows of every length into right-padded passes of at most <paramref name="rowsPerPass"/> rows.
+    /// The examples are read and tokenized here, once: the timed runs only score, and PyTorch gets the same ids.
+    /// Data or a tokenizer that cannot be read fails this row alone, with the reason.
+    /// </summary>
+    static BenchCase HellaSwagScoring(Gpt2Config config, string dataRoot, string tokenizerFolder, int count, int rowsPerPass)
+    {
+        const string id = "eval.hellaswag.gpt2", suite = "eval";
+        string label = $"{Describe(config)} HellaSwag scoring, T = {ScoringSteps}";
+        List<ScoringSequence> sequences;
+        try
+        {
+            sequences = HellaSwagSequences(config, dataRoot, tokenizerFolder, count);
+        }
+        catch (DiffuException e)
+        {
+            string why = $"{e.Message} (the eval row reads HellaSwag from --eval-data, $DIFFU_EVAL_DATA or ../shared/data/eval "
+                + "and the GPT-2 BPE from --tokenizer, $DIFFU_TOKENIZER or ../shared/data/tokenizers/gpt2)";
+            return new BenchCase(id, suite, label, $"N{count} T{ScoringSteps}") { Examples = count, Prepare = _ => throw new DiffuException(why) };
+        }
+        int examples = sequences.Count / HellaSwag.Choices;
+        int mask = config.VocabSize - 1;
+        return new BenchCase(id, suite, label, $"N{examples} T{ScoringSteps} L{sequences.Min(s => s.Length)}-{sequences.Max(s => s.Length)}")
+        {
+            Examples = examples,
+            // Model FLOPs of the real tokens: the padding of shared passes is our cost, not work done.
+            Flops = ScoringSteps * sequences.Sum(s => Gpt2ForwardFlopsPerToken(config, s.Length) * s.Length),
+            Warmup = 0,
+            MinRuns = 1,
+            Prepare = d =>
+            {
+                var model = Gpt2Model.CreateRandom(config, d, 1);
+                var scorer = new DiffusionScorer(model, mask, ScoringSteps, 0, rowsPerPass, EvalSettings.TokensPerPass(config, d));
+                // One choice's rows first, untimed: kernel compilation and the buffer pool's first allocations.
+                scorer.Score([sequences[0]]);
+                return new BenchRun(() => scorer.Score(sequences), model);
+            },
+            Torch = Spec("eval_scoring", ("steps", ScoringSteps), ("mask_token", mask), ("config", ConfigSpec(config)),
+                ("sequences", SequencesSpec(sequences)), ("warmup", 0), ("min_runs", 1)),
+        };
+    }
+
+    /// <summary>The scorer's sequences of the first <paramref name="count"/> HellaSwag examples, encoded as `diffu eval` encodes them for a GPT-2 model.</summary>
+    static List<ScoringSequence> HellaSwagSequences(Gpt2Config config, string dataRoot, string tokenizerFolder, int count)
+    {
+        // A model with fewer tokens than GPT-2 (--quick's) reads the first VocabSize tokens of the BPE, as diffu eval does.
+        var tokenizer = Gpt2Tokenizer.FromDirectory(tokenizerFolder, config.VocabSize < Gpt2Small.VocabSize ? config.VocabSize : null)
+            ?? throw new DiffuException($"{tokenizerFolder}: no GPT-2 BPE files (vocab.json + merges.txt, or encoder.json + vocab.bpe)");
+        var examples = HellaSwag.Load(dataRoot, count);
+        if (examples.Count == 0) throw new DiffuException($"{Path.Combine(dataRoot, HellaSwag.FileName)} holds no example");
+        // GPT-2's encode adds no BOS, so both SpecialTokens modes give the text's own ids (EvalModel.Encode without a default BOS).
+        return EvalRunner.ChoiceSequences((text, _) => [.. tokenizer.Encode(text)], config.Positions, EvalTasks.Get("hellaswag"), examples, out _, out _);
+    }
+
+    /// <summary>The sequences for the PyTorch script: each one's example, ids and first scored position (the choice follows its context).</summary>
+    static JsonArray SequencesSpec(List<ScoringSequence> sequences) => new(sequences.Select(s => (JsonNode)new JsonObject
+    {
+        ["example"] = s.Example,
+        ["ids"] = new JsonArray(s.Ids.Select(i => (JsonNode)i).ToArray()),
+        ["scored_from"] = Array.IndexOf(s.Maskable, true) is int first and >= 0 ? first : s.Length,
+    }).ToArray());
 
     /// <summary>Uniformly random token blocks: the training row measures speed, not learning.</summary>
     sealed class RandomBlocks(int length, int vocab) : ITokenBlocks

@@ -2,6 +2,7 @@ using System.Globalization;
 using DiffuSharp.Diffusion;
 using DiffuSharp.Kernels;
 using DiffuSharp.Models;
+using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Eval;
 
@@ -29,6 +30,17 @@ public sealed record EvalSettings
     public long MaxTokens { get; init; } = 8192;
 
     public ulong Seed { get; init; }
+
+    /// <summary>
+    /// <see cref="MaxTokens"/> for a model on a device: as many tokens as keep one pass's activations and logits
+    /// within a quarter of the free memory (1 GiB at most), 256 to 16384.
+    /// </summary>
+    public static long TokensPerPass(IModelConfig config, Device device)
+    {
+        long perToken = Math.Max(1, ModelMemory.Forward(config, 1, 1));
+        long budget = Math.Min(device.AvailableMemoryBytes / 4, 1L << 30);
+        return Math.Clamp(budget / perToken, 256, 16384);
+    }
 
     /// <summary>The SFT sequence length of GSM8K (spec §5: 256), capped by the model's positions.</summary>
     public int GsmCutoff { get; init; } = 256;
@@ -63,24 +75,7 @@ public sealed class EvalRunner
 
     public TaskResult MultipleChoice(EvalTaskInfo task, IReadOnlyList<MultipleChoiceExample> examples, Action<int, int>? progress = null)
     {
-        var sequences = new List<ScoringSequence>();
-        int truncated = 0, cutChoices = 0;
-        for (int i = 0; i < examples.Count; i++)
-        {
-            var context = m.Encode(examples[i].Context, task.ContextTokens);
-            for (int c = 0; c < examples[i].Choices.Count; c++)
-            {
-                var choice = m.Encode(examples[i].Choices[c], task.TargetTokens);
-                if (choice.Length >= Positions)
-                {
-                    // Only on models with very few positions: one context token stays, and the choice's first tokens are scored.
-                    choice = choice[..(Positions - 1)];
-                    cutChoices++;
-                }
-                var kept = KeepLast(context, Positions - choice.Length, ref truncated);
-                sequences.Add(ScoringSequence.ContextAndChoice(i, c, kept, choice));
-            }
-        }
+        var sequences = ChoiceSequences(m.Encode, Positions, task, examples, out int truncated, out int cutChoices);
         IChoiceScorer scorer = settings.Scorer switch
         {
             EvalScorer.Diffusion => new DiffusionScorer(m.Model, m.MaskTokenId!.Value, settings.Steps, settings.Seed, settings.Batch, settings.MaxTokens),
@@ -103,6 +98,37 @@ public sealed class EvalRunner
         if (settings.Scorer == EvalScorer.Diffusion) used["steps"] = Text(settings.Steps);
         if (settings.Scorer == EvalScorer.Elbo) used["samples"] = Text(settings.ElboSamples);
         return new TaskResult(task.Name, examples.Count, new Dictionary<string, double> { ["accuracy"] = Percent(correct, examples.Count) }, used, predictions);
+    }
+
+    /// <summary>
+    /// What the scorer grades for multiple-choice examples, one sequence per choice in order: the context's ids
+    /// then the choice's, each encoded by <paramref name="encode"/> as the task asks. Where a pair exceeds
+    /// <paramref name="positions"/> the context loses its first tokens (<paramref name="truncated"/> counts them)
+    /// and a choice that alone fills the positions keeps its first ones (<paramref name="cutChoices"/>).
+    /// </summary>
+    public static List<ScoringSequence> ChoiceSequences(Func<string, SpecialTokens, int[]> encode, int positions, EvalTaskInfo task,
+        IReadOnlyList<MultipleChoiceExample> examples, out int truncated, out int cutChoices)
+    {
+        var sequences = new List<ScoringSequence>();
+        truncated = 0;
+        cutChoices = 0;
+        for (int i = 0; i < examples.Count; i++)
+        {
+            var context = encode(examples[i].Context, task.ContextTokens);
+            for (int c = 0; c < examples[i].Choices.Count; c++)
+            {
+                var choice = encode(examples[i].Choices[c], task.TargetTokens);
+                if (choice.Length >= positions)
+                {
+                    // Only on models with very few positions: one context token stays, and the choice's first tokens are scored.
+                    choice = choice[..(positions - 1)];
+                    cutChoices++;
+                }
+                var kept = KeepLast(context, positions - choice.Length, ref truncated);
+                sequences.Add(ScoringSequence.ContextAndChoice(i, c, kept, choice));
+            }
+        }
+        return sequences;
     }
 
     // ---- LAMBADA ------------------------------------------------------------------------------

@@ -125,7 +125,13 @@ public sealed class BenchReferenceTests
     {
         if (TorchReference.FindPython() is null) Assert.Ignore("no Python with PyTorch here (apt-get install python3-torch)");
         using var device = new CpuDevice();
-        var cases = BenchPlan.Create(device, new BenchOptions { Quick = true }, null, null);
+        var options = new BenchOptions
+        {
+            Quick = true, EvalData = Path.Combine(TestUtil.SharedData, "eval"), Tokenizer = Path.Combine(TestUtil.SharedData, "tokenizers", "gpt2"),
+        };
+        var cases = BenchPlan.Create(device, options, null, null);
+        Assert.That(cases.Select(c => c.Suite).Distinct(), Is.EquivalentTo(BenchPlan.SuiteNames));
+        Assert.That(cases.Where(c => c.Torch is null), Is.Empty);
         var timings = TorchReference.Run(cases, "cpu", 2, 1, 0.01, null, null);
         Assert.That(timings.Error, Is.Null);
         Assert.That(timings.Errors, Is.Empty);

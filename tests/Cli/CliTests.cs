@@ -106,7 +106,7 @@ public sealed class CliTests
     {
         string json = Path.Combine(temp, "bench.json"), plots = Path.Combine(temp, "plots"), markdown = Path.Combine(temp, "bench.md");
         var (code, output, err) = Run("bench", "--quick", "--repeat", "2", "--budget", "0.01", "--reference", "none", "--device", "cpu",
-            "--json", json, "--plots", plots, "--markdown", markdown);
+            "--eval-data", Path.Combine(TestUtil.SharedData, "eval"), "--tokenizer", Gpt2Tokenizer, "--json", json, "--plots", plots, "--markdown", markdown);
         Assert.That(code, Is.EqualTo(0), err);
         var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(json))!;
         var rows = report["rows"]!.AsArray();
@@ -117,7 +117,7 @@ public sealed class CliTests
             Assert.That(row["ours"]!["share"]!.GetValue<double>(), Is.GreaterThan(0), row["id"]!.ToString());
         }
         Assert.That(report["ceilings"]!["peak_gflops"]!.GetValue<double>(), Is.GreaterThan(0));
-        Assert.That(output, Does.Contain("tokens/s").And.Contain("steps/s").And.Contain("GB/s"));
+        Assert.That(output, Does.Contain("tokens/s").And.Contain("steps/s").And.Contain("examples/s").And.Contain("GB/s"));
         var table = File.ReadAllLines(markdown).Where(l => l.StartsWith("| ") && !l.StartsWith("| suite")).ToList();
         Assert.That(table, Has.Count.EqualTo(rows.Count), "one Markdown row per case");
         Assert.That(Run("bench", "--quick", "--markdown", Path.Combine(temp, "missing", "b.md"), "--device", "cpu").Code, Is.EqualTo(2));
@@ -210,6 +210,9 @@ public sealed class CliTests
             ["--suite", "train", "--train-batch", "1000000", "--train-length", "256"],
             ["--suite", "denoise", "--denoise-length", "257"],
             ["--suite", "denoise", "--denoise-steps", "2147483647"],
+            ["--suite", "eval", "--eval-examples", "2147483647"],
+            ["--suite", "eval", "--eval-data", Path.Combine(temp, "nonexistent")],
+            ["--suite", "eval", "--tokenizer", script],
         })
         {
             var (code, output, err) = Run([.. quick, .. extra]);

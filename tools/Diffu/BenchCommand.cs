@@ -31,6 +31,10 @@ static class BenchCommand
         var trainLength = TypedOptions.OptionalInteger("--train-length", "training row: tokens per sequence (default: cpu 256, cuda 1024)", min: 1, max: BenchOptions.MaxSize);
         var denoiseLength = TypedOptions.OptionalInteger("--denoise-length", "denoising row: sequence length (default 1024)", min: 2, max: BenchOptions.MaxSize);
         var denoiseSteps = TypedOptions.OptionalInteger("--denoise-steps", "denoising row: steps T (default 64)", min: 1, max: BenchOptions.MaxSize);
+        var evalExamples = TypedOptions.OptionalInteger("--eval-examples", "scoring row: the first N HellaSwag examples, 128 rows each (default: cpu 4, cuda 64)", min: 1, max: BenchOptions.MaxSize);
+        var evalBatch = TypedOptions.OptionalInteger("--eval-batch", $"scoring row: rows per forward pass at most, as diffu eval --batch (default {BenchPlan.EvalRowsPerPass})", min: 1, max: BenchOptions.MaxSize);
+        var evalData = Cli.NonEmpty(new Option<string?>("--eval-data") { Description = "scoring row: folder of the evaluation sets (default: $DIFFU_EVAL_DATA, else ../shared/data/eval)" });
+        var tokenizer = Cli.NonEmpty(new Option<string?>("--tokenizer") { Description = "scoring row: folder with the GPT-2 BPE files (default: $DIFFU_TOKENIZER, else ../shared/data/tokenizers/gpt2)" });
         var repeat = TypedOptions.Integer("--repeat", "timed runs per case at most (best and median are reported)", 10, min: 1);
         var budget = TypedOptions.Double("--budget", "seconds per case after which timing stops at three runs", 2.0, min: 0, minExclusive: true);
         var reference = new Option<string>("--reference") { Description = "torch: also time PyTorch on the same cases; none: only the in-process library", DefaultValueFactory = _ => "torch" };
@@ -43,8 +47,8 @@ static class BenchCommand
         var precision = Cli.PrecisionOption();
         var command = new Command("bench", "measure kernel and end-to-end throughput against the device's ceilings and reference libraries")
         {
-            suites, quick, shapes, squares, lengths, tokens, trainBatch, trainLength, denoiseLength, denoiseSteps, repeat, budget, reference,
-            python, json, plots, markdown, device, precision,
+            suites, quick, shapes, squares, lengths, tokens, trainBatch, trainLength, denoiseLength, denoiseSteps, evalExamples, evalBatch, evalData,
+            tokenizer, repeat, budget, reference, python, json, plots, markdown, device, precision,
         };
         command.SetAction(parse =>
         {
@@ -57,6 +61,8 @@ static class BenchCommand
                 AttentionLengths = ParseList(parse.GetValue(lengths), "--lengths"),
                 Tokens = parse.GetValue(tokens) ?? 0, TrainBatch = parse.GetValue(trainBatch) ?? 0, TrainLength = parse.GetValue(trainLength) ?? 0,
                 DenoiseLength = parse.GetValue(denoiseLength) ?? 0, DenoiseSteps = parse.GetValue(denoiseSteps) ?? 0,
+                EvalExamples = parse.GetValue(evalExamples) ?? 0, EvalBatch = parse.GetValue(evalBatch) ?? 0,
+                EvalData = parse.GetValue(evalData), Tokenizer = parse.GetValue(tokenizer),
             };
             options.Validate();
             var settings = new BenchSettings(parse.GetValue(repeat), parse.GetValue(budget), parse.GetValue(reference) == "torch",

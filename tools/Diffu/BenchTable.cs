@@ -16,7 +16,7 @@ static class BenchTable
         var table = new Table()
             .Title(Markup.Escape($"diffu bench on {report.Device}"))
             .Caption(Markup.Escape($"ceilings: {c.PeakGflops:N0} GFLOP/s fp32, {c.BandwidthGBs:N0} GB/s ({c.Method}). library: {library}. reference: {torch}. "
-                + "ratio: ours / library where there is one, else / PyTorch; % ceiling: FLOPs (model FLOPs utilisation for train/denoise) or bytes."))
+                + "ratio: ours / library where there is one, else / PyTorch; % ceiling: FLOPs (model FLOPs utilisation for train/denoise/eval) or bytes."))
             .AddColumn("suite").AddColumn("op").AddColumn("shape")
             .AddColumn(new TableColumn("ours").RightAligned()).AddColumn(new TableColumn("% ceiling").RightAligned())
             .AddColumn(new TableColumn("library").RightAligned()).AddColumn(new TableColumn("PyTorch").RightAligned())

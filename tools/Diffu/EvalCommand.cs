@@ -97,7 +97,7 @@ static class EvalCommand
         var settings = new EvalSettings
         {
             Scorer = kind, Steps = stepsList is [int t] ? t : 32, ElboSamples = request.Samples ?? 32, Batch = request.Batch, Seed = request.Seed,
-            MaxTokens = TokensPerPass(network, dev),
+            MaxTokens = EvalSettings.TokensPerPass(network.Config, dev),
         };
         var runner = new EvalRunner(evalModel, settings);
         using var judgeNetwork = unconditional ? ModelLoader.Load(request.Judge!, dev) : null;
@@ -164,14 +164,6 @@ static class EvalCommand
             throw new DiffuException($"--mask-token {id} is outside the model's vocabulary [0, {network.VocabSize})");
         return new EvalModel(network, tokenizer, start, llama ? Text.LlamaTokenizers.BeginOfSentenceId : null, mask,
             SftTokens.Default(llama, tokenizer.EndOfTextId ?? start));
-    }
-
-    /// <summary>Tokens per forward pass: as many as keep one pass's activations and logits within a quarter of the free memory (1 GiB at most), 256 to 16384.</summary>
-    static long TokensPerPass(ILanguageModel network, Device device)
-    {
-        long perToken = Math.Max(1, ModelMemory.Forward(network.Config, 1, 1));
-        long budget = Math.Min(device.AvailableMemoryBytes / 4, 1L << 30);
-        return Math.Clamp(budget / perToken, 256, 16384);
     }
 
     static void CheckOutput(string dir, bool overwrite, bool plot)

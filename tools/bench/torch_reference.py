@@ -283,11 +283,45 @@ def denoise(case, dev):
     return run
 
 
+def eval_scoring(case, dev):
+    # The paper's likelihood scorer (spec §9) the way its reference code runs it, one row per forward pass:
+    # for each example, each choice and t = T..1, mask the choice's tokens with probability t/T, run that
+    # single row with full attention, and average the cross-entropy of the masked tokens (0 when none is);
+    # the choice's score is the mean over t, the answer the lowest. The masked positions themselves are
+    # scored (the reference tests xt == MASK, the same unless the text holds the mask id), as ours does.
+    model = gpt2(case, dev)
+    steps, mask = case["steps"], case["mask_token"]
+    examples = {}
+    for s in case["sequences"]:
+        ids = torch.tensor([s["ids"]], device=dev)
+        maskable = torch.zeros_like(ids, dtype=torch.bool)
+        maskable[:, s["scored_from"]:] = True
+        examples.setdefault(s["example"], []).append((ids, maskable))
+    with torch.no_grad():
+        model(next(iter(examples.values()))[0][0])
+
+    def score(ids, maskable):
+        total = torch.zeros((), device=dev)
+        for t in range(steps, 0, -1):
+            masked = (torch.rand(ids.shape, device=dev) < t / steps) & maskable
+            logits = model(ids.masked_fill(masked, mask))
+            scored = masked[0, 1:].float()
+            ce = F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="none") * scored
+            total += ce.sum() / scored.sum().clamp(min=1)
+        return total / steps
+
+    def run():
+        with torch.no_grad():
+            for choices in examples.values():
+                torch.stack([score(ids, maskable) for ids, maskable in choices]).argmin().item()
+    return run
+
+
 KINDS = {
     "matmul": matmul, "matmul_backward": matmul_backward, "attention": attention,
     "attention_backward": attention_backward, "layernorm": layernorm, "rmsnorm": rmsnorm, "rope": rope,
     "softmax": softmax, "cross_entropy": cross_entropy, "adamw": adamw, "sampling": sampling,
-    "train_step": train_step, "denoise": denoise,
+    "train_step": train_step, "denoise": denoise, "eval_scoring": eval_scoring,
 }
 
 
