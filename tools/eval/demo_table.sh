@@ -26,8 +26,8 @@ llama2c="$SHARED/llama2c"
   --out "$OUT/diffullama-260k" --overwrite
 
 # Held-out last word: each TinyStories V1 paragraph of 8 to 60 words, final punctuation removed, one per line.
-awk 'NF >= 8 && NF <= 60 && $0 !~ /endoftext/ { line = $0; sub(/[.!?,;:"'"'"' ]+$/, "", line); print line }' \
-  "$SHARED/corpora/tinystories/train_v1_head.txt" | head -n 500 > "$OUT/tinystories_lastword.txt"
+awk 'NF >= 8 && NF <= 60 && $0 !~ /endoftext/ && kept < 500 { line = $0; sub(/[.!?,;:"'"'"' ]+$/, "", line); print line; kept++ }' \
+  "$SHARED/corpora/tinystories/train_v1_head.txt" > "$OUT/tinystories_lastword.txt"
 
 for model in gpt2-tiny-ar:out/demo/gpt2-tiny-ar diffugpt-tiny:out/demo/diffugpt-tiny \
              stories260K:"$OUT/stories260K" diffullama-260k:"$OUT/diffullama-260k"; do
