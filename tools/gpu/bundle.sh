@@ -79,9 +79,9 @@ if [ -d "$repo/tools/bench" ]; then
   cp -r "$repo/tools/bench" "$bundle/repo/tools/"
   find "$bundle/repo/tools/bench" -name __pycache__ -prune -exec rm -rf {} +
 fi
-# The files tests/ reads under TestUtil.SharedData (grep SharedData tests/); the evaluation sets and the
-# rest of the corpora are not read by any test.
-for part in MANIFEST.md tokenizers/gpt2 llama2c corpora/tinyshakespeare_input.txt corpora/tinystories/train_v2_head.txt; do
+# The files the device tests read under TestUtil.SharedData (grep SharedData tests/) and HellaSwag for the bench's
+# eval row; the other evaluation sets and the rest of the corpora are read by CPU-only tests.
+for part in MANIFEST.md tokenizers/gpt2 llama2c corpora/tinyshakespeare_input.txt corpora/tinystories/train_v2_head.txt eval/hellaswag; do
   [ -e "$data/$part" ] || die "shared data is missing $data/$part"
   mkdir -p "$bundle/shared/data/$(dirname "$part")"
   cp -r "$data/$part" "$bundle/shared/data/$part"

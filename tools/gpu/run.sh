@@ -134,7 +134,7 @@ if [ "$bench" = 1 ]; then
   read -r -a extra <<<"$bench_args"
   echo "== diffu bench --device $device ${bench_args}"
   run_step "$results/bench.txt" "$here/diffu" bench --device "$device" --json "$results/bench.json" --markdown "$results/bench.md" \
-    --plots "$results/plots" "${extra[@]}" || bench_rc=$?
+    --plots "$results/plots" --eval-data "$here/shared/data/eval" --tokenizer "$here/shared/data/tokenizers/gpt2" "${extra[@]}" || bench_rc=$?
   if [ "$bench_rc" -eq 0 ]; then
     bench_line="ok: bench.json, $(find "$results/plots" -name '*.png' 2>/dev/null | wc -l) plots"
   else
