@@ -33,12 +33,12 @@ public sealed record EvalSettings
 
     /// <summary>
     /// <see cref="MaxTokens"/> for a model on a device: as many tokens as keep one pass's activations and logits
-    /// within a quarter of the free memory (1 GiB at most), 256 to 16384.
+    /// within an eighth of the free memory (256 MiB at most: larger passes gain nothing), 256 to 16384.
     /// </summary>
     public static long TokensPerPass(IModelConfig config, Device device)
     {
         long perToken = Math.Max(1, ModelMemory.Forward(config, 1, 1));
-        long budget = Math.Min(device.AvailableMemoryBytes / 4, 1L << 30);
+        long budget = Math.Min(device.AvailableMemoryBytes / 8, 256L << 20);
         return Math.Clamp(budget / perToken, 256, 16384);
     }
 

@@ -35,13 +35,18 @@ public sealed record LossRow(int[] Inputs, int[] Targets, float[] Weights)
 /// Runs many rows through a model in as few forward passes as fit: rows are sorted by length (longest first,
 /// so little is padded) and packed into passes of at most <see cref="MaxRows"/> rows and
 /// <see cref="MaxTokens"/> padded tokens. Rows of different lengths share a pass right-padded, each with its
-/// own key length, so no real token sees a pad or another row, with full attention as with causal. The
+/// own key length, so no real token sees a pad or another row, with full attention as with causal. A pass
+/// is padded to a multiple of <see cref="LengthStep"/> positions, so a task's passes come in a few shapes
+/// whose buffers the device pool reuses instead of a new shape (and a new set of logits) per pass. The
 /// cross-entropy is computed on the device; only one number per position comes back.
 /// </summary>
 public sealed class RowLosses(ILanguageModel model, AttentionMaskMode mode, int maxRows, long maxTokens)
 {
     public int MaxRows { get; } = maxRows > 0 ? maxRows : throw new ArgumentOutOfRangeException(nameof(maxRows));
     public long MaxTokens { get; } = maxTokens > 0 ? maxTokens : throw new ArgumentOutOfRangeException(nameof(maxTokens));
+
+    /// <summary>Pass lengths are rounded up to a multiple of this (within the model's positions).</summary>
+    public const int LengthStep = 32;
 
     /// <summary>Forward passes run so far (for reports and tests of the packing).</summary>
     public int Passes { get; private set; }
@@ -54,7 +59,7 @@ public sealed class RowLosses(ILanguageModel model, AttentionMaskMode mode, int 
         int done = 0;
         for (int start = 0; start < order.Length;)
         {
-            int length = rows[order[start]].Length, count = 1;
+            int length = Math.Min(model.Positions, (rows[order[start]].Length + LengthStep - 1) / LengthStep * LengthStep), count = 1;
             while (start + count < order.Length && count < MaxRows && (long)(count + 1) * length <= MaxTokens) count++;
             RunPass(rows, order.AsSpan(start, count), length, result);
             start += count;

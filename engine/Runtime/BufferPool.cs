@@ -3,14 +3,30 @@ namespace DiffuSharp.Runtime;
 /// <summary>
 /// Recycles device storage by (dtype, length). A training or decoding loop that frees and re-allocates
 /// the same shapes every step gets its old buffers back, so after the first step it allocates nothing.
+/// Free buffers are kept up to a byte budget (a device gives a quarter of its free memory when the pool is
+/// first used): work whose shapes keep changing (evaluation passes of many lengths) would otherwise hold
+/// every size it ever used. Over the budget, the shapes used least recently are released first.
 /// </summary>
 public sealed class BufferPool : IDisposable
 {
-    readonly Dictionary<(DType, long), Stack<DeviceStorage>> free = new();
-    readonly Func<DType, long, DeviceStorage> allocate;
-    readonly object gate = new();
+    sealed class Shelf
+    {
+        public readonly Stack<DeviceStorage> Free = new();
+        public long LastUse;
+    }
 
-    public BufferPool(Func<DType, long, DeviceStorage> allocate) => this.allocate = allocate;
+    readonly Dictionary<(DType, long), Shelf> shelves = new();
+    readonly Func<DType, long, DeviceStorage> allocate;
+    readonly Func<long>? budget;
+    readonly object gate = new();
+    long clock;
+
+    /// <param name="budget">the most bytes of free buffers to keep, asked once on first use (null: no limit)</param>
+    public BufferPool(Func<DType, long, DeviceStorage> allocate, Func<long>? budget = null)
+    {
+        this.allocate = allocate;
+        this.budget = budget;
+    }
 
     /// <summary>How many buffers were created fresh (not reused) since the pool was made.</summary>
     public long FreshAllocations { get; private set; }
@@ -18,13 +34,17 @@ public sealed class BufferPool : IDisposable
     /// <summary>Bytes held by buffers that are currently free in the pool.</summary>
     public long PooledBytes { get; private set; }
 
+    /// <summary>The most bytes of free buffers kept (fixed on first use).</summary>
+    public long MaxPooledBytes { get; private set; } = -1;
+
     public DeviceStorage Rent(DType dtype, long length)
     {
         lock (gate)
         {
-            if (free.TryGetValue((dtype, length), out var stack) && stack.Count > 0)
+            if (shelves.TryGetValue((dtype, length), out var shelf) && shelf.Free.Count > 0)
             {
-                var s = stack.Pop();
+                var s = shelf.Free.Pop();
+                shelf.LastUse = ++clock;
                 PooledBytes -= Bytes(s);
                 return s;
             }
@@ -37,10 +57,29 @@ public sealed class BufferPool : IDisposable
     {
         lock (gate)
         {
+            if (MaxPooledBytes < 0) MaxPooledBytes = Math.Max(0, budget?.Invoke() ?? long.MaxValue);
             var key = (storage.DType, storage.Length);
-            if (!free.TryGetValue(key, out var stack)) free[key] = stack = new Stack<DeviceStorage>();
-            stack.Push(storage);
+            if (!shelves.TryGetValue(key, out var shelf)) shelves[key] = shelf = new Shelf();
+            shelf.Free.Push(storage);
+            shelf.LastUse = ++clock;
             PooledBytes += Bytes(storage);
+            if (PooledBytes > MaxPooledBytes) Evict();
+        }
+    }
+
+    /// <summary>Releases whole shelves, least recently used first, until the free buffers fit the budget.</summary>
+    void Evict()
+    {
+        foreach (var (key, shelf) in shelves.OrderBy(s => s.Value.LastUse).ToList())
+        {
+            if (PooledBytes <= MaxPooledBytes) break;
+            while (shelf.Free.Count > 0)
+            {
+                var s = shelf.Free.Pop();
+                PooledBytes -= Bytes(s);
+                s.Dispose();
+            }
+            shelves.Remove(key);
         }
     }
 
@@ -49,9 +88,9 @@ public sealed class BufferPool : IDisposable
     {
         lock (gate)
         {
-            foreach (var stack in free.Values)
-                while (stack.Count > 0) stack.Pop().Dispose();
-            free.Clear();
+            foreach (var shelf in shelves.Values)
+                while (shelf.Free.Count > 0) shelf.Free.Pop().Dispose();
+            shelves.Clear();
             PooledBytes = 0;
         }
     }

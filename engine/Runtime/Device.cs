@@ -9,7 +9,7 @@ namespace DiffuSharp.Runtime;
 /// </summary>
 public abstract class Device : IDisposable
 {
-    protected Device() => Pool = new BufferPool(AllocateStorage);
+    protected Device() => Pool = new BufferPool(AllocateStorage, () => AvailableMemoryBytes / 4);
 
     /// <summary>Short name as given to --device (cpu, cuda, opencl, ilgpu-cpu).</summary>
     public abstract string Name { get; }
