@@ -30,7 +30,7 @@ public sealed class Gpt2Block
 
 /// <summary>
 /// A full set of GPT-2 tensors: the parameters of a model, or a same-shaped set for their gradients or
-/// optimizer moments. Names are HF GPT2LMHeadModel's.
+/// optimizer moments, each a view into the set's <see cref="ParameterBuffers"/>. Names are HF GPT2LMHeadModel's.
 /// </summary>
 public sealed class Gpt2Weights : IParameterSet
 {
@@ -39,6 +39,10 @@ public sealed class Gpt2Weights : IParameterSet
 
     /// <summary>The untied output head [V, C]; null when the head is tied to <see cref="Wte"/>.</summary>
     public Tensor? LmHead;
+
+    ParameterBuffers buffers = null!;
+
+    public IReadOnlyList<Tensor> Storage => buffers.Buffers;
 
     /// <summary>The element shape of every tensor of a GPT-2 with this config, by HF name, in checkpoint order.</summary>
     public static IEnumerable<(string Name, int[] Shape)> Shapes(Gpt2Config config)
@@ -67,19 +71,14 @@ public sealed class Gpt2Weights : IParameterSet
         if (!config.TieWordEmbeddings) yield return ("lm_head.weight", [config.VocabSize, c]);
     }
 
-    /// <summary>Builds a set from one tensor per name of <see cref="Shapes"/>, in that order.</summary>
-    public static Gpt2Weights Create(Gpt2Config config, Func<string, int[], Tensor> make)
+    /// <summary>A zero-filled set on <paramref name="device"/>: one layout of every tensor of <see cref="Shapes"/>.</summary>
+    public static Gpt2Weights Zeros(Gpt2Config config, Device device)
     {
-        var made = new List<Tensor>();
+        var buffers = ParameterBuffers.Allocate(device, Shapes(config));
         try
         {
             var tensors = new Dictionary<string, Tensor>();
-            foreach (var (name, shape) in Shapes(config))
-            {
-                var t = make(name, shape);
-                made.Add(t);
-                tensors[name] = t;
-            }
+            foreach (var (name, shape) in Shapes(config)) tensors[name] = buffers.View(name, shape);
             var blocks = new Gpt2Block[config.Layers];
             for (int i = 0; i < config.Layers; i++)
             {
@@ -98,19 +97,15 @@ public sealed class Gpt2Weights : IParameterSet
             {
                 Wte = tensors["transformer.wte.weight"], Wpe = tensors["transformer.wpe.weight"], Blocks = blocks,
                 LnfWeight = tensors["transformer.ln_f.weight"], LnfBias = tensors["transformer.ln_f.bias"],
-                LmHead = tensors.GetValueOrDefault("lm_head.weight"),
+                LmHead = tensors.GetValueOrDefault("lm_head.weight"), buffers = buffers,
             };
         }
         catch
         {
-            foreach (var t in made) t.Dispose();
+            buffers.Dispose();
             throw;
         }
     }
-
-    /// <summary>A zero-filled set on <paramref name="device"/> (gradients, optimizer moments).</summary>
-    public static Gpt2Weights Zeros(Gpt2Config config, Device device) =>
-        Create(config, (_, shape) => device.Zeros(DType.F32, shape));
 
     /// <summary>Every tensor under its HF name, in checkpoint order.</summary>
     public IEnumerable<(string Name, Tensor Tensor)> Named()
@@ -124,10 +119,7 @@ public sealed class Gpt2Weights : IParameterSet
         if (LmHead is not null) yield return ("lm_head.weight", LmHead);
     }
 
-    public void Dispose()
-    {
-        foreach (var (_, t) in Named()) t.Dispose();
-    }
+    public void Dispose() => buffers.Dispose();
 }
 
 /// <summary>
@@ -148,7 +140,7 @@ public sealed class Gpt2Model : ITrainableModel
     public Gpt2Config Config { get; private set; }
     IModelConfig ILanguageModel.Config => Config;
     public Device Device { get; }
-    public Gpt2Weights Weights { get; }
+    public Gpt2Weights Weights { get; private set; }
 
     /// <summary>The output projection [V, C]: the token embedding when embeddings are tied.</summary>
     public Tensor LmHead => Weights.LmHead ?? Weights.Wte;
@@ -196,8 +188,17 @@ public sealed class Gpt2Model : ITrainableModel
         var names = new Gpt2WeightNames(checkpoint);
         if (!config.TieWordEmbeddings && !checkpoint.Contains("lm_head.weight"))
             throw new DiffuException($"{names.Source}: tie_word_embeddings is false but there is no 'lm_head.weight'");
-        var weights = Gpt2Weights.Create(config, (hfName, shape) => checkpoint.LoadTensor(names.Resolve(hfName), shape, device));
-        return new Gpt2Model(config, device, weights);
+        var weights = Gpt2Weights.Zeros(config, device);
+        try
+        {
+            foreach (var (hfName, view) in weights.Named()) checkpoint.LoadInto(names.Resolve(hfName), view);
+            return new Gpt2Model(config, device, weights);
+        }
+        catch
+        {
+            weights.Dispose();
+            throw;
+        }
     }
 
     /// <summary>
@@ -207,15 +208,16 @@ public sealed class Gpt2Model : ITrainableModel
     public static Gpt2Model CreateRandom(Gpt2Config config, Device device, ulong seed)
     {
         ulong stream = 0;
-        var weights = Gpt2Weights.Create(config, (name, shape) =>
+        var weights = Gpt2Weights.Zeros(config, device);
+        foreach (var (name, view) in weights.Named())
         {
-            var values = new float[Tensor.Product(shape)];
+            var values = new float[view.Length];
             stream++;
             if (name.Contains(".ln_") && name.EndsWith(".weight")) Array.Fill(values, 1f);
             else if (!name.EndsWith(".bias"))
                 Gaussian.Fill(values, name.EndsWith("c_proj.weight") ? 0.02f / MathF.Sqrt(2 * config.Layers) : 0.02f, seed, stream);
-            return device.FromArray(values, shape);
-        });
+            device.Upload(view, 0, values);
+        }
         return new Gpt2Model(config, device, weights);
     }
 
@@ -226,15 +228,17 @@ public sealed class Gpt2Model : ITrainableModel
     public int AppendToken()
     {
         int v = Config.VocabSize;
-        Weights.Wte = TrainableModelExtensions.AppendMeanRow(Device, Weights.Wte);
-        if (Weights.LmHead is not null) Weights.LmHead = TrainableModelExtensions.AppendMeanRow(Device, Weights.LmHead);
+        var grown = Gpt2Weights.Zeros(Config with { VocabSize = v + 1 }, Device);
+        TrainableModelExtensions.CopyGrowing(Device, Weights, grown);
+        Weights.Dispose();
+        Weights = grown;
         Config = Config with { VocabSize = v + 1 };
         return v;
     }
 
     public IParameterSet Parameters => Weights;
     public long ParameterCount => Config.ParameterCount;
-    public IParameterSet CreateParameterSet(Func<string, int[], Tensor> make) => Gpt2Weights.Create(Config, make);
+    public IParameterSet ZeroParameterSet() => Gpt2Weights.Zeros(Config, Device);
     public System.Text.Json.Nodes.JsonObject ConfigJson(int? maskTokenId) => (Config with { MaskTokenId = maskTokenId ?? Config.MaskTokenId }).ToJson();
 
     /// <summary>Activation buffers for a (batch, length); keeps every layer's buffers when training needs them.</summary>

@@ -73,13 +73,13 @@ public static class LanguageModelExtensions
         return offset;
     }
 
-    /// <summary>A checkpoint tensor on the device, after checking its shape against the one the config implies.</summary>
-    internal static Tensor LoadTensor(this SafeTensorCheckpoint checkpoint, string name, int[] shape, Device device)
+    /// <summary>Reads checkpoint tensor <paramref name="name"/> into <paramref name="destination"/>, after checking its shape against the one the config implies.</summary>
+    internal static void LoadInto(this SafeTensorCheckpoint checkpoint, string name, Tensor destination)
     {
         var info = checkpoint.Info(name);
-        if (!info.Shape.AsSpan().SequenceEqual(shape))
-            throw new DiffuException($"{string.Join(", ", checkpoint.Files)}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", shape)}]");
-        return device.FromArray(checkpoint.ReadFloat32(name), shape);
+        if (!info.Shape.AsSpan().SequenceEqual(destination.Shape))
+            throw new DiffuException($"{string.Join(", ", checkpoint.Files)}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies {destination.ShapeText}");
+        destination.Device.Upload(destination, 0, checkpoint.ReadFloat32(name));
     }
 
     public static KvCache CreateKvCache(this ILanguageModel model, int batch, int capacity)

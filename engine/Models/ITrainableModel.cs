@@ -6,7 +6,14 @@ namespace DiffuSharp.Models;
 /// <summary>A full set of a model's tensors under their HF names: its parameters, or same-shaped gradients or optimizer moments.</summary>
 public interface IParameterSet : IDisposable
 {
+    /// <summary>Every tensor under its HF name, in checkpoint order (views into <see cref="Storage"/>).</summary>
     IEnumerable<(string Name, Tensor Tensor)> Named();
+
+    /// <summary>
+    /// The contiguous buffers that hold the set (<see cref="ParameterBuffers"/>), for whole-set ops: norm, clip,
+    /// AdamW, all-reduce. The sets of one model pair buffer for buffer.
+    /// </summary>
+    IReadOnlyList<Tensor> Storage { get; }
 }
 
 /// <summary>What the trainer needs from a model family beyond inference.</summary>
@@ -15,8 +22,8 @@ public interface ITrainableModel : ILanguageModel
     IParameterSet Parameters { get; }
     long ParameterCount { get; }
 
-    /// <summary>A same-shaped set built tensor by tensor from (HF name, shape).</summary>
-    IParameterSet CreateParameterSet(Func<string, int[], Tensor> make);
+    /// <summary>A zero-filled set of the parameters' shapes and layout (gradients, AdamW moments).</summary>
+    IParameterSet ZeroParameterSet();
 
     /// <summary>The model's HF config.json, with mask_token_id when given.</summary>
     JsonObject ConfigJson(int? maskTokenId);
@@ -27,14 +34,25 @@ public interface ITrainableModel : ILanguageModel
 
 public static class TrainableModelExtensions
 {
-    public static IParameterSet ZeroParameterSet(this ITrainableModel model) =>
-        model.CreateParameterSet((_, shape) => model.Device.Zeros(DType.F32, shape));
-
-    /// <summary>A copy of a [V, C] table with one more row, the mean of the others; the old table is disposed.</summary>
-    internal static Tensor AppendMeanRow(Device device, Tensor table)
+    /// <summary>
+    /// Copies every tensor of <paramref name="from"/> into the same-named one of <paramref name="to"/>; a table that
+    /// grew by one row (an appended token) gets the mean of the old rows as its new row.
+    /// </summary>
+    internal static void CopyGrowing(Device device, IParameterSet from, IParameterSet to)
     {
-        int v = table.Shape[0], c = table.Shape[1];
-        var rows = device.ToArray(table);
+        var target = to.Named().ToDictionary(n => n.Name, n => n.Tensor, StringComparer.Ordinal);
+        foreach (var (name, source) in from.Named())
+        {
+            var dest = target[name];
+            var values = device.ToArray(source);
+            if (dest.Length != source.Length) values = AppendMeanRow(values, source.Shape[0], source.Shape[1]);
+            device.Upload(dest, 0, values);
+        }
+    }
+
+    /// <summary>A [V, C] table with one more row, the mean of the others.</summary>
+    static float[] AppendMeanRow(float[] rows, int v, int c)
+    {
         var grown = new float[(long)(v + 1) * c];
         rows.CopyTo(grown, 0);
         for (int j = 0; j < c; j++)
@@ -43,8 +61,6 @@ public static class TrainableModelExtensions
             for (int i = 0; i < v; i++) sum += rows[(long)i * c + j];
             grown[(long)v * c + j] = (float)(sum / v);
         }
-        var result = device.FromArray(grown, v + 1, c);
-        table.Dispose();
-        return result;
+        return grown;
     }
 }

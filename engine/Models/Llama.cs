@@ -20,6 +20,10 @@ public sealed class LlamaWeights : IParameterSet
     public required LlamaBlock[] Blocks;
     public Tensor? Head;
 
+    ParameterBuffers buffers = null!;
+
+    public IReadOnlyList<Tensor> Storage => buffers.Buffers;
+
     public static IEnumerable<(string Name, int[] Shape)> Shapes(LlamaConfig config)
     {
         int c = config.Channels, kv = config.KvHeads * config.HeadDim, hidden = config.Hidden;
@@ -41,13 +45,14 @@ public sealed class LlamaWeights : IParameterSet
         if (!config.TieWordEmbeddings) yield return ("lm_head.weight", [config.VocabSize, c]);
     }
 
-    /// <summary>Builds a set from one tensor per name of <see cref="Shapes"/>, disposing what was made if one fails.</summary>
-    public static LlamaWeights Create(LlamaConfig config, Func<string, int[], Tensor> make)
+    /// <summary>A zero-filled set on <paramref name="device"/>: one layout of every tensor of <see cref="Shapes"/>.</summary>
+    public static LlamaWeights Zeros(LlamaConfig config, Device device)
     {
-        var made = new Dictionary<string, Tensor>();
+        var buffers = ParameterBuffers.Allocate(device, Shapes(config));
         try
         {
-            foreach (var (name, shape) in Shapes(config)) made[name] = make(name, shape);
+            var made = new Dictionary<string, Tensor>();
+            foreach (var (name, shape) in Shapes(config)) made[name] = buffers.View(name, shape);
             var blocks = new LlamaBlock[config.Layers];
             for (int i = 0; i < config.Layers; i++)
             {
@@ -63,17 +68,15 @@ public sealed class LlamaWeights : IParameterSet
             return new LlamaWeights
             {
                 Embed = made["model.embed_tokens.weight"], Norm = made["model.norm.weight"], Blocks = blocks,
-                Head = made.GetValueOrDefault("lm_head.weight"),
+                Head = made.GetValueOrDefault("lm_head.weight"), buffers = buffers,
             };
         }
         catch
         {
-            foreach (var t in made.Values) t.Dispose();
+            buffers.Dispose();
             throw;
         }
     }
-
-    public static LlamaWeights Zeros(LlamaConfig config, Device device) => Create(config, (_, shape) => device.Zeros(DType.F32, shape));
 
     public IEnumerable<(string Name, Tensor Tensor)> Named()
     {
@@ -96,10 +99,7 @@ public sealed class LlamaWeights : IParameterSet
         if (Head is not null) yield return ("lm_head.weight", Head);
     }
 
-    public void Dispose()
-    {
-        foreach (var (_, t) in Named()) t.Dispose();
-    }
+    public void Dispose() => buffers.Dispose();
 }
 
 /// <summary>
@@ -119,18 +119,20 @@ public sealed class LlamaModel : ITrainableModel
     public LlamaConfig Config { get; private set; }
     IModelConfig ILanguageModel.Config => Config;
     public Device Device { get; }
-    public LlamaWeights Weights { get; }
+    public LlamaWeights Weights { get; private set; }
 
     public IParameterSet Parameters => Weights;
     public long ParameterCount => Config.ParameterCount;
-    public IParameterSet CreateParameterSet(Func<string, int[], Tensor> make) => LlamaWeights.Create(Config, make);
+    public IParameterSet ZeroParameterSet() => LlamaWeights.Zeros(Config, Device);
     public System.Text.Json.Nodes.JsonObject ConfigJson(int? maskTokenId) => (Config with { MaskTokenId = maskTokenId ?? Config.MaskTokenId }).ToJson();
 
     public int AppendToken()
     {
         int v = Config.VocabSize;
-        Weights.Embed = TrainableModelExtensions.AppendMeanRow(Device, Weights.Embed);
-        if (Weights.Head is not null) Weights.Head = TrainableModelExtensions.AppendMeanRow(Device, Weights.Head);
+        var grown = LlamaWeights.Zeros(Config with { VocabSize = v + 1 }, Device);
+        TrainableModelExtensions.CopyGrowing(Device, Weights, grown);
+        Weights.Dispose();
+        Weights = grown;
         Config = Config with { VocabSize = v + 1 };
         return v;
     }
@@ -154,8 +156,17 @@ public sealed class LlamaModel : ITrainableModel
 
     public static LlamaModel FromCheckpoint(LlamaConfig config, SafeTensorCheckpoint checkpoint, Device device)
     {
-        var weights = LlamaWeights.Create(config, (name, shape) => checkpoint.LoadTensor(name, shape, device));
-        return new LlamaModel(config, device, weights);
+        var weights = LlamaWeights.Zeros(config, device);
+        try
+        {
+            foreach (var (name, view) in weights.Named()) checkpoint.LoadInto(name, view);
+            return new LlamaModel(config, device, weights);
+        }
+        catch
+        {
+            weights.Dispose();
+            throw;
+        }
     }
 
     public ForwardResult Logits(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow = null,

@@ -37,9 +37,9 @@ public sealed class CpuDevice : Device
     public override long MaxTensorElements => Array.MaxLength;
 
     /// <summary>The tensor's elements as a span (CPU tensors only).</summary>
-    public static Span<float> F32(Tensor t) => ((float[])((CpuStorage)t.Storage).Data).AsSpan(0, (int)t.Length);
-    public static Span<int> I32(Tensor t) => ((int[])((CpuStorage)t.Storage).Data).AsSpan(0, (int)t.Length);
-    public static Span<byte> U8(Tensor t) => ((byte[])((CpuStorage)t.Storage).Data).AsSpan(0, (int)t.Length);
+    public static Span<float> F32(Tensor t) => ((float[])((CpuStorage)t.Storage).Data).AsSpan((int)t.Offset, (int)t.Length);
+    public static Span<int> I32(Tensor t) => ((int[])((CpuStorage)t.Storage).Data).AsSpan((int)t.Offset, (int)t.Length);
+    public static Span<byte> U8(Tensor t) => ((byte[])((CpuStorage)t.Storage).Data).AsSpan((int)t.Offset, (int)t.Length);
 
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<float> src) => src.CopyTo(F32(dst)[(int)offset..]);
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<int> src) => src.CopyTo(I32(dst)[(int)offset..]);

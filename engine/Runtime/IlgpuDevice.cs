@@ -214,9 +214,9 @@ public sealed class IlgpuDevice : Device
         _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
     };
 
-    static ArrayView<float> F32(Tensor t) => ((IlgpuStorage<float>)t.Storage).View;
-    static ArrayView<int> I32(Tensor t) => ((IlgpuStorage<int>)t.Storage).View;
-    static ArrayView<byte> U8(Tensor t) => ((IlgpuStorage<byte>)t.Storage).View;
+    static ArrayView<float> F32(Tensor t) => ((IlgpuStorage<float>)t.Storage).View.SubView(t.Offset, t.Length);
+    static ArrayView<int> I32(Tensor t) => ((IlgpuStorage<int>)t.Storage).View.SubView(t.Offset, t.Length);
+    static ArrayView<byte> U8(Tensor t) => ((IlgpuStorage<byte>)t.Storage).View.SubView(t.Offset, t.Length);
 
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<float> src)
     {

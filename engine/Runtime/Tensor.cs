@@ -13,25 +13,48 @@ public abstract class DeviceStorage : IDisposable
 }
 
 /// <summary>
-/// A device buffer with a shape (row-major, last dimension fastest). Disposing a tensor returns its
-/// storage to the device's pool, so a loop that allocates the same shapes each step reuses memory.
+/// A device buffer with a shape (row-major, last dimension fastest). A tensor owns its storage and returns
+/// it to the device's pool when disposed, so a loop that allocates the same shapes each step reuses memory;
+/// or it is a view: a shape over a contiguous range of another tensor's elements (a parameter inside one flat
+/// buffer), which owns nothing and is usable only while the tensor it was cut from is.
 /// </summary>
 public sealed class Tensor : IDisposable
 {
     DeviceStorage? storage;
+    readonly Tensor? parent;
+    bool disposed;
 
     internal Tensor(Device device, DeviceStorage storage, int[] shape)
     {
         Device = device;
         this.storage = storage;
         Shape = shape;
+        Length = Product(shape);
+    }
+
+    Tensor(Tensor parent, long offset, int[] shape)
+    {
+        Device = parent.Device;
+        this.parent = parent;
+        Offset = offset;
+        Shape = shape;
+        Length = Product(shape);
     }
 
     public Device Device { get; }
     public int[] Shape { get; }
     public DType DType => Storage.DType;
-    public long Length => Storage.Length;
+
+    /// <summary>The number of elements (the product of the shape).</summary>
+    public long Length { get; }
+
+    /// <summary>Where the elements start in the storage: 0 for an owning tensor.</summary>
+    public long Offset { get; }
+
     public int Rank => Shape.Length;
+
+    /// <summary>Whether this tensor is a view into another's storage.</summary>
+    public bool IsView => parent is not null;
 
     /// <summary>The last dimension.</summary>
     public int Columns => Shape[^1];
@@ -39,14 +62,25 @@ public sealed class Tensor : IDisposable
     /// <summary>The product of all dimensions but the last.</summary>
     public long Rows => Length / Math.Max(1, Shape[^1]);
 
-    public DeviceStorage Storage => storage ?? throw new ObjectDisposedException(nameof(Tensor), "tensor used after Dispose");
+    public DeviceStorage Storage => disposed ? throw new ObjectDisposedException(nameof(Tensor), "tensor used after Dispose")
+        : parent?.Storage ?? storage!;
 
     public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 
-    public override string ToString() => $"{DType}{ShapeText} on {Device.Name}";
+    public override string ToString() => $"{DType}{ShapeText}{(IsView ? $" at {Offset}" : "")} on {Device.Name}";
+
+    /// <summary>A view of <paramref name="shape"/> over this tensor's elements from <paramref name="offset"/> on.</summary>
+    public Tensor View(long offset, params int[] shape)
+    {
+        long n = Product(shape);
+        if (offset < 0 || n == 0 || offset + n > Length)
+            throw new ArgumentException($"a view [{string.Join(", ", shape)}] at {offset} does not fit in a tensor of {Length} elements");
+        return new Tensor(parent ?? this, Offset + offset, (int[])shape.Clone());
+    }
 
     public void Dispose()
     {
+        disposed = true;
         var s = storage;
         storage = null;
         if (s is not null) Device.Pool.Return(s);

@@ -116,12 +116,24 @@ public static class Checkpoint
                 throw new DiffuException($"{directory}: {ModelFile} (step {modelStep ?? "?"}) and {StateFile} (step {step}) are from different steps");
         var options = ReadOptions(file);
         var dataState = Meta("data_state").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => long.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        IParameterSet Moments(string prefix) => model.CreateParameterSet((name, shape) =>
+        IParameterSet Moments(string prefix)
         {
-            var info = file.Info(prefix + name);
-            if (!info.Shape.AsSpan().SequenceEqual(shape)) throw new DiffuException($"{path}: '{prefix}{name}' has the wrong shape");
-            return model.Device.FromArray(file.ReadFloat32(prefix + name), shape);
-        });
+            var set = model.ZeroParameterSet();
+            try
+            {
+                foreach (var (name, view) in set.Named())
+                {
+                    if (!file.Info(prefix + name).Shape.AsSpan().SequenceEqual(view.Shape)) throw new DiffuException($"{path}: '{prefix}{name}' has the wrong shape");
+                    model.Device.Upload(view, 0, file.ReadFloat32(prefix + name));
+                }
+                return set;
+            }
+            catch
+            {
+                set.Dispose();
+                throw;
+            }
+        }
         var m = Moments("adam.m.");
         try { return (new TrainingState(step, options, dataState), m, Moments("adam.v.")); }
         catch { m.Dispose(); throw; }

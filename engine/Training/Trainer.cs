@@ -28,6 +28,12 @@ public interface ITokenBlocks
     long[] State { get; set; }
 }
 
+/// <summary>Combines the gradients a step accumulated with those of other processes (data parallelism) before they are clipped and applied.</summary>
+public interface IGradientReducer
+{
+    void Reduce(IParameterSet gradients);
+}
+
 /// <summary>A non-finite loss or gradient, or a loss above the guard: the step is abandoned and the last checkpoint kept.</summary>
 public sealed class TrainingDivergedException(string message) : DiffuException(message);
 
@@ -75,6 +81,9 @@ public sealed class Trainer : IDisposable
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.Decay);
         grads = model.ZeroParameterSet();
         (moment1, moment2) = moments ?? (model.ZeroParameterSet(), model.ZeroParameterSet());
+        foreach (var set in new[] { grads, moment1, moment2 })
+            if (!set.Storage.Select(b => b.Length).SequenceEqual(model.Parameters.Storage.Select(b => b.Length)))
+                throw new ArgumentException("gradients and moments must share the parameters' buffer layout");
         batch = new ObjectiveBatch(options.Batch, options.SequenceLength);
         ids = new int[options.Batch * options.SequenceLength];
         if (resumed is not null)
@@ -85,6 +94,12 @@ public sealed class Trainer : IDisposable
     }
 
     public TrainOptions Options { get; }
+
+    /// <summary>
+    /// Runs between gradient accumulation and clipping, on the accumulated gradients: where a data-parallel
+    /// run averages them across processes (one all-reduce per buffer of <see cref="IParameterSet.Storage"/>).
+    /// </summary>
+    public IGradientReducer? Reducer { get; set; }
 
     /// <summary>Optimizer steps completed.</summary>
     public long Step { get; private set; }
@@ -117,7 +132,7 @@ public sealed class Trainer : IDisposable
     {
         var clock = Stopwatch.StartNew();
         var d = model.Device;
-        foreach (var (_, g) in grads.Named()) d.Fill(g, 0);
+        foreach (var g in grads.Storage) d.Fill(g, 0);
         var (mode, allowBytes) = Attention(Step);
         using var allow = allowBytes is null ? null : d.FromArray(allowBytes, Options.SequenceLength, Options.SequenceLength);
         double loss = 0, crossEntropy = 0;
@@ -130,23 +145,21 @@ public sealed class Trainer : IDisposable
             loss += part.Loss;
             crossEntropy += part.MeanCrossEntropy / accumulation;
         }
+        Reducer?.Reduce(grads);
         double norm = 0;
-        foreach (var (_, g) in grads.Named()) norm += d.SumOfSquares(g);
+        foreach (var g in grads.Storage) norm += d.SumOfSquares(g);
         norm = Math.Sqrt(norm);
         if (!double.IsFinite(loss) || !double.IsFinite(norm))
             throw new TrainingDivergedException($"step {Step + 1}: loss {loss}, gradient norm {norm} are not finite; stopped before the update, the last checkpoint is kept");
         if (loss > Options.MaxLoss)
             throw new TrainingDivergedException($"step {Step + 1}: loss {loss:g4} is above --max-loss {Options.MaxLoss:g4}; stopped before the update, the last checkpoint is kept (lower --lr?)");
         if (Options.ClipNorm > 0 && norm > Options.ClipNorm)
-            foreach (var (_, g) in grads.Named()) d.Scale(g, (float)(Options.ClipNorm / norm));
+            foreach (var g in grads.Storage) d.Scale(g, (float)(Options.ClipNorm / norm));
         double lr = schedule.At(Step);
         var update = new AdamWStep((float)lr, Options.Beta1, Options.Beta2, Options.Epsilon, Options.WeightDecay, (int)(Step + 1));
-        using (var p = model.Parameters.Named().GetEnumerator())
-        using (var g = grads.Named().GetEnumerator())
-        using (var m = moment1.Named().GetEnumerator())
-        using (var v = moment2.Named().GetEnumerator())
-            while (p.MoveNext() && g.MoveNext() && m.MoveNext() && v.MoveNext())
-                d.AdamW(p.Current.Tensor, g.Current.Tensor, m.Current.Tensor, v.Current.Tensor, update);
+        var parameters = model.Parameters.Storage;
+        for (int i = 0; i < parameters.Count; i++)
+            d.AdamW(parameters[i], grads.Storage[i], moment1.Storage[i], moment2.Storage[i], update);
         d.Synchronize();
         Step++;
         double tokens = (double)Options.Batch * Options.SequenceLength * accumulation;
