@@ -13,6 +13,7 @@ public sealed class CpuStorage : DeviceStorage
             DType.F32 => new float[length],
             DType.I32 => new int[length],
             DType.U8 => new byte[length],
+            DType.BF16 or DType.F16 => new ushort[length],
             _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
         };
     }
@@ -41,11 +42,16 @@ public sealed class CpuDevice : Device
     public static Span<int> I32(Tensor t) => ((int[])((CpuStorage)t.Storage).Data).AsSpan((int)t.Offset, (int)t.Length);
     public static Span<byte> U8(Tensor t) => ((byte[])((CpuStorage)t.Storage).Data).AsSpan((int)t.Offset, (int)t.Length);
 
+    /// <summary>A BF16 or F16 tensor's raw 16-bit elements.</summary>
+    public static Span<ushort> Bits16(Tensor t) => ((ushort[])((CpuStorage)t.Storage).Data).AsSpan((int)t.Offset, (int)t.Length);
+
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<float> src) => src.CopyTo(F32(dst)[(int)offset..]);
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<int> src) => src.CopyTo(I32(dst)[(int)offset..]);
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<byte> src) => src.CopyTo(U8(dst)[(int)offset..]);
     protected override void DownloadCore(Tensor src, long offset, Span<float> dst) => F32(src).Slice((int)offset, dst.Length).CopyTo(dst);
     protected override void DownloadCore(Tensor src, long offset, Span<int> dst) => I32(src).Slice((int)offset, dst.Length).CopyTo(dst);
+    protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<ushort> bits) => bits.CopyTo(Bits16(dst)[(int)offset..]);
+    protected override void DownloadCore(Tensor src, long offset, Span<ushort> bits) => Bits16(src).Slice((int)offset, bits.Length).CopyTo(bits);
 
     public override void Synchronize() { }
 
@@ -95,11 +101,11 @@ public sealed class CpuDevice : Device
     protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) =>
         Cpu.LayerNorm.Backward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
 
-    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
-        Cpu.MatMul.Backward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? default : F32(dBias), m, k, n);
+    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
+        Cpu.MatMul.Backward(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? default : F32(dW), dBias is null ? default : F32(dBias), m, k, n);
 
-    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
-        Cpu.MatMul.BackwardTransposed(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? default : F32(dBias), m, k, n);
+    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
+        Cpu.MatMul.BackwardTransposed(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? default : F32(dW), dBias is null ? default : F32(dBias), m, k, n);
 
     protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => Cpu.Gelu.Backward(F32(x), F32(dOutput), F32(dX));
 

@@ -78,6 +78,12 @@ public abstract class Device : IDisposable
     public void Upload(Tensor dst, long offset, ReadOnlySpan<int> src) { CheckRange(dst, DType.I32, offset, src.Length); UploadCore(dst, offset, src); }
     public void Upload(Tensor dst, long offset, ReadOnlySpan<byte> src) { CheckRange(dst, DType.U8, offset, src.Length); UploadCore(dst, offset, src); }
     public void Download(Tensor src, long offset, Span<float> dst) { CheckRange(src, DType.F32, offset, dst.Length); DownloadCore(src, offset, dst); }
+
+    /// <summary>Copies raw 16-bit elements (BF16 or F16 bits, as the tensor's dtype says) into a 16-bit tensor.</summary>
+    public void Upload(Tensor dst, long offset, ReadOnlySpan<ushort> bits) { CheckRange(dst, Require16Bit(dst), offset, bits.Length); UploadCore(dst, offset, bits); }
+
+    /// <summary>Copies a 16-bit tensor's raw elements out.</summary>
+    public void Download(Tensor src, long offset, Span<ushort> bits) { CheckRange(src, Require16Bit(src), offset, bits.Length); DownloadCore(src, offset, bits); }
     public void Download(Tensor src, long offset, Span<int> dst) { CheckRange(src, DType.I32, offset, dst.Length); DownloadCore(src, offset, dst); }
 
     public float[] ToArray(Tensor t)
@@ -99,6 +105,8 @@ public abstract class Device : IDisposable
     protected abstract void UploadCore(Tensor dst, long offset, ReadOnlySpan<byte> src);
     protected abstract void DownloadCore(Tensor src, long offset, Span<float> dst);
     protected abstract void DownloadCore(Tensor src, long offset, Span<int> dst);
+    protected abstract void UploadCore(Tensor dst, long offset, ReadOnlySpan<ushort> bits);
+    protected abstract void DownloadCore(Tensor src, long offset, Span<ushort> bits);
 
     /// <summary>Waits until all queued work has finished (a no-op on the CPU).</summary>
     public abstract void Synchronize();
@@ -251,20 +259,28 @@ public abstract class Device : IDisposable
         LayerNormBackwardCore(dOutput, x, weight, mean, rstd, dX, dWeight, dBias, (int)x.Rows, c);
     }
 
-    /// <summary>Backward of <see cref="MatMul"/> (w [K, N]): dX += dOut·wᵀ, dW += xᵀ·dOut, dBias += Σ rows of dOut.</summary>
-    public void MatMulBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias)
+    /// <summary>
+    /// Backward of <see cref="MatMul"/> (w [K, N]): dX += dOut·wᵀ, dW += xᵀ·dOut, dBias += Σ rows of dOut. A null dW
+    /// (a frozen weight) skips that product.
+    /// </summary>
+    public void MatMulBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias)
     {
-        RequireF32(dOutput, x, w, dX, dW);
+        RequireF32(dOutput, x, w, dX);
+        if (dW is not null) RequireF32(dW);
         if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
         int k = w.Shape[0], n = w.Shape[1];
         CheckMatMulBackward(dOutput, x, w, dX, dW, dBias, k, n);
         MatMulBackwardCore(dOutput, x, w, dX, dW, dBias, (int)(x.Length / k), k, n);
     }
 
-    /// <summary>Backward of <see cref="MatMulTransposed"/> (w [N, K]): dX += dOut·w, dW += dOutᵀ·x, dBias += Σ rows of dOut.</summary>
-    public void MatMulTransposedBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias)
+    /// <summary>
+    /// Backward of <see cref="MatMulTransposed"/> (w [N, K]): dX += dOut·w, dW += dOutᵀ·x, dBias += Σ rows of dOut. A
+    /// null dW (a frozen weight) skips that product.
+    /// </summary>
+    public void MatMulTransposedBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias)
     {
-        RequireF32(dOutput, x, w, dX, dW);
+        RequireF32(dOutput, x, w, dX);
+        if (dW is not null) RequireF32(dW);
         if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
         int n = w.Shape[0], k = w.Shape[1];
         CheckMatMulBackward(dOutput, x, w, dX, dW, dBias, k, n);
@@ -417,8 +433,8 @@ public abstract class Device : IDisposable
 
     protected abstract void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset);
     protected abstract void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns);
-    protected abstract void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n);
-    protected abstract void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n);
+    protected abstract void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n);
+    protected abstract void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n);
     protected abstract void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX);
     protected abstract void AttentionBackwardCore(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset,
         Tensor output, Tensor dOutput, Tensor lse, Tensor dq, long dqOffset, Tensor dk, long dkOffset, Tensor dv, long dvOffset,
@@ -447,6 +463,9 @@ public abstract class Device : IDisposable
     {
         if (t.DType != dtype) throw new ArgumentException($"{name} must be {dtype}, got {t}");
     }
+
+    static DType Require16Bit(Tensor t) =>
+        Tensor.Is16Bit(t.DType) ? t.DType : throw new ArgumentException($"raw 16-bit elements need a BF16 or F16 tensor, got {t}");
 
     void RequireF32(params Tensor[] tensors)
     {
@@ -512,11 +531,11 @@ public abstract class Device : IDisposable
         shape.ValidateKeyLengths(lengths);
     }
 
-    static void CheckMatMulBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int k, int n)
+    static void CheckMatMulBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int k, int n)
     {
         CheckMatMul(x, k, n, dBias, dOutput, w);
-        if (dX.Length != x.Length || dW.Length != w.Length)
-            throw new ArgumentException($"matmul backward: dX {dX.ShapeText} / dW {dW.ShapeText} do not match x {x.ShapeText} / w {w.ShapeText}");
+        if (dX.Length != x.Length || dW is not null && dW.Length != w.Length)
+            throw new ArgumentException($"matmul backward: dX {dX.ShapeText} / dW {dW?.ShapeText} do not match x {x.ShapeText} / w {w.ShapeText}");
     }
 
     static void CheckMatMul(Tensor x, int k, int n, Tensor? bias, Tensor output, Tensor w)

@@ -211,12 +211,14 @@ public sealed class IlgpuDevice : Device
         DType.F32 => new IlgpuStorage<float>(accelerator, dtype, length),
         DType.I32 => new IlgpuStorage<int>(accelerator, dtype, length),
         DType.U8 => new IlgpuStorage<byte>(accelerator, dtype, length),
+        DType.BF16 or DType.F16 => new IlgpuStorage<ushort>(accelerator, dtype, length),
         _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
     };
 
     static ArrayView<float> F32(Tensor t) => ((IlgpuStorage<float>)t.Storage).View.SubView(t.Offset, t.Length);
     static ArrayView<int> I32(Tensor t) => ((IlgpuStorage<int>)t.Storage).View.SubView(t.Offset, t.Length);
     static ArrayView<byte> U8(Tensor t) => ((IlgpuStorage<byte>)t.Storage).View.SubView(t.Offset, t.Length);
+    static ArrayView<ushort> Bits16(Tensor t) => ((IlgpuStorage<ushort>)t.Storage).View.SubView(t.Offset, t.Length);
 
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<float> src)
     {
@@ -241,6 +243,16 @@ public sealed class IlgpuDevice : Device
     protected override void DownloadCore(Tensor src, long offset, Span<int> dst)
     {
         if (!dst.IsEmpty) I32(src).SubView(offset, dst.Length).CopyToCPU(dst);
+    }
+
+    protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<ushort> bits)
+    {
+        if (!bits.IsEmpty) Bits16(dst).SubView(offset, bits.Length).CopyFromCPU(bits);
+    }
+
+    protected override void DownloadCore(Tensor src, long offset, Span<ushort> bits)
+    {
+        if (!bits.IsEmpty) Bits16(src).SubView(offset, bits.Length).CopyToCPU(bits);
     }
 
     public override void Synchronize() => accelerator.Synchronize();
@@ -299,11 +311,11 @@ public sealed class IlgpuDevice : Device
     protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) =>
         kernels.LayerNormBackward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
 
-    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
-        kernels.MatMulBackward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
+    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
+        kernels.MatMulBackward(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
 
-    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor dW, Tensor? dBias, int m, int k, int n) =>
-        kernels.MatMulTransposedBackward(F32(dOutput), F32(x), F32(w), F32(dX), F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
+    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
+        kernels.MatMulTransposedBackward(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
 
     protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => kernels.GeluBackward(F32(x), F32(dOutput), F32(dX));
 

@@ -1,7 +1,11 @@
 namespace DiffuSharp.Runtime;
 
 /// <summary>Element types a tensor can hold on a device. Checkpoint F16/BF16 are widened to F32 on load.</summary>
-public enum DType { F32, I32, U8 }
+/// <summary>
+/// Element types. BF16 and F16 are 16-bit floats held as their raw bits (the storage type of 16-bit weights);
+/// ops read them where they accept a weight, and compute in float32.
+/// </summary>
+public enum DType { F32, I32, U8, BF16, F16 }
 
 /// <summary>Device memory of one element type, owned by a device and recycled through its pool.</summary>
 public abstract class DeviceStorage : IDisposable
@@ -86,7 +90,15 @@ public sealed class Tensor : IDisposable
         if (s is not null) Device.Pool.Return(s);
     }
 
-    public static int ElementSize(DType dtype) => dtype == DType.U8 ? 1 : 4;
+    public static int ElementSize(DType dtype) => dtype switch
+    {
+        DType.U8 => 1,
+        DType.BF16 or DType.F16 => 2,
+        _ => 4,
+    };
+
+    /// <summary>Whether elements are 16-bit floats (BF16 or F16).</summary>
+    public static bool Is16Bit(DType dtype) => dtype is DType.BF16 or DType.F16;
 
     public static long Product(ReadOnlySpan<int> shape)
     {

@@ -76,16 +76,16 @@ public static class MatMul
     }
 
     /// <summary>
-    /// Backward of <see cref="Forward"/> (w [K, N]), accumulating: dX += dOutput · wᵀ, dW += xᵀ · dOutput and, when
-    /// dBias is not empty, dBias += Σ rows of dOutput.
+    /// Backward of <see cref="Forward"/> (w [K, N]), accumulating: dX += dOutput · wᵀ, dW += xᵀ · dOutput when dW is not
+    /// empty (an empty dW is a frozen weight), and dBias += Σ rows of dOutput when dBias is not empty.
     /// </summary>
     public static void Backward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> x, ReadOnlySpan<float> w,
         Span<float> dX, Span<float> dW, Span<float> dBias, int m, int k, int n) =>
         RunBackward(dOutput, x, w, dX, dW, dBias, m, k, n, transposed: false);
 
     /// <summary>
-    /// Backward of <see cref="ForwardTransposed"/> (w [N, K]), accumulating: dX += dOutput · w, dW += dOutputᵀ · x and,
-    /// when dBias is not empty, dBias += Σ rows of dOutput.
+    /// Backward of <see cref="ForwardTransposed"/> (w [N, K]), accumulating: dX += dOutput · w, dW += dOutputᵀ · x when dW
+    /// is not empty (an empty dW is a frozen weight), and dBias += Σ rows of dOutput when dBias is not empty.
     /// </summary>
     public static void BackwardTransposed(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> x, ReadOnlySpan<float> w,
         Span<float> dX, Span<float> dW, Span<float> dBias, int m, int k, int n) =>
@@ -101,13 +101,15 @@ public static class MatMul
         Guard.Length(x.Length, (long)m * k, nameof(x));
         Guard.Length(w.Length, (long)k * n, nameof(w));
         Guard.Length(dX.Length, (long)m * k, nameof(dX));
-        Guard.Length(dW.Length, (long)k * n, nameof(dW));
+        if (!dW.IsEmpty) Guard.Length(dW.Length, (long)k * n, nameof(dW));
         if (!dBias.IsEmpty) Guard.Length(dBias.Length, n, nameof(dBias));
 
         fixed (float* pg = dOutput, px = x, pw = w, pdx = dX, pdw = dW, pdb = dBias)
         {
             var g = new Operand(pg, n, false);
-            if (transposed)
+            if (dW.IsEmpty)
+                Gemm.Multiply(g, transposed ? new Operand(pw, k, false) : new Operand(pw, n, true), null, accumulate: true, pdx, m, n, k);
+            else if (transposed)
                 Gemm.AccumulatePair(g, new Operand(pw, k, false), pdx, m, n, k, new Operand(pg, n, true), new Operand(px, k, false), pdw, n, m, k);
             else
                 Gemm.AccumulatePair(g, new Operand(pw, n, true), pdx, m, n, k, new Operand(px, k, true), g, pdw, k, m, n);

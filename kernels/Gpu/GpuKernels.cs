@@ -320,21 +320,21 @@ public sealed class GpuKernels : IDisposable
             config, dOutput, x, mean, rstd, dWeight, dBias, rows, channels, rowsPerGroup);
     }
 
-    /// <summary>Backward of <see cref="MatMul"/> (w [K, N]): dX[M, K] += dOut · wᵀ, dW[K, N] += xᵀ · dOut, dBias[N] += Σ rows of dOut.</summary>
-    public void MatMulBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dX, ArrayView<float> dW,
+    /// <summary>Backward of <see cref="MatMul"/> (w [K, N]): dX[M, K] += dOut · wᵀ, dW[K, N] += xᵀ · dOut (unless dW is null: a frozen weight), dBias[N] += Σ rows of dOut.</summary>
+    public void MatMulBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dX, ArrayView<float>? dW,
         ArrayView<float>? dBias, int m, int k, int n, MatMulPrecision precision)
     {
         Gemm(dOutput, w, null, dX, m, n, k, false, true, GemmEpilogue.Accumulate, ChooseMatMulKernel(m, k, precision));
-        Gemm(x, dOutput, null, dW, k, m, n, true, false, GemmEpilogue.Accumulate, ChooseMatMulKernel(k, n, precision));
+        if (dW.HasValue) Gemm(x, dOutput, null, dW.Value, k, m, n, true, false, GemmEpilogue.Accumulate, ChooseMatMulKernel(k, n, precision));
         if (dBias.HasValue) ColumnSums(dOutput, dBias.Value, m, n);
     }
 
-    /// <summary>Backward of <see cref="MatMulTransposed"/> (w [N, K]): dX[M, K] += dOut · w, dW[N, K] += dOutᵀ · x, dBias[N] += Σ rows of dOut.</summary>
-    public void MatMulTransposedBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dX, ArrayView<float> dW,
+    /// <summary>Backward of <see cref="MatMulTransposed"/> (w [N, K]): dX[M, K] += dOut · w, dW[N, K] += dOutᵀ · x (unless dW is null: a frozen weight), dBias[N] += Σ rows of dOut.</summary>
+    public void MatMulTransposedBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> w, ArrayView<float> dX, ArrayView<float>? dW,
         ArrayView<float>? dBias, int m, int k, int n, MatMulPrecision precision)
     {
         Gemm(dOutput, w, null, dX, m, n, k, false, false, GemmEpilogue.Accumulate, ChooseMatMulKernel(m, k, precision));
-        Gemm(dOutput, x, null, dW, n, m, k, true, false, GemmEpilogue.Accumulate, ChooseMatMulKernel(n, k, precision));
+        if (dW.HasValue) Gemm(dOutput, x, null, dW.Value, n, m, k, true, false, GemmEpilogue.Accumulate, ChooseMatMulKernel(n, k, precision));
         if (dBias.HasValue) ColumnSums(dOutput, dBias.Value, m, n);
     }
 
