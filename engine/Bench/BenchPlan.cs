@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using DiffuSharp.Data;
 using DiffuSharp.Diffusion;
 using DiffuSharp.Eval;
 using DiffuSharp.IO;
@@ -533,11 +534,11 @@ public static class BenchPlan
         };
     }
 
-    /// <summary>T of the likelihood scorer in the paper's evaluation scripts (spec §9), and diffu eval's default --batch.</summary>
+    /// <summary>T of the likelihood scorer in the paper's evaluation scripts (method §9), and diffu eval's default --batch.</summary>
     public const int ScoringSteps = 32, EvalRowsPerPass = 32;
 
     /// <summary>
-    /// HellaSwag multiple choice with the paper's likelihood scorer (spec §9) as `diffu eval` runs it: the
+    /// HellaSwag multiple choice with the paper's likelihood scorer (method §9) as `diffu eval` runs it: the
     /// T rows of every choice of the first <paramref name="count"/> examples through <see cref="DiffusionScorer"/>,
     /// which packs rows of every length into right-padded passes of at most <paramref name="rowsPerPass"/> rows.
     /// The examples are read and tokenized here, once: the timed runs only score, and PyTorch gets the same ids.
@@ -609,13 +610,13 @@ public static class BenchPlan
         public int VocabSize => vocab;
         public int ValidationBlockCount => 0;
 
-        public void NextTrainingBatch(int batch, Span<int> destination)
+        public void NextTrainingBatch(int batch, Span<int> destination, Span<byte> sourceMask)
         {
             for (int i = 0; i < destination.Length; i++) destination[i] = (int)(Philox.Uniform(11, draw, (ulong)i) * vocab) % vocab;
             draw++;
         }
 
-        public void ReadValidationBatch(int first, int batch, Span<int> destination) => throw new NotSupportedException("no validation data in a benchmark");
+        public void ReadValidationBatch(int first, int batch, Span<int> destination, Span<byte> sourceMask) => throw new NotSupportedException("no validation data in a benchmark");
 
         public long[] State { get => [(long)draw]; set => draw = (ulong)value[0]; }
     }

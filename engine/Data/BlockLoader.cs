@@ -57,6 +57,15 @@ public sealed class BlockLoader
         }
     }
 
+    /// <summary>Moves the position past <paramref name="count"/> blocks without reading them (other ranks' share of a batch).</summary>
+    public void Skip(long count)
+    {
+        if (count < 0) throw new ArgumentOutOfRangeException(nameof(count), "cannot skip backwards");
+        long index = _index + count;
+        _epoch += index / _order.Length;
+        _index = (int)(index % _order.Length);
+    }
+
     private void Reshuffle()
     {
         for (int i = 0; i < _order.Length; i++) _order[i] = i;

@@ -4,7 +4,7 @@ namespace DiffuSharp.Data;
 public sealed class DatasetException(string message) : DiffuException(message);
 
 /// <summary>
-/// Pretraining data as the DiffuLLaMA recipe packs it (spec §2.2, §7): every document gets the EOS token
+/// Pretraining data as the DiffuLLaMA recipe packs it (method §2.2, §7): every document gets the EOS token
 /// appended (when the shards have one; otherwise documents are simply joined), the documents of all shards
 /// are concatenated in order, and the stream is cut into blocks of <see cref="BlockLength"/> tokens; the
 /// remainder that does not fill a block is dropped. Blocks are never materialised: a block is read from

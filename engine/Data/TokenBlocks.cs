@@ -1,31 +1,43 @@
-using DiffuSharp.Data;
-using DiffuSharp.Training;
+namespace DiffuSharp.Data;
 
-namespace DiffuSharp.Cli;
-
-/// <summary>The token shards of a run as the trainer's <see cref="ITokenBlocks"/>: packed blocks, a validation split, a resumable shuffle.</summary>
-sealed class TrainingData : ITokenBlocks, IDisposable
+/// <summary>
+/// Token shards as the trainer's <see cref="ITokenBlocks"/>: packed blocks, a validation split and a resumable
+/// shuffle (<see cref="BlockLoader"/>). Rank r of n takes rows r·B .. (r+1)·B − 1 of each global batch of n·B
+/// blocks, so every rank walks the same shuffled stream and the ranks together read what one process would.
+/// </summary>
+public sealed class TokenBlocks : ITokenBlocks, IDisposable
 {
     readonly PackedDataset dataset;
     readonly BlockLoader loader;
 
-    TrainingData(PackedDataset dataset)
+    TokenBlocks(PackedDataset dataset, DataShard shard)
     {
         this.dataset = dataset;
         loader = new BlockLoader(dataset);
+        Shard = shard;
     }
 
-    public static TrainingData Open(string[] shards, int blockLength, ulong seed, double validationFraction)
+    /// <summary>Opens the shards; <paramref name="shard"/> defaults to the whole stream.</summary>
+    public static TokenBlocks Open(string[] shards, int blockLength, ulong seed, double validationFraction, DataShard? shard = null)
     {
         if (shards.Length == 0) throw new DiffuException("no token shards given (--data)");
-        return new TrainingData(PackedDataset.Open(shards, blockLength, validationFraction, seed));
+        return new TokenBlocks(PackedDataset.Open(shards, blockLength, validationFraction, seed), shard ?? DataShard.Whole);
     }
 
     public int BlockLength => loader.BlockLength;
     public int VocabSize => dataset.VocabSize;
-    public int ValidationBlockCount => loader.Dataset.ValidationBlocks;
-    public void NextTrainingBatch(int batch, Span<int> destination) => loader.NextBatch(batch, destination);
-    public void ReadValidationBatch(int first, int batch, Span<int> destination) => loader.Dataset.ReadValidationBatch(first, batch, destination);
+    public int ValidationBlockCount => dataset.ValidationBlocks;
+    public DataShard Shard { get; }
+
+    public void NextTrainingBatch(int batch, Span<int> destination, Span<byte> sourceMask)
+    {
+        loader.Skip((long)Shard.Rank * batch);
+        loader.NextBatch(batch, destination);
+        loader.Skip((long)(Shard.WorldSize - 1 - Shard.Rank) * batch);
+    }
+
+    public void ReadValidationBatch(int first, int batch, Span<int> destination, Span<byte> sourceMask) =>
+        dataset.ReadValidationBatch(first, batch, destination);
 
     public long[] State
     {

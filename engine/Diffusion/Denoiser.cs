@@ -8,7 +8,7 @@ namespace DiffuSharp.Diffusion;
 /// <summary>
 /// A denoising problem: B rows of N tokens, some fixed (the start token, a prompt, an infill's prefix and
 /// suffix), the rest to be generated. Position 0 of every row must be fixed: it is the start token that
-/// the shift keeps (spec §3), and it is not part of the output.
+/// the shift keeps (method §3), and it is not part of the output.
 /// </summary>
 public sealed class DenoisingProblem
 {
@@ -30,7 +30,7 @@ public sealed class DenoisingProblem
     public byte[] Fixed { get; }
 }
 
-/// <summary>Which still-masked positions a denoising step commits (spec §8 and the later confidence samplers).</summary>
+/// <summary>Which still-masked positions a denoising step commits (method §8 and the later confidence samplers).</summary>
 public enum DenoisingStrategy
 {
     /// <summary>Variant A, random ancestral: each still-masked slot is committed with probability 1/(t+1).</summary>
@@ -78,7 +78,7 @@ public sealed record DenoiseProgress(int Pass, int Passes, int[] Tokens, byte[] 
 public sealed record DenoiseResult(int[] Tokens, int ForwardPasses, TimeSpan ForwardTime, TimeSpan SelectionTime);
 
 /// <summary>
-/// Iterative denoising with a masked-diffusion model (spec §8): every step is one bidirectional forward
+/// Iterative denoising with a masked-diffusion model (method §8): every step is one bidirectional forward
 /// pass over the whole sequence, token sampling on the device (temperature, top-k, top-p), the shift
 /// undone (the prediction for slot i comes from logit i − 1; slot 0 keeps its input), and a strategy that
 /// commits some still-masked slots. Exactly T forward passes; fixed positions are never changed; after the
@@ -176,7 +176,7 @@ public sealed class Denoiser
     };
 
     /// <summary>
-    /// Undoes the shift (spec §3): slot i gets the prediction of logit i − 1, slot 0 keeps its input token
+    /// Undoes the shift (method §3): slot i gets the prediction of logit i − 1, slot 0 keeps its input token
     /// (its score slot takes row 0's score, a dummy).
     /// </summary>
     static void Shift(int[] xt, int[] predicted, float[] stats, int column, int b, int n, int[] tokens, float[] scores)
@@ -219,7 +219,7 @@ public sealed class Denoiser
                     break;
                 case DenoisingStrategy.TopK:
                 {
-                    // Reference behaviour (spec §8 B): rank every slot; slots outside this row's maskable set
+                    // Reference behaviour (method §8 B): rank every slot; slots outside this row's maskable set
                     // score +1000; "low" = score below the keep-th smallest; low slots stay masked.
                     var ranked = new float[n];
                     for (int i = 0; i < n; i++) ranked[i] = active[row + i] != 0 ? scores[row + i] : 1000f;

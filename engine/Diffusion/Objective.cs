@@ -5,7 +5,7 @@ namespace DiffuSharp.Diffusion;
 /// <summary>What a training step optimises.</summary>
 public enum TrainingObjective
 {
-    /// <summary>The DiffuGPT/DiffuLLaMA masked-diffusion loss (spec §2): 1/t weighting, shift, masked-count denominator.</summary>
+    /// <summary>The DiffuGPT/DiffuLLaMA masked-diffusion loss (method §2): 1/t weighting, shift, masked-count denominator.</summary>
     Diffusion,
     /// <summary>Plain next-token prediction with causal attention, for training base models.</summary>
     Autoregressive,
@@ -47,12 +47,12 @@ public sealed class ObjectiveBatch
 }
 
 /// <summary>
-/// The paper's continual pre-training objectives, exactly as spec/diffullama.md §2-§4 describes, with all
+/// The paper's continual pre-training objectives, exactly as docs/method.md §2-§4 describes, with all
 /// randomness drawn from Philox keyed by the seed and a draw index, so a resumed run draws the same.
 /// </summary>
 public sealed class Objective
 {
-    /// <summary>ε in t = ε + (1 − ε) u (spec §2.2 step 1).</summary>
+    /// <summary>ε in t = ε + (1 − ε) u (method §2.2 step 1).</summary>
     public const float NoiseFloor = 1e-3f;
 
     const ulong NoiseLevelStream = 0x7431, TokenMaskStream = 0x6d61736b, AnnealStream = 0x616e6e6c;
@@ -71,7 +71,7 @@ public sealed class Objective
     /// Fills <paramref name="into"/> from clean ids x0 [B, L]. <paramref name="drawIndex"/> numbers the
     /// micro-batch (its noise draws), <paramref name="scale"/> multiplies every weight (1 / gradient-
     /// accumulation steps). <paramref name="source"/> (optional, [B, L]) marks prompt tokens that are never
-    /// masked (conditional fine-tuning, spec §5).
+    /// masked (conditional fine-tuning, method §5).
     /// Diffusion: t_b = ε + (1−ε)u_b; token (b, i) is masked iff u_bi &lt; t_b and it is not a source token;
     /// row (b, i) targets x0[b, i+1] with weight 1/(t_b · N) when position i+1 was masked, N = number of
     /// masked targets (positions ≥ 1) in the micro-batch. Position 0 is maskable but never a target.
@@ -147,12 +147,12 @@ public sealed class Objective
             for (int i = 0; i + 1 < l; i++) into.Targets[s * l + i] = x0[s * l + i + 1];
     }
 
-    /// <summary>The annealing ratio r = min(1, (step + 1) / annealSteps) (spec §4); 1 when annealSteps ≤ 0.</summary>
+    /// <summary>The annealing ratio r = min(1, (step + 1) / annealSteps) (method §4); 1 when annealSteps ≤ 0.</summary>
     public static double AnnealRatio(long step, long annealSteps) =>
         annealSteps <= 0 ? 1.0 : Math.Min(1.0, (step + 1) / (double)annealSteps);
 
     /// <summary>
-    /// The [L, L] allow-mask of one optimizer step (spec §4): the causal triangle (diagonal included) OR
+    /// The [L, L] allow-mask of one optimizer step (method §4): the causal triangle (diagonal included) OR
     /// i.i.d. Bernoulli(r) entries, one matrix shared by the batch and every head. Null when r = 1, which
     /// means full bidirectional attention.
     /// </summary>

@@ -4,7 +4,7 @@ using DiffuSharp.Models;
 namespace DiffuSharp.Eval;
 
 /// <summary>
-/// The AR baselines' multiple-choice score (spec §10): minus the mean log-probability of the choice tokens
+/// The AR baselines' multiple-choice score (method §10): minus the mean log-probability of the choice tokens
 /// given everything before them, under causal attention; lower is better, so the answer is the argmin here as
 /// for the diffusion scorers (the argmax of the mean log-probability).
 /// </summary>

@@ -4,7 +4,7 @@ using DiffuSharp.Models;
 namespace DiffuSharp.Eval;
 
 /// <summary>
-/// The paper's likelihood scorer (spec §9): for t = T..1, mask each maskable token with probability t/T
+/// The paper's likelihood scorer (method §9): for t = T..1, mask each maskable token with probability t/T
 /// (one draw per t), run the model with full attention, and average the cross-entropy of the masked
 /// targets per token, unweighted; the score is the mean over the T rates, lower is better. Masked targets
 /// are those the noise hit (not tokens that merely equal the mask id). All T rows of all sequences go

@@ -4,21 +4,6 @@ using DiffuSharp.Text;
 namespace DiffuSharp.Eval;
 
 /// <summary>
-/// The special tokens of the SFT layout of spec §5, <c>[BOS] + src + [SEP] + tgt + [EOS]</c> right-padded
-/// with PAD: what the GSM8K task frames its prompts with.
-/// </summary>
-public sealed record SftTokens(int Bos, int Sep, int Eos, int Pad)
-{
-    /// <summary>
-    /// The defaults: a LLaMA vocabulary uses its BOS (1) and EOS (2), with EOS also as SEP and PAD (LLaMA has
-    /// neither); a GPT-2 vocabulary has only end-of-text, which serves as all four (HF's GPT-2 bos = eos).
-    /// </summary>
-    public static SftTokens Default(bool llama, int endOfText) =>
-        llama ? new(LlamaTokenizers.BeginOfSentenceId, LlamaTokenizers.EndOfSentenceId, LlamaTokenizers.EndOfSentenceId, LlamaTokenizers.EndOfSentenceId)
-              : new(endOfText, endOfText, endOfText, endOfText);
-}
-
-/// <summary>
 /// A model as the tasks see it: the network, its tokenizer, the token that starts a free sequence, the
 /// BOS that <c>tokenizer.encode</c> adds by default (LLaMA's; GPT-2's adds none), its mask token, and the
 /// SFT tokens. Encoding follows each task's <see cref="SpecialTokens"/> flags, so the ids are the reference's.

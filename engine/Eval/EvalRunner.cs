@@ -9,7 +9,7 @@ namespace DiffuSharp.Eval;
 /// <summary>Which scorer grades multiple choice, and whether generation tasks denoise or decode autoregressively.</summary>
 public enum EvalScorer { Diffusion, Elbo, Ar }
 
-/// <summary>How a run evaluates (spec §9-§10 defaults).</summary>
+/// <summary>How a run evaluates (method §9-§10 defaults).</summary>
 public sealed record EvalSettings
 {
     public EvalScorer Scorer { get; init; } = EvalScorer.Diffusion;
@@ -42,12 +42,12 @@ public sealed record EvalSettings
         return Math.Clamp(budget / perToken, 256, 16384);
     }
 
-    /// <summary>The SFT sequence length of GSM8K (spec §5: 256), capped by the model's positions.</summary>
+    /// <summary>The SFT sequence length of GSM8K (method §5: 256), capped by the model's positions.</summary>
     public int GsmCutoff { get; init; } = 256;
 }
 
 /// <summary>
-/// Runs the tasks of spec §10 on one model: multiple choice with the §9 scorer (or the ELBO bound, or the AR
+/// Runs the tasks of method §10 on one model: multiple choice with the §9 scorer (or the ELBO bound, or the AR
 /// baselines' mean log-probability), LAMBADA, ROCStories infilling and GSM8K by denoising with the paper's
 /// confidence top-k sampler (Variant B), or by greedy AR decoding for AR models. Every example's prediction
 /// is kept. Contexts longer than the model's positions lose their first tokens (counted in the settings).
@@ -134,7 +134,7 @@ public sealed class EvalRunner
     // ---- LAMBADA ------------------------------------------------------------------------------
 
     /// <summary>
-    /// The last word of each passage (spec §10): the passage's extra tokens over its prefix's are generated,
+    /// The last word of each passage (method §10): the passage's extra tokens over its prefix's are generated,
     /// T = their number, confidence top-k with sampling at temperature 1 (AR: greedy), and the decoded text
     /// must equal the last word.
     /// </summary>
@@ -192,7 +192,7 @@ public sealed class EvalRunner
     // ---- GSM8K ----------------------------------------------------------------------------------
 
     /// <summary>
-    /// Symbolic GSM8K (spec §5, §8): [BOS] + question + [SEP], then the answer region up to the cutoff, all masked,
+    /// Symbolic GSM8K (method §5, §8): [BOS] + question + [SEP], then the answer region up to the cutoff, all masked,
     /// denoised with Variant B in argmax mode, T = GSM steps (AR: greedy until EOS); the text before the first EOS
     /// is the prediction, right when its answer after "####" is the gold one.
     /// </summary>

@@ -1,6 +1,6 @@
 namespace DiffuSharp.Eval;
 
-/// <summary>What a task asks of the model, and so which scorer runs it (spec §10).</summary>
+/// <summary>What a task asks of the model, and so which scorer runs it (method §10).</summary>
 public enum EvalTaskKind
 {
     /// <summary>Generate the held-out last word of a passage (LAMBADA); exact match.</summary>
@@ -16,7 +16,7 @@ public enum EvalTaskKind
     Generation,
 }
 
-/// <summary>How the reference scripts hand a piece of text to the tokenizer (a quirk of spec §10 that changes the ids).</summary>
+/// <summary>How the reference scripts hand a piece of text to the tokenizer (a quirk of method §10 that changes the ids).</summary>
 public enum SpecialTokens
 {
     /// <summary><c>add_special_tokens=False</c>: the text's own tokens only.</summary>
@@ -37,7 +37,7 @@ public enum SpecialTokens
 /// <param name="ContextTokens">
 /// How the reference encodes the context: the multiple-choice query, LAMBADA's prefix (and its whole passage,
 /// whose extra tokens are the target), the ROCStories prefix and suffix. GSM8K's prompt and answer are
-/// framed by the SFT layout of spec §5 (BOS, SEP, EOS), which adds its special tokens itself.
+/// framed by the SFT layout of method §5 (BOS, SEP, EOS), which adds its special tokens itself.
 /// </param>
 /// <param name="TargetTokens">How the reference encodes what is scored or generated: each choice, the ROCStories middle.</param>
 public sealed record EvalTaskInfo(
@@ -50,7 +50,7 @@ public sealed record EvalTaskInfo(
     SpecialTokens TargetTokens);
 
 /// <summary>
-/// The tasks of spec §10 that can run offline, and a clear refusal for those whose data is not here.
+/// The tasks of method §10 that can run offline, and a clear refusal for those whose data is not here.
 /// Each task has its own typed loader (<see cref="Lambada"/>, <see cref="HellaSwag"/>, <see cref="Piqa"/>,
 /// <see cref="Siqa"/>, <see cref="RocStories"/>, <see cref="Gsm8k"/>), each with
 /// <c>Load(dataRoot, limit)</c> for the standard files under the eval data folder and a path-based variant.

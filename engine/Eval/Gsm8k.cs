@@ -10,7 +10,7 @@ namespace DiffuSharp.Eval;
 public sealed record GsmExample(string Prompt, string Answer);
 
 /// <summary>
-/// GSM8K test (spec §10, the paper's finetuned GSM8K* column): a JSON array of {instruction, output} objects
+/// GSM8K test (method §10, the paper's finetuned GSM8K* column): a JSON array of {instruction, output} objects
 /// (prompt = instruction, answer = output), scored by the final answer after "####".
 /// </summary>
 public static class Gsm8k
@@ -87,7 +87,7 @@ public static class Gsm8k
 
     /// <summary>
     /// Whether the prediction's final answer is the gold one, compared as text after the normalisation of
-    /// <see cref="FinalAnswer"/>, exactly as the paper's evaluation does (spec §8): "12.00" is not 12 and
+    /// <see cref="FinalAnswer"/>, exactly as the paper's evaluation does (method §8): "12.00" is not 12 and
     /// "40." is not 40. A prediction without "####" is wrong.
     /// </summary>
     public static bool IsCorrect(string prediction, string gold)

@@ -3,7 +3,7 @@ using System.Text.RegularExpressions;
 namespace DiffuSharp.Eval;
 
 /// <summary>
-/// HellaSwag validation (spec §10) from the plain-text form in the data folder: 6 lines per task (context,
+/// HellaSwag validation (method §10) from the plain-text form in the data folder: 6 lines per task (context,
 /// gold label 0-3, four endings). That file was written from the official jsonl with the context as
 /// <c>activity_label + ": " + ctx</c> and its own markup clean-up already applied to every field: the WikiHow
 /// tags <c>[header]</c>, <c>[step]</c> and <c>[substeps]</c> removed, <c>" [title]"</c> replaced by <c>". "</c>,

@@ -4,12 +4,12 @@ namespace DiffuSharp.Eval;
 /// One LAMBADA passage. <paramref name="Text"/> is the line without surrounding whitespace, what the reference
 /// encodes in full; <paramref name="Prefix"/> is every word but the last joined by single spaces, and
 /// <paramref name="Target"/> the last whitespace-separated word. The masked tokens are those of
-/// enc(Text) beyond enc(Prefix) (spec §10 assumes enc(Prefix) is a token prefix of enc(Text)).
+/// enc(Text) beyond enc(Prefix) (method §10 assumes enc(Prefix) is a token prefix of enc(Text)).
 /// </summary>
 public sealed record LambadaExample(string Text, string Prefix, string Target);
 
 /// <summary>
-/// LAMBADA (spec §10): the test file has one passage per line; the model fills in the last word and is right
+/// LAMBADA (method §10): the test file has one passage per line; the model fills in the last word and is right
 /// when its decoded text, stripped, equals that word. Words are split as Python's <c>str.split()</c> does.
 /// </summary>
 public static class Lambada

@@ -1,7 +1,7 @@
 namespace DiffuSharp.Eval;
 
 /// <summary>
-/// PIQA validation (spec §10): the context is <c>"Question: {goal}\nAnswer: "</c> and each choice is
+/// PIQA validation (method §10): the context is <c>"Question: {goal}\nAnswer: "</c> and each choice is
 /// <c>" " + sol</c>, both as the reference builds them. The choice's leading space is kept although the
 /// context already ends with one: the two are encoded separately and their tokens joined, so the model sees
 /// "Answer:" followed by a space token and then the solution's tokens with their own leading space. The

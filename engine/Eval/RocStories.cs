@@ -11,7 +11,7 @@ namespace DiffuSharp.Eval;
 public sealed record InfillExample(string Prefix, string Middle, string Suffix);
 
 /// <summary>
-/// ROCStories cloze validation as an infilling task (spec §10): each row holds four sentences and two
+/// ROCStories cloze validation as an infilling task (method §10): each row holds four sentences and two
 /// candidate fifth sentences, and AnswerRightEnding (1 or 2) says which is right. The five sentences of the
 /// true story give prefix = s1 + " " + s2, middle = s3, suffix = s4 + " " + s5: one space joins the two
 /// sentences of the prefix and of the suffix, and the fields are used as the CSV holds them (no trimming).

@@ -7,7 +7,7 @@ public readonly record struct RougeScores(double Rouge1, double Rouge2, double R
 
 /// <summary>
 /// ROUGE as Hugging Face <c>evaluate</c>'s "rouge" metric computes it with its defaults, which wrap Google's
-/// rouge_score package (spec §10, the ROCStories infilling metric):
+/// rouge_score package (method §10, the ROCStories infilling metric):
 /// <list type="bullet">
 /// <item>Tokens: the text lower-cased (Python's <c>str.lower()</c>), every run of characters other than a-z and
 /// 0-9 treated as a separator, and the runs of a-z0-9 kept. No stemming. So "Don't" is "don" and "t", and

@@ -3,7 +3,7 @@ using System.Text.Json;
 namespace DiffuSharp.Eval;
 
 /// <summary>
-/// Social IQA validation (spec §10): the context is <c>"Question: {context} {question}\nAnswer: "</c> and the
+/// Social IQA validation (method §10): the context is <c>"Question: {context} {question}\nAnswer: "</c> and the
 /// choices are the three answers verbatim (no leading space; the reference encodes both without special
 /// tokens). The labels file is 1-based; gold = label − 1. The question file also carries the right answer's
 /// text, and a file whose label picks a different answer is refused: a shifted or mismatched labels file

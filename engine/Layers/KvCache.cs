@@ -1,6 +1,6 @@
 using DiffuSharp.Runtime;
 
-namespace DiffuSharp.Models;
+namespace DiffuSharp.Layers;
 
 /// <summary>Keys and values of every layer for autoregressive decoding, [B, capacity, width] each.</summary>
 public sealed class KvCache : IDisposable

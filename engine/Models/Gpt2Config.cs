@@ -15,8 +15,8 @@ public sealed record Gpt2Config(
 
     public int KvWidth => Channels;
 
-    /// <summary>ln_1 (with mean and rstd), qkv, attention, its projection, residual, ln_2, fc, gelu, proj, residual; the attention log-sum-exp.</summary>
-    public long LayerActivationFloatsPerRow => 17L * Channels + 4 + Heads;
+    /// <summary>ln_1 (with mean and rstd), qkv, attention, the branch projection, residual, ln_2, fc, gelu, residual; the attention log-sum-exp.</summary>
+    public long LayerActivationFloatsPerRow => 16L * Channels + 4 + Heads;
 
     /// <summary>The activations HF calls the tanh approximation of GELU (what GPT-2 uses).</summary>
     static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];

@@ -1,5 +1,6 @@
 using DiffuSharp.IO;
 using DiffuSharp.Kernels;
+using DiffuSharp.Layers;
 using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Models;
@@ -38,22 +39,26 @@ public interface ILanguageModel : IDisposable
     void Decode(ReadOnlySpan<int> ids, int batch, KvCache cache, Span<float> lastLogits);
 }
 
-/// <summary>Logits of a forward pass and the activation buffers that hold them (returned to the pool on Dispose).</summary>
-public sealed class ForwardResult(Tensor logits, IDisposable owner) : IDisposable
+/// <summary>
+/// Logits of a forward pass and the activation buffers that hold them (returned to the pool on Dispose); for a
+/// training pass, also what its backward needs.
+/// </summary>
+public sealed class ForwardResult(Tensor logits, IDisposable owner, AttentionMaskMode mode = AttentionMaskMode.Causal, Tensor? allow = null) : IDisposable
 {
     public Tensor Logits { get; } = logits;
-    public void Dispose() => owner.Dispose();
+    internal IDisposable Owner { get; } = owner;
+    internal AttentionMaskMode Mode { get; } = mode;
+    internal Tensor? Allow { get; } = allow;
+    public void Dispose() => Owner.Dispose();
 }
 
 public static class LanguageModelExtensions
 {
     /// <summary>
-    /// Checks the ids [batch, length] of a forward pass against the vocabulary, the positions and the cache
-    /// (which only causal passes may continue), and the row lengths, if any (one per row in [1, length], never with
-    /// a cache); returns the position of the first id.
+    /// Checks the ids [batch, length] of a forward pass against the vocabulary and the positions left after the
+    /// cache, if any. The mask mode, cache and row lengths are the <see cref="AttentionPass"/>'s to check.
     /// </summary>
-    internal static int CheckInputs(this ILanguageModel model, ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, KvCache? cache,
-        ReadOnlySpan<int> rowLengths = default)
+    internal static void CheckIds(this ILanguageModel model, ReadOnlySpan<int> ids, int batch, int length, KvCache? cache)
     {
         if (ids.Length != batch * length) throw new ArgumentException($"expected {batch * length} ids for [{batch}, {length}], got {ids.Length}");
         foreach (int id in ids)
@@ -62,15 +67,6 @@ public static class LanguageModelExtensions
         int offset = cache?.Length ?? 0;
         if (offset + length > model.Positions)
             throw new DiffuException($"sequence of {offset + length} tokens exceeds the model's {model.Positions} positions");
-        if (cache is not null && (cache.Batch != batch || offset + length > cache.Capacity || mode != AttentionMaskMode.Causal))
-            throw new ArgumentException($"KV cache [{cache.Batch}, {cache.Capacity}] cannot take {length} more causal tokens after {offset} for batch {batch}");
-        if (rowLengths.IsEmpty) return offset;
-        if (cache is not null) throw new ArgumentException("row lengths are for a full forward pass, not for continuing a KV cache");
-        if (rowLengths.Length != batch) throw new ArgumentException($"expected {batch} row lengths, got {rowLengths.Length}");
-        foreach (int rowLength in rowLengths)
-            if (rowLength < 1 || rowLength > length)
-                throw new ArgumentException($"row length {rowLength} is outside [1, {length}]");
-        return offset;
     }
 
     /// <summary>Reads checkpoint tensor <paramref name="name"/> into <paramref name="destination"/>, after checking its shape against the one the config implies.</summary>

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Models;
@@ -27,6 +28,18 @@ public interface ITrainableModel : ILanguageModel
 
     /// <summary>The model's HF config.json, with mask_token_id when given.</summary>
     JsonObject ConfigJson(int? maskTokenId);
+
+    /// <summary>
+    /// One forward pass over ids [B, T] that keeps every layer's buffers for <see cref="Backward"/>; the result's
+    /// logits [B, T, V] are meant to be overwritten with dLoss/dLogits before the backward call.
+    /// </summary>
+    ForwardResult ForwardForTraining(ReadOnlySpan<int> ids, int batch, int length, AttentionMaskMode mode, Tensor? allow);
+
+    /// <summary>
+    /// Backpropagates from the pass's logits, which must hold dLoss/dLogits, and adds the parameter gradients into
+    /// <paramref name="grads"/> (a set from <see cref="ZeroParameterSet"/>), so micro-batches accumulate.
+    /// </summary>
+    void Backward(ForwardResult pass, IParameterSet grads);
 
     /// <summary>Appends a token (a new [MASK]) whose embedding, and untied head row, is the mean of the others; returns its id.</summary>
     int AppendToken();

@@ -18,8 +18,6 @@ public sealed record LlamaConfig(
     /// <summary>The [MASK] token of a diffusion model (config.json's mask_token_id), if it names one.</summary>
     public int? MaskTokenId { get; init; }
 
-    public static bool IsLlama(string configPath) => JsonConfig.Load(configPath).String("model_type") == "llama";
-
     public static LlamaConfig Load(string path)
     {
         var json = JsonConfig.Load(path);

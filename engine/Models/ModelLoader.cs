@@ -4,8 +4,8 @@ using DiffuSharp.Runtime;
 namespace DiffuSharp.Models;
 
 /// <summary>
-/// Opens a model folder as the family its config.json names (model_type gpt2 or llama). A training run's
-/// output folder stands for its newest checkpoint (<see cref="RunLayout"/>).
+/// Opens a model folder as the family its config.json names (<see cref="ModelFamily"/>). A training run's output
+/// folder stands for its newest checkpoint (<see cref="RunLayout"/>).
 /// </summary>
 public static class ModelLoader
 {
@@ -14,14 +14,7 @@ public static class ModelLoader
     {
         directory = RunLayout.ModelFolder(directory);
         if (!Directory.Exists(directory)) throw new DiffuException($"{directory}: model folder not found");
-        var configPath = Path.Combine(directory, "config.json");
-        var type = JsonConfig.Load(configPath).String("model_type");
-        return type switch
-        {
-            "llama" => LlamaConfig.Load(configPath),
-            null or "gpt2" => Gpt2Config.Load(configPath),
-            _ => throw new ConfigException(configPath, $"unsupported model_type \"{type}\" (supported: gpt2, llama)"),
-        };
+        return ModelFamily.LoadConfigFile(Path.Combine(directory, "config.json"));
     }
 
     /// <summary>The model, after checking that its weights fit on the device.</summary>
@@ -30,7 +23,7 @@ public static class ModelLoader
         directory = RunLayout.ModelFolder(directory);
         var config = LoadConfig(directory);
         RequireWeights(config, device, directory);
-        return config is LlamaConfig ? LlamaModel.Load(directory, device) : Gpt2Model.Load(directory, device);
+        return ModelFamily.Of(config).Load(directory, device);
     }
 
     /// <summary>Refuses a model whose float32 weights cannot fit in the device's free memory.</summary>

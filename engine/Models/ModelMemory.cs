@@ -11,6 +11,9 @@ public interface IModelConfig
     int Layers { get; }
     long ParameterCount { get; }
 
+    /// <summary>The [MASK] token of a diffusion model (config.json's mask_token_id), if it names one.</summary>
+    int? MaskTokenId { get; }
+
     /// <summary>Floats per position in one layer's KV cache (keys and values each).</summary>
     int KvWidth { get; }
 

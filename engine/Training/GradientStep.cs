@@ -7,36 +7,19 @@ namespace DiffuSharp.Training;
 
 /// <summary>
 /// The objective's loss Σ weight · CE of a micro-batch, and the plain mean cross-entropy over its target
-/// rows (for diffusion: the masked tokens, unweighted by 1/t, which the spec logs beside the loss).
+/// rows (for diffusion: the masked tokens, unweighted by 1/t, which method §2.2 logs beside the loss).
 /// </summary>
 public readonly record struct BatchLoss(double Loss, double MeanCrossEntropy);
 
 /// <summary>The loss and gradients of one prepared micro-batch: forward, weighted cross-entropy, backward.</summary>
 public static class GradientStep
 {
-    /// <summary>Adds the gradients of Σ weight · CE into <paramref name="grads"/> and returns the loss.</summary>
-    public static BatchLoss Run(Gpt2Model model, ObjectiveBatch batch, Gpt2Weights grads, AttentionMaskMode mode, Tensor? allow)
-    {
-        using var act = model.CreateActivations(batch.Batch, batch.Length, keepAllLayers: true);
-        model.Forward(batch.Inputs, act, mode, allow);
-        return CrossEntropy(model.Device, batch, act.Logits!, () => model.Backward(act, grads, mode, allow));
-    }
-
-    /// <summary>Adds the gradients of Σ weight · CE into <paramref name="grads"/> and returns the loss.</summary>
-    public static BatchLoss Run(LlamaModel model, ObjectiveBatch batch, LlamaWeights grads, AttentionMaskMode mode, Tensor? allow)
-    {
-        using var act = model.CreateActivations(batch.Batch, batch.Length, keepAllLayers: true);
-        model.Forward(batch.Inputs, act, mode, allow);
-        return CrossEntropy(model.Device, batch, act.Logits, () => model.Backward(act, grads, mode, allow));
-    }
-
     /// <summary>Adds the gradients of Σ weight · CE into <paramref name="grads"/> (a set made by the same model) and returns the loss.</summary>
-    public static BatchLoss Run(ITrainableModel model, ObjectiveBatch batch, IParameterSet grads, AttentionMaskMode mode, Tensor? allow) => model switch
+    public static BatchLoss Run(ITrainableModel model, ObjectiveBatch batch, IParameterSet grads, AttentionMaskMode mode, Tensor? allow)
     {
-        Gpt2Model gpt2 => Run(gpt2, batch, (Gpt2Weights)grads, mode, allow),
-        LlamaModel llama => Run(llama, batch, (LlamaWeights)grads, mode, allow),
-        _ => throw new NotSupportedException($"no backward pass for {model.GetType().Name}"),
-    };
+        using var pass = model.ForwardForTraining(batch.Inputs, batch.Batch, batch.Length, mode, allow);
+        return CrossEntropy(model.Device, batch, pass.Logits, () => model.Backward(pass, grads));
+    }
 
     /// <summary>The loss of a micro-batch, without gradients (validation).</summary>
     public static BatchLoss Loss(ILanguageModel model, ObjectiveBatch batch, AttentionMaskMode mode, Tensor? allow)

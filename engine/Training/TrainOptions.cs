@@ -16,7 +16,7 @@ public sealed record TrainOptions
     public long WarmupSteps { get; init; }
     public LearningRateDecay Decay { get; init; } = LearningRateDecay.Cosine;
 
-    /// <summary>Steps over which attention anneals from causal to bidirectional (spec §4); 0 = bidirectional from the start.</summary>
+    /// <summary>Steps over which attention anneals from causal to bidirectional (method §4); 0 = bidirectional from the start.</summary>
     public long AnnealSteps { get; init; }
 
     /// <summary>The [MASK] token id (DiffuGPT-S uses 10541, an existing GPT-2 token).</summary>

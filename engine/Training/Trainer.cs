@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using DiffuSharp.Data;
 using DiffuSharp.Diffusion;
 using DiffuSharp.IO;
 using DiffuSharp.Kernels;
@@ -7,26 +8,6 @@ using DiffuSharp.Models;
 using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Training;
-
-/// <summary>Fixed-length token blocks for training, with a validation split and a resumable position.</summary>
-public interface ITokenBlocks
-{
-    int BlockLength { get; }
-
-    /// <summary>Every token id is below this.</summary>
-    int VocabSize { get; }
-
-    int ValidationBlockCount { get; }
-
-    /// <summary>The next <paramref name="batch"/> training blocks, [batch, BlockLength]; advances the position.</summary>
-    void NextTrainingBatch(int batch, Span<int> destination);
-
-    /// <summary>Validation blocks first .. first + batch − 1 (wrapping around), [batch, BlockLength].</summary>
-    void ReadValidationBatch(int first, int batch, Span<int> destination);
-
-    /// <summary>The position in the training stream, to store in a checkpoint and restore on resume.</summary>
-    long[] State { get; set; }
-}
 
 /// <summary>Combines the gradients a step accumulated with those of other processes (data parallelism) before they are clipped and applied.</summary>
 public interface IGradientReducer
@@ -55,6 +36,9 @@ public sealed class Trainer : IDisposable
     readonly IParameterSet grads, moment1, moment2;
     readonly ObjectiveBatch batch;
     readonly int[] ids;
+
+    /// <summary>The source mask of the blocks in <see cref="ids"/>, or empty when the data has none.</summary>
+    readonly byte[] source;
     readonly List<TrainLogRow> history = new();
     readonly bool ownsModel;
 
@@ -86,6 +70,7 @@ public sealed class Trainer : IDisposable
                 throw new ArgumentException("gradients and moments must share the parameters' buffer layout");
         batch = new ObjectiveBatch(options.Batch, options.SequenceLength);
         ids = new int[options.Batch * options.SequenceLength];
+        source = data.HasSourceMask ? new byte[ids.Length] : [];
         if (resumed is not null)
         {
             Step = resumed.Step;
@@ -139,8 +124,8 @@ public sealed class Trainer : IDisposable
         int accumulation = Options.GradientAccumulation;
         for (int micro = 0; micro < accumulation; micro++)
         {
-            data.NextTrainingBatch(Options.Batch, ids);
-            objective.Prepare(ids, batch, (ulong)(Step * accumulation + micro), 1f / accumulation);
+            data.NextTrainingBatch(Options.Batch, ids, source);
+            objective.Prepare(ids, batch, (ulong)(Step * accumulation + micro), 1f / accumulation, source);
             var part = GradientStep.Run(model, batch, grads, mode, allow);
             loss += part.Loss;
             crossEntropy += part.MeanCrossEntropy / accumulation;
@@ -169,7 +154,7 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>
-    /// The attention of a step: causal for AR; for diffusion the annealing mask of spec §4 while
+    /// The attention of a step: causal for AR; for diffusion the annealing mask of method §4 while
     /// r &lt; 1, then full bidirectional attention.
     /// </summary>
     (AttentionMaskMode Mode, byte[]? Allow) Attention(long step)
@@ -192,8 +177,8 @@ public sealed class Trainer : IDisposable
         double loss = 0, crossEntropy = 0;
         for (int i = 0; i < batches; i++)
         {
-            data.ReadValidationBatch(i * Options.Batch, Options.Batch, ids);
-            validationObjective.Prepare(ids, batch, (ulong)i);
+            data.ReadValidationBatch(i * Options.Batch, Options.Batch, ids, source);
+            validationObjective.Prepare(ids, batch, (ulong)i, source: source);
             var part = GradientStep.Loss(model, batch, mode, null);
             loss += part.Loss;
             crossEntropy += part.MeanCrossEntropy;

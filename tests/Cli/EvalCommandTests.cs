@@ -60,7 +60,7 @@ public sealed class EvalCommandTests
         Assert.That(accuracy, Is.EqualTo(100.0 * rows.Count(r => r.GetProperty("task").GetString() == "piqa" && r.GetProperty("correct").GetBoolean()) / 2));
     }
 
-    /// <summary>AR LAMBADA as spec §10 states it, computed here directly: greedy decoding of as many tokens as the passage has beyond its prefix.</summary>
+    /// <summary>AR LAMBADA as method §10 states it, computed here directly: greedy decoding of as many tokens as the passage has beyond its prefix.</summary>
     [Test]
     public void ArLambadaDecodesTheTargetsTokenCountGreedily()
     {

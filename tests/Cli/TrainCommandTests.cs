@@ -1,5 +1,6 @@
 using System.Text.Json;
 using DiffuSharp.IO;
+using DiffuSharp.Models;
 using DiffuSharp.Tests.Models;
 using DiffuSharp.Training;
 
@@ -113,6 +114,28 @@ public sealed class TrainCommandTests
         Assert.That(File.Exists(Path.Combine(RunLayout.LatestCheckpoint(full)!, "tokenizer.bin")), "the llama2.c vocabulary travels with the checkpoint");
 
         (code, var output, err) = Run("generate", "--model", full, "--prompt", "Once upon a time", "--length", "8", "--steps", "4", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(output, Does.StartWith("Once upon a time"));
+    }
+
+    /// <summary>--config takes a LLaMA preset too: random weights in HF LLaMA's scheme, trained, saved and loaded as a LLaMA.</summary>
+    [Test]
+    public void TrainsTheLlamaPresetFromRandomWeights()
+    {
+        string tok512 = Path.Combine(TestUtil.SharedData, "llama2c", "tok512.bin"), text = Path.Combine(temp, "stories.txt");
+        var llamaShard = Path.Combine(temp, "stories512.tok");
+        var (code, _, err) = Run("tokenize", "--tokenizer", tok512, "--out", llamaShard, text);
+        Assert.That(code, Is.EqualTo(0), err);
+        string outDir = Path.Combine(temp, "llama-tiny");
+        (code, _, err) = Run("train", "--config", "llama-tiny", "--tokenizer", tok512, "--data", llamaShard, "--objective", "ar", "--steps", "3",
+            "--batch", "2", "--seq-len", "32", "--eval-every", "3", "--eval-batches", "1", "--out", outDir, "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        var log = Trainer.ReadLog(Path.Combine(outDir, Trainer.LogFile));
+        Assert.That(log.Where(r => r.Step > 0).Select(r => r.Loss), Has.All.GreaterThan(0).And.All.LessThan(2 * Math.Log(512)), "a random LLaMA starts near ln(512)");
+        var config = ModelLoader.LoadConfig(outDir);
+        Assert.That(ModelFamily.Of(config).Name, Is.EqualTo("llama"));
+        Assert.That(config.ParameterCount, Is.EqualTo(ModelLoader.LoadConfig(Path.Combine(TestUtil.RepoRoot, "models", "llama-tiny")).ParameterCount));
+        (code, var output, err) = Run("generate", "--model", outDir, "--prompt", "Once upon a time", "--ar", "--max-new", "4", "--temperature", "0", "--device", "cpu");
         Assert.That(code, Is.EqualTo(0), err);
         Assert.That(output, Does.StartWith("Once upon a time"));
     }

@@ -2,7 +2,7 @@ using DiffuSharp.Diffusion;
 
 namespace DiffuSharp.Tests.Diffusion;
 
-/// <summary>The spec's checklist (§13.2, §13.3) for the training objective: noise, shift, 1/t, denominator, annealing.</summary>
+/// <summary>The training objective's checks (method §2-§4): noise, shift, 1/t, denominator, annealing.</summary>
 public sealed class ObjectiveTests
 {
     const int Mask = 7;

@@ -10,7 +10,7 @@ using Spectre.Console;
 namespace DiffuSharp.Cli;
 
 /// <summary>
-/// `diffu eval`: the paper's evaluation (spec §9-§10) on one model: multiple choice (HellaSwag, PIQA, SIQA)
+/// `diffu eval`: the paper's evaluation (method §9-§10) on one model: multiple choice (HellaSwag, PIQA, SIQA)
 /// with the likelihood scorer, LAMBADA, ROCStories infilling and GSM8K by denoising (or AR decoding for AR
 /// models), and unconditional generation quality against a judge model. Every input is read and checked
 /// before the first forward pass; results.json and predictions.jsonl go to --out.
@@ -36,7 +36,7 @@ static class EvalCommand
         });
         var scorer = new Option<string>("--scorer")
         {
-            Description = "diffusion (spec §9), elbo (a Monte-Carlo likelihood bound), ar (AR baselines), or auto: diffusion when the config has mask_token_id, else ar",
+            Description = "diffusion (method §9), elbo (a Monte-Carlo likelihood bound), ar (AR baselines), or auto: diffusion when the config has mask_token_id, else ar",
             DefaultValueFactory = _ => "auto",
         };
         scorer.AcceptOnlyFromAmong("auto", "diffusion", "elbo", "ar");
@@ -157,13 +157,12 @@ static class EvalCommand
     static EvalModel Describe(ILanguageModel network, string modelDir, string? tokenizerOption, int? maskToken)
     {
         var tokenizer = ModelFolder.Tokenizer(modelDir, network.Config, tokenizerOption);
-        bool llama = network is LlamaModel;
-        int start = ModelFolder.StartToken(network.Config, tokenizer);
+        var family = ModelFamily.Of(network.Config);
+        int start = family.StartToken(tokenizer);
         int? mask = maskToken ?? network.MaskTokenId;
         if (mask is int id && (uint)id >= (uint)network.VocabSize)
             throw new DiffuException($"--mask-token {id} is outside the model's vocabulary [0, {network.VocabSize})");
-        return new EvalModel(network, tokenizer, start, llama ? Text.LlamaTokenizers.BeginOfSentenceId : null, mask,
-            SftTokens.Default(llama, tokenizer.EndOfTextId ?? start));
+        return new EvalModel(network, tokenizer, start, family.DefaultBos, mask, family.SftTokens(tokenizer));
     }
 
     static void CheckOutput(string dir, bool overwrite, bool plot)

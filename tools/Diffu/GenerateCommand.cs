@@ -94,7 +94,7 @@ static class GenerateCommand
         var config = ModelLoader.LoadConfig(source.Model);
         var tokenizer = ModelFolder.Tokenizer(source.Model, config, source.Tokenizer);
         int maskToken = MaskToken(config, request.MaskToken);
-        int start = ModelFolder.StartToken(config, tokenizer);
+        int start = ModelFamily.Of(config).StartToken(tokenizer);
         // One row per prompt (or the infill, or one unconditional row); each sample repeats them.
         List<DenoisingRow> templates = request.Infill is string text ? [DenoisingPrompts.Infill(start, text, tokenizer, config.Positions)]
             : request.Prompts.Length == 0 ? [DenoisingPrompts.Unconditional(start, request.Length, config.Positions)]
@@ -143,17 +143,18 @@ static class GenerateCommand
     }
 
     /// <summary>
-    /// --mask-token, else config.json's mask_token_id, else the paper's [MASK] id for the family: 10541 for GPT-2
-    /// (DiffuGPT-S), 811 for LLaMA (DiffuLLaMA), which a smaller vocabulary does not have.
+    /// --mask-token, else config.json's mask_token_id, else the paper's [MASK] id for the family
+    /// (<see cref="ModelFamily.PaperMaskToken"/>), which a smaller vocabulary does not have.
     /// </summary>
     static int MaskToken(IModelConfig config, int? given)
     {
         if (given is int id)
             return id < config.VocabSize ? id : throw new DiffuException($"--mask-token {id} is outside the model's vocabulary of {config.VocabSize} tokens");
-        if (ModelFolder.MaskTokenId(config) is int named) return named;
-        int fallback = config is LlamaConfig ? 811 : 10541;
+        if (config.MaskTokenId is int named) return named;
+        var family = ModelFamily.Of(config);
+        int fallback = family.PaperMaskToken;
         if (fallback >= config.VocabSize)
-            throw new DiffuException($"config.json names no mask_token_id and the {(config is LlamaConfig ? "LLaMA" : "GPT-2")} default {fallback} is outside "
+            throw new DiffuException($"config.json names no mask_token_id and the {family.DisplayName} default {fallback} is outside "
                 + $"the model's vocabulary of {config.VocabSize} tokens: pass --mask-token ID (below {config.VocabSize}; the one the model was trained with)");
         return fallback;
     }
@@ -174,7 +175,7 @@ static class GenerateCommand
     static string Show(IModelConfig config, TextTokenizer tokenizer, ReadOnlySpan<int> row, ReadOnlySpan<byte> fixedMask, bool stopAtEndOfText)
     {
         var pieces = DenoisingPrompts.Pieces(row, fixedMask, tokenizer.EndOfTextId, stopAtEndOfText);
-        string text = ModelFolder.DecodeRow(config, tokenizer, pieces[0]);
+        string text = ModelFamily.Of(config).DecodeRow(tokenizer, pieces[0]);
         foreach (var piece in pieces.Skip(1))
         {
             string after = tokenizer.Decode(piece);
@@ -203,8 +204,9 @@ static class GenerateCommand
         ModelFolder.RequireRegularFiles(source.Model, "model file");
         var config = ModelLoader.LoadConfig(source.Model);
         var tokenizer = ModelFolder.Tokenizer(source.Model, config, source.Tokenizer);
-        bool startToken = config is LlamaConfig;
-        var promptIds = startToken ? [ModelFolder.StartToken(config, tokenizer), .. tokenizer.Encode(prompt)] : tokenizer.Encode(prompt);
+        var family = ModelFamily.Of(config);
+        bool startToken = family.TextFollowsStartToken;
+        var promptIds = startToken ? [family.StartToken(tokenizer), .. tokenizer.Encode(prompt)] : tokenizer.Encode(prompt);
         if (promptIds.Count == 0) throw new DiffuException("--prompt is empty: AR decoding needs at least one token");
         long capacity = (long)promptIds.Count + maxNew;
         if (capacity > config.Positions)

@@ -31,36 +31,8 @@ static class InfoCommand
         if (configPath is not null && File.Exists(configPath))
         {
             var grid = new Grid().AddColumn().AddColumn();
-            if (LlamaConfig.IsLlama(configPath))
-            {
-                var c = LlamaConfig.Load(configPath);
-                grid.AddRow("family", "llama");
-                grid.AddRow("layers", c.Layers.ToString());
-                grid.AddRow("hidden size", c.Channels.ToString());
-                grid.AddRow("intermediate size", c.Hidden.ToString());
-                grid.AddRow("heads", $"{c.Heads} ({c.KvHeads} key/value heads, head dim {c.HeadDim})");
-                grid.AddRow("positions", c.Positions.ToString());
-                grid.AddRow("vocab", c.VocabSize.ToString());
-                grid.AddRow("rms norm eps", c.RmsNormEpsilon.ToString("g"));
-                grid.AddRow("rope theta", c.RopeTheta.ToString("g"));
-                grid.AddRow("tied embeddings", c.TieWordEmbeddings ? "yes" : "no");
-                grid.AddRow("parameters (config)", c.ParameterCount.ToString("N0"));
-                if (c.MaskTokenId is int m) grid.AddRow("mask token", m.ToString());
-            }
-            else
-            {
-                var c = Gpt2Config.Load(configPath);
-                grid.AddRow("family", "gpt2");
-                grid.AddRow("layers", c.Layers.ToString());
-                grid.AddRow("channels", c.Channels.ToString());
-                grid.AddRow("heads", $"{c.Heads} (head dim {c.HeadDim})");
-                grid.AddRow("positions", c.Positions.ToString());
-                grid.AddRow("vocab", c.VocabSize.ToString());
-                grid.AddRow("layer norm eps", c.LayerNormEpsilon.ToString("g"));
-                grid.AddRow("tied embeddings", c.TieWordEmbeddings ? "yes" : "no");
-                grid.AddRow("parameters (config)", c.ParameterCount.ToString("N0"));
-                if (c.MaskTokenId is int m) grid.AddRow("mask token", m.ToString());
-            }
+            foreach (var (label, value) in ModelFamily.ForConfigFile(configPath).Describe(ModelFamily.LoadConfigFile(configPath)))
+                grid.AddRow(label, Markup.Escape(value));
             console.Write(new Panel(grid).Header(Markup.Escape(configPath)));
         }
 

@@ -9,13 +9,12 @@ namespace DiffuSharp.Cli;
 static class ModelFolder
 {
     /// <summary>
-    /// The tokenizer of a model: the model folder's own files, else --tokenizer, else $DIFFU_TOKENIZER.
-    /// GPT-2 models read BPE files (a model with fewer than the 50257 GPT-2 tokens uses the first
-    /// vocab_size tokens of the BPE); LLaMA models read a SentencePiece tokenizer.model or a llama2.c
-    /// tokenizer.bin (a folder holding one, or the file itself).
+    /// The tokenizer of a model: the model folder's own files, else --tokenizer, else $DIFFU_TOKENIZER, each read
+    /// as the model's family reads tokenizers (<see cref="ModelFamily.FindTokenizer"/>).
     /// </summary>
     public static TextTokenizer Tokenizer(string modelDir, IModelConfig config, string? tokenizerOption)
     {
+        var family = ModelFamily.Of(config);
         var candidates = new[] { RunLayout.ModelFolder(modelDir), tokenizerOption, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") }
             .Where(c => !string.IsNullOrWhiteSpace(c)).Select(c => c!);
         foreach (var place in candidates)
@@ -24,26 +23,13 @@ static class ModelFolder
             if (kind == FileKind.Missing) throw new DiffuException($"{place}: tokenizer folder or file not found");
             if (kind == FileKind.Directory) RequireRegularFiles(place, "tokenizer file");
             else FileStatus.RequireRegularFile(place, "tokenizer");
-            var tokenizer = config is LlamaConfig ? Llama(place) : Gpt2(place, config.VocabSize);
+            var tokenizer = family.FindTokenizer(place, config);
             if (tokenizer is null) continue;
             if (tokenizer.VocabSize > config.VocabSize)
                 throw new DiffuException($"{place}: the tokenizer has {tokenizer.VocabSize} tokens, the model only {config.VocabSize}");
             return tokenizer;
         }
-        throw new DiffuException(config is LlamaConfig
-            ? $"{modelDir}: no tokenizer (tokenizer.model or tokenizer.bin); pass --tokenizer FILE or set DIFFU_TOKENIZER"
-            : $"{modelDir}: no tokenizer (vocab.json + merges.txt or encoder.json + vocab.bpe); pass --tokenizer DIR or set DIFFU_TOKENIZER");
-    }
-
-    static TextTokenizer? Gpt2(string place, int vocabSize) =>
-        Directory.Exists(place) ? Gpt2Tokenizer.FromDirectory(place, vocabSize < 50257 ? vocabSize : null) : null;
-
-    static TextTokenizer? Llama(string place)
-    {
-        if (File.Exists(place)) return LlamaTokenizers.FromFile(place);
-        foreach (var name in new[] { "tokenizer.model", "tokenizer.bin" })
-            if (File.Exists(Path.Combine(place, name))) return LlamaTokenizers.FromFile(Path.Combine(place, name));
-        return null;
+        throw new DiffuException($"{modelDir}: no tokenizer ({family.TokenizerHint})");
     }
 
     /// <summary>
@@ -59,24 +45,6 @@ static class ModelFolder
     /// <summary>The files of a model folder (weights, config, tokenizer): inputs that no output of the command may replace.</summary>
     public static string[] Files(string modelDir) => Directory.Exists(modelDir) ? Directory.GetFiles(modelDir) : [];
 
-    /// <summary>The fixed first token of a sequence: LLaMA's BOS, GPT-2's end-of-text (which also separates documents).</summary>
-    public static int StartToken(IModelConfig config, TextTokenizer tokenizer) =>
-        config is LlamaConfig ? LlamaTokenizers.BeginOfSentenceId : tokenizer.EndOfTextId ?? 0;
-
-    /// <summary>The [MASK] id config.json names, if any.</summary>
-    public static int? MaskTokenId(IModelConfig config) => config switch
-    {
-        Gpt2Config gpt2 => gpt2.MaskTokenId,
-        LlamaConfig llama => llama.MaskTokenId,
-        _ => null,
-    };
-
-    /// <summary>
-    /// The text of a generated row [start, ...]: LLaMA tokenizers drop the BOS and, after it, the dummy-prefix
-    /// space, so they decode the whole row; GPT-2 rows start with end-of-text, which is not part of the text.
-    /// </summary>
-    public static string DecodeRow(IModelConfig config, TextTokenizer tokenizer, ReadOnlySpan<int> row) =>
-        tokenizer.Decode((config is LlamaConfig ? row : row[1..]).ToArray());
 
     public static Option<string?> TokenizerOption() => Cli.NonEmpty(new Option<string?>("--tokenizer")
     {

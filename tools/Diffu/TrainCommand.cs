@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DiffuSharp.Data;
 using DiffuSharp.Diffusion;
 using DiffuSharp.IO;
 using DiffuSharp.Models;
@@ -18,7 +19,7 @@ static class TrainCommand
     {
         var defaults = new TrainOptions();
         var init = Cli.NonEmpty(new Option<string?>("--init") { Description = "start from this model folder or run folder (e.g. an AR GPT-2 to adapt)" });
-        var config = Cli.NonEmpty(new Option<string?>("--config") { Description = "start from random weights: a preset name in models/ (gpt2-tiny, gpt2-small) or a config.json path" });
+        var config = Cli.NonEmpty(new Option<string?>("--config") { Description = "start from random weights: a preset name in models/ (gpt2-tiny, gpt2-small, llama-tiny) or a config.json path" });
         var resume = Cli.NonEmpty(new Option<string?>("--resume") { Description = "continue the run saved in this folder up to --steps" });
         var objective = new Option<string>("--objective") { Description = "diffusion (the DiffuGPT objective) or ar (next-token)", DefaultValueFactory = _ => "diffusion" };
         objective.AcceptOnlyFromAmong("diffusion", "ar");
@@ -101,7 +102,7 @@ static class TrainCommand
     /// <summary>Whether the option was on the command line (not just its default).</summary>
     static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
 
-    /// <summary>The adaptation recipes of the paper (spec §6): anneal steps, peak LR, schedule, warm-up.</summary>
+    /// <summary>The adaptation recipes of the paper (method §6): anneal steps, peak LR, schedule, warm-up.</summary>
     static readonly Dictionary<string, (long AnnealSteps, double LearningRate, LearningRateDecay Decay, long WarmupSteps)> Recipes = new()
     {
         ["annealed"] = (10_000, 3e-4, LearningRateDecay.Cosine, 2_000),
@@ -238,9 +239,9 @@ static class TrainCommand
     }
 
     /// <summary>The token shards, checked against the model's vocabulary and for validation blocks.</summary>
-    static TrainingData OpenData(string[] shards, TrainOptions options, int modelVocab)
+    static TokenBlocks OpenData(string[] shards, TrainOptions options, int modelVocab)
     {
-        var blocks = TrainingData.Open(shards, options.SequenceLength, options.Seed, options.ValidationFraction);
+        var blocks = TokenBlocks.Open(shards, options.SequenceLength, options.Seed, options.ValidationFraction);
         try
         {
             if (blocks.VocabSize > modelVocab)
@@ -270,7 +271,13 @@ static class TrainCommand
     /// <summary>A run from --init or --config; for diffusion the mask token is set (or appended) first.</summary>
     static Trainer NewRun(Request request, TrainOptions options, Device device, ITokenBlocks blocks)
     {
-        ITrainableModel model = request.Init is string initDir ? ModelLoader.Load(initDir, device) : Gpt2Model.CreateRandom(Presets.Load(request.Config!), device, options.Seed);
+        ITrainableModel model;
+        if (request.Init is string initDir) model = ModelLoader.Load(initDir, device);
+        else
+        {
+            var config = Presets.Load(request.Config!);
+            model = ModelFamily.Of(config).CreateRandom(config, device, options.Seed);
+        }
         try
         {
             if (options.Objective == TrainingObjective.Diffusion && request.MaskToken == "new")
@@ -299,14 +306,14 @@ static class TrainCommand
 /// <summary>Model presets: models/NAME/config.json next to the program or in the working directory, or a path.</summary>
 static class Presets
 {
-    public static Gpt2Config Load(string nameOrPath)
+    public static IModelConfig Load(string nameOrPath)
     {
-        if (File.Exists(nameOrPath)) return Gpt2Config.Load(nameOrPath);
-        if (Directory.Exists(nameOrPath) && File.Exists(Path.Combine(nameOrPath, "config.json"))) return Gpt2Config.Load(Path.Combine(nameOrPath, "config.json"));
+        if (File.Exists(nameOrPath)) return ModelFamily.LoadConfigFile(nameOrPath);
+        if (Directory.Exists(nameOrPath) && File.Exists(Path.Combine(nameOrPath, "config.json"))) return ModelFamily.LoadConfigFile(Path.Combine(nameOrPath, "config.json"));
         foreach (var root in new[] { AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
         {
             var path = Path.Combine(root, "models", nameOrPath, "config.json");
-            if (File.Exists(path)) return Gpt2Config.Load(path);
+            if (File.Exists(path)) return ModelFamily.LoadConfigFile(path);
         }
         throw new DiffuException($"unknown preset '{nameOrPath}': not a config.json path, and no models/{nameOrPath}/config.json");
     }
