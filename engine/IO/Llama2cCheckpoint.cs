@@ -168,26 +168,26 @@ public sealed class Llama2cCheckpoint
     }
 
     /// <summary>The weights under HF LlamaForCausalLM names, q_proj and k_proj permuted for rotate-half RoPE.</summary>
-    public IEnumerable<SafeTensorEntry> HuggingFaceTensors()
+    public IEnumerable<SafeTensorsEntry> HuggingFaceTensors()
     {
-        yield return SafeTensorEntry.FromFloat32("model.embed_tokens.weight", [VocabSize, Dim], TokenEmbedding);
+        yield return SafeTensorsEntry.FromFloat32("model.embed_tokens.weight", [VocabSize, Dim], TokenEmbedding);
         for (int l = 0; l < Layers; l++)
         {
             string p = $"model.layers.{l}.";
-            yield return SafeTensorEntry.FromFloat32(p + "input_layernorm.weight", [Dim], Layer(RmsAttention, l, Dim));
-            yield return SafeTensorEntry.FromFloat32(p + "self_attn.q_proj.weight", [Dim, Dim],
+            yield return SafeTensorsEntry.FromFloat32(p + "input_layernorm.weight", [Dim], Layer(RmsAttention, l, Dim));
+            yield return SafeTensorsEntry.FromFloat32(p + "self_attn.q_proj.weight", [Dim, Dim],
                                                      PermuteForRotateHalf(Layer(Wq, l, Dim * Dim), Heads, HeadSize, Dim));
-            yield return SafeTensorEntry.FromFloat32(p + "self_attn.k_proj.weight", [KvDim, Dim],
+            yield return SafeTensorsEntry.FromFloat32(p + "self_attn.k_proj.weight", [KvDim, Dim],
                                                      PermuteForRotateHalf(Layer(Wk, l, KvDim * Dim), KvHeads, HeadSize, Dim));
-            yield return SafeTensorEntry.FromFloat32(p + "self_attn.v_proj.weight", [KvDim, Dim], Layer(Wv, l, KvDim * Dim));
-            yield return SafeTensorEntry.FromFloat32(p + "self_attn.o_proj.weight", [Dim, Dim], Layer(Wo, l, Dim * Dim));
-            yield return SafeTensorEntry.FromFloat32(p + "post_attention_layernorm.weight", [Dim], Layer(RmsFfn, l, Dim));
-            yield return SafeTensorEntry.FromFloat32(p + "mlp.gate_proj.weight", [HiddenDim, Dim], Layer(W1, l, HiddenDim * Dim));
-            yield return SafeTensorEntry.FromFloat32(p + "mlp.up_proj.weight", [HiddenDim, Dim], Layer(W3, l, HiddenDim * Dim));
-            yield return SafeTensorEntry.FromFloat32(p + "mlp.down_proj.weight", [Dim, HiddenDim], Layer(W2, l, Dim * HiddenDim));
+            yield return SafeTensorsEntry.FromFloat32(p + "self_attn.v_proj.weight", [KvDim, Dim], Layer(Wv, l, KvDim * Dim));
+            yield return SafeTensorsEntry.FromFloat32(p + "self_attn.o_proj.weight", [Dim, Dim], Layer(Wo, l, Dim * Dim));
+            yield return SafeTensorsEntry.FromFloat32(p + "post_attention_layernorm.weight", [Dim], Layer(RmsFfn, l, Dim));
+            yield return SafeTensorsEntry.FromFloat32(p + "mlp.gate_proj.weight", [HiddenDim, Dim], Layer(W1, l, HiddenDim * Dim));
+            yield return SafeTensorsEntry.FromFloat32(p + "mlp.up_proj.weight", [HiddenDim, Dim], Layer(W3, l, HiddenDim * Dim));
+            yield return SafeTensorsEntry.FromFloat32(p + "mlp.down_proj.weight", [Dim, HiddenDim], Layer(W2, l, Dim * HiddenDim));
         }
-        yield return SafeTensorEntry.FromFloat32("model.norm.weight", [Dim], RmsFinal);
-        yield return SafeTensorEntry.FromFloat32("lm_head.weight", [VocabSize, Dim], Classifier ?? TokenEmbedding);
+        yield return SafeTensorsEntry.FromFloat32("model.norm.weight", [Dim], RmsFinal);
+        yield return SafeTensorsEntry.FromFloat32("lm_head.weight", [VocabSize, Dim], Classifier ?? TokenEmbedding);
     }
 
     private static ReadOnlySpan<float> Layer(float[] stacked, int layer, int size) => stacked.AsSpan(layer * size, size);
@@ -221,8 +221,8 @@ public sealed class Llama2cCheckpoint
     {
         Directory.CreateDirectory(dir);
         var metadata = new Dictionary<string, string> { ["format"] = "pt", ["source"] = "llama2.c " + Path.GetFileName(SourcePath) };
-        OutputFile.Write(Path.Combine(dir, SafeTensorCheckpoint.SingleFileName), "output",
-            stream => SafeTensorWriter.Write(stream, HuggingFaceTensors(), metadata), [SourcePath]);
+        OutputFile.Write(Path.Combine(dir, SafeTensorsCheckpoint.SingleFileName), "output",
+            stream => SafeTensorsWriter.Write(stream, HuggingFaceTensors(), metadata), [SourcePath]);
         byte[] json = System.Text.Encoding.UTF8.GetBytes(HuggingFaceConfig().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         OutputFile.Write(Path.Combine(dir, "config.json"), "output", stream => stream.Write(json), [SourcePath]);
     }

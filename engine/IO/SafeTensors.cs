@@ -1,25 +1,25 @@
 namespace DiffuSharp.IO;
 
 /// <summary>The element types a safetensors header may name (spelled as in the header).</summary>
-public enum SafeTensorDType { F32, F16, BF16, I32, I64, U8, I8, F64, BOOL, I16 }
+public enum SafeTensorsDType { F32, F16, BF16, I32, I64, U8, I8, F64, BOOL, I16 }
 
 /// <summary>A safetensors file or checkpoint that is missing, unreadable or malformed. The message names the file and the problem.</summary>
-public sealed class SafeTensorFormatException : DiffuException
+public sealed class SafeTensorsFormatException : DiffuException
 {
-    public SafeTensorFormatException(string filePath, string problem) : base($"{filePath}: {problem}") { FilePath = filePath; }
+    public SafeTensorsFormatException(string filePath, string problem) : base($"{filePath}: {problem}") { FilePath = filePath; }
 
-    public SafeTensorFormatException(string filePath, string problem, Exception inner) : base($"{filePath}: {problem}", inner) { FilePath = filePath; }
+    public SafeTensorsFormatException(string filePath, string problem, Exception inner) : base($"{filePath}: {problem}", inner) { FilePath = filePath; }
 
     public string FilePath { get; }
 }
 
 /// <summary>One tensor of a safetensors file: its type, shape and byte range [Begin, End) within the data section.</summary>
-public sealed record SafeTensorInfo(string Name, SafeTensorDType DType, int[] Shape, long Begin, long End)
+public sealed record SafeTensorsInfo(string Name, SafeTensorsDType DType, int[] Shape, long Begin, long End)
 {
-    public long ElementCount { get; } = SafeTensorShapes.ElementCount(Shape);
+    public long ElementCount { get; } = SafeTensorsShapes.ElementCount(Shape);
 }
 
-internal static class SafeTensorShapes
+internal static class SafeTensorsShapes
 {
     public static long ElementCount(int[] shape)
     {
@@ -35,21 +35,21 @@ internal static class SafeTensorShapes
     public static string Format(int[] shape) => "[" + string.Join(", ", shape) + "]";
 }
 
-internal static class SafeTensorDTypes
+internal static class SafeTensorsDTypes
 {
-    public static int ElementSize(SafeTensorDType t) => t switch
+    public static int ElementSize(SafeTensorsDType t) => t switch
     {
-        SafeTensorDType.F64 or SafeTensorDType.I64 => 8,
-        SafeTensorDType.F32 or SafeTensorDType.I32 => 4,
-        SafeTensorDType.F16 or SafeTensorDType.BF16 or SafeTensorDType.I16 => 2,
-        SafeTensorDType.U8 or SafeTensorDType.I8 or SafeTensorDType.BOOL => 1,
+        SafeTensorsDType.F64 or SafeTensorsDType.I64 => 8,
+        SafeTensorsDType.F32 or SafeTensorsDType.I32 => 4,
+        SafeTensorsDType.F16 or SafeTensorsDType.BF16 or SafeTensorsDType.I16 => 2,
+        SafeTensorsDType.U8 or SafeTensorsDType.I8 or SafeTensorsDType.BOOL => 1,
         _ => throw new ArgumentOutOfRangeException(nameof(t), t, "unknown dtype"),
     };
 
     /// <summary>Parses a header dtype name; the names are case-sensitive, as in the format.</summary>
-    public static bool TryParse(string name, out SafeTensorDType dtype)
+    public static bool TryParse(string name, out SafeTensorsDType dtype)
     {
-        foreach (var t in Enum.GetValues<SafeTensorDType>())
+        foreach (var t in Enum.GetValues<SafeTensorsDType>())
         {
             if (t.ToString() == name) { dtype = t; return true; }
         }
@@ -57,8 +57,8 @@ internal static class SafeTensorDTypes
         return false;
     }
 
-    public static bool IsFloat(SafeTensorDType t) =>
-        t is SafeTensorDType.F32 or SafeTensorDType.F16 or SafeTensorDType.BF16 or SafeTensorDType.F64;
+    public static bool IsFloat(SafeTensorsDType t) =>
+        t is SafeTensorsDType.F32 or SafeTensorsDType.F16 or SafeTensorsDType.BF16 or SafeTensorsDType.F64;
 }
 
 /// <summary>

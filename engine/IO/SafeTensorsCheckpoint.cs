@@ -8,22 +8,22 @@ namespace DiffuSharp.IO;
 /// sharded model.safetensors.index.json ({"metadata": {...}, "weight_map": {tensor: shard file}}).
 /// Every shard is opened and cross-checked against the index up front.
 /// </summary>
-public sealed class SafeTensorCheckpoint : IDisposable
+public sealed class SafeTensorsCheckpoint : IDisposable
 {
     public const string SingleFileName = "model.safetensors";
     public const string IndexFileName = "model.safetensors.index.json";
 
     private readonly string _path;
-    private readonly List<SafeTensorFile> _files;
-    private readonly Dictionary<string, SafeTensorFile> _owner;
+    private readonly List<SafeTensorsFile> _files;
+    private readonly Dictionary<string, SafeTensorsFile> _owner;
 
-    private SafeTensorCheckpoint(string path, List<SafeTensorFile> files, Dictionary<string, string> metadata)
+    private SafeTensorsCheckpoint(string path, List<SafeTensorsFile> files, Dictionary<string, string> metadata)
     {
         _path = path;
         _files = files;
         Metadata = metadata;
-        _owner = new Dictionary<string, SafeTensorFile>(StringComparer.Ordinal);
-        var tensors = new List<SafeTensorInfo>();
+        _owner = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+        var tensors = new List<SafeTensorsInfo>();
         foreach (var f in files)
         {
             foreach (var t in f.Tensors)
@@ -37,7 +37,7 @@ public sealed class SafeTensorCheckpoint : IDisposable
     }
 
     /// <summary>All tensors: file by file (in <see cref="Files"/> order), each file's in data order.</summary>
-    public IReadOnlyList<SafeTensorInfo> Tensors { get; }
+    public IReadOnlyList<SafeTensorsInfo> Tensors { get; }
 
     /// <summary>
     /// A single file's __metadata__; for a sharded checkpoint the index's "metadata" (non-string values
@@ -48,7 +48,7 @@ public sealed class SafeTensorCheckpoint : IDisposable
     /// <summary>The full paths of the safetensors files, shards sorted by name.</summary>
     public IReadOnlyList<string> Files { get; }
 
-    public static SafeTensorCheckpoint Open(string fileOrDirectory)
+    public static SafeTensorsCheckpoint Open(string fileOrDirectory)
     {
         if (Directory.Exists(fileOrDirectory))
         {
@@ -56,10 +56,10 @@ public sealed class SafeTensorCheckpoint : IDisposable
             if (File.Exists(single)) return OpenSingle(single);
             string index = Path.Combine(fileOrDirectory, IndexFileName);
             if (File.Exists(index)) return OpenSharded(index);
-            throw new SafeTensorFormatException(fileOrDirectory, $"folder holds neither {SingleFileName} nor {IndexFileName}");
+            throw new SafeTensorsFormatException(fileOrDirectory, $"folder holds neither {SingleFileName} nor {IndexFileName}");
         }
         if (!File.Exists(fileOrDirectory))
-            throw new SafeTensorFormatException(fileOrDirectory, "no such file or folder");
+            throw new SafeTensorsFormatException(fileOrDirectory, "no such file or folder");
         return fileOrDirectory.EndsWith(".index.json", StringComparison.OrdinalIgnoreCase)
             ? OpenSharded(fileOrDirectory)
             : OpenSingle(fileOrDirectory);
@@ -67,7 +67,7 @@ public sealed class SafeTensorCheckpoint : IDisposable
 
     public bool Contains(string name) => _owner.ContainsKey(name);
 
-    public SafeTensorInfo Info(string name) => Owner(name).Info(name);
+    public SafeTensorsInfo Info(string name) => Owner(name).Info(name);
 
     public float[] ReadFloat32(string name) => Owner(name).ReadFloat32(name);
 
@@ -78,38 +78,38 @@ public sealed class SafeTensorCheckpoint : IDisposable
         foreach (var f in _files) f.Dispose();
     }
 
-    private SafeTensorFile Owner(string name) =>
+    private SafeTensorsFile Owner(string name) =>
         _owner.TryGetValue(name, out var f) ? f : throw new DiffuException($"tensor '{name}' not in {_path}");
 
-    private static SafeTensorCheckpoint OpenSingle(string path)
+    private static SafeTensorsCheckpoint OpenSingle(string path)
     {
-        var file = SafeTensorFile.Open(path);
+        var file = SafeTensorsFile.Open(path);
         var metadata = new Dictionary<string, string>(file.Metadata, StringComparer.Ordinal);
-        return new SafeTensorCheckpoint(path, [file], metadata);
+        return new SafeTensorsCheckpoint(path, [file], metadata);
     }
 
-    private static SafeTensorCheckpoint OpenSharded(string indexPath)
+    private static SafeTensorsCheckpoint OpenSharded(string indexPath)
     {
         var (weightMap, metadata) = ReadIndex(indexPath);
         string folder = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
         var shardNames = new SortedSet<string>(weightMap.Values, StringComparer.Ordinal);
-        var files = new List<SafeTensorFile>();
+        var files = new List<SafeTensorsFile>();
         try
         {
             var shardOf = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (string shard in shardNames)
             {
                 if (!IsPlainFileName(shard))
-                    throw new SafeTensorFormatException(indexPath, $"shard {JsonSerializer.Serialize(shard)} is not a plain file name in the checkpoint folder");
+                    throw new SafeTensorsFormatException(indexPath, $"shard {JsonSerializer.Serialize(shard)} is not a plain file name in the checkpoint folder");
                 string full = Path.Combine(folder, shard);
                 if (!File.Exists(full))
-                    throw new SafeTensorFormatException(indexPath, $"shard file '{shard}' is missing (expected at {full})");
-                var file = SafeTensorFile.Open(full);
+                    throw new SafeTensorsFormatException(indexPath, $"shard file '{shard}' is missing (expected at {full})");
+                var file = SafeTensorsFile.Open(full);
                 files.Add(file);
                 foreach (var t in file.Tensors)
                 {
                     if (shardOf.TryGetValue(t.Name, out string? other))
-                        throw new SafeTensorFormatException(indexPath, $"tensor '{t.Name}' is in two shards: '{other}' and '{shard}'");
+                        throw new SafeTensorsFormatException(indexPath, $"tensor '{t.Name}' is in two shards: '{other}' and '{shard}'");
                     shardOf.Add(t.Name, shard);
                 }
                 foreach (var (key, value) in file.Metadata) metadata.TryAdd(key, value);
@@ -117,14 +117,14 @@ public sealed class SafeTensorCheckpoint : IDisposable
             foreach (var (name, shard) in weightMap)
             {
                 if (!shardOf.TryGetValue(name, out string? actual) || actual != shard)
-                    throw new SafeTensorFormatException(indexPath, $"tensor '{name}' is listed for shard '{shard}' but is absent from it");
+                    throw new SafeTensorsFormatException(indexPath, $"tensor '{name}' is listed for shard '{shard}' but is absent from it");
             }
             foreach (var (name, shard) in shardOf)
             {
                 if (!weightMap.ContainsKey(name))
-                    throw new SafeTensorFormatException(indexPath, $"tensor '{name}' in shard '{shard}' is not listed in the index");
+                    throw new SafeTensorsFormatException(indexPath, $"tensor '{name}' in shard '{shard}' is not listed in the index");
             }
-            return new SafeTensorCheckpoint(indexPath, files, metadata);
+            return new SafeTensorsCheckpoint(indexPath, files, metadata);
         }
         catch
         {
@@ -144,14 +144,14 @@ public sealed class SafeTensorCheckpoint : IDisposable
 
     private static (Dictionary<string, string> WeightMap, Dictionary<string, string> Metadata) ReadIndex(string indexPath)
     {
-        byte[] json = InputFile.ReadAllBytes(indexPath, problem => new SafeTensorFormatException(indexPath, problem), SafeTensorsHeader.MaxHeaderBytes);
+        byte[] json = InputFile.ReadAllBytes(indexPath, problem => new SafeTensorsFormatException(indexPath, problem), SafeTensorsHeader.MaxHeaderBytes);
         Dictionary<string, string>? weightMap = null;
         Dictionary<string, string>? metadata = null;
         try
         {
             var reader = new Utf8JsonReader(json);
             if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
-                throw new SafeTensorFormatException(indexPath, "index is not a JSON object");
+                throw new SafeTensorsFormatException(indexPath, "index is not a JSON object");
             while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
             {
                 string key = reader.GetString()!;
@@ -165,7 +165,7 @@ public sealed class SafeTensorCheckpoint : IDisposable
                         metadata = ReadIndexMetadata(indexPath, json, ref reader);
                         break;
                     case "weight_map" or "metadata":
-                        throw new SafeTensorFormatException(indexPath, $"index names '{key}' twice");
+                        throw new SafeTensorsFormatException(indexPath, $"index names '{key}' twice");
                     default:
                         reader.Skip();
                         break;
@@ -176,30 +176,30 @@ public sealed class SafeTensorCheckpoint : IDisposable
         }
         catch (JsonException e)
         {
-            throw new SafeTensorFormatException(indexPath, $"index is not valid JSON: {e.Message}", e);
+            throw new SafeTensorsFormatException(indexPath, $"index is not valid JSON: {e.Message}", e);
         }
         catch (InvalidOperationException e)
         {
-            throw new SafeTensorFormatException(indexPath, $"index is not valid UTF-8 JSON: {e.Message}", e);
+            throw new SafeTensorsFormatException(indexPath, $"index is not valid UTF-8 JSON: {e.Message}", e);
         }
-        if (weightMap is null) throw new SafeTensorFormatException(indexPath, "index has no weight_map");
-        if (weightMap.Count == 0) throw new SafeTensorFormatException(indexPath, "index weight_map lists no tensors");
+        if (weightMap is null) throw new SafeTensorsFormatException(indexPath, "index has no weight_map");
+        if (weightMap.Count == 0) throw new SafeTensorsFormatException(indexPath, "index weight_map lists no tensors");
         return (weightMap, metadata ?? new Dictionary<string, string>(StringComparer.Ordinal));
     }
 
     private static Dictionary<string, string> ReadWeightMap(string indexPath, byte[] json, ref Utf8JsonReader reader)
     {
         if (reader.TokenType != JsonTokenType.StartObject)
-            throw new SafeTensorFormatException(indexPath, "index weight_map is not a JSON object");
+            throw new SafeTensorsFormatException(indexPath, "index weight_map is not a JSON object");
         var map = new Dictionary<string, string>(StringComparer.Ordinal);
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
             string name = reader.GetString()!;
             reader.Read();
             if (reader.TokenType != JsonTokenType.String)
-                throw new SafeTensorFormatException(indexPath, $"index weight_map entry '{name}' is {Describe(json, ref reader)}, not a shard file name");
+                throw new SafeTensorsFormatException(indexPath, $"index weight_map entry '{name}' is {Describe(json, ref reader)}, not a shard file name");
             if (!map.TryAdd(name, reader.GetString()!))
-                throw new SafeTensorFormatException(indexPath, $"index weight_map lists tensor '{name}' twice (in '{map[name]}' and '{reader.GetString()}')");
+                throw new SafeTensorsFormatException(indexPath, $"index weight_map lists tensor '{name}' twice (in '{map[name]}' and '{reader.GetString()}')");
         }
         return map;
     }
@@ -207,7 +207,7 @@ public sealed class SafeTensorCheckpoint : IDisposable
     private static Dictionary<string, string> ReadIndexMetadata(string indexPath, byte[] json, ref Utf8JsonReader reader)
     {
         if (reader.TokenType != JsonTokenType.StartObject)
-            throw new SafeTensorFormatException(indexPath, "index metadata is not a JSON object");
+            throw new SafeTensorsFormatException(indexPath, "index metadata is not a JSON object");
         var map = new Dictionary<string, string>(StringComparer.Ordinal);
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
@@ -215,7 +215,7 @@ public sealed class SafeTensorCheckpoint : IDisposable
             reader.Read();
             string value = reader.TokenType == JsonTokenType.String ? reader.GetString()! : Describe(json, ref reader);
             if (!map.TryAdd(key, value))
-                throw new SafeTensorFormatException(indexPath, $"index metadata names '{key}' twice");
+                throw new SafeTensorsFormatException(indexPath, $"index metadata names '{key}' twice");
         }
         return map;
     }

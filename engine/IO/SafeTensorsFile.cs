@@ -12,23 +12,23 @@ namespace DiffuSharp.IO;
 /// layout before anything is read, then maps the file into memory; reads copy (and convert) straight
 /// from the mapping. The format is little-endian, as is every machine this engine runs on.
 /// </summary>
-public sealed unsafe class SafeTensorFile : IDisposable
+public sealed unsafe class SafeTensorsFile : IDisposable
 {
     private const int ChunkElements = 1 << 20;
 
-    private readonly Dictionary<string, SafeTensorInfo> _byName;
+    private readonly Dictionary<string, SafeTensorsInfo> _byName;
     private readonly MemoryMappedFile _map;
     private readonly MemoryMappedViewAccessor _view;
     private readonly byte* _data;
     private bool _disposed;
 
-    private SafeTensorFile(string path, List<SafeTensorInfo> tensors, Dictionary<string, string> metadata,
+    private SafeTensorsFile(string path, List<SafeTensorsInfo> tensors, Dictionary<string, string> metadata,
                            MemoryMappedFile map, MemoryMappedViewAccessor view, long dataStart)
     {
         FilePath = path;
         Tensors = tensors;
         Metadata = metadata;
-        _byName = new Dictionary<string, SafeTensorInfo>(StringComparer.Ordinal);
+        _byName = new Dictionary<string, SafeTensorsInfo>(StringComparer.Ordinal);
         foreach (var t in tensors) _byName.Add(t.Name, t);
         _map = map;
         _view = view;
@@ -43,17 +43,17 @@ public sealed unsafe class SafeTensorFile : IDisposable
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
     /// <summary>All tensors, in the order of their data in the file.</summary>
-    public IReadOnlyList<SafeTensorInfo> Tensors { get; }
+    public IReadOnlyList<SafeTensorsInfo> Tensors { get; }
 
-    public static SafeTensorFile Open(string path)
+    public static SafeTensorsFile Open(string path)
     {
-        FileStream? stream = InputFile.Open(path, problem => new SafeTensorFormatException(path, problem));
+        FileStream? stream = InputFile.Open(path, problem => new SafeTensorsFormatException(path, problem));
         MemoryMappedFile? map = null;
         try
         {
             long length = stream.Length;
             if (length < 8)
-                throw new SafeTensorFormatException(path, $"file is {length} bytes, too short for the 8-byte header length");
+                throw new SafeTensorsFormatException(path, $"file is {length} bytes, too short for the 8-byte header length");
             Span<byte> prefix = stackalloc byte[8];
             stream.ReadExactly(prefix);
             ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
@@ -70,12 +70,12 @@ public sealed unsafe class SafeTensorFile : IDisposable
             map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
             stream = null;
             var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            return new SafeTensorFile(path, tensors, metadata, map, view, dataStart);
+            return new SafeTensorsFile(path, tensors, metadata, map, view, dataStart);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             map?.Dispose();
-            throw new SafeTensorFormatException(path, $"cannot read: {e.Message}", e);
+            throw new SafeTensorsFormatException(path, $"cannot read: {e.Message}", e);
         }
         catch
         {
@@ -90,7 +90,7 @@ public sealed unsafe class SafeTensorFile : IDisposable
 
     public bool Contains(string name) => _byName.ContainsKey(name);
 
-    public SafeTensorInfo Info(string name) =>
+    public SafeTensorsInfo Info(string name) =>
         _byName.TryGetValue(name, out var info) ? info : throw new DiffuException($"tensor '{name}' not in {FilePath}");
 
     /// <summary>A float tensor (F32, F16, BF16 or F64) converted to float32.</summary>
@@ -142,14 +142,14 @@ public sealed unsafe class SafeTensorFile : IDisposable
         _map.Dispose();
     }
 
-    private void ReadFloat32(SafeTensorInfo info, Span<float> destination)
+    private void ReadFloat32(SafeTensorsInfo info, Span<float> destination)
     {
-        if (!SafeTensorDTypes.IsFloat(info.DType))
+        if (!SafeTensorsDTypes.IsFloat(info.DType))
             throw new DiffuException($"tensor '{info.Name}' in {FilePath} has dtype {info.DType}, not a float type");
         if (destination.Length != info.ElementCount)
             throw new DiffuException($"tensor '{info.Name}' in {FilePath} has {info.ElementCount} elements (shape " +
-                                     $"{SafeTensorShapes.Format(info.Shape)}), but the destination holds {destination.Length}");
-        int size = SafeTensorDTypes.ElementSize(info.DType);
+                                     $"{SafeTensorsShapes.Format(info.Shape)}), but the destination holds {destination.Length}");
+        int size = SafeTensorsDTypes.ElementSize(info.DType);
         for (int start = 0; start < destination.Length; start += ChunkElements)
         {
             int n = Math.Min(ChunkElements, destination.Length - start);
@@ -157,15 +157,15 @@ public sealed unsafe class SafeTensorFile : IDisposable
             var dst = destination.Slice(start, n);
             switch (info.DType)
             {
-                case SafeTensorDType.F32:
+                case SafeTensorsDType.F32:
                     src.CopyTo(MemoryMarshal.AsBytes(dst));
                     break;
-                case SafeTensorDType.F16:
+                case SafeTensorsDType.F16:
                     var table = HalfBits.Float16ToSingleTable;
                     var halves = MemoryMarshal.Cast<byte, ushort>(src);
                     for (int i = 0; i < n; i++) dst[i] = table[halves[i]];
                     break;
-                case SafeTensorDType.BF16:
+                case SafeTensorsDType.BF16:
                     var bfloats = MemoryMarshal.Cast<byte, ushort>(src);
                     for (int i = 0; i < n; i++) dst[i] = HalfBits.BFloat16ToSingle(bfloats[i]);
                     break;
@@ -177,10 +177,10 @@ public sealed unsafe class SafeTensorFile : IDisposable
         }
     }
 
-    private long[] ReadIntegers(SafeTensorInfo info)
+    private long[] ReadIntegers(SafeTensorsInfo info)
     {
-        if (info.DType is not (SafeTensorDType.I64 or SafeTensorDType.I32 or SafeTensorDType.I16 or SafeTensorDType.I8
-                               or SafeTensorDType.U8 or SafeTensorDType.BOOL))
+        if (info.DType is not (SafeTensorsDType.I64 or SafeTensorsDType.I32 or SafeTensorsDType.I16 or SafeTensorsDType.I8
+                               or SafeTensorsDType.U8 or SafeTensorsDType.BOOL))
             throw new DiffuException($"tensor '{info.Name}' in {FilePath} has dtype {info.DType}, not an integer type");
         var result = new long[CheckedLength(info)];
         long byteLength = info.End - info.Begin;
@@ -191,10 +191,10 @@ public sealed unsafe class SafeTensorFile : IDisposable
         {
             result[i] = info.DType switch
             {
-                SafeTensorDType.I64 => BinaryPrimitives.ReadInt64LittleEndian(src[(i * 8)..]),
-                SafeTensorDType.I32 => BinaryPrimitives.ReadInt32LittleEndian(src[(i * 4)..]),
-                SafeTensorDType.I16 => BinaryPrimitives.ReadInt16LittleEndian(src[(i * 2)..]),
-                SafeTensorDType.I8 => (sbyte)src[i],
+                SafeTensorsDType.I64 => BinaryPrimitives.ReadInt64LittleEndian(src[(i * 8)..]),
+                SafeTensorsDType.I32 => BinaryPrimitives.ReadInt32LittleEndian(src[(i * 4)..]),
+                SafeTensorsDType.I16 => BinaryPrimitives.ReadInt16LittleEndian(src[(i * 2)..]),
+                SafeTensorsDType.I8 => (sbyte)src[i],
                 _ => src[i],
             };
         }
@@ -207,7 +207,7 @@ public sealed unsafe class SafeTensorFile : IDisposable
         return new ReadOnlySpan<byte>(_data + offset, length);
     }
 
-    private int CheckedLength(SafeTensorInfo info) =>
+    private int CheckedLength(SafeTensorsInfo info) =>
         info.ElementCount <= Array.MaxLength
             ? (int)info.ElementCount
             : throw new DiffuException($"tensor '{info.Name}' in {FilePath} has {info.ElementCount} elements, more than one array can hold");
@@ -217,14 +217,14 @@ public sealed unsafe class SafeTensorFile : IDisposable
     /// file (the reference implementation also requires the '{'). Eight bytes of text read as a length far
     /// over the limit, so for a text file its first bytes say more than the length does.
     /// </summary>
-    private static SafeTensorFormatException NotSafeTensors(string path, ReadOnlySpan<byte> start, string why)
+    private static SafeTensorsFormatException NotSafeTensors(string path, ReadOnlySpan<byte> start, string why)
     {
         foreach (byte b in start)
         {
             if (b is not ((>= 0x20 and < 0x7F) or (byte)'\t' or (byte)'\n' or (byte)'\r'))
-                return new SafeTensorFormatException(path, $"not a safetensors file: {why}");
+                return new SafeTensorsFormatException(path, $"not a safetensors file: {why}");
         }
         string text = JsonEncodedText.Encode(Encoding.ASCII.GetString(start), JavaScriptEncoder.UnsafeRelaxedJsonEscaping).ToString();
-        return new SafeTensorFormatException(path, $"not a safetensors file: it starts with \"{text}\"");
+        return new SafeTensorsFormatException(path, $"not a safetensors file: it starts with \"{text}\"");
     }
 }

@@ -14,9 +14,9 @@ internal static class SafeTensorsHeader
 
     public const string MetadataKey = "__metadata__";
 
-    public static (List<SafeTensorInfo> Tensors, Dictionary<string, string> Metadata) Parse(string path, ReadOnlySpan<byte> json, long dataLength)
+    public static (List<SafeTensorsInfo> Tensors, Dictionary<string, string> Metadata) Parse(string path, ReadOnlySpan<byte> json, long dataLength)
     {
-        var tensors = new List<SafeTensorInfo>();
+        var tensors = new List<SafeTensorsInfo>();
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
         try
         {
@@ -37,11 +37,11 @@ internal static class SafeTensorsHeader
         }
         catch (JsonException e)
         {
-            throw new SafeTensorFormatException(path, $"header is not valid JSON: {e.Message}", e);
+            throw new SafeTensorsFormatException(path, $"header is not valid JSON: {e.Message}", e);
         }
         catch (InvalidOperationException e)
         {
-            throw new SafeTensorFormatException(path, $"header is not valid UTF-8 JSON: {e.Message}", e);
+            throw new SafeTensorsFormatException(path, $"header is not valid UTF-8 JSON: {e.Message}", e);
         }
         CheckLayout(path, tensors, dataLength);
         tensors.Sort(CompareByOffset);
@@ -63,12 +63,12 @@ internal static class SafeTensorsHeader
         }
     }
 
-    private static SafeTensorInfo ReadEntry(string path, string name, ref Utf8JsonReader reader)
+    private static SafeTensorsInfo ReadEntry(string path, string name, ref Utf8JsonReader reader)
     {
         if (name.Length == 0) throw Fail(path, "header has a tensor with an empty name");
         if (reader.TokenType != JsonTokenType.StartObject)
             throw Fail(path, $"entry for tensor '{name}' is not a JSON object");
-        SafeTensorDType? dtype = null;
+        SafeTensorsDType? dtype = null;
         int[]? shape = null;
         long[]? offsets = null;
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
@@ -81,8 +81,8 @@ internal static class SafeTensorsHeader
                     if (reader.TokenType != JsonTokenType.String)
                         throw Fail(path, $"tensor '{name}' has a dtype that is not a string");
                     string text = reader.GetString()!;
-                    if (!SafeTensorDTypes.TryParse(text, out var parsed))
-                        throw Fail(path, $"tensor '{name}' has unknown dtype '{text}' (supported: {string.Join(", ", Enum.GetNames<SafeTensorDType>())})");
+                    if (!SafeTensorsDTypes.TryParse(text, out var parsed))
+                        throw Fail(path, $"tensor '{name}' has unknown dtype '{text}' (supported: {string.Join(", ", Enum.GetNames<SafeTensorsDType>())})");
                     dtype = parsed;
                     break;
                 case "shape" when shape is null:
@@ -107,17 +107,17 @@ internal static class SafeTensorsHeader
         long bytes;
         try
         {
-            count = SafeTensorShapes.ElementCount(shape);
-            bytes = checked(count * SafeTensorDTypes.ElementSize(dtype.Value));
+            count = SafeTensorsShapes.ElementCount(shape);
+            bytes = checked(count * SafeTensorsDTypes.ElementSize(dtype.Value));
         }
         catch (OverflowException)
         {
-            throw Fail(path, $"tensor '{name}' has shape {SafeTensorShapes.Format(shape)}, too large to address");
+            throw Fail(path, $"tensor '{name}' has shape {SafeTensorsShapes.Format(shape)}, too large to address");
         }
         if (bytes != end - begin)
-            throw Fail(path, $"tensor '{name}' has shape {SafeTensorShapes.Format(shape)} and dtype {dtype} ({bytes} bytes), " +
+            throw Fail(path, $"tensor '{name}' has shape {SafeTensorsShapes.Format(shape)} and dtype {dtype} ({bytes} bytes), " +
                              $"but its data_offsets [{begin}, {end}] span {end - begin} bytes");
-        return new SafeTensorInfo(name, dtype.Value, shape, begin, end);
+        return new SafeTensorsInfo(name, dtype.Value, shape, begin, end);
     }
 
     private static int[] ReadShape(string path, string name, ref Utf8JsonReader reader)
@@ -163,9 +163,9 @@ internal static class SafeTensorsHeader
     /// The tensors must tile the data section exactly: sorted by offset, the first starts at 0, each starts
     /// where the previous ends, and the last ends at the end of the file.
     /// </summary>
-    private static void CheckLayout(string path, List<SafeTensorInfo> tensors, long dataLength)
+    private static void CheckLayout(string path, List<SafeTensorsInfo> tensors, long dataLength)
     {
-        var sorted = new List<SafeTensorInfo>(tensors);
+        var sorted = new List<SafeTensorsInfo>(tensors);
         sorted.Sort(CompareByOffset);
         string? tilingProblem = TilingProblem(sorted);
         foreach (var t in sorted)
@@ -182,7 +182,7 @@ internal static class SafeTensorsHeader
             throw Fail(path, $"{dataLength - used} bytes of data left over after the last tensor (data section is {dataLength} bytes, tensors use {used})");
     }
 
-    private static string? TilingProblem(List<SafeTensorInfo> sorted)
+    private static string? TilingProblem(List<SafeTensorsInfo> sorted)
     {
         long expected = 0;
         string previous = "";
@@ -200,12 +200,12 @@ internal static class SafeTensorsHeader
         return null;
     }
 
-    private static int CompareByOffset(SafeTensorInfo a, SafeTensorInfo b)
+    private static int CompareByOffset(SafeTensorsInfo a, SafeTensorsInfo b)
     {
         int c = a.Begin.CompareTo(b.Begin);
         if (c == 0) c = a.End.CompareTo(b.End);
         return c != 0 ? c : string.CompareOrdinal(a.Name, b.Name);
     }
 
-    private static SafeTensorFormatException Fail(string path, string problem) => new(path, problem);
+    private static SafeTensorsFormatException Fail(string path, string problem) => new(path, problem);
 }

@@ -119,11 +119,11 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
     {
         if (!Directory.Exists(directory)) throw new DiffuException($"{directory}: model folder not found");
         var config = Gpt2Config.Load(Path.Combine(directory, "config.json"));
-        using var checkpoint = SafeTensorCheckpoint.Open(directory);
+        using var checkpoint = SafeTensorsCheckpoint.Open(directory);
         return FromCheckpoint(config, checkpoint, device);
     }
 
-    public static Gpt2Model FromCheckpoint(Gpt2Config config, SafeTensorCheckpoint checkpoint, Device device)
+    public static Gpt2Model FromCheckpoint(Gpt2Config config, SafeTensorsCheckpoint checkpoint, Device device)
     {
         var names = new Gpt2WeightNames(checkpoint);
         if (!config.TieWordEmbeddings && !checkpoint.Contains("lm_head.weight"))
@@ -259,7 +259,7 @@ sealed class Gpt2WeightNames
     static readonly string[] Prefixes = ["transformer.", "denoise_model.", ""];
     readonly string prefix;
 
-    public Gpt2WeightNames(SafeTensorCheckpoint checkpoint)
+    public Gpt2WeightNames(SafeTensorsCheckpoint checkpoint)
     {
         Source = string.Join(", ", checkpoint.Files);
         prefix = Prefixes.FirstOrDefault(p => checkpoint.Contains(p + "h.0.ln_1.weight") || checkpoint.Contains(p + "ln_f.weight"))

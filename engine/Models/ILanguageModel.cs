@@ -70,7 +70,7 @@ public static class LanguageModelExtensions
     }
 
     /// <summary>Reads checkpoint tensor <paramref name="name"/> into <paramref name="destination"/>, after checking its shape against the one the config implies.</summary>
-    internal static void LoadInto(this SafeTensorCheckpoint checkpoint, string name, Tensor destination)
+    internal static void LoadInto(this SafeTensorsCheckpoint checkpoint, string name, Tensor destination)
     {
         var info = checkpoint.Info(name);
         if (!info.Shape.AsSpan().SequenceEqual(destination.Shape))

@@ -110,11 +110,11 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
     {
         if (!Directory.Exists(directory)) throw new DiffuException($"{directory}: model folder not found");
         var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
-        using var checkpoint = SafeTensorCheckpoint.Open(directory);
+        using var checkpoint = SafeTensorsCheckpoint.Open(directory);
         return FromCheckpoint(config, checkpoint, device);
     }
 
-    public static LlamaModel FromCheckpoint(LlamaConfig config, SafeTensorCheckpoint checkpoint, Device device)
+    public static LlamaModel FromCheckpoint(LlamaConfig config, SafeTensorsCheckpoint checkpoint, Device device)
     {
         var weights = LlamaWeights.Zeros(config, device);
         try

@@ -29,16 +29,16 @@ public static class Checkpoint
     {
         var device = model.Device;
         string step = (state?.Step ?? 0).ToString(CultureInfo.InvariantCulture);
-        static IEnumerable<SafeTensorEntry> Entries(Device device, IParameterSet set, string prefix) =>
-            set.Named().Select(p => SafeTensorEntry.DeferredFloat32(prefix + p.Name, p.Tensor.Shape, () => device.ToArray(p.Tensor)));
-        SafeTensorWriter.Write(Path.Combine(directory, ModelFile), Entries(device, model.Parameters, ""),
+        static IEnumerable<SafeTensorsEntry> Entries(Device device, IParameterSet set, string prefix) =>
+            set.Named().Select(p => SafeTensorsEntry.DeferredFloat32(prefix + p.Name, p.Tensor.Shape, () => device.ToArray(p.Tensor)));
+        SafeTensorsWriter.Write(Path.Combine(directory, ModelFile), Entries(device, model.Parameters, ""),
             new Dictionary<string, string> { ["format"] = "pt", ["step"] = step });
         CrashPoints.Reach("checkpoint-model-written");
         WriteDurably(Path.Combine(directory, ConfigFile), System.Text.Encoding.UTF8.GetBytes(
             model.ConfigJson(maskTokenId).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"));
         if (state is not null && moment1 is not null && moment2 is not null)
         {
-            SafeTensorWriter.Write(Path.Combine(directory, StateFile), Entries(device, moment1, "adam.m.").Concat(Entries(device, moment2, "adam.v.")),
+            SafeTensorsWriter.Write(Path.Combine(directory, StateFile), Entries(device, moment1, "adam.m.").Concat(Entries(device, moment2, "adam.v.")),
                 new Dictionary<string, string>
                 {
                     ["step"] = step,
@@ -94,11 +94,11 @@ public static class Checkpoint
         directory = RunLayout.ModelFolder(directory);
         string path = Path.Combine(directory, StateFile);
         if (!File.Exists(path)) throw new DiffuException($"{directory}: no {StateFile}, so there is no run to resume (is this a training output folder?)");
-        using var file = SafeTensorFile.Open(path);
+        using var file = SafeTensorsFile.Open(path);
         return ReadOptions(file);
     }
 
-    static TrainOptions ReadOptions(SafeTensorFile file) =>
+    static TrainOptions ReadOptions(SafeTensorsFile file) =>
         file.Metadata.TryGetValue("options", out var json)
             ? JsonSerializer.Deserialize<TrainOptions>(json, Json) ?? throw new DiffuException($"{file.FilePath}: empty options")
             : throw new DiffuException($"{file.FilePath}: metadata has no 'options'");
@@ -108,10 +108,10 @@ public static class Checkpoint
     {
         string path = Path.Combine(directory, StateFile);
         if (!File.Exists(path)) throw new DiffuException($"{directory}: no {StateFile}, so there is no run to resume (is this a training output folder?)");
-        using var file = SafeTensorFile.Open(path);
+        using var file = SafeTensorsFile.Open(path);
         string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new DiffuException($"{path}: metadata has no '{key}'");
         long step = long.Parse(Meta("step"), CultureInfo.InvariantCulture);
-        using (var weights = SafeTensorFile.Open(Path.Combine(directory, ModelFile)))
+        using (var weights = SafeTensorsFile.Open(Path.Combine(directory, ModelFile)))
             if (!weights.Metadata.TryGetValue("step", out var modelStep) || modelStep != Meta("step"))
                 throw new DiffuException($"{directory}: {ModelFile} (step {modelStep ?? "?"}) and {StateFile} (step {step}) are from different steps");
         var options = ReadOptions(file);

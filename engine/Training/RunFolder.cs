@@ -75,7 +75,7 @@ public sealed class RunFolder : IDisposable
     static bool IsFlatRun(string path) => File.Exists(System.IO.Path.Combine(path, Checkpoint.StateFile));
 
     static bool IsModelFolder(string path) =>
-        !IsFlatRun(path) && new[] { Checkpoint.ConfigFile, Checkpoint.ModelFile, SafeTensorCheckpoint.IndexFileName }.Any(name => File.Exists(System.IO.Path.Combine(path, name)));
+        !IsFlatRun(path) && new[] { Checkpoint.ConfigFile, Checkpoint.ModelFile, SafeTensorsCheckpoint.IndexFileName }.Any(name => File.Exists(System.IO.Path.Combine(path, name)));
 
     /// <summary>
     /// Refuses a run whose checkpoints cannot fit on this folder's disk: <paramref name="keep"/> complete ones plus

@@ -26,7 +26,7 @@ public sealed class CliTests
         var (code, output, _) = Run("info", Fixture);
         Assert.That(code, Is.EqualTo(0));
         Assert.That(output, Does.Contain("transformer.h.1.attn.c_attn.weight").And.Contain("BF16").And.Contain("F16"));
-        using var checkpoint = SafeTensorCheckpoint.Open(Fixture);
+        using var checkpoint = SafeTensorsCheckpoint.Open(Fixture);
         long total = checkpoint.Tensors.Sum(t => t.ElementCount);
         Assert.That(output, Does.Contain($"{total:N0} parameters"));
     }
@@ -35,7 +35,7 @@ public sealed class CliTests
     [TestCase(true, "logits_bidirectional")]
     public void LogitsReproducePyTorch(bool bidirectional, string reference)
     {
-        using var expected = SafeTensorFile.Open(Path.Combine(Fixture, "expected.safetensors"));
+        using var expected = SafeTensorsFile.Open(Path.Combine(Fixture, "expected.safetensors"));
         var ids = expected.ReadInt32("ids");
         int length = expected.Info("ids").Shape[1];
         int vocab = expected.Info(reference).Shape[2];
@@ -45,7 +45,7 @@ public sealed class CliTests
         if (bidirectional) args.Add("--bidirectional");
         var (code, _, err) = Run(args.ToArray());
         Assert.That(code, Is.EqualTo(0), err);
-        using var written = SafeTensorFile.Open(outPath);
+        using var written = SafeTensorsFile.Open(outPath);
         Assert.That(written.Info("logits").Shape, Is.EqualTo(new[] { length, vocab }));
         var want = expected.ReadFloat32(reference).AsSpan(0, length * vocab);
         Assert.That(TestUtil.RelativeL2(written.ReadFloat32("logits"), want), Is.LessThan(1e-4));
@@ -292,11 +292,11 @@ public sealed class CliTests
     [Test]
     public void ShardNameWithNulExitsWithTwoAndOneLine()
     {
-        File.WriteAllText(Path.Combine(temp, SafeTensorCheckpoint.IndexFileName), """{"weight_map": {"x": "a\u0000b"}}""");
+        File.WriteAllText(Path.Combine(temp, SafeTensorsCheckpoint.IndexFileName), """{"weight_map": {"x": "a\u0000b"}}""");
         var (code, _, err) = Run("info", temp);
         Assert.That(code, Is.EqualTo(2), err);
         Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), err);
-        Assert.That(err, Does.StartWith("error: ").And.Contain(SafeTensorCheckpoint.IndexFileName).And.Contain("\"a\\u0000b\""));
+        Assert.That(err, Does.StartWith("error: ").And.Contain(SafeTensorsCheckpoint.IndexFileName).And.Contain("\"a\\u0000b\""));
     }
 
     [Test]

@@ -100,9 +100,9 @@ public sealed class GenerateCommandTests
             var values = new float[t.Shape.Aggregate(1, (a, b) => a * b)];
             if (t.Name == "transformer.wte.weight") values[eos * channels] = 1;
             if (t.Name == "transformer.ln_f.bias") values[0] = 1;
-            return SafeTensorEntry.FromFloat32(t.Name, t.Shape, values);
+            return SafeTensorsEntry.FromFloat32(t.Name, t.Shape, values);
         });
-        SafeTensorWriter.Write(Path.Combine(dir, "model.safetensors"), tensors);
+        SafeTensorsWriter.Write(Path.Combine(dir, "model.safetensors"), tensors);
         File.WriteAllText(Path.Combine(dir, "config.json"), new JsonObject
         {
             ["model_type"] = "gpt2", ["vocab_size"] = 50257, ["n_positions"] = 32, ["n_embd"] = channels, ["n_layer"] = 1, ["n_head"] = 2,

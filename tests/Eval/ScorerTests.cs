@@ -24,7 +24,7 @@ public sealed class ScorerTests(string deviceName, string family)
 
     Device device = null!;
     ITrainableModel model = null!;
-    SafeTensorFile expected = null!;
+    SafeTensorsFile expected = null!;
     ScoringSequence[] sequences = null!;
     int maskId;
 
@@ -33,7 +33,7 @@ public sealed class ScorerTests(string deviceName, string family)
     {
         device = TestDevices.Create(deviceName);
         model = ModelLoader.Load(Path.Combine(TestUtil.Fixtures, family == "gpt2" ? "gpt2-tiny" : "llama-tiny"), device);
-        expected = SafeTensorFile.Open(Path.Combine(TestUtil.Fixtures, "eval", $"scorer_{family}.safetensors"));
+        expected = SafeTensorsFile.Open(Path.Combine(TestUtil.Fixtures, "eval", $"scorer_{family}.safetensors"));
         maskId = expected.ReadInt32("mask_id")[0];
         var ids = expected.ReadInt32("ids");
         var maskable = expected.ReadBytes("maskable");
@@ -191,7 +191,7 @@ public sealed class GenerationQualityTests
     {
         using var device = new CpuDevice();
         using var judge = ModelLoader.Load(Path.Combine(TestUtil.Fixtures, "gpt2-tiny"), device);
-        using var expected = SafeTensorFile.Open(Path.Combine(TestUtil.Fixtures, "gpt2-tiny", "expected.safetensors"));
+        using var expected = SafeTensorsFile.Open(Path.Combine(TestUtil.Fixtures, "gpt2-tiny", "expected.safetensors"));
         var ids = expected.ReadInt32("ids");
         var logits = expected.ReadFloat32("logits_causal");
         int[] shape = expected.Info("logits_causal").Shape;

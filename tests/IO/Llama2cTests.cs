@@ -101,12 +101,12 @@ public class Llama2cTests
             expected[p + "mlp.up_proj.weight"] = [Hidden, Dim];
             expected[p + "mlp.down_proj.weight"] = [Dim, Hidden];
         }
-        using var file = SafeTensorFile.Open(Path.Combine(_dir, "model.safetensors"));
+        using var file = SafeTensorsFile.Open(Path.Combine(_dir, "model.safetensors"));
         Assert.That(file.Tensors.Select(t => t.Name), Is.EquivalentTo(expected.Keys));
         foreach (var t in file.Tensors)
         {
             Assert.That(t.Shape, Is.EqualTo(expected[t.Name]), t.Name);
-            Assert.That(t.DType, Is.EqualTo(SafeTensorDType.F32), t.Name);
+            Assert.That(t.DType, Is.EqualTo(SafeTensorsDType.F32), t.Name);
         }
         Assert.That(file.ReadFloat32("lm_head.weight"), Is.EqualTo(file.ReadFloat32("model.embed_tokens.weight")));
     }
@@ -115,7 +115,7 @@ public class Llama2cTests
     public void UnpermutedWeightsAreTheFilesBytes()
     {
         Stories.Value.WriteHuggingFace(_dir);
-        using var file = SafeTensorFile.Open(Path.Combine(_dir, "model.safetensors"));
+        using var file = SafeTensorsFile.Open(Path.Combine(_dir, "model.safetensors"));
         Assert.That(file.ReadFloat32("model.embed_tokens.weight"), Is.EqualTo(RawSlice("token_embedding", 0, Vocab * Dim)));
         Assert.That(file.ReadFloat32("model.norm.weight"), Is.EqualTo(RawSlice("rms_final", 0, Dim)));
         for (int l = 0; l < Layers; l++)
@@ -135,7 +135,7 @@ public class Llama2cTests
     public void QkRowsArePermutedPerHead()
     {
         Stories.Value.WriteHuggingFace(_dir);
-        using var file = SafeTensorFile.Open(Path.Combine(_dir, "model.safetensors"));
+        using var file = SafeTensorsFile.Open(Path.Combine(_dir, "model.safetensors"));
         for (int l = 0; l < Layers; l++)
         {
             foreach (var (proj, raw, heads) in new[] { ("q_proj", "wq", Heads), ("k_proj", "wk", KvHeads) })
@@ -321,7 +321,7 @@ public class Llama2cTests
         Assert.That(c.SharedClassifier, Is.False);
         string outDir = Path.Combine(_dir, "hf");
         c.WriteHuggingFace(outDir);
-        using var file = SafeTensorFile.Open(Path.Combine(outDir, "model.safetensors"));
+        using var file = SafeTensorsFile.Open(Path.Combine(outDir, "model.safetensors"));
         Assert.That(file.ReadFloat32("lm_head.weight"), Is.EqualTo(classifier));
         Assert.That(file.ReadFloat32("model.embed_tokens.weight"), Is.EqualTo(Stories.Value.TokenEmbedding));
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "config.json")))!;
@@ -340,7 +340,7 @@ public class Llama2cTests
         Assert.That(output, Does.Contain("dim 64").And.Contain("layers 5").And.Contain("tokenizer.bin"));
         Assert.That(Directory.GetFiles(outDir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "config.json", "tokenizer.bin" }));
         Assert.That(File.ReadAllBytes(Path.Combine(outDir, "tokenizer.bin")), Is.EqualTo(File.ReadAllBytes(Tok512)));
-        using (var file = SafeTensorFile.Open(Path.Combine(outDir, "model.safetensors")))
+        using (var file = SafeTensorsFile.Open(Path.Combine(outDir, "model.safetensors")))
             Assert.That(file.Tensors, Has.Count.EqualTo(3 + 9 * Layers));
         Assert.That(Text.LlamaTokenizers.FromFile(Path.Combine(outDir, "tokenizer.bin")).Encode("Once upon a time"), Is.EqualTo(new[] { 403, 407, 261, 378 }));
 

@@ -29,14 +29,14 @@ public class SafeTensorsTests
         var b = TestUtil.RandomFloats(rng, 8, 100f);
         string path = Path.Combine(_dir, "f32.safetensors");
         var metadata = new Dictionary<string, string> { ["format"] = "pt", ["note"] = "ünïcode ✓" };
-        SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("a", [3, 5], a), SafeTensorEntry.FromFloat32("b.weight", [2, 2, 2], b)], metadata);
+        SafeTensorsWriter.Write(path, [SafeTensorsEntry.FromFloat32("a", [3, 5], a), SafeTensorsEntry.FromFloat32("b.weight", [2, 2, 2], b)], metadata);
 
-        using var file = SafeTensorFile.Open(path);
+        using var file = SafeTensorsFile.Open(path);
         Assert.That(file.FilePath, Is.EqualTo(path));
         Assert.That(file.Metadata, Is.EquivalentTo(metadata));
         Assert.That(file.Tensors.Select(t => t.Name), Is.EqualTo(new[] { "a", "b.weight" }));
         var info = file.Info("b.weight");
-        Assert.That(info.DType, Is.EqualTo(SafeTensorDType.F32));
+        Assert.That(info.DType, Is.EqualTo(SafeTensorsDType.F32));
         Assert.That(info.Shape, Is.EqualTo(new[] { 2, 2, 2 }));
         Assert.That(info.ElementCount, Is.EqualTo(8));
         Assert.That((info.Begin, info.End), Is.EqualTo((60L, 92L)));
@@ -51,9 +51,9 @@ public class SafeTensorsTests
     public void Float64IsReadAsNearestFloat32()
     {
         double[] values = [Math.PI, -1e-300, 1e300, 0.1, -0.0, 65504.0, 1.0 / 3];
-        string path = Write(SafeTensorEntry.FromFloat64("d", [values.Length], values));
-        using var file = SafeTensorFile.Open(path);
-        Assert.That(file.Info("d").DType, Is.EqualTo(SafeTensorDType.F64));
+        string path = Write(SafeTensorsEntry.FromFloat64("d", [values.Length], values));
+        using var file = SafeTensorsFile.Open(path);
+        Assert.That(file.Info("d").DType, Is.EqualTo(SafeTensorsDType.F64));
         Assert.That(file.ReadFloat32("d"), Is.EqualTo(values.Select(v => (float)v).ToArray()));
     }
 
@@ -62,9 +62,9 @@ public class SafeTensorsTests
     {
         var values = SpecialFloats().Concat(TestUtil.RandomFloats(TestUtil.NewRandom(), 4000, 70000f))
                                     .Concat(TestUtil.RandomFloats(TestUtil.NewRandom(), 4000, 1e-4f)).ToArray();
-        string path = Write(SafeTensorEntry.FromFloat16("h", [values.Length], values));
-        using var file = SafeTensorFile.Open(path);
-        Assert.That(file.Info("h").DType, Is.EqualTo(SafeTensorDType.F16));
+        string path = Write(SafeTensorsEntry.FromFloat16("h", [values.Length], values));
+        using var file = SafeTensorsFile.Open(path);
+        Assert.That(file.Info("h").DType, Is.EqualTo(SafeTensorsDType.F16));
         var read = file.ReadFloat32("h");
         for (int i = 0; i < values.Length; i++)
         {
@@ -79,8 +79,8 @@ public class SafeTensorsTests
     {
         var bytes = new byte[65536 * 2];
         for (int i = 0; i < 65536; i++) BinaryPrimitives.WriteUInt16LittleEndian(bytes.AsSpan(2 * i), (ushort)i);
-        string path = Write(new SafeTensorEntry("all", SafeTensorDType.F16, [65536], bytes));
-        using var file = SafeTensorFile.Open(path);
+        string path = Write(new SafeTensorsEntry("all", SafeTensorsDType.F16, [65536], bytes));
+        using var file = SafeTensorsFile.Open(path);
         var read = file.ReadFloat32("all");
         for (int i = 0; i < 65536; i++)
         {
@@ -95,9 +95,9 @@ public class SafeTensorsTests
     {
         var values = SpecialFloats().Concat(TestUtil.RandomFloats(TestUtil.NewRandom(), 4000, 1e6f))
                                     .Concat(TestUtil.RandomFloats(TestUtil.NewRandom(), 4000, 1e-30f)).ToArray();
-        string path = Write(SafeTensorEntry.FromBFloat16("b", [values.Length], values));
-        using var file = SafeTensorFile.Open(path);
-        Assert.That(file.Info("b").DType, Is.EqualTo(SafeTensorDType.BF16));
+        string path = Write(SafeTensorsEntry.FromBFloat16("b", [values.Length], values));
+        using var file = SafeTensorsFile.Open(path);
+        Assert.That(file.Info("b").DType, Is.EqualTo(SafeTensorsDType.BF16));
         var read = file.ReadFloat32("b");
         for (int i = 0; i < values.Length; i++)
         {
@@ -111,8 +111,8 @@ public class SafeTensorsTests
     {
         var bytes = new byte[65536 * 2];
         for (int i = 0; i < 65536; i++) BinaryPrimitives.WriteUInt16LittleEndian(bytes.AsSpan(2 * i), (ushort)i);
-        string path = Write(new SafeTensorEntry("all", SafeTensorDType.BF16, [256, 256], bytes));
-        using var file = SafeTensorFile.Open(path);
+        string path = Write(new SafeTensorsEntry("all", SafeTensorsDType.BF16, [256, 256], bytes));
+        using var file = SafeTensorsFile.Open(path);
         var read = file.ReadFloat32("all");
         for (int i = 0; i < 65536; i++)
             Assert.That(BitConverter.SingleToInt32Bits(read[i]), Is.EqualTo(i << 16), $"bits {i:X4}");
@@ -130,17 +130,17 @@ public class SafeTensorsTests
         var i16Bytes = new byte[i16.Length * 2];
         for (int i = 0; i < i16.Length; i++) BinaryPrimitives.WriteInt16LittleEndian(i16Bytes.AsSpan(2 * i), i16[i]);
         string path = Write(
-            SafeTensorEntry.FromInt32("i32", [2, 3], i32),
-            SafeTensorEntry.FromInt64("i64", [5], i64),
-            SafeTensorEntry.FromUInt8("u8", [5], u8),
-            new SafeTensorEntry("i8", SafeTensorDType.I8, [4], i8.Select(v => (byte)v).ToArray()),
-            new SafeTensorEntry("i16", SafeTensorDType.I16, [2, 2], i16Bytes),
-            new SafeTensorEntry("mask", SafeTensorDType.BOOL, [2, 2], boolean));
+            SafeTensorsEntry.FromInt32("i32", [2, 3], i32),
+            SafeTensorsEntry.FromInt64("i64", [5], i64),
+            SafeTensorsEntry.FromUInt8("u8", [5], u8),
+            new SafeTensorsEntry("i8", SafeTensorsDType.I8, [4], i8.Select(v => (byte)v).ToArray()),
+            new SafeTensorsEntry("i16", SafeTensorsDType.I16, [2, 2], i16Bytes),
+            new SafeTensorsEntry("mask", SafeTensorsDType.BOOL, [2, 2], boolean));
 
-        using var file = SafeTensorFile.Open(path);
+        using var file = SafeTensorsFile.Open(path);
         Assert.That(file.Tensors.Select(t => t.DType), Is.EqualTo(new[]
         {
-            SafeTensorDType.I32, SafeTensorDType.I64, SafeTensorDType.U8, SafeTensorDType.I8, SafeTensorDType.I16, SafeTensorDType.BOOL,
+            SafeTensorsDType.I32, SafeTensorsDType.I64, SafeTensorsDType.U8, SafeTensorsDType.I8, SafeTensorsDType.I16, SafeTensorsDType.BOOL,
         }));
         Assert.That(file.ReadInt32("i32"), Is.EqualTo(i32));
         Assert.That(file.ReadInt64("i32"), Is.EqualTo(i32.Select(v => (long)v)));
@@ -162,8 +162,8 @@ public class SafeTensorsTests
     [Test]
     public void FloatTensorIsNotReadAsIntegers()
     {
-        string path = Write(SafeTensorEntry.FromFloat32("x", [1], [1f]));
-        using var file = SafeTensorFile.Open(path);
+        string path = Write(SafeTensorsEntry.FromFloat32("x", [1], [1f]));
+        using var file = SafeTensorsFile.Open(path);
         var e = Assert.Throws<DiffuException>(() => file.ReadInt32("x"))!;
         Assert.That(e.Message, Does.Contain("'x'").And.Contain("not an integer type"));
     }
@@ -171,9 +171,9 @@ public class SafeTensorsTests
     [Test]
     public void ScalarsAndEmptyTensorsRoundTrip()
     {
-        string path = Write(SafeTensorEntry.FromFloat32("scalar", [], [2.5f]), SafeTensorEntry.FromFloat32("empty", [0, 4], []),
-                            SafeTensorEntry.FromInt32("last", [1], [7]));
-        using var file = SafeTensorFile.Open(path);
+        string path = Write(SafeTensorsEntry.FromFloat32("scalar", [], [2.5f]), SafeTensorsEntry.FromFloat32("empty", [0, 4], []),
+                            SafeTensorsEntry.FromInt32("last", [1], [7]));
+        using var file = SafeTensorsFile.Open(path);
         Assert.That(file.Info("scalar").ElementCount, Is.EqualTo(1));
         Assert.That(file.ReadFloat32("scalar"), Is.EqualTo(new[] { 2.5f }));
         Assert.That(file.ReadFloat32("empty"), Is.Empty);
@@ -184,7 +184,7 @@ public class SafeTensorsTests
     public void EmptyFileWithoutTensorsRoundTrips()
     {
         string path = Write();
-        using var file = SafeTensorFile.Open(path);
+        using var file = SafeTensorsFile.Open(path);
         Assert.That(file.Tensors, Is.Empty);
         Assert.That(file.Metadata, Is.Empty);
     }
@@ -193,15 +193,15 @@ public class SafeTensorsTests
     public void TensorsAreListedInDataOrderWhateverTheHeaderOrder()
     {
         string path = RawFile("""{"late":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},"early":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""", 12);
-        using var file = SafeTensorFile.Open(path);
+        using var file = SafeTensorsFile.Open(path);
         Assert.That(file.Tensors.Select(t => t.Name), Is.EqualTo(new[] { "early", "late" }));
     }
 
     [Test]
     public void MissingTensorIsAnErrorNamingTensorAndFile()
     {
-        string path = Write(SafeTensorEntry.FromFloat32("x", [1], [1f]));
-        using var file = SafeTensorFile.Open(path);
+        string path = Write(SafeTensorsEntry.FromFloat32("x", [1], [1f]));
+        using var file = SafeTensorsFile.Open(path);
         var e = Assert.Throws<DiffuException>(() => file.Info("nope"))!;
         Assert.That(e.Message, Does.Contain("'nope'").And.Contain(path));
         Assert.Throws<DiffuException>(() => file.ReadFloat32("nope"));
@@ -210,8 +210,8 @@ public class SafeTensorsTests
     [Test]
     public void DestinationOfTheWrongSizeIsAnError()
     {
-        string path = Write(SafeTensorEntry.FromFloat32("x", [2, 3], new float[6]));
-        using var file = SafeTensorFile.Open(path);
+        string path = Write(SafeTensorsEntry.FromFloat32("x", [2, 3], new float[6]));
+        using var file = SafeTensorsFile.Open(path);
         var e = Assert.Throws<DiffuException>(() => file.ReadFloat32("x", new float[5]))!;
         Assert.That(e.Message, Does.Contain("'x'").And.Contain("6 elements").And.Contain("[2, 3]").And.Contain("5"));
     }
@@ -219,8 +219,8 @@ public class SafeTensorsTests
     [Test]
     public void ReadingAfterDisposeThrows()
     {
-        string path = Write(SafeTensorEntry.FromFloat32("x", [1], [1f]));
-        var file = SafeTensorFile.Open(path);
+        string path = Write(SafeTensorsEntry.FromFloat32("x", [1], [1f]));
+        var file = SafeTensorsFile.Open(path);
         file.Dispose();
         Assert.Throws<ObjectDisposedException>(() => file.ReadFloat32("x"));
     }
@@ -241,7 +241,7 @@ public class SafeTensorsTests
     [Test]
     public void TruncatedDataSection()
     {
-        string path = Write(SafeTensorEntry.FromFloat32("a", [4], new float[4]), SafeTensorEntry.FromFloat32("b", [4], new float[4]));
+        string path = Write(SafeTensorsEntry.FromFloat32("a", [4], new float[4]), SafeTensorsEntry.FromFloat32("b", [4], new float[4]));
         var bytes = File.ReadAllBytes(path);
         File.WriteAllBytes(path, bytes[..^5]);
         ExpectFormatError(path, "data section is truncated: the header describes 32 bytes of tensor data, but only 27 bytes follow the header");
@@ -274,7 +274,7 @@ public class SafeTensorsTests
         var bytes = new byte[40];
         BinaryPrimitives.WriteUInt64LittleEndian(bytes, 1000);
         File.WriteAllBytes(path, bytes);
-        var e = Assert.Throws<SafeTensorFormatException>(() => SafeTensorFile.Open(path))!;
+        var e = Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsFile.Open(path))!;
         Assert.That(e.Message, Does.Contain("not a safetensors file: header length 1000").And.Not.Contain("starts with"));
     }
 
@@ -396,7 +396,7 @@ public class SafeTensorsTests
         string file = Path.Combine(_dir, "zero.safetensors");
         File.CreateSymbolicLink(file, "/dev/zero");
         ExpectFormatError(file, "not a regular file");
-        string index = Path.Combine(_dir, SafeTensorCheckpoint.IndexFileName);
+        string index = Path.Combine(_dir, SafeTensorsCheckpoint.IndexFileName);
         File.CreateSymbolicLink(index, "/dev/zero");
         ExpectCheckpointError(_dir, index, "not a regular file");
     }
@@ -407,10 +407,10 @@ public class SafeTensorsTests
     public void SingleFileCheckpointFromFileOrFolder()
     {
         string path = Path.Combine(_dir, "model.safetensors");
-        SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("x", [2], [1f, 2f])], new Dictionary<string, string> { ["k"] = "v" });
+        SafeTensorsWriter.Write(path, [SafeTensorsEntry.FromFloat32("x", [2], [1f, 2f])], new Dictionary<string, string> { ["k"] = "v" });
         foreach (string open in new[] { path, _dir })
         {
-            using var ckpt = SafeTensorCheckpoint.Open(open);
+            using var ckpt = SafeTensorsCheckpoint.Open(open);
             Assert.That(ckpt.Files, Is.EqualTo(new[] { path }));
             Assert.That(ckpt.Metadata["k"], Is.EqualTo("v"));
             Assert.That(ckpt.Tensors.Select(t => t.Name), Is.EqualTo(new[] { "x" }));
@@ -425,25 +425,25 @@ public class SafeTensorsTests
         var wte = TestUtil.RandomFloats(rng, 12);
         var w0 = TestUtil.RandomFloats(rng, 6);
         var w1 = TestUtil.RandomFloats(rng, 4);
-        SafeTensorWriter.Write(Path.Combine(_dir, "model-00001-of-00002.safetensors"),
-                               [SafeTensorEntry.FromBFloat16("wte", [3, 4], wte), SafeTensorEntry.FromFloat32("h.0.w", [2, 3], w0)],
+        SafeTensorsWriter.Write(Path.Combine(_dir, "model-00001-of-00002.safetensors"),
+                               [SafeTensorsEntry.FromBFloat16("wte", [3, 4], wte), SafeTensorsEntry.FromFloat32("h.0.w", [2, 3], w0)],
                                new Dictionary<string, string> { ["format"] = "pt" });
-        SafeTensorWriter.Write(Path.Combine(_dir, "model-00002-of-00002.safetensors"), [SafeTensorEntry.FromFloat32("h.1.w", [4], w1)]);
+        SafeTensorsWriter.Write(Path.Combine(_dir, "model-00002-of-00002.safetensors"), [SafeTensorsEntry.FromFloat32("h.1.w", [4], w1)]);
         WriteIndex("""
             {"metadata": {"total_size": 48, "format": "sharded"},
              "weight_map": {"h.1.w": "model-00002-of-00002.safetensors", "wte": "model-00001-of-00002.safetensors",
                             "h.0.w": "model-00001-of-00002.safetensors"}}
             """);
-        string index = Path.Combine(_dir, SafeTensorCheckpoint.IndexFileName);
+        string index = Path.Combine(_dir, SafeTensorsCheckpoint.IndexFileName);
         foreach (string open in new[] { _dir, index })
         {
-            using var ckpt = SafeTensorCheckpoint.Open(open);
+            using var ckpt = SafeTensorsCheckpoint.Open(open);
             Assert.That(ckpt.Files.Select(Path.GetFileName), Is.EqualTo(new[] { "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors" }));
             Assert.That(ckpt.Tensors.Select(t => t.Name), Is.EqualTo(new[] { "wte", "h.0.w", "h.1.w" }));
             Assert.That(ckpt.Metadata["total_size"], Is.EqualTo("48"));
             Assert.That(ckpt.Metadata["format"], Is.EqualTo("sharded"), "the index's metadata wins over a shard's");
             Assert.That(ckpt.Contains("h.1.w") && !ckpt.Contains("nope"));
-            Assert.That(ckpt.Info("wte").DType, Is.EqualTo(SafeTensorDType.BF16));
+            Assert.That(ckpt.Info("wte").DType, Is.EqualTo(SafeTensorsDType.BF16));
             Assert.That(ckpt.ReadFloat32("wte"), Is.EqualTo(wte.Select(NearestBFloat16).ToArray()));
             Assert.That(ckpt.ReadFloat32("h.0.w"), Is.EqualTo(w0));
             var dst = new float[4];
@@ -494,7 +494,7 @@ public class SafeTensorsTests
     [Test]
     public void ShardFileMissing()
     {
-        SafeTensorWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [1f])]);
+        SafeTensorsWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorsEntry.FromFloat32("x", [1], [1f])]);
         string index = WriteIndex("""{"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}""");
         ExpectCheckpointError(_dir, index, "shard file 'b.safetensors' is missing");
     }
@@ -502,7 +502,7 @@ public class SafeTensorsTests
     [Test]
     public void TensorListedInIndexButAbsentFromShard()
     {
-        SafeTensorWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [1f])]);
+        SafeTensorsWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorsEntry.FromFloat32("x", [1], [1f])]);
         string index = WriteIndex("""{"weight_map": {"x": "a.safetensors", "y": "a.safetensors"}}""");
         ExpectCheckpointError(_dir, index, "tensor 'y' is listed for shard 'a.safetensors' but is absent from it");
     }
@@ -510,8 +510,8 @@ public class SafeTensorsTests
     [Test]
     public void SameTensorInTwoShards()
     {
-        SafeTensorWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [1f])]);
-        SafeTensorWriter.Write(Path.Combine(_dir, "b.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [2f]), SafeTensorEntry.FromFloat32("y", [1], [3f])]);
+        SafeTensorsWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorsEntry.FromFloat32("x", [1], [1f])]);
+        SafeTensorsWriter.Write(Path.Combine(_dir, "b.safetensors"), [SafeTensorsEntry.FromFloat32("x", [1], [2f]), SafeTensorsEntry.FromFloat32("y", [1], [3f])]);
         string index = WriteIndex("""{"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}""");
         ExpectCheckpointError(_dir, index, "tensor 'x' is in two shards: 'a.safetensors' and 'b.safetensors'");
     }
@@ -519,8 +519,8 @@ public class SafeTensorsTests
     [Test]
     public void SameTensorTwiceInWeightMap()
     {
-        SafeTensorWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [1f])]);
-        SafeTensorWriter.Write(Path.Combine(_dir, "b.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [2f])]);
+        SafeTensorsWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorsEntry.FromFloat32("x", [1], [1f])]);
+        SafeTensorsWriter.Write(Path.Combine(_dir, "b.safetensors"), [SafeTensorsEntry.FromFloat32("x", [1], [2f])]);
         string index = WriteIndex("""{"weight_map": {"x": "a.safetensors", "x": "b.safetensors"}}""");
         ExpectCheckpointError(_dir, index, "weight_map lists tensor 'x' twice (in 'a.safetensors' and 'b.safetensors')");
     }
@@ -528,7 +528,7 @@ public class SafeTensorsTests
     [Test]
     public void TensorInShardButNotInIndex()
     {
-        SafeTensorWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [1f]), SafeTensorEntry.FromFloat32("extra", [1], [1f])]);
+        SafeTensorsWriter.Write(Path.Combine(_dir, "a.safetensors"), [SafeTensorsEntry.FromFloat32("x", [1], [1f]), SafeTensorsEntry.FromFloat32("extra", [1], [1f])]);
         string index = WriteIndex("""{"weight_map": {"x": "a.safetensors"}}""");
         ExpectCheckpointError(_dir, index, "tensor 'extra' in shard 'a.safetensors' is not listed in the index");
     }
@@ -546,24 +546,24 @@ public class SafeTensorsTests
     public void ReadsTheFixtureWrittenByThePythonReference()
     {
         string dir = Path.Combine(TestUtil.Fixtures, "gpt2-tiny");
-        using (var model = SafeTensorCheckpoint.Open(dir))
+        using (var model = SafeTensorsCheckpoint.Open(dir))
         {
             Assert.That(model.Files, Is.EqualTo(new[] { Path.Combine(dir, "model.safetensors") }));
             Assert.That(model.Metadata["source"], Is.EqualTo("tests/reference/gpt2_reference.py"));
             Assert.That(model.Tensors, Has.Count.EqualTo(2 + 2 * 12 + 2));
             var wte = model.Info("transformer.wte.weight");
-            Assert.That((wte.DType, wte.Begin, wte.End), Is.EqualTo((SafeTensorDType.BF16, 0L, 512L * 64 * 2)));
+            Assert.That((wte.DType, wte.Begin, wte.End), Is.EqualTo((SafeTensorsDType.BF16, 0L, 512L * 64 * 2)));
             Assert.That(wte.Shape, Is.EqualTo(new[] { 512, 64 }));
-            Assert.That(model.Info("transformer.wpe.weight").DType, Is.EqualTo(SafeTensorDType.BF16));
-            Assert.That(model.Info("transformer.h.1.attn.c_attn.weight").DType, Is.EqualTo(SafeTensorDType.F16));
+            Assert.That(model.Info("transformer.wpe.weight").DType, Is.EqualTo(SafeTensorsDType.BF16));
+            Assert.That(model.Info("transformer.h.1.attn.c_attn.weight").DType, Is.EqualTo(SafeTensorsDType.F16));
             Assert.That(model.Info("transformer.h.1.attn.c_attn.weight").Shape, Is.EqualTo(new[] { 64, 192 }));
             Assert.That(model.Info("transformer.h.0.mlp.c_proj.weight").Shape, Is.EqualTo(new[] { 256, 64 }));
-            Assert.That(model.Info("transformer.ln_f.bias").DType, Is.EqualTo(SafeTensorDType.F32));
+            Assert.That(model.Info("transformer.ln_f.bias").DType, Is.EqualTo(SafeTensorsDType.F32));
             var lnWeight = model.ReadFloat32("transformer.h.0.ln_1.weight");
             Assert.That(lnWeight.Average(), Is.EqualTo(1.0).Within(0.1), "LayerNorm weights sit around 1");
             Assert.That(model.ReadFloat32("transformer.wte.weight"), Has.All.Not.NaN);
         }
-        using var expected = SafeTensorFile.Open(Path.Combine(dir, "expected.safetensors"));
+        using var expected = SafeTensorsFile.Open(Path.Combine(dir, "expected.safetensors"));
         Assert.That(expected.ReadInt32("ids"), Has.Length.EqualTo(48).And.All.InRange(0, 511));
         Assert.That(expected.Info("logits_explicit").Shape, Is.EqualTo(new[] { 3, 16, 512 }));
         var allow = expected.ReadInt32("allow_mask");
@@ -581,26 +581,26 @@ public class SafeTensorsTests
     public void RewritingGivesIdenticalBytes()
     {
         var rng = TestUtil.NewRandom();
-        SafeTensorEntry[] entries =
+        SafeTensorsEntry[] entries =
         [
-            SafeTensorEntry.FromFloat32("a", [7, 3], TestUtil.RandomFloats(rng, 21)),
-            SafeTensorEntry.FromFloat16("b", [5], TestUtil.RandomFloats(rng, 5)),
-            SafeTensorEntry.FromInt32("c", [1], [42]),
+            SafeTensorsEntry.FromFloat32("a", [7, 3], TestUtil.RandomFloats(rng, 21)),
+            SafeTensorsEntry.FromFloat16("b", [5], TestUtil.RandomFloats(rng, 5)),
+            SafeTensorsEntry.FromInt32("c", [1], [42]),
         ];
         var metadata = new Dictionary<string, string> { ["format"] = "pt", ["step"] = "12" };
         string path = Path.Combine(_dir, "w.safetensors");
-        SafeTensorWriter.Write(path, entries, metadata);
+        SafeTensorsWriter.Write(path, entries, metadata);
         string again = Path.Combine(_dir, "w2.safetensors");
-        SafeTensorWriter.Write(again, entries, metadata);
+        SafeTensorsWriter.Write(again, entries, metadata);
         Assert.That(File.ReadAllBytes(again), Is.EqualTo(File.ReadAllBytes(path)));
 
         string copy = Path.Combine(_dir, "copy.safetensors");
-        using (var file = SafeTensorFile.Open(path))
+        using (var file = SafeTensorsFile.Open(path))
         {
-            SafeTensorWriter.Write(copy, [
-                SafeTensorEntry.FromFloat32("a", [7, 3], file.ReadFloat32("a")),
-                SafeTensorEntry.FromFloat16("b", [5], file.ReadFloat32("b")),
-                SafeTensorEntry.FromInt32("c", [1], file.ReadInt32("c")),
+            SafeTensorsWriter.Write(copy, [
+                SafeTensorsEntry.FromFloat32("a", [7, 3], file.ReadFloat32("a")),
+                SafeTensorsEntry.FromFloat16("b", [5], file.ReadFloat32("b")),
+                SafeTensorsEntry.FromInt32("c", [1], file.ReadInt32("c")),
             ], file.Metadata);
         }
         Assert.That(File.ReadAllBytes(copy), Is.EqualTo(File.ReadAllBytes(path)), "read then written again");
@@ -611,7 +611,7 @@ public class SafeTensorsTests
     {
         for (int nameLength = 1; nameLength <= 9; nameLength++)
         {
-            string path = Write(SafeTensorEntry.FromFloat32(new string('n', nameLength), [1], [1f]));
+            string path = Write(SafeTensorsEntry.FromFloat32(new string('n', nameLength), [1], [1f]));
             var bytes = File.ReadAllBytes(path);
             long n = (long)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
             Assert.That(n % 8, Is.Zero);
@@ -625,24 +625,24 @@ public class SafeTensorsTests
     public void WriterMakesANewFileAndLeavesNothingWhenItFails()
     {
         string path = Path.Combine(_dir, "out.safetensors");
-        SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("x", [2], [1f, 2f])]);
-        Assert.Throws<IOException>(() => SafeTensorWriter.Write(path, [SafeTensorEntry.FromFloat32("x", [1], [3f])]), "an existing file is not replaced");
-        using (var file = SafeTensorFile.Open(path)) Assert.That(file.ReadFloat32("x"), Is.EqualTo(new[] { 1f, 2f }));
+        SafeTensorsWriter.Write(path, [SafeTensorsEntry.FromFloat32("x", [2], [1f, 2f])]);
+        Assert.Throws<IOException>(() => SafeTensorsWriter.Write(path, [SafeTensorsEntry.FromFloat32("x", [1], [3f])]), "an existing file is not replaced");
+        using (var file = SafeTensorsFile.Open(path)) Assert.That(file.ReadFloat32("x"), Is.EqualTo(new[] { 1f, 2f }));
 
         string other = Path.Combine(_dir, "other.safetensors");
-        Assert.Throws<ArgumentException>(() => SafeTensorWriter.Write(other, [SafeTensorEntry.FromFloat32("x", [1], [1f]), SafeTensorEntry.FromFloat32("x", [1], [1f])]));
-        Assert.Throws<ArgumentException>(() => SafeTensorWriter.Write(other, [new SafeTensorEntry("x", SafeTensorDType.F32, [2], s => s.Write(new byte[4]))]),
+        Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Write(other, [SafeTensorsEntry.FromFloat32("x", [1], [1f]), SafeTensorsEntry.FromFloat32("x", [1], [1f])]));
+        Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Write(other, [new SafeTensorsEntry("x", SafeTensorsDType.F32, [2], s => s.Write(new byte[4]))]),
             "a tensor that writes fewer bytes than its shape needs");
-        Assert.Throws<DirectoryNotFoundException>(() => SafeTensorWriter.Write(Path.Combine(_dir, "no", "such.safetensors"), [SafeTensorEntry.FromFloat32("x", [1], [1f])]));
+        Assert.Throws<DirectoryNotFoundException>(() => SafeTensorsWriter.Write(Path.Combine(_dir, "no", "such.safetensors"), [SafeTensorsEntry.FromFloat32("x", [1], [1f])]));
         Assert.That(Directory.GetFiles(_dir).Select(Path.GetFileName), Is.EqualTo(new[] { "out.safetensors" }), "failed writes leave nothing");
     }
 
     // ---- helpers -----------------------------------------------------------------------------------
 
-    private string Write(params SafeTensorEntry[] entries)
+    private string Write(params SafeTensorsEntry[] entries)
     {
         string path = Path.Combine(_dir, Guid.NewGuid().ToString("N") + ".safetensors");
-        SafeTensorWriter.Write(path, entries);
+        SafeTensorsWriter.Write(path, entries);
         return path;
     }
 
@@ -661,14 +661,14 @@ public class SafeTensorsTests
 
     private string WriteIndex(string json)
     {
-        string path = Path.Combine(_dir, SafeTensorCheckpoint.IndexFileName);
+        string path = Path.Combine(_dir, SafeTensorsCheckpoint.IndexFileName);
         File.WriteAllText(path, json);
         return path;
     }
 
     private static void ExpectFormatError(string path, string problem)
     {
-        var e = Assert.Throws<SafeTensorFormatException>(() => SafeTensorFile.Open(path).Dispose())!;
+        var e = Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsFile.Open(path).Dispose())!;
         Assert.That(e.FilePath, Is.EqualTo(path));
         Assert.That(e.Message, Does.StartWith(path + ": ").And.Contain(problem));
         Assert.That(e, Is.InstanceOf<DiffuException>());
@@ -676,7 +676,7 @@ public class SafeTensorsTests
 
     private static void ExpectCheckpointError(string open, string blamed, string problem)
     {
-        var e = Assert.Throws<SafeTensorFormatException>(() => SafeTensorCheckpoint.Open(open).Dispose())!;
+        var e = Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsCheckpoint.Open(open).Dispose())!;
         Assert.That(e.FilePath, Is.EqualTo(blamed));
         Assert.That(e.Message, Does.StartWith(blamed + ": ").And.Contain(problem));
     }

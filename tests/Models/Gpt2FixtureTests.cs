@@ -16,7 +16,7 @@ public sealed class Gpt2FixtureTests(string deviceName)
 {
     Device device = null!;
     Gpt2Model model = null!;
-    SafeTensorFile expected = null!;
+    SafeTensorsFile expected = null!;
 
     public static string FixtureDir => Path.Combine(TestUtil.Fixtures, "gpt2-tiny");
 
@@ -25,7 +25,7 @@ public sealed class Gpt2FixtureTests(string deviceName)
     {
         device = TestDevices.Create(deviceName);
         model = Gpt2Model.Load(FixtureDir, device);
-        expected = SafeTensorFile.Open(Path.Combine(FixtureDir, "expected.safetensors"));
+        expected = SafeTensorsFile.Open(Path.Combine(FixtureDir, "expected.safetensors"));
     }
 
     [OneTimeTearDown]

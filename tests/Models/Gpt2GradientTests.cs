@@ -19,14 +19,14 @@ public sealed class Gpt2GradientTests(string deviceName, double tolerance)
 {
     Device device = null!;
     Gpt2Model model = null!;
-    SafeTensorFile expected = null!;
+    SafeTensorsFile expected = null!;
 
     [OneTimeSetUp]
     public void SetUp()
     {
         device = TestDevices.Create(deviceName);
         model = Gpt2Model.Load(Gpt2FixtureTests.FixtureDir, device);
-        expected = SafeTensorFile.Open(Path.Combine(Gpt2FixtureTests.FixtureDir, "gradients.safetensors"));
+        expected = SafeTensorsFile.Open(Path.Combine(Gpt2FixtureTests.FixtureDir, "gradients.safetensors"));
     }
 
     [OneTimeTearDown]

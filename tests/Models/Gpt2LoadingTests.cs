@@ -21,12 +21,12 @@ public sealed class Gpt2LoadingTests
     /// <summary>Copies the fixture with every tensor renamed by <paramref name="rename"/> (null drops it).</summary>
     void WriteRenamed(Func<string, string?> rename, string? configText = null)
     {
-        using var source = SafeTensorFile.Open(Path.Combine(Fixture, "model.safetensors"));
-        var entries = new List<SafeTensorEntry>();
+        using var source = SafeTensorsFile.Open(Path.Combine(Fixture, "model.safetensors"));
+        var entries = new List<SafeTensorsEntry>();
         foreach (var t in source.Tensors)
             if (rename(t.Name) is string name)
-                entries.Add(SafeTensorEntry.FromFloat32(name, t.Shape, source.ReadFloat32(t.Name)));
-        SafeTensorWriter.Write(Path.Combine(temp, "model.safetensors"), entries);
+                entries.Add(SafeTensorsEntry.FromFloat32(name, t.Shape, source.ReadFloat32(t.Name)));
+        SafeTensorsWriter.Write(Path.Combine(temp, "model.safetensors"), entries);
         File.WriteAllText(Path.Combine(temp, "config.json"), configText ?? File.ReadAllText(Path.Combine(Fixture, "config.json")));
     }
 

@@ -16,7 +16,7 @@ public sealed class LlamaFixtureTests(string deviceName)
 {
     Device device = null!;
     LlamaModel model = null!;
-    SafeTensorFile expected = null!;
+    SafeTensorsFile expected = null!;
 
     static string FixtureDir => Path.Combine(TestUtil.Fixtures, "llama-tiny");
 
@@ -25,7 +25,7 @@ public sealed class LlamaFixtureTests(string deviceName)
     {
         device = TestDevices.Create(deviceName);
         model = LlamaModel.Load(FixtureDir, device);
-        expected = SafeTensorFile.Open(Path.Combine(FixtureDir, "expected.safetensors"));
+        expected = SafeTensorsFile.Open(Path.Combine(FixtureDir, "expected.safetensors"));
     }
 
     [OneTimeTearDown]

@@ -19,7 +19,7 @@ public sealed class LlamaGradientTests(string deviceName, double tolerance)
 {
     Device device = null!;
     LlamaModel model = null!;
-    SafeTensorFile expected = null!;
+    SafeTensorsFile expected = null!;
 
     static string FixtureDir => Path.Combine(TestUtil.Fixtures, "llama-tiny");
 
@@ -28,7 +28,7 @@ public sealed class LlamaGradientTests(string deviceName, double tolerance)
     {
         device = TestDevices.Create(deviceName);
         model = LlamaModel.Load(FixtureDir, device);
-        expected = SafeTensorFile.Open(Path.Combine(FixtureDir, "gradients.safetensors"));
+        expected = SafeTensorsFile.Open(Path.Combine(FixtureDir, "gradients.safetensors"));
     }
 
     [OneTimeTearDown]

@@ -84,8 +84,8 @@ public sealed class TrainerTests
         Assert.That(b.Select(r => r.Step), Is.EqualTo(a.Select(r => r.Step)));
         Assert.That(b.Select(r => r.Loss), Is.EqualTo(a.Select(r => r.Loss)), "bit-identical training losses");
         Assert.That(b.Select(r => r.ValLoss), Is.EqualTo(a.Select(r => r.ValLoss)));
-        using var wa = SafeTensorFile.Open(Path.Combine(RunLayout.LatestCheckpoint(full)!, Checkpoint.ModelFile));
-        using var wb = SafeTensorFile.Open(Path.Combine(RunLayout.LatestCheckpoint(split)!, Checkpoint.ModelFile));
+        using var wa = SafeTensorsFile.Open(Path.Combine(RunLayout.LatestCheckpoint(full)!, Checkpoint.ModelFile));
+        using var wb = SafeTensorsFile.Open(Path.Combine(RunLayout.LatestCheckpoint(split)!, Checkpoint.ModelFile));
         foreach (var t in wa.Tensors) Assert.That(wb.ReadFloat32(t.Name), Is.EqualTo(wa.ReadFloat32(t.Name)), t.Name);
     }
 

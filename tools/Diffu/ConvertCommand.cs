@@ -19,7 +19,7 @@ static class ConvertCommand
     }
 
     /// <summary>The files of a model folder; one of them present means OUT_DIR holds a model.</summary>
-    static readonly string[] ModelFiles = [SafeTensorCheckpoint.SingleFileName, SafeTensorCheckpoint.IndexFileName, "config.json", "tokenizer.bin", "tokenizer.model"];
+    static readonly string[] ModelFiles = [SafeTensorsCheckpoint.SingleFileName, SafeTensorsCheckpoint.IndexFileName, "config.json", "tokenizer.bin", "tokenizer.model"];
 
     static int RunLlama2c(string modelPath, string tokenizerPath, string outDir, bool overwrite, TextWriter stdout)
     {
@@ -40,7 +40,7 @@ static class ConvertCommand
             var present = ModelFiles.Where(name => FileStatus.Kind(Path.Combine(outDir, name)) != FileKind.Missing).ToList();
             if (present.Count > 0 && !overwrite)
                 throw new DiffuException($"{outDir} already holds a model ({string.Join(", ", present)}); give --overwrite to replace it");
-            foreach (var name in new[] { SafeTensorCheckpoint.SingleFileName, "config.json", tokenizerName })
+            foreach (var name in new[] { SafeTensorsCheckpoint.SingleFileName, "config.json", tokenizerName })
                 OutputFile.Check(Path.Combine(outDir, name), "OUT_DIR", inputs);
         }
 
@@ -52,13 +52,13 @@ static class ConvertCommand
         }, inputs);
 
         long parameters;
-        using (var written = SafeTensorFile.Open(Path.Combine(outDir, SafeTensorCheckpoint.SingleFileName)))
+        using (var written = SafeTensorsFile.Open(Path.Combine(outDir, SafeTensorsCheckpoint.SingleFileName)))
             parameters = written.Tensors.Sum(t => t.ElementCount);
         stdout.WriteLine($"converted {modelPath} -> {outDir}");
         stdout.WriteLine($"  llama: dim {checkpoint.Dim}, hidden {checkpoint.HiddenDim}, layers {checkpoint.Layers}, heads {checkpoint.Heads} " +
                          $"(kv {checkpoint.KvHeads}, head size {checkpoint.HeadSize}), vocab {checkpoint.VocabSize}, seq_len {checkpoint.SeqLen}, " +
                          $"{(checkpoint.SharedClassifier ? "shared" : "separate")} classifier");
-        stdout.WriteLine($"  {SafeTensorCheckpoint.SingleFileName}: {parameters:N0} float32 values stored; config.json; {tokenizerName} ({tokenizer.Name})");
+        stdout.WriteLine($"  {SafeTensorsCheckpoint.SingleFileName}: {parameters:N0} float32 values stored; config.json; {tokenizerName} ({tokenizer.Name})");
         return Cli.Ok;
     }
 }

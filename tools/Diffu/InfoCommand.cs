@@ -36,7 +36,7 @@ static class InfoCommand
             console.Write(new Panel(grid).Header(Markup.Escape(configPath)));
         }
 
-        using var checkpoint = SafeTensorCheckpoint.Open(path);
+        using var checkpoint = SafeTensorsCheckpoint.Open(path);
         var table = new Table().AddColumn("tensor").AddColumn("dtype").AddColumn("shape").AddColumn(new TableColumn("elements").RightAligned());
         long total = 0;
         foreach (var t in checkpoint.Tensors)

@@ -50,7 +50,7 @@ static class LogitsCommand
             ["device"] = device.Name,
         };
         OutputFile.Write(outPath, "--out",
-            stream => SafeTensorWriter.Write(stream, [SafeTensorEntry.FromFloat32("logits", [ids.Length, model.VocabSize], logits)], metadata),
+            stream => SafeTensorsWriter.Write(stream, [SafeTensorsEntry.FromFloat32("logits", [ids.Length, model.VocabSize], logits)], metadata),
             ModelFolder.Files(modelDir));
         stdout.WriteLine($"wrote logits [{ids.Length}, {model.VocabSize}] ({metadata["attention"]}, {device.Name}) to {outPath}");
         return Cli.Ok;
