@@ -26,7 +26,7 @@ public sealed class ObjectiveBatch
         Inputs = new int[batch * length];
         Targets = new int[batch * length];
         Weights = new float[batch * length];
-        Noise = new byte[batch * length];
+        Masked = new byte[batch * length];
         NoiseLevels = new float[batch];
     }
 
@@ -37,7 +37,7 @@ public sealed class ObjectiveBatch
     public float[] Weights { get; }
 
     /// <summary>1 where the input token was replaced by the mask token (diffusion only).</summary>
-    public byte[] Noise { get; }
+    public byte[] Masked { get; }
 
     /// <summary>t per sequence (diffusion only).</summary>
     public float[] NoiseLevels { get; }
@@ -85,7 +85,7 @@ public sealed class Objective
         if (Kind == TrainingObjective.Autoregressive)
         {
             SetTargets(x0, into);
-            Array.Clear(into.Noise);
+            Array.Clear(into.Masked);
             Array.Clear(into.Weights);
             x0.CopyTo(into.Inputs);
             Array.Clear(into.NoiseLevels);
@@ -104,7 +104,7 @@ public sealed class Objective
             {
                 int k = s * l + i;
                 bool noise = (source.IsEmpty || source[k] == 0) && Philox.Uniform(Seed, TokenMaskStream, (drawIndex << 32) + (ulong)k) < t;
-                into.Noise[k] = noise ? (byte)1 : (byte)0;
+                into.Masked[k] = noise ? (byte)1 : (byte)0;
             }
         }
         ApplyNoise(x0, into, scale);
@@ -112,7 +112,7 @@ public sealed class Objective
 
     /// <summary>
     /// Builds the diffusion inputs and loss weights from x0 and the noise already in
-    /// <paramref name="into"/> (Noise and NoiseLevels): masked positions get the mask token, and row (b, i)
+    /// <paramref name="into"/> (Masked and NoiseLevels): masked positions get the mask token, and row (b, i)
     /// weighs 1/(t_b · N) when position i+1 is masked (N = masked positions ≥ 1 over the micro-batch).
     /// </summary>
     public void ApplyNoise(ReadOnlySpan<int> x0, ObjectiveBatch into, float scale = 1f)
@@ -124,7 +124,7 @@ public sealed class Objective
         int masked = 0;
         for (int k = 0; k < b * l; k++)
         {
-            bool noise = into.Noise[k] != 0;
+            bool noise = into.Masked[k] != 0;
             into.Inputs[k] = noise ? MaskTokenId : x0[k];
             if (noise && k % l != 0) masked++;
         }
@@ -134,7 +134,7 @@ public sealed class Objective
         {
             float w = scale / (into.NoiseLevels[s] * masked);
             for (int i = 0; i + 1 < l; i++)
-                if (into.Noise[s * l + i + 1] != 0) into.Weights[s * l + i] = w;
+                if (into.Masked[s * l + i + 1] != 0) into.Weights[s * l + i] = w;
         }
     }
 

@@ -60,11 +60,11 @@ static unsafe class Gemm
     /// well, and every block costs a read and a write of the output tile: at K = 1024 one block of 1024 beat two of
     /// 512 by 5 %, and 256 was slower still.
     /// </summary>
-    static int KC = 1024;
+    const int KC = 1024;
     /// <summary>Columns of a packed b block (KC × NC = 2 MiB at most): packed by the team, then consumed at once.</summary>
-    static int NC = 512;
+    const int NC = 512;
     /// <summary>Most rows of a packed a block per core (MC × KC = 2 MiB at most, the size of L2).</summary>
-    static int MCMax = 512;
+    const int MCMax = 512;
     /// <summary>Products under this many FLOPs run on one core: waking the team would cost more than it saves.</summary>
     const long MinTeamFlops = 1 << 22;
 

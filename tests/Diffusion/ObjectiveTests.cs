@@ -20,7 +20,7 @@ public sealed class ObjectiveTests
         for (int i = 0; i < logits.Length; i++) logits[i] = rng.NextDouble() * 4 - 2;
 
         var batch = new ObjectiveBatch(2, 4);
-        noise.CopyTo(batch.Noise, 0);
+        noise.CopyTo(batch.Masked, 0);
         t.CopyTo(batch.NoiseLevels, 0);
         new Objective(TrainingObjective.Diffusion, Mask, 0).ApplyNoise(x0, batch);
 
@@ -60,7 +60,7 @@ public sealed class ObjectiveTests
                 float t = batch.NoiseLevels[s];
                 tSum += t;
                 Assert.That(t, Is.InRange(Objective.NoiseFloor, 1f));
-                int count = batch.Noise.AsSpan(s * l, l).ToArray().Count(x => x != 0);
+                int count = batch.Masked.AsSpan(s * l, l).ToArray().Count(x => x != 0);
                 double sd = Math.Sqrt(l * t * (1 - t));
                 // A Binomial(l, t) count: 5 standard deviations, plus a few tokens for the small-t rows where the
                 // normal approximation fails (at t = 1e-3 the mean is 0.26 tokens and 3 masks are already 5 sd).
@@ -103,7 +103,7 @@ public sealed class ObjectiveTests
         for (int s = 0; s < 3; s++)
             for (int i = 0; i < 19; i++)
             {
-                float want = batch.Noise[s * 20 + i + 1] != 0 ? 0.5f / (batch.NoiseLevels[s] * batch.TargetCount) : 0f;
+                float want = batch.Masked[s * 20 + i + 1] != 0 ? 0.5f / (batch.NoiseLevels[s] * batch.TargetCount) : 0f;
                 Assert.That(batch.Weights[s * 20 + i], Is.EqualTo(want));
             }
     }

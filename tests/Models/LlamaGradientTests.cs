@@ -48,7 +48,7 @@ public sealed class LlamaGradientTests(string deviceName, double tolerance)
         if (kind == TrainingObjective.Autoregressive) objective.Prepare(x0, batch, drawIndex: 0);
         else
         {
-            expected.ReadBytes("noise").CopyTo(batch.Noise, 0);
+            expected.ReadBytes("noise").CopyTo(batch.Masked, 0);
             expected.ReadFloat32("t").CopyTo(batch.NoiseLevels, 0);
             objective.ApplyNoise(x0, batch);
             Assert.That(batch.Inputs, Is.EqualTo(expected.ReadInt32("xt")));
