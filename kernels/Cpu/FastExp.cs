@@ -4,8 +4,8 @@ namespace DiffuSharp.Kernels.Cpu;
 
 /// <summary>
 /// exp in float32 for the softmax-shaped loops of the backward pass (attention probabilities, cross-entropy rows).
-/// Vector512.Exp widens to double and costs about 85 cycles a vector (measured: 29 ns); it took a sixth of the
-/// attention backward (B=1, H=12, L=1024, D=64: 55 ms with it, 47 ms with this one). This is Cephes' expf:
+/// Vector512.Exp widens to double and was a large share of the attention backward (BENCHMARKS.md, kernel choices).
+/// This is Cephes' expf:
 /// x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two so the reduction is exact), e^r by a degree-6 polynomial and
 /// 2^n built in the exponent bits; about ten vector instructions, within 2 ulp. Inputs below −87.34 (the log of the
 /// smallest normal float), −∞ included, give exactly 0, which masked scores rely on; inputs above 88 are clamped,

@@ -57,8 +57,8 @@ static unsafe class Gemm
 
     /// <summary>
     /// Deepest packed block (K is split evenly, in multiples of 16). A b micro-panel of up to 128 KiB streams from L2
-    /// well, and every block costs a read and a write of the output tile: at K = 1024 one block of 1024 beat two of
-    /// 512 by 5 %, and 256 was slower still.
+    /// well, and every block costs a read and a write of the output tile, so fewer, deeper blocks win (the
+    /// measurement is in BENCHMARKS.md, "Measurements behind kernel choices").
     /// </summary>
     const int KC = 1024;
     /// <summary>Columns of a packed b block (KC × NC = 2 MiB at most): packed by the team, then consumed at once.</summary>
@@ -104,7 +104,7 @@ static unsafe class Gemm
     /// <summary>
     /// c1 += a1 · b1 and c2 += a2 · b2, two products of the same size (the two halves of a backward pass). On two cores
     /// each core takes one product whole: no shared blocks, no barriers, and the packing of one overlaps the FMAs of the
-    /// other (measured: 1-2 % faster than running them one after the other on the team).
+    /// other (slightly faster than running them one after the other on the team: BENCHMARKS.md, kernel choices).
     /// </summary>
     public static void AccumulatePair(Operand a1, Operand b1, float* c1, int m1, int k1, int n1, Operand a2, Operand b2, float* c2, int m2, int k2, int n2)
     {
@@ -135,9 +135,9 @@ static unsafe class Gemm
     /// <summary>
     /// Output rows [i0, i1) and columns [j0, j1) for one member of a team of `members` that share the b blocks: every
     /// member walks the same sequence of blocks and packs its share of each block's panels into one of two buffers.
-    /// The next block is packed a few pieces before each tile of the current one: reading b from memory is slow (5-10
-    /// GB/s a core) and the FMAs leave the memory system idle, so the two overlap instead of alternating (measured: the
-    /// packing of b went from 7 % of the time at LLaMA shapes to the noise). A barrier per block makes sure the whole next block is packed, and that no
+    /// The next block is packed a few pieces before each tile of the current one: reading b from memory is slow for
+    /// one core and the FMAs leave the memory system idle, so the two overlap instead of alternating (BENCHMARKS.md,
+    /// kernel choices). A barrier per block makes sure the whole next block is packed, and that no
     /// member still reads the buffer about to be refilled. A team of one packs everything into its own two buffers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

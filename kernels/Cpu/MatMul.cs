@@ -19,11 +19,11 @@ namespace DiffuSharp.Kernels.Cpu;
 /// </summary>
 public static class MatMul
 {
-    /// <summary>Forward with at most this many rows streams w unpacked (measured: packing wins from 8 rows, K = 768).</summary>
+    /// <summary>Forward with at most this many rows streams w unpacked (packing wins from 8 rows: BENCHMARKS.md, kernel choices).</summary>
     const int SmallRows = 6;
     /// <summary>
     /// ForwardTransposed with fewer rows takes dot products on w as stored: transposing w into panels is paid once
-    /// per call and only wins back its cost over enough rows (measured crossover between 32 and 64 rows, K = 768).
+    /// per call and only wins back its cost over enough rows (the crossover is in BENCHMARKS.md, kernel choices).
     /// </summary>
     const int DotRowsLimit = 48;
 

@@ -12,9 +12,8 @@ namespace DiffuSharp.Kernels.Cpu;
 /// between the bounds they are gathered and the bisection goes on over them alone, until one logit value is left.
 /// Comparing logits, not exponentials, keeps the ties and the order of the float64 reference even where exp rounds
 /// two logits together. Masses are summed per <see cref="Chunk"/> in float and across chunks in double, always in the
-/// same order, so the draw's running sum ends exactly at the kept mass it is scaled by.
-/// On the 2 shared AVX-512 cores here, 256 rows of 50257 (N(0, 3²) logits) took 5–6 ms without a cut, about as long
-/// as one read of the 51 MB of logits, and 10–14 ms with top-p 0.9.
+/// same order, so the draw's running sum ends exactly at the kept mass it is scaled by. Without a cut a pass costs
+/// about one read of the logits (BENCHMARKS.md, kernel choices).
 /// </summary>
 public static class Sampling
 {
