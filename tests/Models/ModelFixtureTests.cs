@@ -6,26 +6,28 @@ using DiffuSharp.Runtime;
 namespace DiffuSharp.Tests.Models;
 
 /// <summary>
-/// The LLaMA forward pass (GQA, untied head, BF16/F16/F32 weights) against the PyTorch reference
-/// (tests/reference/llama_reference.py): causal and bidirectional logits and a greedy continuation.
+/// Each family's forward pass against its PyTorch reference (tests/reference/gpt2_reference.py and
+/// llama_reference.py, which wrote tiny random models with HF's layouts and their outputs): causal and
+/// bidirectional logits, a greedy continuation through the KV cache, and right-padded rows. One test body for
+/// both families, through the family-neutral interface, on every device.
 /// </summary>
-[TestFixture("cpu")]
-[TestFixture("ilgpu-cpu")]
-[TestFixture("cuda")]
-public sealed class LlamaFixtureTests(string deviceName)
+[TestFixtureSource(nameof(Fixtures))]
+public sealed class ModelFixtureTests(string fixture, string deviceName)
 {
-    Device device = null!;
-    LlamaModel model = null!;
-    SafeTensorsFile expected = null!;
+    static IEnumerable<TestFixtureData> Fixtures() =>
+        from f in new[] { "gpt2-tiny", "llama-tiny" } from d in new[] { "cpu", "ilgpu-cpu", "cuda" } select new TestFixtureData(f, d);
 
-    static string FixtureDir => Path.Combine(TestUtil.Fixtures, "llama-tiny");
+    Device device = null!;
+    ITrainableModel model = null!;
+    SafeTensorsFile expected = null!;
 
     [OneTimeSetUp]
     public void SetUp()
     {
         device = TestDevices.Create(deviceName);
-        model = LlamaModel.Load(FixtureDir, device);
-        expected = SafeTensorsFile.Open(Path.Combine(FixtureDir, "expected.safetensors"));
+        string dir = Path.Combine(TestUtil.Fixtures, fixture);
+        model = ModelLoader.Load(dir, device);
+        expected = SafeTensorsFile.Open(Path.Combine(dir, "expected.safetensors"));
     }
 
     [OneTimeTearDown]
@@ -54,7 +56,7 @@ public sealed class LlamaFixtureTests(string deviceName)
         Assert.That(got, Is.EqualTo(want));
     }
 
-    /// <summary>Right-padded rows of 36, 13 and 1 positions in one bidirectional pass (RoPE positions from 0 in each).</summary>
+    /// <summary>Right-padded rows of 36, 13 and 1 positions in one bidirectional pass (LLaMA's RoPE positions from 0 in each).</summary>
     [Test]
     public void PaddedRowsGetTheLogitsOfEachRowAlone() => PaddedRows.CheckEachRowGetsItsLogitsAlone(model, [36, 13, 1], 36);
 
