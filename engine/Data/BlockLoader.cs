@@ -12,33 +12,33 @@ public readonly record struct LoaderState(long Epoch, int Index);
 public sealed class BlockLoader
 {
     /// <summary>Philox stream of the epoch shuffles; the counter is (epoch &lt;&lt; 32) + step.</summary>
-    private const ulong ShuffleStream = 0x73687566666c65;
+    const ulong ShuffleStream = 0x73687566666c65;
 
-    private readonly int[] _order;
-    private long _orderEpoch = -1;
-    private long _epoch;
-    private int _index;
+    readonly int[] order;
+    long orderEpoch = -1;
+    long epoch;
+    int index;
 
     /// <summary>Starts at epoch 0, block 0. A dataset always has at least one training block.</summary>
     public BlockLoader(PackedDataset dataset)
     {
         Dataset = dataset;
-        _order = new int[dataset.TrainingBlocks];
+        order = new int[dataset.TrainingBlocks];
     }
 
     public PackedDataset Dataset { get; }
 
     public int BlockLength => Dataset.BlockLength;
 
-    public LoaderState GetState() => new(_epoch, _index);
+    public LoaderState GetState() => new(epoch, index);
 
     /// <summary>Continues from a state that <see cref="GetState"/> gave on the same data.</summary>
     public void SetState(LoaderState state)
     {
         if (state.Epoch < 0 || state.Epoch > uint.MaxValue || state.Index < 0 || state.Index >= Dataset.TrainingBlocks)
             throw new DatasetException($"loader state (epoch {state.Epoch}, index {state.Index}) does not fit this data, which has {Dataset.TrainingBlocks} training blocks an epoch");
-        _epoch = state.Epoch;
-        _index = state.Index;
+        epoch = state.Epoch;
+        index = state.Index;
     }
 
     /// <summary>The next <paramref name="batchSize"/> training blocks as [batchSize, BlockLength] ids; advances the position.</summary>
@@ -47,12 +47,12 @@ public sealed class BlockLoader
         Dataset.CheckBatch(batchSize, destination);
         for (int b = 0; b < batchSize; b++)
         {
-            if (_orderEpoch != _epoch) Reshuffle();
-            Dataset.ReadBlock(Dataset.TrainingBlock(_order[_index]), destination.Slice(b * BlockLength, BlockLength));
-            if (++_index == _order.Length)
+            if (orderEpoch != epoch) Reshuffle();
+            Dataset.ReadBlock(Dataset.TrainingBlock(order[index]), destination.Slice(b * BlockLength, BlockLength));
+            if (++index == order.Length)
             {
-                _epoch++;
-                _index = 0;
+                epoch++;
+                index = 0;
             }
         }
     }
@@ -61,15 +61,15 @@ public sealed class BlockLoader
     public void Skip(long count)
     {
         if (count < 0) throw new ArgumentOutOfRangeException(nameof(count), "cannot skip backwards");
-        long index = _index + count;
-        _epoch += index / _order.Length;
-        _index = (int)(index % _order.Length);
+        long index = this.index + count;
+        epoch += index / order.Length;
+        this.index = (int)(index % order.Length);
     }
 
-    private void Reshuffle()
+    void Reshuffle()
     {
-        for (int i = 0; i < _order.Length; i++) _order[i] = i;
-        PhiloxShuffle.Shuffle(_order, Dataset.Seed, ShuffleStream, (ulong)_epoch << 32);
-        _orderEpoch = _epoch;
+        for (int i = 0; i < order.Length; i++) order[i] = i;
+        PhiloxShuffle.Shuffle(order, Dataset.Seed, ShuffleStream, (ulong)epoch << 32);
+        orderEpoch = epoch;
     }
 }

@@ -15,30 +15,30 @@ public sealed class DatasetException(string message) : DiffuException(message);
 public sealed class PackedDataset : IDisposable
 {
     /// <summary>Philox stream of the validation split (distinct from the objective's and the loader's streams).</summary>
-    private const ulong SplitStream = 0x73706c6974;
+    const ulong SplitStream = 0x73706c6974;
 
-    private readonly TokenShard[] _shards;
-    private readonly long[] _shardStarts;
-    private readonly int[] _validation;
-    private readonly int[] _training;
+    readonly TokenShard[] shards;
+    readonly long[] shardStarts;
+    readonly int[] validation;
+    readonly int[] training;
 
-    private PackedDataset(TokenShard[] shards, int blockLength, double validationFraction, ulong seed)
+    PackedDataset(TokenShard[] shards, int blockLength, double validationFraction, ulong seed)
     {
-        _shards = shards;
+        this.shards = shards;
         BlockLength = blockLength;
         Seed = seed;
         var first = shards[0];
         VocabSize = first.VocabSize;
         EosId = first.EosId;
-        _shardStarts = new long[shards.Length + 1];
+        shardStarts = new long[shards.Length + 1];
         for (int s = 0; s < shards.Length; s++)
         {
             var shard = shards[s];
             if (shard.VocabSize != VocabSize || shard.EosId != EosId || shard.Metadata.Tokenizer != first.Metadata.Tokenizer)
                 throw new DatasetException($"{shard.FilePath} ({Describe(shard)}) does not match {first.FilePath} ({Describe(first)})");
-            _shardStarts[s + 1] = _shardStarts[s] + StreamLength(shard);
+            shardStarts[s + 1] = shardStarts[s] + StreamLength(shard);
         }
-        StreamTokens = _shardStarts[^1];
+        StreamTokens = shardStarts[^1];
         long blocks = StreamTokens / blockLength;
         if (blocks == 0)
             throw new DatasetException($"{string.Join(", ", shards.Select(s => s.FilePath))}: {StreamTokens} tokens " +
@@ -52,10 +52,10 @@ public sealed class PackedDataset : IDisposable
         var order = new int[BlockCount];
         for (int i = 0; i < order.Length; i++) order[i] = i;
         PhiloxShuffle.Shuffle(order, seed, SplitStream, 0);
-        _validation = order[..held];
-        _training = order[held..];
-        Array.Sort(_validation);
-        Array.Sort(_training);
+        validation = order[..held];
+        training = order[held..];
+        Array.Sort(validation);
+        Array.Sort(training);
     }
 
     /// <summary>
@@ -98,15 +98,15 @@ public sealed class PackedDataset : IDisposable
     /// <summary>Tokens at the end of the stream that do not fill a block.</summary>
     public long DroppedTokens { get; }
 
-    public int TrainingBlocks => _training.Length;
+    public int TrainingBlocks => training.Length;
 
-    public int ValidationBlocks => _validation.Length;
+    public int ValidationBlocks => validation.Length;
 
     /// <summary>The block index (in stream order) of training block <paramref name="i"/>.</summary>
-    public int TrainingBlock(int i) => _training[i];
+    public int TrainingBlock(int i) => training[i];
 
     /// <summary>The block index (in stream order) of validation block <paramref name="i"/>.</summary>
-    public int ValidationBlock(int i) => _validation[i];
+    public int ValidationBlock(int i) => validation[i];
 
     /// <summary>Validation blocks first, first + 1, ..., first + batchSize − 1, wrapping around, as [batchSize, BlockLength].</summary>
     public void ReadValidationBatch(int first, int batchSize, Span<int> destination)
@@ -115,7 +115,7 @@ public sealed class PackedDataset : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(first);
         CheckBatch(batchSize, destination);
         for (int b = 0; b < batchSize; b++)
-            ReadBlock(_validation[(int)(((long)first + b) % ValidationBlocks)], destination.Slice(b * BlockLength, BlockLength));
+            ReadBlock(validation[(int)(((long)first + b) % ValidationBlocks)], destination.Slice(b * BlockLength, BlockLength));
     }
 
     /// <summary>Block <paramref name="block"/> of the packed stream: tokens [block·L, (block+1)·L).</summary>
@@ -129,7 +129,7 @@ public sealed class PackedDataset : IDisposable
 
     public void Dispose()
     {
-        foreach (var shard in _shards) shard.Dispose();
+        foreach (var shard in shards) shard.Dispose();
     }
 
     internal void CheckBatch(int batchSize, Span<int> destination)
@@ -140,16 +140,16 @@ public sealed class PackedDataset : IDisposable
     }
 
     /// <summary>Copies stream tokens [position, position + destination.Length), inserting EOS after each document.</summary>
-    private void ReadStream(long position, Span<int> destination)
+    void ReadStream(long position, Span<int> destination)
     {
-        int s = Array.BinarySearch(_shardStarts, position);
+        int s = Array.BinarySearch(shardStarts, position);
         // An exact hit may be the start of an empty shard: move to the last shard starting there.
-        if (s >= 0) while (s + 1 < _shards.Length && _shardStarts[s + 1] == position) s++;
+        if (s >= 0) while (s + 1 < shards.Length && shardStarts[s + 1] == position) s++;
         else s = ~s - 1;
         int eos = EosId is null ? 0 : 1;
-        long local = position - _shardStarts[s];
-        long document = DocumentAt(_shards[s], local, eos);
-        var shard = _shards[s];
+        long local = position - shardStarts[s];
+        long document = DocumentAt(shards[s], local, eos);
+        var shard = shards[s];
         long inDocument = local - (shard.DocumentStart(document) + eos * document);
         int written = 0;
         while (written < destination.Length)
@@ -173,14 +173,14 @@ public sealed class PackedDataset : IDisposable
             inDocument = 0;
             while (document == shard.DocumentCount)
             {
-                shard = _shards[++s];
+                shard = shards[++s];
                 document = 0;
             }
         }
     }
 
     /// <summary>The last document whose packed start (offset + one EOS per earlier document) is at or before <paramref name="position"/>.</summary>
-    private static long DocumentAt(TokenShard shard, long position, int eos)
+    static long DocumentAt(TokenShard shard, long position, int eos)
     {
         long lo = 0, hi = shard.DocumentCount - 1;
         while (lo < hi)
@@ -192,8 +192,8 @@ public sealed class PackedDataset : IDisposable
         return lo;
     }
 
-    private static long StreamLength(TokenShard shard) => shard.TokenCount + (shard.EosId is null ? 0 : shard.DocumentCount);
+    static long StreamLength(TokenShard shard) => shard.TokenCount + (shard.EosId is null ? 0 : shard.DocumentCount);
 
-    private static string Describe(TokenShard shard) =>
+    static string Describe(TokenShard shard) =>
         $"tokenizer {shard.Metadata.Tokenizer}, vocabulary {shard.VocabSize}, EOS {(shard.EosId is { } e ? e.ToString() : "none")}";
 }

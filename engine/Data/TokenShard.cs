@@ -12,24 +12,24 @@ namespace DiffuSharp.Data;
 /// </summary>
 public sealed unsafe class TokenShard : IDisposable
 {
-    private const int ScanChunkTokens = 1 << 24;
+    const int ScanChunkTokens = 1 << 24;
 
-    private readonly MemoryMappedFile _map;
-    private readonly MemoryMappedViewAccessor _view;
-    private readonly byte* _offsets;
-    private readonly byte* _tokens;
-    private bool _disposed;
+    readonly MemoryMappedFile map;
+    readonly MemoryMappedViewAccessor view;
+    readonly byte* offsets;
+    readonly byte* tokens;
+    bool disposed;
 
-    private TokenShard(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, long dataStart, int tokenWidth,
+    TokenShard(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, long dataStart, int tokenWidth,
                        int vocabSize, long documents, long tokens, TokenShardMetadata metadata, int? eosId)
     {
         FilePath = path;
-        _map = map;
-        _view = view;
+        this.map = map;
+        this.view = view;
         byte* basePtr = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
-        _offsets = basePtr + view.PointerOffset + dataStart;
-        _tokens = _offsets + (documents + 1) * 8;
+        offsets = basePtr + view.PointerOffset + dataStart;
+        this.tokens = offsets + (documents + 1) * 8;
         TokenWidth = tokenWidth;
         VocabSize = vocabSize;
         DocumentCount = documents;
@@ -145,30 +145,30 @@ public sealed unsafe class TokenShard : IDisposable
     /// <summary>Tokens [<paramref name="start"/>, start + destination.Length) of the shard, across document boundaries.</summary>
     public void CopyTokens(long start, Span<int> destination)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        ObjectDisposedException.ThrowIf(disposed, this);
         ArgumentOutOfRangeException.ThrowIfNegative(start);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(start, TokenCount - destination.Length);
         if (TokenWidth == 2)
         {
-            var source = new ReadOnlySpan<ushort>(_tokens + start * 2, destination.Length);
+            var source = new ReadOnlySpan<ushort>(tokens + start * 2, destination.Length);
             for (int i = 0; i < source.Length; i++) destination[i] = source[i];
         }
         else
         {
-            new ReadOnlySpan<int>(_tokens + start * 4, destination.Length).CopyTo(destination);
+            new ReadOnlySpan<int>(tokens + start * 4, destination.Length).CopyTo(destination);
         }
     }
 
     public void Dispose()
     {
-        if (_disposed) return;
-        _disposed = true;
-        _view.SafeMemoryMappedViewHandle.ReleasePointer();
-        _view.Dispose();
-        _map.Dispose();
+        if (disposed) return;
+        disposed = true;
+        view.SafeMemoryMappedViewHandle.ReleasePointer();
+        view.Dispose();
+        map.Dispose();
     }
 
-    private static (int Width, int Vocab, ulong Documents, ulong Tokens, int MetadataLength) ParseHeader(string path, ReadOnlySpan<byte> header)
+    static (int Width, int Vocab, ulong Documents, ulong Tokens, int MetadataLength) ParseHeader(string path, ReadOnlySpan<byte> header)
     {
         if (!header[..8].SequenceEqual(TokenShardFormat.Magic))
             throw new TokenShardException(path, $"not a token shard: the file starts with {Convert.ToHexString(header[..8])}, not \"DIFFUTOK\"");
@@ -188,7 +188,7 @@ public sealed unsafe class TokenShard : IDisposable
         return ((int)width, (int)vocab, documents, tokens, (int)metadataLength);
     }
 
-    private void CheckOffsets()
+    void CheckOffsets()
     {
         if (Offset(0) != 0) throw new TokenShardException(FilePath, $"document offsets start at {(ulong)Offset(0)}, not 0");
         for (long d = 0; d < DocumentCount; d++)
@@ -203,7 +203,7 @@ public sealed unsafe class TokenShard : IDisposable
             throw new TokenShardException(FilePath, $"the last document ends at token {(ulong)Offset(DocumentCount)}, but the file holds {TokenCount} tokens");
     }
 
-    private void CheckTokens()
+    void CheckTokens()
     {
         for (long start = 0; start < TokenCount; start += ScanChunkTokens)
         {
@@ -212,13 +212,13 @@ public sealed unsafe class TokenShard : IDisposable
             long value;
             if (TokenWidth == 2)
             {
-                var span = new ReadOnlySpan<ushort>(_tokens + start * 2, n);
+                var span = new ReadOnlySpan<ushort>(tokens + start * 2, n);
                 bad = VocabSize >= 65536 ? -1 : span.IndexOfAnyInRange((ushort)VocabSize, ushort.MaxValue);
                 value = bad >= 0 ? span[bad] : 0;
             }
             else
             {
-                var span = MemoryMarshal.Cast<int, uint>(new ReadOnlySpan<int>(_tokens + start * 4, n));
+                var span = MemoryMarshal.Cast<int, uint>(new ReadOnlySpan<int>(tokens + start * 4, n));
                 bad = span.IndexOfAnyInRange((uint)VocabSize, uint.MaxValue);
                 value = bad >= 0 ? span[bad] : 0;
             }
@@ -231,7 +231,7 @@ public sealed unsafe class TokenShard : IDisposable
     }
 
     /// <summary>The document holding token <paramref name="position"/> (offsets already checked).</summary>
-    private long DocumentOf(long position)
+    long DocumentOf(long position)
     {
         long lo = 0, hi = DocumentCount - 1;
         while (lo < hi)
@@ -243,12 +243,12 @@ public sealed unsafe class TokenShard : IDisposable
         return lo;
     }
 
-    private void CheckDocument(long document)
+    void CheckDocument(long document)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        ObjectDisposedException.ThrowIf(disposed, this);
         ArgumentOutOfRangeException.ThrowIfNegative(document);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(document, DocumentCount);
     }
 
-    private long Offset(long index) => (long)BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(_offsets + index * 8, 8));
+    long Offset(long index) => (long)BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(offsets + index * 8, 8));
 }

@@ -12,17 +12,17 @@ namespace DiffuSharp.Data;
 /// </summary>
 public sealed class TokenShardWriter : IDisposable
 {
-    private const int BufferTokens = 1 << 16;
+    const int BufferTokens = 1 << 16;
 
-    private readonly string _path;
-    private readonly string _tokensPath;
-    private readonly int _vocabSize;
-    private readonly int? _eosId;
-    private readonly TokenShardMetadata _metadata;
-    private readonly int _width;
-    private readonly List<long> _offsets = [0];
-    private readonly byte[] _buffer;
-    private FileStream? _tokens;
+    readonly string path;
+    readonly string tokensPath;
+    readonly int vocabSize;
+    readonly int? eosId;
+    readonly TokenShardMetadata metadata;
+    readonly int width;
+    readonly List<long> offsets = [0];
+    readonly byte[] buffer;
+    FileStream? tokens;
 
     public TokenShardWriter(string path, int vocabSize, int? eosId, TokenShardMetadata metadata)
     {
@@ -32,55 +32,55 @@ public sealed class TokenShardWriter : IDisposable
         string? folder = Path.GetDirectoryName(Path.GetFullPath(path));
         if (folder is null || !Directory.Exists(folder)) throw new TokenShardException(path, $"output folder {folder} not found");
         OutputFile.Check(path, "token shard");
-        _path = path;
-        _vocabSize = vocabSize;
-        _eosId = eosId;
-        _metadata = metadata;
-        _width = TokenShardFormat.TokenWidth(vocabSize);
-        _buffer = new byte[BufferTokens * _width];
-        _tokensPath = OutputFile.TemporaryPath(path);
-        _tokens = new FileStream(_tokensPath, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20);
+        this.path = path;
+        this.vocabSize = vocabSize;
+        this.eosId = eosId;
+        this.metadata = metadata;
+        width = TokenShardFormat.TokenWidth(vocabSize);
+        buffer = new byte[BufferTokens * width];
+        tokensPath = OutputFile.TemporaryPath(path);
+        tokens = new FileStream(tokensPath, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20);
     }
 
-    public long DocumentCount => _offsets.Count - 1;
+    public long DocumentCount => offsets.Count - 1;
 
-    public long TokenCount => _offsets[^1];
+    public long TokenCount => offsets[^1];
 
     /// <summary>Appends one document; every token must lie in [0, vocabulary size).</summary>
     public void Add(ReadOnlySpan<int> document)
     {
-        var tokens = _tokens ?? throw new InvalidOperationException($"{_path}: the shard is already complete");
+        var tokens = this.tokens ?? throw new InvalidOperationException($"{path}: the shard is already complete");
         // Check the whole document before writing any of it, so a rejected document leaves the shard as it was.
-        int bad = document.IndexOfAnyExceptInRange(0, _vocabSize - 1);
+        int bad = document.IndexOfAnyExceptInRange(0, vocabSize - 1);
         if (bad >= 0)
-            throw new TokenShardException(_path, $"document {DocumentCount} has token {document[bad]} at position {bad}, outside the vocabulary [0, {_vocabSize})");
+            throw new TokenShardException(path, $"document {DocumentCount} has token {document[bad]} at position {bad}, outside the vocabulary [0, {vocabSize})");
         for (int start = 0; start < document.Length; start += BufferTokens)
         {
             var chunk = document.Slice(start, Math.Min(BufferTokens, document.Length - start));
             for (int i = 0; i < chunk.Length; i++)
             {
-                if (_width == 2) BinaryPrimitives.WriteUInt16LittleEndian(_buffer.AsSpan(i * 2), (ushort)chunk[i]);
-                else BinaryPrimitives.WriteInt32LittleEndian(_buffer.AsSpan(i * 4), chunk[i]);
+                if (width == 2) BinaryPrimitives.WriteUInt16LittleEndian(buffer.AsSpan(i * 2), (ushort)chunk[i]);
+                else BinaryPrimitives.WriteInt32LittleEndian(buffer.AsSpan(i * 4), chunk[i]);
             }
-            tokens.Write(_buffer, 0, chunk.Length * _width);
+            tokens.Write(buffer, 0, chunk.Length * width);
         }
-        _offsets.Add(TokenCount + document.Length);
+        offsets.Add(TokenCount + document.Length);
     }
 
     /// <summary>Writes the shard to its path (replacing a regular file there) and deletes the scratch file.</summary>
     public void Complete()
     {
-        var tokens = _tokens ?? throw new InvalidOperationException($"{_path}: the shard is already complete");
-        byte[] metadata = TokenShardFormat.EncodeMetadata(_metadata, _eosId);
-        byte[] header = TokenShardFormat.EncodeHeader(_width, _vocabSize, DocumentCount, TokenCount, metadata);
+        var tokens = this.tokens ?? throw new InvalidOperationException($"{path}: the shard is already complete");
+        byte[] metadata = TokenShardFormat.EncodeMetadata(this.metadata, eosId);
+        byte[] header = TokenShardFormat.EncodeHeader(width, vocabSize, DocumentCount, TokenCount, metadata);
         try
         {
-            OutputFile.Write(_path, "token shard", stream =>
+            OutputFile.Write(path, "token shard", stream =>
             {
                 stream.Write(header);
                 stream.Write(metadata);
                 Span<byte> offset = stackalloc byte[8];
-                foreach (long o in _offsets)
+                foreach (long o in offsets)
                 {
                     BinaryPrimitives.WriteUInt64LittleEndian(offset, (ulong)o);
                     stream.Write(offset);
@@ -98,11 +98,11 @@ public sealed class TokenShardWriter : IDisposable
 
     public void Dispose() => DeleteScratch();
 
-    private void DeleteScratch()
+    void DeleteScratch()
     {
-        if (_tokens is null) return;
-        _tokens.Dispose();
-        _tokens = null;
-        File.Delete(_tokensPath);
+        if (tokens is null) return;
+        tokens.Dispose();
+        tokens = null;
+        File.Delete(tokensPath);
     }
 }

@@ -13,22 +13,22 @@ public sealed class SafeTensorsCheckpoint : IDisposable
     public const string SingleFileName = "model.safetensors";
     public const string IndexFileName = "model.safetensors.index.json";
 
-    private readonly string _path;
-    private readonly List<SafeTensorsFile> _files;
-    private readonly Dictionary<string, SafeTensorsFile> _owner;
+    readonly string path;
+    readonly List<SafeTensorsFile> files;
+    readonly Dictionary<string, SafeTensorsFile> owner;
 
-    private SafeTensorsCheckpoint(string path, List<SafeTensorsFile> files, Dictionary<string, string> metadata)
+    SafeTensorsCheckpoint(string path, List<SafeTensorsFile> files, Dictionary<string, string> metadata)
     {
-        _path = path;
-        _files = files;
+        this.path = path;
+        this.files = files;
         Metadata = metadata;
-        _owner = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+        owner = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
         var tensors = new List<SafeTensorsInfo>();
         foreach (var f in files)
         {
             foreach (var t in f.Tensors)
             {
-                _owner.Add(t.Name, f);
+                owner.Add(t.Name, f);
                 tensors.Add(t);
             }
         }
@@ -65,7 +65,7 @@ public sealed class SafeTensorsCheckpoint : IDisposable
             : OpenSingle(fileOrDirectory);
     }
 
-    public bool Contains(string name) => _owner.ContainsKey(name);
+    public bool Contains(string name) => owner.ContainsKey(name);
 
     public SafeTensorsInfo Info(string name) => Owner(name).Info(name);
 
@@ -75,20 +75,20 @@ public sealed class SafeTensorsCheckpoint : IDisposable
 
     public void Dispose()
     {
-        foreach (var f in _files) f.Dispose();
+        foreach (var f in files) f.Dispose();
     }
 
-    private SafeTensorsFile Owner(string name) =>
-        _owner.TryGetValue(name, out var f) ? f : throw new DiffuException($"tensor '{name}' not in {_path}");
+    SafeTensorsFile Owner(string name) =>
+        owner.TryGetValue(name, out var f) ? f : throw new DiffuException($"tensor '{name}' not in {path}");
 
-    private static SafeTensorsCheckpoint OpenSingle(string path)
+    static SafeTensorsCheckpoint OpenSingle(string path)
     {
         var file = SafeTensorsFile.Open(path);
         var metadata = new Dictionary<string, string>(file.Metadata, StringComparer.Ordinal);
         return new SafeTensorsCheckpoint(path, [file], metadata);
     }
 
-    private static SafeTensorsCheckpoint OpenSharded(string indexPath)
+    static SafeTensorsCheckpoint OpenSharded(string indexPath)
     {
         var (weightMap, metadata) = ReadIndex(indexPath);
         string folder = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
@@ -138,11 +138,11 @@ public sealed class SafeTensorsCheckpoint : IDisposable
     /// path separator of any system and no drive (which could reach outside the folder), and no control
     /// character (the path APIs refuse NUL).
     /// </summary>
-    private static bool IsPlainFileName(string name) =>
+    static bool IsPlainFileName(string name) =>
         name.Length > 0 && name is not ("." or "..") && name.IndexOfAny(['/', '\\']) < 0 && !Path.IsPathRooted(name)
         && !name.Any(char.IsControl);
 
-    private static (Dictionary<string, string> WeightMap, Dictionary<string, string> Metadata) ReadIndex(string indexPath)
+    static (Dictionary<string, string> WeightMap, Dictionary<string, string> Metadata) ReadIndex(string indexPath)
     {
         byte[] json = InputFile.ReadAllBytes(indexPath, problem => new SafeTensorsFormatException(indexPath, problem), SafeTensorsHeader.MaxHeaderBytes);
         Dictionary<string, string>? weightMap = null;
@@ -187,7 +187,7 @@ public sealed class SafeTensorsCheckpoint : IDisposable
         return (weightMap, metadata ?? new Dictionary<string, string>(StringComparer.Ordinal));
     }
 
-    private static Dictionary<string, string> ReadWeightMap(string indexPath, byte[] json, ref Utf8JsonReader reader)
+    static Dictionary<string, string> ReadWeightMap(string indexPath, byte[] json, ref Utf8JsonReader reader)
     {
         if (reader.TokenType != JsonTokenType.StartObject)
             throw new SafeTensorsFormatException(indexPath, "index weight_map is not a JSON object");
@@ -204,7 +204,7 @@ public sealed class SafeTensorsCheckpoint : IDisposable
         return map;
     }
 
-    private static Dictionary<string, string> ReadIndexMetadata(string indexPath, byte[] json, ref Utf8JsonReader reader)
+    static Dictionary<string, string> ReadIndexMetadata(string indexPath, byte[] json, ref Utf8JsonReader reader)
     {
         if (reader.TokenType != JsonTokenType.StartObject)
             throw new SafeTensorsFormatException(indexPath, "index metadata is not a JSON object");
@@ -221,7 +221,7 @@ public sealed class SafeTensorsCheckpoint : IDisposable
     }
 
     /// <summary>The current value's JSON text (skipping over it when it is an object or array).</summary>
-    private static string Describe(byte[] json, ref Utf8JsonReader reader)
+    static string Describe(byte[] json, ref Utf8JsonReader reader)
     {
         int start = (int)reader.TokenStartIndex;
         reader.Skip();

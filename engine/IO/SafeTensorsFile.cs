@@ -14,27 +14,27 @@ namespace DiffuSharp.IO;
 /// </summary>
 public sealed unsafe class SafeTensorsFile : IDisposable
 {
-    private const int ChunkElements = 1 << 20;
+    const int ChunkElements = 1 << 20;
 
-    private readonly Dictionary<string, SafeTensorsInfo> _byName;
-    private readonly MemoryMappedFile _map;
-    private readonly MemoryMappedViewAccessor _view;
-    private readonly byte* _data;
-    private bool _disposed;
+    readonly Dictionary<string, SafeTensorsInfo> byName;
+    readonly MemoryMappedFile map;
+    readonly MemoryMappedViewAccessor view;
+    readonly byte* data;
+    bool disposed;
 
-    private SafeTensorsFile(string path, List<SafeTensorsInfo> tensors, Dictionary<string, string> metadata,
+    SafeTensorsFile(string path, List<SafeTensorsInfo> tensors, Dictionary<string, string> metadata,
                            MemoryMappedFile map, MemoryMappedViewAccessor view, long dataStart)
     {
         FilePath = path;
         Tensors = tensors;
         Metadata = metadata;
-        _byName = new Dictionary<string, SafeTensorsInfo>(StringComparer.Ordinal);
-        foreach (var t in tensors) _byName.Add(t.Name, t);
-        _map = map;
-        _view = view;
+        byName = new Dictionary<string, SafeTensorsInfo>(StringComparer.Ordinal);
+        foreach (var t in tensors) byName.Add(t.Name, t);
+        this.map = map;
+        this.view = view;
         byte* basePtr = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
-        _data = basePtr + view.PointerOffset + dataStart;
+        data = basePtr + view.PointerOffset + dataStart;
     }
 
     public string FilePath { get; }
@@ -88,10 +88,10 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         }
     }
 
-    public bool Contains(string name) => _byName.ContainsKey(name);
+    public bool Contains(string name) => byName.ContainsKey(name);
 
     public SafeTensorsInfo Info(string name) =>
-        _byName.TryGetValue(name, out var info) ? info : throw new DiffuException($"tensor '{name}' not in {FilePath}");
+        byName.TryGetValue(name, out var info) ? info : throw new DiffuException($"tensor '{name}' not in {FilePath}");
 
     /// <summary>A float tensor (F32, F16, BF16 or F64) converted to float32.</summary>
     public float[] ReadFloat32(string name)
@@ -135,14 +135,14 @@ public sealed unsafe class SafeTensorsFile : IDisposable
 
     public void Dispose()
     {
-        if (_disposed) return;
-        _disposed = true;
-        _view.SafeMemoryMappedViewHandle.ReleasePointer();
-        _view.Dispose();
-        _map.Dispose();
+        if (disposed) return;
+        disposed = true;
+        view.SafeMemoryMappedViewHandle.ReleasePointer();
+        view.Dispose();
+        map.Dispose();
     }
 
-    private void ReadFloat32(SafeTensorsInfo info, Span<float> destination)
+    void ReadFloat32(SafeTensorsInfo info, Span<float> destination)
     {
         if (!SafeTensorsDTypes.IsFloat(info.DType))
             throw new DiffuException($"tensor '{info.Name}' in {FilePath} has dtype {info.DType}, not a float type");
@@ -177,7 +177,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         }
     }
 
-    private long[] ReadIntegers(SafeTensorsInfo info)
+    long[] ReadIntegers(SafeTensorsInfo info)
     {
         if (info.DType is not (SafeTensorsDType.I64 or SafeTensorsDType.I32 or SafeTensorsDType.I16 or SafeTensorsDType.I8
                                or SafeTensorsDType.U8 or SafeTensorsDType.BOOL))
@@ -201,13 +201,13 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         return result;
     }
 
-    private ReadOnlySpan<byte> Bytes(long offset, int length)
+    ReadOnlySpan<byte> Bytes(long offset, int length)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        return new ReadOnlySpan<byte>(_data + offset, length);
+        ObjectDisposedException.ThrowIf(disposed, this);
+        return new ReadOnlySpan<byte>(data + offset, length);
     }
 
-    private int CheckedLength(SafeTensorsInfo info) =>
+    int CheckedLength(SafeTensorsInfo info) =>
         info.ElementCount <= Array.MaxLength
             ? (int)info.ElementCount
             : throw new DiffuException($"tensor '{info.Name}' in {FilePath} has {info.ElementCount} elements, more than one array can hold");
@@ -217,7 +217,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     /// file (the reference implementation also requires the '{'). Eight bytes of text read as a length far
     /// over the limit, so for a text file its first bytes say more than the length does.
     /// </summary>
-    private static SafeTensorsFormatException NotSafeTensors(string path, ReadOnlySpan<byte> start, string why)
+    static SafeTensorsFormatException NotSafeTensors(string path, ReadOnlySpan<byte> start, string why)
     {
         foreach (byte b in start)
         {

@@ -17,13 +17,13 @@ public sealed partial class Gpt2Tokenizer : TextTokenizer
 {
     public const string EndOfTextToken = "<|endoftext|>";
 
-    private readonly BpeTokenizer _bpe;
-    private readonly HashSet<int> _ids;
+    readonly BpeTokenizer bpe;
+    readonly HashSet<int> ids;
 
-    private Gpt2Tokenizer(BpeTokenizer bpe, HashSet<int> ids, int vocabSize, int? endOfText, string name)
+    Gpt2Tokenizer(BpeTokenizer bpe, HashSet<int> ids, int vocabSize, int? endOfText, string name)
     {
-        _bpe = bpe;
-        _ids = ids;
+        this.bpe = bpe;
+        this.ids = ids;
         VocabSize = vocabSize;
         EndOfTextId = endOfText;
         Name = name;
@@ -111,7 +111,7 @@ public sealed partial class Gpt2Tokenizer : TextTokenizer
     public override IReadOnlyList<int> Encode(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        return _bpe.EncodeToIds(text);
+        return bpe.EncodeToIds(text);
     }
 
     public override string Decode(IEnumerable<int> ids)
@@ -119,9 +119,9 @@ public sealed partial class Gpt2Tokenizer : TextTokenizer
         var list = ids as IReadOnlyList<int> ?? [.. ids];
         foreach (int id in list)
         {
-            if (!_ids.Contains(id)) throw new TokenizerException($"token id {id} is not in the {Name} vocabulary (ids 0..{VocabSize - 1})");
+            if (!this.ids.Contains(id)) throw new TokenizerException($"token id {id} is not in the {Name} vocabulary (ids 0..{VocabSize - 1})");
         }
-        return _bpe.Decode(list);
+        return bpe.Decode(list);
     }
 
     /// <summary>
@@ -135,7 +135,7 @@ public sealed partial class Gpt2Tokenizer : TextTokenizer
     /// The characters GPT-2 uses for the 256 byte values: printable Latin-1 bytes stand for themselves,
     /// the others are moved, in byte order, to U+0100 onwards.
     /// </summary>
-    private static IEnumerable<char> ByteAlphabet()
+    static IEnumerable<char> ByteAlphabet()
     {
         int moved = 0;
         for (int b = 0; b < 256; b++)
@@ -146,14 +146,14 @@ public sealed partial class Gpt2Tokenizer : TextTokenizer
     }
 
     /// <summary>One more than the largest id.</summary>
-    private static int SizeOf(Dictionary<string, int> vocab)
+    static int SizeOf(Dictionary<string, int> vocab)
     {
         int size = 0;
         foreach (int id in vocab.Values) size = Math.Max(size, id + 1);
         return size;
     }
 
-    private static Dictionary<string, int> ReadVocab(string path)
+    static Dictionary<string, int> ReadVocab(string path)
     {
         byte[] json = ReadFile(path);
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -187,7 +187,7 @@ public sealed partial class Gpt2Tokenizer : TextTokenizer
         return vocab;
     }
 
-    private static List<(string Left, string Right)> ReadMerges(string path)
+    static List<(string Left, string Right)> ReadMerges(string path)
     {
         string[] lines = Encoding.UTF8.GetString(ReadFile(path)).Split('\n');
         var merges = new List<(string, string)>(lines.Length);
@@ -203,5 +203,5 @@ public sealed partial class Gpt2Tokenizer : TextTokenizer
         return merges;
     }
 
-    private static byte[] ReadFile(string path) => InputFile.ReadAllBytes(path, problem => new TokenizerException($"{path}: {problem}"));
+    static byte[] ReadFile(string path) => InputFile.ReadAllBytes(path, problem => new TokenizerException($"{path}: {problem}"));
 }

@@ -37,11 +37,11 @@ public static class LlamaTokenizers
 /// </summary>
 public sealed class SentencePieceTokenizer : TextTokenizer
 {
-    private readonly LlamaTokenizer _sp;
+    readonly LlamaTokenizer sp;
 
-    private SentencePieceTokenizer(LlamaTokenizer sp, string path)
+    SentencePieceTokenizer(LlamaTokenizer sp, string path)
     {
-        _sp = sp;
+        this.sp = sp;
         VocabSize = sp.Vocabulary.Count;
         EndOfTextId = sp.EndOfSentenceId;
         Name = $"sentencepiece-{VocabSize}";
@@ -74,7 +74,7 @@ public sealed class SentencePieceTokenizer : TextTokenizer
     public override IReadOnlyList<int> Encode(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        return _sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
+        return sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
     }
 
     public override string Decode(IEnumerable<int> ids)
@@ -84,7 +84,7 @@ public sealed class SentencePieceTokenizer : TextTokenizer
         {
             if (id < 0 || id >= VocabSize) throw new TokenizerException($"token id {id} is not in the {Name} vocabulary (ids 0..{VocabSize - 1})");
         }
-        return _sp.Decode(list);
+        return sp.Decode(list);
     }
 }
 
@@ -99,28 +99,28 @@ public sealed class SentencePieceTokenizer : TextTokenizer
 /// </summary>
 public sealed class Llama2cTokenizer : TextTokenizer
 {
-    private const int ByteTokenOffset = 3;
+    const int ByteTokenOffset = 3;
 
-    private readonly byte[][] _pieces;
-    private readonly float[] _scores;
-    private readonly string[] _keys;
-    private readonly Dictionary<string, int> _ids;
+    readonly byte[][] pieces;
+    readonly float[] scores;
+    readonly string[] keys;
+    readonly Dictionary<string, int> ids;
 
-    private Llama2cTokenizer(byte[][] pieces, float[] scores, int maxTokenLength, string path)
+    Llama2cTokenizer(byte[][] pieces, float[] scores, int maxTokenLength, string path)
     {
-        _pieces = pieces;
-        _scores = scores;
+        this.pieces = pieces;
+        this.scores = scores;
         MaxTokenLength = maxTokenLength;
         SourcePath = path;
-        _keys = Array.ConvertAll(pieces, p => Key(p));
-        _ids = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
-        for (int i = 0; i < pieces.Length; i++) _ids.TryAdd(_keys[i], i);
+        keys = Array.ConvertAll(pieces, p => Key(p));
+        ids = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
+        for (int i = 0; i < pieces.Length; i++) ids.TryAdd(keys[i], i);
         Name = $"llama2c-{pieces.Length}";
     }
 
-    public override int VocabSize => _pieces.Length;
+    public override int VocabSize => pieces.Length;
 
-    public override int? EndOfTextId => _pieces.Length > LlamaTokenizers.EndOfSentenceId ? LlamaTokenizers.EndOfSentenceId : null;
+    public override int? EndOfTextId => pieces.Length > LlamaTokenizers.EndOfSentenceId ? LlamaTokenizers.EndOfSentenceId : null;
 
     public override string Name { get; }
 
@@ -134,7 +134,7 @@ public sealed class Llama2cTokenizer : TextTokenizer
     public (byte[] Piece, float Score) Token(int id)
     {
         CheckId(id);
-        return (_pieces[id], _scores[id]);
+        return (pieces[id], scores[id]);
     }
 
     public static Llama2cTokenizer FromFile(string path)
@@ -182,7 +182,7 @@ public sealed class Llama2cTokenizer : TextTokenizer
         while (i < bytes.Length)
         {
             int length = Utf8Length(bytes, i);
-            if (_ids.TryGetValue(Key(bytes.AsSpan(i, length)), out int id))
+            if (ids.TryGetValue(Key(bytes.AsSpan(i, length)), out int id))
             {
                 tokens.Add(id);
             }
@@ -205,7 +205,7 @@ public sealed class Llama2cTokenizer : TextTokenizer
             CheckId(id);
             if (id is not (LlamaTokenizers.BeginOfSentenceId or LlamaTokenizers.EndOfSentenceId))
             {
-                byte[] piece = _pieces[id];
+                byte[] piece = pieces[id];
                 if (TryByteToken(piece, out byte raw))
                 {
                     bytes.Add(raw);
@@ -222,7 +222,7 @@ public sealed class Llama2cTokenizer : TextTokenizer
     }
 
     /// <summary>Merges the best-scoring adjacent pair (leftmost on ties) until no adjacent pair forms a piece.</summary>
-    private void MergePairs(List<int> tokens)
+    void MergePairs(List<int> tokens)
     {
         var pair = new StringBuilder();
         while (true)
@@ -231,10 +231,10 @@ public sealed class Llama2cTokenizer : TextTokenizer
             int bestId = -1, bestIndex = -1;
             for (int i = 0; i + 1 < tokens.Count; i++)
             {
-                pair.Clear().Append(_keys[tokens[i]]).Append(_keys[tokens[i + 1]]);
-                if (_ids.TryGetValue(pair.ToString(), out int id) && _scores[id] > bestScore)
+                pair.Clear().Append(keys[tokens[i]]).Append(keys[tokens[i + 1]]);
+                if (ids.TryGetValue(pair.ToString(), out int id) && scores[id] > bestScore)
                 {
-                    bestScore = _scores[id];
+                    bestScore = scores[id];
                     bestId = id;
                     bestIndex = i;
                 }
@@ -245,14 +245,14 @@ public sealed class Llama2cTokenizer : TextTokenizer
         }
     }
 
-    private void CheckId(int id)
+    void CheckId(int id)
     {
-        if (id < 0 || id >= _pieces.Length)
-            throw new TokenizerException($"token id {id} is not in the {Name} vocabulary (ids 0..{_pieces.Length - 1})");
+        if (id < 0 || id >= pieces.Length)
+            throw new TokenizerException($"token id {id} is not in the {Name} vocabulary (ids 0..{pieces.Length - 1})");
     }
 
     /// <summary>The bytes of a UTF-8 character starting at <paramref name="i"/>: its lead byte's length, cut at the next non-continuation byte.</summary>
-    private static int Utf8Length(byte[] bytes, int i)
+    static int Utf8Length(byte[] bytes, int i)
     {
         int length = 1;
         while (length < 4 && i + length < bytes.Length && (bytes[i + length] & 0xC0) == 0x80) length++;
@@ -260,9 +260,9 @@ public sealed class Llama2cTokenizer : TextTokenizer
     }
 
     /// <summary>Pieces are byte strings; a Latin-1 string holds one char per byte, so it is an exact dictionary key.</summary>
-    private static string Key(ReadOnlySpan<byte> piece) => Encoding.Latin1.GetString(piece);
+    static string Key(ReadOnlySpan<byte> piece) => Encoding.Latin1.GetString(piece);
 
-    private static bool TryByteToken(byte[] piece, out byte value)
+    static bool TryByteToken(byte[] piece, out byte value)
     {
         value = 0;
         return piece.Length == 6 && piece[0] == (byte)'<' && piece[1] == (byte)'0' && piece[2] == (byte)'x' && piece[5] == (byte)'>'
