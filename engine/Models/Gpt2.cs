@@ -173,12 +173,12 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
     {
         int c = Config.Channels;
         var d = Device;
-        var W = Weights;
-        d.Embedding(act.Ids, W.TokenEmbedding, W.PositionEmbedding, act.Embedded, pass.Offset);
+        var weights = Weights;
+        d.Embedding(act.Ids, weights.TokenEmbedding, weights.PositionEmbedding, act.Embedded, pass.Offset);
         var residual = act.Embedded;
-        for (int l = 0; l < W.Blocks.Length; l++)
+        for (int l = 0; l < weights.Blocks.Length; l++)
         {
-            var w = W.Blocks[l];
+            var w = weights.Blocks[l];
             var a = act.Block(l);
             w.Norm1.Forward(residual, a.Norm1, a.Norm1Mean!, a.Norm1Rstd);
             w.Qkv.Forward(a.Norm1, a.Qkv);
@@ -192,15 +192,15 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
             d.Add(a.AfterAttention, a.Branch, a.Output);
             residual = a.Output;
         }
-        W.FinalNorm.Forward(residual, act.FinalNorm, act.FinalMean!, act.FinalRstd);
-        ComputeLogits(act, W.Head);
+        weights.FinalNorm.Forward(residual, act.FinalNorm, act.FinalMean!, act.FinalRstd);
+        ComputeLogits(act, weights.Head);
     }
 
     protected override void Backward(ModelActivations<Gpt2BlockActivations> act, Gpt2Weights grads, AttentionPass pass)
     {
         int b = act.Batch, t = act.Length, c = Config.Channels;
         var d = Device;
-        var W = Weights;
+        var weights = Weights;
         using var dNorm = d.Allocate(DType.F32, b, t, c);
         using var dResidual = d.Zeros(DType.F32, b, t, c);
         using var dQkv = d.Allocate(DType.F32, b, t, 3 * c);
@@ -209,11 +209,11 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
         using var dActivated = d.Allocate(DType.F32, b, t, 4 * c);
 
         d.Fill(dNorm, 0);
-        W.Head.Backward(act.Logits!, act.FinalNorm, dNorm, grads.Head);
-        W.FinalNorm.Backward(dNorm, act.Block(W.Blocks.Length - 1).Output, act.FinalMean!, act.FinalRstd, dResidual, grads.FinalNorm);
-        for (int l = W.Blocks.Length - 1; l >= 0; l--)
+        weights.Head.Backward(act.Logits!, act.FinalNorm, dNorm, grads.Head);
+        weights.FinalNorm.Backward(dNorm, act.Block(weights.Blocks.Length - 1).Output, act.FinalMean!, act.FinalRstd, dResidual, grads.FinalNorm);
+        for (int l = weights.Blocks.Length - 1; l >= 0; l--)
         {
-            var w = W.Blocks[l];
+            var w = weights.Blocks[l];
             var g = grads.Blocks[l];
             var a = act.Block(l);
             // dResidual holds dLoss/dOutput; the MLP branch and the skip both receive it.

@@ -158,12 +158,12 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
     protected override void Forward(ModelActivations<LlamaBlockActivations> act, AttentionPass pass)
     {
         var d = Device;
-        var W = Weights;
-        d.Embedding(act.Ids, W.TokenEmbedding, null, act.Embedded, 0);
+        var weights = Weights;
+        d.Embedding(act.Ids, weights.TokenEmbedding, null, act.Embedded, 0);
         var residual = act.Embedded;
-        for (int l = 0; l < W.Blocks.Length; l++)
+        for (int l = 0; l < weights.Blocks.Length; l++)
         {
-            var w = W.Blocks[l];
+            var w = weights.Blocks[l];
             var a = act.Block(l);
             w.Norm1.Forward(residual, a.Norm1, a.Norm1Rstd);
             w.Query.Forward(a.Norm1, a.Q);
@@ -180,15 +180,15 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
             d.Add(a.AfterAttention, a.Branch, a.Output);
             residual = a.Output;
         }
-        W.FinalNorm.Forward(residual, act.FinalNorm, act.FinalRstd);
-        ComputeLogits(act, W.Head);
+        weights.FinalNorm.Forward(residual, act.FinalNorm, act.FinalRstd);
+        ComputeLogits(act, weights.Head);
     }
 
     protected override void Backward(ModelActivations<LlamaBlockActivations> act, LlamaWeights grads, AttentionPass pass)
     {
         int b = act.Batch, t = act.Length, c = Config.Channels;
         var d = Device;
-        var W = Weights;
+        var weights = Weights;
         using var dNorm = d.Allocate(DType.F32, b, t, c);
         using var dResidual = d.Zeros(DType.F32, b, t, c);
         using var dAttention = d.Allocate(DType.F32, b, t, c);
@@ -200,11 +200,11 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
         using var dActivated = d.Allocate(DType.F32, b, t, Config.Hidden);
 
         d.Fill(dNorm, 0);
-        W.Head.Backward(act.Logits!, act.FinalNorm, dNorm, grads.Head);
-        W.FinalNorm.Backward(dNorm, act.Block(W.Blocks.Length - 1).Output, act.FinalRstd, dResidual, grads.FinalNorm);
-        for (int l = W.Blocks.Length - 1; l >= 0; l--)
+        weights.Head.Backward(act.Logits!, act.FinalNorm, dNorm, grads.Head);
+        weights.FinalNorm.Backward(dNorm, act.Block(weights.Blocks.Length - 1).Output, act.FinalRstd, dResidual, grads.FinalNorm);
+        for (int l = weights.Blocks.Length - 1; l >= 0; l--)
         {
-            var w = W.Blocks[l];
+            var w = weights.Blocks[l];
             var g = grads.Blocks[l];
             var a = act.Block(l);
             // dResidual holds dLoss/dOutput: the MLP branch and the skip both receive it.
