@@ -1,4 +1,5 @@
 using DiffuSharp.Diffusion;
+using DiffuSharp.Models;
 
 namespace DiffuSharp.Training;
 
@@ -48,8 +49,14 @@ public sealed record TrainOptions
     /// </summary>
     public double MaxLoss { get; init; } = 1e5;
 
-    /// <summary>The token shards trained on (kept so --resume can find them again).</summary>
+    /// <summary>The token shards trained on, or the SFT pairs file (kept so --resume can find them again).</summary>
     public string[] Data { get; init; } = [];
+
+    /// <summary>
+    /// Conditional fine-tuning (method §5): Data is one file of pairs, each one sequence of SequenceLength tokens (the
+    /// cutoff) framed by these tokens, its source never noised. Null for packed token shards.
+    /// </summary>
+    public SftTokens? Sft { get; init; }
 
     /// <summary>Refuses values no run can use (non-finite, out of range, sizes that overflow), naming the option.</summary>
     public void Validate()
@@ -75,5 +82,6 @@ public sealed record TrainOptions
         Check(Beta1 is >= 0 and < 1 && Beta2 is >= 0 and < 1, $"AdamW betas must lie in [0, 1), got {Beta1}, {Beta2}");
         Check(float.IsFinite(Epsilon) && Epsilon > 0, $"AdamW epsilon must be a positive finite number, got {Epsilon}");
         Check(double.IsFinite(MaxLoss) && MaxLoss > 0, $"--max-loss must be a positive finite number, got {MaxLoss}");
+        Check(Sft is null || SequenceLength >= 4, $"--cutoff must leave room for BOS, SEP, EOS and one token, got {SequenceLength}");
     }
 }

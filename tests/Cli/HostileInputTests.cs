@@ -32,6 +32,8 @@ public sealed class HostileInputTests
         ["train --config"] = (["train"], [("--config", "{fixture}/config.json"), ("--tokenizer", "{gpt2}"), ("--data", "{shard}"), ("--mask-token", "3"),
             ("--steps", "1"), ("--batch", "2"), ("--seq-len", "16"), ("--eval-batches", "1"), ("--out", "{out}/run"), ("--device", "cpu")]),
         ["train --resume"] = (["train"], [("--resume", "{run}"), ("--device", "cpu")]),
+        ["train --sft"] = (["train"], [("--init", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--sft", "{sft}"), ("--cutoff", "24"), ("--mask-token", "3"),
+            ("--steps", "1"), ("--batch", "2"), ("--eval-every", "1"), ("--eval-batches", "1"), ("--out", "{out}/sft"), ("--device", "cpu")]),
         ["eval"] = (["eval"], [("--model", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--mask-token", "3"), ("--task", "piqa"), ("--limit", "1"),
             ("--steps", "2"), ("--eval-data", "{eval}"), ("--device", "cpu")]),
         ["eval unconditional"] = (["eval"], [("--model", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--mask-token", "3"), ("--task", "unconditional"),
@@ -245,6 +247,15 @@ public sealed class HostileInputTests
         Bad("train --resume", "--out", "{out}/elsewhere"),
         Good("train --resume", "--keep", "2"),
         Good("train --resume", "--data", "{shard}"),
+        Bad("train --sft", "--sft", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, "{binary}", "{in}/sft-missing.jsonl", "{in}/sft-empty.json",
+            "{in}/sft-number.jsonl", "{in}/sft-one.jsonl", "{shard}"),
+        Good("train --sft", "--sft", "{sft}", "{in}/sft.jsonl"),
+        Bad("train --sft", "--cutoff", Empty, Negative, Zero, "3", "65", IntMax, NaN, Garbage),
+        Good("train --sft", "--cutoff", "4", "64"),
+        Bad("train --sft", "--sft-tokens", Empty, Garbage, "1,2,3", "1,2,3,4,5", "1,2,3,512", "-1,2,3,4", "a,b,c,d"),
+        Good("train --sft", "--sft-tokens", "0,1,2,3", "511,511,511,511"),
+        Bad("train --sft", "--seq-len", "16"),
+        Bad("train --sft", "--data", "{shard}"),
 
         Bad("eval", "--model", Empty, Missing, Folder, AFile, DevNull, Fifo, Garbage),
         Good("eval", "--model", "{fixture}"),
@@ -306,6 +317,12 @@ public sealed class HostileInputTests
         shard = CliRun.StoriesShard(input);
         var wide = CliRun.Run("tokenize", "--tokenizer", Path.Combine(SharedData, "tokenizers", "gpt2"), "--out", Path.Combine(input, "wide.tok"), Path.Combine(input, "stories.txt"));
         Assert.That(wide.Code, Is.EqualTo(0), wide.Err);
+        File.WriteAllText(Path.Combine(input, "sft.json"), """[{"instruction": "1 + 2", "output": "<<1+2=3>> #### 3"}, {"instruction": "2 * 3", "output": "<<2*3=6>> #### 6"}]""");
+        File.WriteAllText(Path.Combine(input, "sft.jsonl"), "{\"src\": \"a b\", \"tgt\": \"c\"}\n\n{\"src\": \"d\", \"tgt\": \"e f\"}\n");
+        File.WriteAllText(Path.Combine(input, "sft-missing.jsonl"), "{\"src\": \"a\", \"tgt\": \"b\"}\n{\"src\": \"a\"}\n");
+        File.WriteAllText(Path.Combine(input, "sft-empty.json"), """[{"instruction": "", "output": "x"}, {"instruction": "y", "output": "z"}]""");
+        File.WriteAllText(Path.Combine(input, "sft-number.jsonl"), "{\"src\": \"a\", \"tgt\": 3}\n");
+        File.WriteAllText(Path.Combine(input, "sft-one.jsonl"), "{\"src\": \"a\", \"tgt\": \"b\"}\n");
         File.WriteAllText(Path.Combine(input, "huge.json"), """{"model_type": "gpt2", "vocab_size": 512, "n_positions": 64, "n_embd": 64, "n_layer": 1000000000, "n_head": 4}""");
         var made = CliRun.Run([.. CommandLine("train", "--out", Path.Combine(input, "run-template"))]);
         Assert.That(made.Code, Is.EqualTo(0), made.Err);
@@ -328,7 +345,7 @@ public sealed class HostileInputTests
         .Replace("{llama-tokenizer}", Path.Combine(SharedData, "llama2c", "tokenizer.model"))
         .Replace("{binary}", Path.Combine(input, "binary.txt"))
         .Replace("{eval}", Path.Combine(SharedData, "eval"))
-        .Replace("{shard}", shard).Replace("{wide shard}", Path.Combine(input, "wide.tok"))
+        .Replace("{shard}", shard).Replace("{wide shard}", Path.Combine(input, "wide.tok")).Replace("{sft}", Path.Combine(input, "sft.json"))
         .Replace("{huge config}", Path.Combine(input, "huge.json"))
 
         .Replace("{64 ids}", string.Join(",", Enumerable.Repeat(7, 64)))

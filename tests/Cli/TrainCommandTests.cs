@@ -118,6 +118,35 @@ public sealed class TrainCommandTests
         Assert.That(output, Does.StartWith("Once upon a time"));
     }
 
+    /// <summary>SFT pairs (method §5): trains with the query never noised, resumes as if never stopped, and refuses a bad row before any work.</summary>
+    [Test]
+    public void FineTunesOnSftPairsAndResumesIdentically()
+    {
+        string pairs = Path.Combine(temp, "pairs.jsonl");
+        File.WriteAllLines(pairs, Enumerable.Range(1, 12).Select(i => $$"""{"src": "What is {{i}} plus {{i + 1}}?", "tgt": "<<{{i}}+{{i + 1}}={{2 * i + 1}}>> #### {{2 * i + 1}}"}"""));
+        string[] common = ["train", "--init", Gpt2FixtureTests.FixtureDir, "--tokenizer", Tokenizer, "--sft", pairs, "--cutoff", "48", "--mask-token", "3",
+            "--recipe", "sft", "--warmup", "1", "--schedule", "constant", "--batch", "2", "--eval-every", "2", "--eval-batches", "1", "--val-fraction", "0.2", "--device", "cpu"];
+        string full = Path.Combine(temp, "sft-full"), split = Path.Combine(temp, "sft-split");
+        var (code, _, err) = Run([.. common, "--steps", "4", "--out", full]);
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(err, Does.Contain("sft: 12 pairs").And.Contain("cutoff 48, 0 truncated"));
+        Assert.That(Run([.. common, "--steps", "2", "--out", split]).Code, Is.EqualTo(0));
+        (code, _, err) = Run("train", "--resume", split, "--steps", "4", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        var a = Trainer.ReadLog(Path.Combine(full, Trainer.LogFile));
+        var b = Trainer.ReadLog(Path.Combine(split, Trainer.LogFile));
+        Assert.That(a.Where(r => r.Step > 0).Select(r => r.Loss), Has.All.GreaterThan(0), "every batch has answer tokens to learn");
+        Assert.That(b.Select(r => (r.Step, r.Loss, r.ValLoss)), Is.EqualTo(a.Select(r => (r.Step, r.Loss, r.ValLoss))));
+        Assert.That(Checkpoint.LoadOptions(full).Sft, Is.EqualTo(new SftTokens(0, 0, 0, 0)), "the vocabulary-limited GPT-2 BPE has no end-of-text: id 0 serves");
+
+        File.AppendAllText(pairs, "{\"src\": \"x\"}\n");
+        string refused = Path.Combine(temp, "sft-refused");
+        (code, _, err) = Run([.. common, "--steps", "4", "--out", refused]);
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(err, Does.Contain($"{pairs}: line 13: missing field 'tgt'"));
+        Assert.That(Directory.Exists(refused), Is.False, "nothing is written before the data is checked");
+    }
+
     /// <summary>--config takes a LLaMA preset too: random weights in HF LLaMA's scheme, trained, saved and loaded as a LLaMA.</summary>
     [Test]
     public void TrainsTheLlamaPresetFromRandomWeights()

@@ -4,6 +4,7 @@ using DiffuSharp.Diffusion;
 using DiffuSharp.IO;
 using DiffuSharp.Models;
 using DiffuSharp.Runtime;
+using DiffuSharp.Text;
 using DiffuSharp.Training;
 using Spectre.Console;
 
@@ -24,6 +25,15 @@ static class TrainCommand
         var objective = new Option<string>("--objective") { Description = "diffusion (the DiffuGPT objective) or ar (next-token)", DefaultValueFactory = _ => "diffusion" };
         objective.AcceptOnlyFromAmong("diffusion", "ar");
         var data = Cli.NonEmpty(new Option<string[]>("--data") { Description = "token shard(s) written by `diffu tokenize`", AllowMultipleArgumentsPerToken = true });
+        var sft = Cli.NonEmpty(new Option<string?>("--sft")
+        {
+            Description = "conditional fine-tuning (method §5) instead of --data: a JSON array or JSON Lines file of {\"instruction\", \"output\"} or {\"src\", \"tgt\"} rows; the query is never noised",
+        });
+        var cutoff = TypedOptions.Integer("--cutoff", "with --sft: tokens per sequence ([BOS] + query + [SEP] + answer + [EOS], right-padded)", 256, min: 4);
+        var sftTokens = Cli.NonEmpty(new Option<string?>("--sft-tokens")
+        {
+            Description = "with --sft: the BOS,SEP,EOS,PAD ids (default: the family's; GPT-2 end-of-text for all four, LLaMA 1,2,2,2)",
+        });
         var steps = TypedOptions.Integer("--steps", "total optimizer steps of the run", defaults.Steps, min: 1L);
         var batch = TypedOptions.Integer("--batch", "sequences per micro-batch", defaults.Batch, min: 1);
         var seqLen = TypedOptions.Integer("--seq-len", "tokens per sequence", defaults.SequenceLength, min: 2);
@@ -46,8 +56,9 @@ static class TrainCommand
         var valFraction = TypedOptions.Double("--val-fraction", "share of blocks held out for validation, below 1", defaults.ValidationFraction, min: 0, max: 1);
         var recipe = new Option<string?>("--recipe")
         {
-            Description = "the paper's adaptation recipes as defaults for the options not given: annealed (DiffuGPT: attention annealed over 10K steps, "
-                + "3e-4 cosine, 2K warm-up) or no-anneal (DiffuLLaMA-7B: bidirectional from step 0, constant 2e-5, no warm-up)",
+            Description = "the paper's recipes as defaults for the options not given: annealed (DiffuGPT: attention annealed over 10K steps, "
+                + "3e-4 cosine, 2K warm-up), no-anneal (DiffuLLaMA-7B: bidirectional from step 0, constant 2e-5, no warm-up) "
+                + "or sft (DiffuGPT's GSM8K fine-tuning: anneal steps 1, 3e-4 cosine, 2K warm-up)",
         };
         recipe.AcceptOnlyFromAmong(Recipes.Keys.ToArray());
         var output = Cli.NonEmpty(new Option<string?>("--out") { Description = "output folder: checkpoints/step-N/, train_log.jsonl, loss.png (a folder that holds a run needs --resume or --overwrite)" });
@@ -60,7 +71,7 @@ static class TrainCommand
         var precision = Cli.PrecisionOption();
         var command = new Command("train", "train a model (AR) or adapt one into a diffusion model")
         {
-            init, config, resume, objective, data, steps, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches,
+            init, config, resume, objective, data, sft, cutoff, sftTokens, steps, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches,
             seed, mask, weightDecay, clip, valFraction, recipe, output, overwrite, keep, maxLoss, tokenizer, device, precision,
         };
         command.SetAction(parse =>
@@ -88,10 +99,11 @@ static class TrainCommand
                     WarmupSteps = Given(parse, warmup) ? options.WarmupSteps : r.WarmupSteps,
                 };
             }
-            var fixedOnResume = new Option[] { objective, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches, seed, mask,
+            var fixedOnResume = new Option[] { objective, sft, cutoff, sftTokens, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches, seed, mask,
                 weightDecay, clip, valFraction, recipe, tokenizer, overwrite };
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
                 parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision),
+                parse.GetValue(sft), Given(parse, cutoff) ? parse.GetValue(cutoff) : null, parse.GetValue(sftTokens), Given(parse, seqLen),
                 Given(parse, steps), Given(parse, maxLoss), Given(parse, keep), parse.GetValue(mask)!, parse.GetValue(overwrite),
                 fixedOnResume.Where(o => Given(parse, o)).Select(o => o.Name).ToArray());
             return Run(request, options, stdout, stderr);
@@ -107,9 +119,11 @@ static class TrainCommand
     {
         ["annealed"] = (10_000, 3e-4, LearningRateDecay.Cosine, 2_000),
         ["no-anneal"] = (0, 2e-5, LearningRateDecay.Constant, 0),
+        ["sft"] = (1, 3e-4, LearningRateDecay.Cosine, 2_000),
     };
 
     sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device, string? Precision,
+        string? Sft, int? Cutoff, string? SftTokens, bool SequenceLengthGiven,
         bool StepsGiven, bool MaxLossGiven, bool KeepGiven, string MaskToken, bool Overwrite, string[] GivenFixedOptions);
 
     /// <summary>
@@ -126,7 +140,14 @@ static class TrainCommand
     static int Start(Request request, TrainOptions options, TextWriter stdout, TextWriter stderr)
     {
         string outDir = Path.GetFullPath(request.Out ?? throw new DiffuException("--out DIR is required"));
-        if (options.Data.Length == 0) throw new DiffuException("--data FILE is required (make one with `diffu tokenize`)");
+        if (request.Sft is string sftFile)
+        {
+            if (options.Data.Length > 0) throw new DiffuException("give --data (token shards) or --sft (pairs), not both");
+            if (request.SequenceLengthGiven) throw new DiffuException("with --sft the sequence length is --cutoff, not --seq-len");
+            options = options with { Data = [Path.GetFullPath(sftFile)], SequenceLength = request.Cutoff ?? 256 };
+        }
+        else if (request.Cutoff is not null || request.SftTokens is not null) throw new DiffuException("--cutoff and --sft-tokens go with --sft");
+        if (options.Data.Length == 0) throw new DiffuException("--data FILE (or --sft FILE) is required (make token shards with `diffu tokenize`)");
         options.Validate();
         IModelConfig config;
         if (request.Init is string init)
@@ -139,6 +160,9 @@ static class TrainCommand
         else config = Presets.Load(request.Config!);
         string tokenizerSource = TokenizerFor(request);
         var tokenizer = Checkpoint.ReadTokenizer(tokenizerSource);
+        var textTokenizer = ModelFolder.Tokenizer(tokenizerSource, config, null);
+        if (request.Sft is not null)
+            options = options with { Sft = ParseSftTokens(request.SftTokens, config.VocabSize) ?? ModelFamily.Of(config).SftTokens(textTokenizer) };
         int vocab = config.VocabSize;
         if (options.Objective == TrainingObjective.Diffusion)
         {
@@ -150,14 +174,14 @@ static class TrainCommand
 
         using var device = Cli.CreateDevice(request.Device, request.Precision);
         RequireMemory(device, config, options);
-        using var blocks = OpenData(options.Data, options, vocab);
+        var blocks = OpenData(options, vocab, textTokenizer, stderr);
+        using var ownsBlocks = blocks as IDisposable;
         using var run = RunFolder.Open(outDir);
         if (run.HoldsRun && !request.Overwrite)
             throw new DiffuException($"{outDir} already holds a training run ({Describe(run)}): continue it with --resume {request.Out}, "
                 + "or start again with --overwrite (which deletes it)");
         run.RequireSpace(CheckpointBytes(config, vocab, tokenizer), CheckpointsOnDisk(options, 0));
         using var trainer = NewRun(request, options, device, blocks);
-        ModelFolder.Tokenizer(tokenizerSource, trainer.Model.Config, null);
         run.Clear();
         return Train(trainer, run, tokenizer, device, stdout, stderr);
     }
@@ -184,12 +208,14 @@ static class TrainCommand
             Data = given.Data.Length > 0 ? given.Data : saved.Data,
         };
         if (options.Data.Length == 0) throw new DiffuException("--data FILE is required (the checkpoint names no token shards)");
+        if (options.Sft is not null && given.Data.Length > 0) throw new DiffuException("an SFT run resumes on its own pairs file; --data does not apply");
         options.Validate();
         var config = ModelLoader.LoadConfig(checkpoint);
         run.RequireSpace(CheckpointBytes(config, config.VocabSize, tokenizer), CheckpointsOnDisk(options, RunLayout.Checkpoints(resumeDir).Count));
         using var device = Cli.CreateDevice(request.Device, request.Precision);
         RequireMemory(device, config, options);
-        using var blocks = OpenData(options.Data, options, config.VocabSize);
+        var blocks = OpenData(options, config.VocabSize, options.Sft is null ? null : ModelFolder.Tokenizer(checkpoint, config, null), stderr);
+        using var ownsBlocks = blocks as IDisposable;
         using var trainer = Trainer.Resume(checkpoint, device, blocks, options);
         if (options.Steps != saved.Steps && options.Decay == LearningRateDecay.Cosine)
         {
@@ -238,9 +264,11 @@ static class TrainCommand
         return SaturatingAdd(weights > long.MaxValue / 3 ? long.MaxValue : 3 * weights, rows + tokenizer.Sum(f => (long)f.Bytes.Length));
     }
 
-    /// <summary>The token shards, checked against the model's vocabulary and for validation blocks.</summary>
-    static TokenBlocks OpenData(string[] shards, TrainOptions options, int modelVocab)
+    /// <summary>The training data, checked against the model's vocabulary and for validation blocks: token shards, or SFT pairs (method §5).</summary>
+    static ITokenBlocks OpenData(TrainOptions options, int modelVocab, TextTokenizer? tokenizer, TextWriter stderr)
     {
+        if (options.Sft is SftTokens tokens) return OpenSft(options, tokens, modelVocab, tokenizer!, stderr);
+        var shards = options.Data;
         var blocks = TokenBlocks.Open(shards, options.SequenceLength, options.Seed, options.ValidationFraction);
         try
         {
@@ -256,6 +284,39 @@ static class TrainCommand
             blocks.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Every pair read, encoded (the text's own tokens, no BOS) and framed before training starts.</summary>
+    static SftBlocks OpenSft(TrainOptions options, SftTokens tokens, int modelVocab, TextTokenizer tokenizer, TextWriter stderr)
+    {
+        string path = options.Data[0];
+        var pairs = SftFile.Read(path);
+        int cutoff = options.SequenceLength, truncated = 0;
+        var sequences = new List<SftSequence>(pairs.Count);
+        foreach (var pair in pairs)
+        {
+            var source = tokenizer.Encode(pair.Source);
+            var target = tokenizer.Encode(pair.Target);
+            if (source.Count + target.Count + 3 > cutoff) truncated++;
+            sequences.Add(SftSequence.Build(source.ToArray(), target.ToArray(), tokens, cutoff));
+        }
+        var blocks = new SftBlocks(sequences, options.Seed, options.ValidationFraction);
+        if (blocks.VocabSize > modelVocab)
+            throw new DiffuException($"{path}: token id {blocks.VocabSize - 1} (with --sft-tokens) is outside the model's vocabulary of {modelVocab}");
+        stderr.WriteLine($"sft: {pairs.Count} pairs from {path} ({blocks.TrainingBlockCount} training, {blocks.ValidationBlockCount} validation), "
+            + $"cutoff {cutoff}, {truncated} truncated; BOS {tokens.Bos}, SEP {tokens.Sep}, EOS {tokens.Eos}, PAD {tokens.Pad}");
+        return blocks;
+    }
+
+    /// <summary>--sft-tokens BOS,SEP,EOS,PAD, each a token id of the model.</summary>
+    static SftTokens? ParseSftTokens(string? text, int vocab)
+    {
+        if (text is null) return null;
+        var parts = text.Split(',');
+        var ids = new int[parts.Length];
+        if (parts.Length != 4 || parts.Where((p, i) => !int.TryParse(p.Trim(), out ids[i]) || ids[i] < 0 || ids[i] >= vocab).Any())
+            throw new DiffuException($"--sft-tokens '{text}': expected four token ids BOS,SEP,EOS,PAD below the model's vocabulary of {vocab}");
+        return new SftTokens(ids[0], ids[1], ids[2], ids[3]);
     }
 
     static bool IsSameOrInside(string path, string folder)
