@@ -32,6 +32,7 @@ public sealed class HostileInputTests
         ["train --config"] = (["train"], [("--config", "{fixture}/config.json"), ("--tokenizer", "{gpt2}"), ("--data", "{shard}"), ("--mask-token", "3"),
             ("--steps", "1"), ("--batch", "2"), ("--seq-len", "16"), ("--eval-batches", "1"), ("--out", "{out}/run"), ("--device", "cpu")]),
         ["train --resume"] = (["train"], [("--resume", "{run}"), ("--device", "cpu")]),
+        ["data gsm8k-symbolic"] = (["data", "gsm8k-symbolic"], [("INPUT", "{gsm8k}"), ("--out", "{out}/gsm.json")]),
         ["train --sft"] = (["train"], [("--init", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--sft", "{sft}"), ("--cutoff", "24"), ("--mask-token", "3"),
             ("--steps", "1"), ("--batch", "2"), ("--eval-every", "1"), ("--eval-batches", "1"), ("--out", "{out}/sft"), ("--device", "cpu")]),
         ["eval"] = (["eval"], [("--model", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--mask-token", "3"), ("--task", "piqa"), ("--limit", "1"),
@@ -247,6 +248,12 @@ public sealed class HostileInputTests
         Bad("train --resume", "--out", "{out}/elsewhere"),
         Good("train --resume", "--keep", "2"),
         Good("train --resume", "--data", "{shard}"),
+        Bad("data gsm8k-symbolic", "INPUT", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, "{binary}", "{shard}", "{in}/sft.jsonl"),
+        Good("data gsm8k-symbolic", "INPUT", "{gsm8k}"),
+        Bad("data gsm8k-symbolic", "--out", Empty, Folder, DevNull, DevFull, Fifo, MissingFolder, AFile, "{gsm8k}"),
+        Good("data gsm8k-symbolic", "--out", "{out}/other.json"),
+        Bad("data gsm8k-symbolic", "--overwrite", Garbage),
+        Good("data gsm8k-symbolic", "--overwrite", "true"),
         Bad("train --sft", "--sft", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, "{binary}", "{in}/sft-missing.jsonl", "{in}/sft-empty.json",
             "{in}/sft-number.jsonl", "{in}/sft-one.jsonl", "{shard}"),
         Good("train --sft", "--sft", "{sft}", "{in}/sft.jsonl"),
@@ -346,6 +353,7 @@ public sealed class HostileInputTests
         .Replace("{binary}", Path.Combine(input, "binary.txt"))
         .Replace("{eval}", Path.Combine(SharedData, "eval"))
         .Replace("{shard}", shard).Replace("{wide shard}", Path.Combine(input, "wide.tok")).Replace("{sft}", Path.Combine(input, "sft.json"))
+        .Replace("{gsm8k}", Path.Combine(SharedData, "eval", "gsm8k", "test.jsonl"))
         .Replace("{huge config}", Path.Combine(input, "huge.json"))
 
         .Replace("{64 ids}", string.Join(",", Enumerable.Repeat(7, 64)))

@@ -56,6 +56,7 @@ public static class Cli
             TrainCommand.Create(stdout, stderr),
             ConvertCommand.Create(stdout),
             EvalCommand.Create(stdout, stderr),
+            DataCommand.Create(stdout),
         };
 
     /// <summary>"diffu convert llama2c" for the command a parse stopped in.</summary>
