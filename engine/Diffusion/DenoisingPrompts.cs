@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using DiffuSharp.Models;
 using DiffuSharp.Text;
 
 namespace DiffuSharp.Diffusion;
@@ -44,6 +45,26 @@ public static partial class DenoisingPrompts
         for (int i = 0; i <= prompt.Count; i++) fixedMask[i] = 1;
         for (int i = 0; i < prompt.Count; i++) tokens[1 + i] = prompt[i];
         return new DenoisingRow(tokens, fixedMask, [(1 + prompt.Count, (int)n)]);
+    }
+
+    /// <summary>
+    /// A conditional row (method §5, §8): <c>[BOS] + query + [SEP]</c> fixed, then answer slots up to <paramref name="cutoff"/>
+    /// positions (at most the model's), all generated. A query that leaves no slot is refused, not cut.
+    /// </summary>
+    public static DenoisingRow Conditional(SftTokens tokens, IReadOnlyList<int> query, int cutoff, int positions)
+    {
+        int n = Math.Min(cutoff, positions);
+        int context = query.Count + 2;
+        if (context >= n)
+            throw new DiffuException($"BOS + the query ({query.Count} tokens) + SEP = {context} leave no answer slot in "
+                + (cutoff > positions ? $"the model's {positions} positions: shorten the query" : $"--cutoff {cutoff}: shorten the query or raise --cutoff"));
+        var ids = new int[n];
+        var fixedMask = new byte[n];
+        ids[0] = tokens.Bos;
+        for (int i = 0; i < query.Count; i++) ids[1 + i] = query[i];
+        ids[context - 1] = tokens.Sep;
+        fixedMask.AsSpan(0, context).Fill(1);
+        return new DenoisingRow(ids, fixedMask, [(context, n)]);
     }
 
     static string Fits(long length) => length > 0 ? $"at most --length {length} fits" : "the prompt leaves no room: shorten it";

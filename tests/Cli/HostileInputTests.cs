@@ -32,6 +32,8 @@ public sealed class HostileInputTests
         ["train --config"] = (["train"], [("--config", "{fixture}/config.json"), ("--tokenizer", "{gpt2}"), ("--data", "{shard}"), ("--mask-token", "3"),
             ("--steps", "1"), ("--batch", "2"), ("--seq-len", "16"), ("--eval-batches", "1"), ("--out", "{out}/run"), ("--device", "cpu")]),
         ["train --resume"] = (["train"], [("--resume", "{run}"), ("--device", "cpu")]),
+        ["generate --sft-prompt"] = (["generate"], [("--model", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--device", "cpu"), ("--mask-token", "3"),
+            ("--sft-prompt", "What is 1 plus 2?"), ("--cutoff", "32"), ("--steps", "2")]),
         ["data gsm8k-symbolic"] = (["data", "gsm8k-symbolic"], [("INPUT", "{gsm8k}"), ("--out", "{out}/gsm.json")]),
         ["train --sft"] = (["train"], [("--init", "{fixture}"), ("--tokenizer", "{gpt2}"), ("--sft", "{sft}"), ("--cutoff", "24"), ("--mask-token", "3"),
             ("--steps", "1"), ("--batch", "2"), ("--eval-every", "1"), ("--eval-batches", "1"), ("--out", "{out}/sft"), ("--device", "cpu")]),
@@ -248,6 +250,14 @@ public sealed class HostileInputTests
         Bad("train --resume", "--out", "{out}/elsewhere"),
         Good("train --resume", "--keep", "2"),
         Good("train --resume", "--data", "{shard}"),
+        Bad("generate --sft-prompt", "--sft-prompt", "{long text}"),
+        Good("generate --sft-prompt", "--sft-prompt", Empty, "x", Garbage),
+        Bad("generate --sft-prompt", "--cutoff", Empty, Negative, Zero, "3", "4", "11", NaN, Garbage),
+        Good("generate --sft-prompt", "--cutoff", "12", "64", IntMax),
+        Bad("generate --sft-prompt", "--sft-tokens", Empty, Garbage, "1,2,3", "0,1,2,512"),
+        Good("generate --sft-prompt", "--sft-tokens", "0,1,2,3"),
+        Bad("generate --sft-prompt", "--prompt", "x"),
+        Bad("generate --sft-prompt", "--infill", "a <mask:2> b"),
         Bad("data gsm8k-symbolic", "INPUT", Empty, Missing, Folder, AFile, DevNull, DevZero, Fifo, "{binary}", "{shard}", "{in}/sft.jsonl"),
         Good("data gsm8k-symbolic", "INPUT", "{gsm8k}"),
         Bad("data gsm8k-symbolic", "--out", Empty, Folder, DevNull, DevFull, Fifo, MissingFolder, AFile, "{gsm8k}"),
@@ -353,6 +363,7 @@ public sealed class HostileInputTests
         .Replace("{binary}", Path.Combine(input, "binary.txt"))
         .Replace("{eval}", Path.Combine(SharedData, "eval"))
         .Replace("{shard}", shard).Replace("{wide shard}", Path.Combine(input, "wide.tok")).Replace("{sft}", Path.Combine(input, "sft.json"))
+        .Replace("{long text}", string.Join(' ', Enumerable.Repeat("word", 60)))
         .Replace("{gsm8k}", Path.Combine(SharedData, "eval", "gsm8k", "test.jsonl"))
         .Replace("{huge config}", Path.Combine(input, "huge.json"))
 

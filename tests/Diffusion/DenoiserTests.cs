@@ -6,7 +6,7 @@ using DiffuSharp.Tests.Models;
 
 namespace DiffuSharp.Tests.Diffusion;
 
-/// <summary>The samplers against the spec's checklist (§13.4-13.6), on the PyTorch fixture model (vocabulary 512).</summary>
+/// <summary>The samplers (method §8), on the PyTorch fixture model (vocabulary 512).</summary>
 public sealed class DenoiserTests
 {
     const int Mask = 3, Start = 0;

@@ -25,6 +25,13 @@ static class GenerateCommand
     {
         var model = Cli.ModelOption();
         var prompt = new Option<string[]>("--prompt") { Description = "text to continue; repeat for a batch of prompts", AllowMultipleArgumentsPerToken = false };
+        var sftPrompt = new Option<string?>("--sft-prompt")
+        {
+            Description = "conditional generation (an SFT model, method §5): [BOS] + this query + [SEP] kept, the answer up to --cutoff denoised; "
+                + "prints the answer up to its first EOS (defaults: topk, temperature 0, 64 steps)",
+        };
+        var cutoff = TypedOptions.Integer("--cutoff", "with --sft-prompt: positions of the whole sequence, query and answer (at most the model's)", 256, min: 4);
+        var sftTokens = ModelFolder.SftTokensOption();
         var infill = new Option<string?>("--infill") { Description = "text with <mask:N> placeholders to fill, prefix and suffix kept (e.g. \"Tom <mask:12> the park.\")" };
         var length = TypedOptions.Integer("--length", "tokens to generate after the prompt (diffusion)", 64, min: 1);
         var steps = TypedOptions.Integer("--steps", "denoising steps T = forward passes (diffusion)", 64, min: 1);
@@ -50,7 +57,7 @@ static class GenerateCommand
         var precision = Cli.PrecisionOption();
         var command = new Command("generate", "generate, complete or infill text")
         {
-            model, prompt, infill, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, stopAtEos,
+            model, prompt, infill, sftPrompt, cutoff, sftTokens, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, stopAtEos,
             tokenizer, device, precision,
         };
         command.SetAction(parse =>
@@ -62,14 +69,20 @@ static class GenerateCommand
                 if (prompts.Length != 1) throw new DiffuException("--ar decodes one --prompt");
                 return RunAutoregressive(source, prompts[0], parse.GetValue(maxNew), parse.GetValue(temperature), parse.GetValue(seed), stdout, stderr);
             }
+            var query = parse.GetValue(sftPrompt);
+            if (query is not null && (prompts.Length > 0 || parse.GetValue(infill) is not null))
+                throw new DiffuException("--sft-prompt is a query of its own: give it without --prompt or --infill");
+            if (query is null && (parse.GetResult(cutoff) is { Implicit: false } || parse.GetValue(sftTokens) is not null))
+                throw new DiffuException("--cutoff and --sft-tokens go with --sft-prompt");
+            bool argmax = query is not null && parse.GetResult(temperature) is not { Implicit: false };
             var settings = new DenoiseSettings
             {
                 Steps = parse.GetValue(steps), Strategy = Samplers[parse.GetValue(sampler)!], Seed = parse.GetValue(seed),
-                Sampling = new SamplingOptions(parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP)),
+                Sampling = new SamplingOptions(argmax ? 0f : parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP)),
                 BlockLength = parse.GetValue(block), TokensPerStep = parse.GetValue(budget),
             };
             return RunDiffusion(source, new DiffusionRequest(prompts, parse.GetValue(infill), parse.GetValue(length), parse.GetValue(batch),
-                parse.GetValue(mask), parse.GetValue(showSteps)), settings, stdout, stderr);
+                parse.GetValue(mask), parse.GetValue(showSteps), query, parse.GetValue(cutoff), parse.GetValue(sftTokens)), settings, stdout, stderr);
         });
         return command;
     }
@@ -80,7 +93,8 @@ static class GenerateCommand
     /// <summary>What both kinds of generation read and where they run.</summary>
     sealed record Source(string Model, string? Tokenizer, string? Device, string? Precision, bool StopAtEndOfText);
 
-    sealed record DiffusionRequest(string[] Prompts, string? Infill, int Length, int Samples, int? MaskToken, bool ShowSteps);
+    sealed record DiffusionRequest(string[] Prompts, string? Infill, int Length, int Samples, int? MaskToken, bool ShowSteps,
+        string? SftPrompt, int Cutoff, string? SftTokens);
 
     /// <summary>
     /// Everything is checked from the config and the tokenizer before the weights are read: the rows against
@@ -94,9 +108,12 @@ static class GenerateCommand
         var config = ModelLoader.LoadConfig(source.Model);
         var tokenizer = ModelFolder.Tokenizer(source.Model, config, source.Tokenizer);
         int maskToken = MaskToken(config, request.MaskToken);
-        int start = ModelFamily.Of(config).StartToken(tokenizer);
-        // One row per prompt (or the infill, or one unconditional row); each sample repeats them.
-        List<DenoisingRow> templates = request.Infill is string text ? [DenoisingPrompts.Infill(start, text, tokenizer, config.Positions)]
+        var family = ModelFamily.Of(config);
+        int start = family.StartToken(tokenizer);
+        var sft = request.SftPrompt is null ? null : ModelFolder.ParseSftTokens(request.SftTokens, config.VocabSize) ?? family.SftTokens(tokenizer);
+        // One row per prompt (or the infill, the query, or one unconditional row); each sample repeats them.
+        List<DenoisingRow> templates = request.SftPrompt is string query ? [DenoisingPrompts.Conditional(sft!, tokenizer.Encode(query), request.Cutoff, config.Positions)]
+            : request.Infill is string text ? [DenoisingPrompts.Infill(start, text, tokenizer, config.Positions)]
             : request.Prompts.Length == 0 ? [DenoisingPrompts.Unconditional(start, request.Length, config.Positions)]
             : [.. request.Prompts.Select(p => DenoisingPrompts.Completion(start, tokenizer.Encode(p), request.Length, config.Positions))];
         long rows = (long)request.Samples * templates.Count;
@@ -132,7 +149,9 @@ static class GenerateCommand
         for (int r = 0; r < problem.Batch; r++)
         {
             if (problem.Batch > 1) stdout.WriteLine($"--- sample {r + 1}{PromptLabel(request.Prompts, r)}");
-            stdout.WriteLine(Show(config, tokenizer, result.Tokens.AsSpan(r * n, n), problem.Fixed.AsSpan(r * n, n), source.StopAtEndOfText));
+            var row = result.Tokens.AsSpan(r * n, n);
+            stdout.WriteLine(sft is null ? Show(config, tokenizer, row, problem.Fixed.AsSpan(r * n, n), source.StopAtEndOfText)
+                : Answer(tokenizer, row[templates[0].Gaps[0].Start..], sft.Eos));
         }
         int generated = problem.Fixed.Count(f => f == 0);
         double seconds = clock.Elapsed.TotalSeconds;
@@ -182,6 +201,13 @@ static class GenerateCommand
             text += EndOfTextLine(text) + (after.Length > 0 ? "\n" + after : "");
         }
         return text;
+    }
+
+    /// <summary>A conditional row's answer: its generated slots up to the first EOS (what follows, EOS and pads, is not text).</summary>
+    static string Answer(TextTokenizer tokenizer, ReadOnlySpan<int> slots, int eos)
+    {
+        int end = slots.IndexOf(eos);
+        return tokenizer.Decode((end < 0 ? slots : slots[..end]).ToArray());
     }
 
     /// <summary>The end-of-text marker as a line of its own after <paramref name="before"/>.</summary>

@@ -46,6 +46,22 @@ static class ModelFolder
     public static string[] Files(string modelDir) => Directory.Exists(modelDir) ? Directory.GetFiles(modelDir) : [];
 
 
+    /// <summary>--sft-tokens BOS,SEP,EOS,PAD, each a token id of the model.</summary>
+    public static SftTokens? ParseSftTokens(string? text, int vocab)
+    {
+        if (text is null) return null;
+        var parts = text.Split(',');
+        var ids = new int[parts.Length];
+        if (parts.Length != 4 || parts.Where((p, i) => !int.TryParse(p.Trim(), out ids[i]) || ids[i] < 0 || ids[i] >= vocab).Any())
+            throw new DiffuException($"--sft-tokens '{text}': expected four token ids BOS,SEP,EOS,PAD below the model's vocabulary of {vocab}");
+        return new SftTokens(ids[0], ids[1], ids[2], ids[3]);
+    }
+
+    public static Option<string?> SftTokensOption() => Cli.NonEmpty(new Option<string?>("--sft-tokens")
+    {
+        Description = "with --sft / --sft-prompt: the BOS,SEP,EOS,PAD ids (default: the family's; GPT-2 end-of-text for all four, LLaMA 1,2,2,2)",
+    });
+
     public static Option<string?> TokenizerOption() => Cli.NonEmpty(new Option<string?>("--tokenizer")
     {
         Description = "tokenizer when the model folder has none: a folder with GPT-2 BPE files, or a LLaMA tokenizer.model / llama2.c tokenizer.bin",

@@ -30,10 +30,7 @@ static class TrainCommand
             Description = "conditional fine-tuning (method §5) instead of --data: a JSON array or JSON Lines file of {\"instruction\", \"output\"} or {\"src\", \"tgt\"} rows; the query is never noised",
         });
         var cutoff = TypedOptions.Integer("--cutoff", "with --sft: tokens per sequence ([BOS] + query + [SEP] + answer + [EOS], right-padded)", 256, min: 4);
-        var sftTokens = Cli.NonEmpty(new Option<string?>("--sft-tokens")
-        {
-            Description = "with --sft: the BOS,SEP,EOS,PAD ids (default: the family's; GPT-2 end-of-text for all four, LLaMA 1,2,2,2)",
-        });
+        var sftTokens = ModelFolder.SftTokensOption();
         var steps = TypedOptions.Integer("--steps", "total optimizer steps of the run", defaults.Steps, min: 1L);
         var batch = TypedOptions.Integer("--batch", "sequences per micro-batch", defaults.Batch, min: 1);
         var seqLen = TypedOptions.Integer("--seq-len", "tokens per sequence", defaults.SequenceLength, min: 2);
@@ -162,7 +159,7 @@ static class TrainCommand
         var tokenizer = Checkpoint.ReadTokenizer(tokenizerSource);
         var textTokenizer = ModelFolder.Tokenizer(tokenizerSource, config, null);
         if (request.Sft is not null)
-            options = options with { Sft = ParseSftTokens(request.SftTokens, config.VocabSize) ?? ModelFamily.Of(config).SftTokens(textTokenizer) };
+            options = options with { Sft = ModelFolder.ParseSftTokens(request.SftTokens, config.VocabSize) ?? ModelFamily.Of(config).SftTokens(textTokenizer) };
         int vocab = config.VocabSize;
         if (options.Objective == TrainingObjective.Diffusion)
         {
@@ -306,17 +303,6 @@ static class TrainCommand
         stderr.WriteLine($"sft: {pairs.Count} pairs from {path} ({blocks.TrainingBlockCount} training, {blocks.ValidationBlockCount} validation), "
             + $"cutoff {cutoff}, {truncated} truncated; BOS {tokens.Bos}, SEP {tokens.Sep}, EOS {tokens.Eos}, PAD {tokens.Pad}");
         return blocks;
-    }
-
-    /// <summary>--sft-tokens BOS,SEP,EOS,PAD, each a token id of the model.</summary>
-    static SftTokens? ParseSftTokens(string? text, int vocab)
-    {
-        if (text is null) return null;
-        var parts = text.Split(',');
-        var ids = new int[parts.Length];
-        if (parts.Length != 4 || parts.Where((p, i) => !int.TryParse(p.Trim(), out ids[i]) || ids[i] < 0 || ids[i] >= vocab).Any())
-            throw new DiffuException($"--sft-tokens '{text}': expected four token ids BOS,SEP,EOS,PAD below the model's vocabulary of {vocab}");
-        return new SftTokens(ids[0], ids[1], ids[2], ids[3]);
     }
 
     static bool IsSameOrInside(string path, string folder)
