@@ -1,7 +1,7 @@
 using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Attention with per-row key lengths through the public <see cref="Device.Attention"/> on each device: a row

@@ -3,7 +3,7 @@ using DiffuSharp.Runtime;
 using Cpu = DiffuSharp.Kernels.Cpu;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Every CPU backward kernel (and cross-entropy, AdamW and the gradient reductions) against its float64 reference

@@ -2,7 +2,7 @@ using DiffuSharp.Kernels;
 using Cpu = DiffuSharp.Kernels.Cpu;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Every CPU kernel against its float64 reference on fresh random inputs, at shapes that are not multiples

@@ -1,7 +1,7 @@
 using DiffuSharp.Kernels;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Every float64 reference backward against central finite differences of its reference forward. The scalar

@@ -3,7 +3,7 @@ using DiffuSharp.Kernels.Gpu;
 using DiffuSharp.Runtime;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// The ILGPU backward and training kernels, through the public Device API of <see cref="IlgpuDevice"/>,

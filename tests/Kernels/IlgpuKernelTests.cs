@@ -3,7 +3,7 @@ using DiffuSharp.Kernels.Gpu;
 using DiffuSharp.Runtime;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Every ILGPU kernel, through the public Device API of <see cref="IlgpuDevice"/>, against the float64

@@ -2,7 +2,7 @@ using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// The ILGPU LLaMA-family kernels (RMSNorm, RoPE, SwiGLU, forward and backward) through the public Device

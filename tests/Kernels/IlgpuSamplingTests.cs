@@ -2,7 +2,7 @@ using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// The ILGPU sampling kernel, through <see cref="Device.SampleTokens"/>, against the float64 reference and the CPU

@@ -4,7 +4,7 @@ using DiffuSharp.Runtime;
 using Cpu = DiffuSharp.Kernels.Cpu;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// The LLaMA-family ops (RMSNorm, rotate-half RoPE, SwiGLU): the float64 references against central finite differences

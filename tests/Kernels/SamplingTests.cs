@@ -3,7 +3,7 @@ using DiffuSharp.Runtime;
 using Cpu = DiffuSharp.Kernels.Cpu;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Token sampling: both flavours on distributions small enough to work out by hand (probabilities, cuts, the draw

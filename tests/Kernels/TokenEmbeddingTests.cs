@@ -1,7 +1,7 @@
 using DiffuSharp.Runtime;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>The embedding without a position table (LLaMA: positions come from RoPE), forward and backward, on every device.</summary>
 [TestFixture("cpu")]
