@@ -194,7 +194,7 @@ public class CpuBackwardTests
         var q = TestUtil.RandomFloats(rng, batch * length * heads * headDim, 2f);
         var k = TestUtil.RandomFloats(rng, batch * length * kvHeads * headDim, 2f);
         var v = TestUtil.RandomFloats(rng, batch * length * kvHeads * headDim);
-        var allow = mode == AttentionMaskMode.Explicit ? AllowMask(rng, length, hiddenRow: length / 2) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length, hiddenRow: length / 2) : null;
         CheckAttentionBackward(rng, q, k, v, 0, 0, shape, mode, allow);
     }
 
@@ -226,7 +226,7 @@ public class CpuBackwardTests
         int c = heads * headDim;
         var shape = AttentionShape.PackedSelfAttention(batch, length, heads, headDim);
         var qkv = TestUtil.RandomFloats(rng, batch * length * 3 * c, 2f);
-        var allow = mode == AttentionMaskMode.Explicit ? AllowMask(rng, length, hiddenRow: 5) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length, hiddenRow: 5) : null;
         CheckAttentionBackward(rng, qkv, qkv, qkv, c, 2 * c, shape, mode, allow);
     }
 
@@ -281,7 +281,7 @@ public class CpuBackwardTests
         var q = TestUtil.RandomFloats(rng, length * headDim);
         var k = TestUtil.RandomFloats(rng, length * headDim);
         var v = TestUtil.RandomFloats(rng, length * headDim);
-        var allow = AllowMask(rng, length, hiddenRow: 2);
+        var allow = TestUtil.RandomAllowMask(rng, length, hiddenRow: 2);
         var output = new float[length * headDim];
         var lse = new float[length];
         Cpu.Attention.Forward(q, k, v, output, lse, shape, AttentionMaskMode.Explicit, allow);
@@ -532,7 +532,7 @@ public class CpuBackwardTests
         var shape = AttentionShape.PackedSelfAttention(batch, length, heads, headDim);
         var qkv = TestUtil.RandomFloats(rng, batch * length * 3 * c, 2f);
         var dOut = TestUtil.RandomFloats(rng, batch * length * c);
-        var allow = mode == AttentionMaskMode.Explicit ? AllowMask(rng, length, hiddenRow: 4) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length, hiddenRow: 4) : null;
 
         var qd = TestUtil.ToDouble(qkv);
         var outputD = new double[dOut.Length];
@@ -605,39 +605,17 @@ public class CpuBackwardTests
         Assert.That(device.ToArray(tg), Is.EqualTo(grad.Select(g => g * -2f).ToArray()));
     }
 
-    /// <summary>A random [L, L] allow-mask with the diagonal visible, except row hiddenRow (when inside), which sees no key.</summary>
-    static byte[] AllowMask(Random rng, int length, int hiddenRow)
-    {
-        var allow = new byte[length * length];
-        for (int i = 0; i < length; i++)
-            for (int j = 0; j < length; j++) allow[i * length + j] = (byte)(i != hiddenRow && (i == j || rng.Next(2) == 0) ? 1 : 0);
-        return allow;
-    }
-
     /// <summary>
     /// A gradient buffer at random nonzero values scaled to the RMS of the expected gradient (so that float rounding of
     /// the start does not hide the increment), and a copy of the start.
     /// </summary>
     static float[] StartLike(Random rng, double[] expected, out float[] start)
     {
-        double sum = 0;
-        foreach (double e in expected) sum += e * e;
-        double rms = expected.Length == 0 ? 1 : Math.Sqrt(sum / expected.Length);
-        start = TestUtil.RandomFloats(rng, expected.Length, (float)(rms > 0 ? rms : 1));
+        start = TestUtil.GradientStart(rng, expected);
         return (float[])start.Clone();
     }
 
     /// <summary>What the kernel added to a buffer that started at start, against the reference gradient.</summary>
-    static void AssertAdded(float[] actual, float[] start, double[] expected, string what)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < actual.Length; i++)
-        {
-            double d = (double)actual[i] - start[i] - expected[i];
-            num += d * d;
-            den += expected[i] * expected[i];
-        }
-        double error = den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
-        Assert.That(error, Is.LessThan(Tolerance), what);
-    }
+    static void AssertAdded(float[] actual, float[] start, double[] expected, string what) =>
+        Assert.That(TestUtil.AddedRelativeL2(actual, start, expected), Is.LessThan(Tolerance), what);
 }

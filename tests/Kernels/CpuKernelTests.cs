@@ -266,7 +266,7 @@ public class CpuKernelTests
         var q = TestUtil.RandomFloats(rng, batch * length * heads * headDim, 2f);
         var k = TestUtil.RandomFloats(rng, batch * length * kvHeads * headDim, 2f);
         var v = TestUtil.RandomFloats(rng, batch * length * kvHeads * headDim);
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, length) : default;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length) : default;
         CheckAttention(q, k, v, shape, mode, allow);
     }
 
@@ -314,7 +314,7 @@ public class CpuKernelTests
         int c = heads * headDim;
         var shape = AttentionShape.PackedSelfAttention(batch, length, heads, headDim);
         var qkv = TestUtil.RandomFloats(rng, batch * length * 3 * c, 2f);
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, length) : default;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length) : default;
         CheckAttention(qkv, qkv.AsSpan(c).ToArray(), qkv.AsSpan(2 * c).ToArray(), shape, mode, allow);
     }
 
@@ -345,7 +345,7 @@ public class CpuKernelTests
         var v = TestUtil.RandomFloats(rng, batch * length * kvHeads * headDim);
         TestUtil.PoisonPaddedKeys(k, 0, shape, keyLengths);
         TestUtil.PoisonPaddedKeys(v, 0, shape, keyLengths);
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, length) : default;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length) : default;
         CheckAttention(q, k, v, shape, mode, allow, keyLengths);
     }
 
@@ -392,7 +392,7 @@ public class CpuKernelTests
         var q = TestUtil.RandomFloats(rng, length * headDim);
         var k = TestUtil.RandomFloats(rng, length * headDim);
         var v = TestUtil.RandomFloats(rng, length * headDim);
-        var allow = RandomAllowMask(rng, length);
+        var allow = TestUtil.RandomAllowMask(rng, length);
         for (int j = 0; j < length; j++) allow[2 * length + j] = 0;
         var output = new float[length * headDim];
         var lse = new float[length];
@@ -433,15 +433,6 @@ public class CpuKernelTests
         Assert.That(lse, Is.EqualTo(new[] { 0, Math.Log(2), Math.Log(3) }).Within(1e-12));
         Ref.Attention.Forward(q, k, v, output, lse, shape, AttentionMaskMode.Bidirectional, default);
         Assert.That(output, Is.EqualTo(new double[] { 3, 4, 3, 4, 3, 4 }).Within(1e-12));
-    }
-
-    /// <summary>A random [L, L] allow-mask (about half visible) that always allows the diagonal.</summary>
-    static byte[] RandomAllowMask(Random rng, int length)
-    {
-        var allow = new byte[length * length];
-        for (int i = 0; i < length; i++)
-            for (int j = 0; j < length; j++) allow[i * length + j] = (byte)(i == j || rng.Next(2) == 0 ? 1 : 0);
-        return allow;
     }
 
     static void CheckAttention(float[] q, float[] k, float[] v, AttentionShape shape, AttentionMaskMode mode, byte[]? allow, int[]? keyLengths = null)

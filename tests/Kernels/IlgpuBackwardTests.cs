@@ -100,8 +100,8 @@ public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
         var meanD = new double[rows];
         var rstdD = new double[rows];
         Ref.LayerNorm.Forward(TestUtil.ToDouble(x), TestUtil.ToDouble(w), new double[channels], new double[rows * channels], meanD, rstdD, rows, channels, 1e-5);
-        var mean = ToFloat(meanD);
-        var rstd = ToFloat(rstdD);
+        var mean = TestUtil.ToFloat(meanD);
+        var rstd = TestUtil.ToFloat(rstdD);
         var dX = TestUtil.RandomFloats(rng, rows * channels);
         var dW = TestUtil.RandomFloats(rng, channels);
         var dB = TestUtil.RandomFloats(rng, channels);
@@ -196,7 +196,7 @@ public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
         long qBatch = (long)queries * qRow + 2, kBatch = (long)keys * kRow + 1;
         var shape = new AttentionShape(batch, heads, kvHeads, headDim, queries, keys, 0, qRow, kRow, qBatch, kBatch, 1f / MathF.Sqrt(headDim));
         int qSpan = (int)(batch * qBatch), kSpan = (int)(batch * kBatch);
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, keys) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, keys) : null;
         var inputs = new AttentionBuffers(
             Q: TestUtil.RandomFloats(rng, 7 + qSpan, 3f), QOffset: 7,
             K: TestUtil.RandomFloats(rng, 11 + kSpan), KOffset: 11,
@@ -232,7 +232,7 @@ public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
         long qBatch = (long)queries * qRow + (aligned ? 4 : 2), kBatch = (long)keys * kRow + (aligned ? 4 : 1);
         var shape = new AttentionShape(batch, heads, kvHeads, headDim, queries, keys, queryOffset, qRow, kRow, qBatch, kBatch, 1f / MathF.Sqrt(headDim));
         int qSpan = (int)(batch * qBatch), kSpan = (int)(batch * kBatch);
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, keys) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, keys) : null;
         int pad = aligned ? 4 : 0;
         var inputs = new AttentionBuffers(
             Q: TestUtil.RandomFloats(rng, 8 + qSpan, 3f), QOffset: aligned ? 8 : 7,
@@ -268,7 +268,7 @@ public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
         int c = heads * headDim;
         var qkv = TestUtil.RandomFloats(rng, batch * length * 3 * c, 2f);
         var dQkv = TestUtil.RandomFloats(rng, qkv.Length);
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, length) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length) : null;
         var inputs = new AttentionBuffers(qkv, 0, qkv, c, qkv, 2 * c, dQkv, 0, dQkv, c, dQkv, 2 * c);
         CompareAttentionBackward(rng, shape, mode, allow, inputs, packed: true);
     }
@@ -280,7 +280,7 @@ public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
         const int length = 19, headDim = 8;
         var rng = TestUtil.NewRandom();
         var shape = new AttentionShape(1, 1, 1, headDim, length, length, 0, headDim, headDim, length * headDim, length * headDim, 0.5f);
-        var allow = RandomAllowMask(rng, length);
+        var allow = TestUtil.RandomAllowMask(rng, length);
         Array.Clear(allow, 5 * length, length);
         var inputs = new AttentionBuffers(
             TestUtil.RandomFloats(rng, length * headDim), 0, TestUtil.RandomFloats(rng, length * headDim), 0,
@@ -334,8 +334,8 @@ public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
         var outputD = new double[outLength];
         var lseD = new double[lseLength];
         Ref.Attention.Forward(qD.AsSpan(h.QOffset), kD.AsSpan(h.KOffset), vD.AsSpan(h.VOffset), outputD, lseD, shape, mode, allow);
-        var output = ToFloat(outputD);
-        var lse = ToFloat(lseD);
+        var output = TestUtil.ToFloat(outputD);
+        var lse = TestUtil.ToFloat(lseD);
         var dOut = TestUtil.RandomFloats(rng, outLength);
 
         var expectedDq = TestUtil.ToDouble(h.Dq);
@@ -380,16 +380,6 @@ public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
         Assert.That(TestUtil.RelativeL2(device.ToArray(dkT!), expectedDk), Is.LessThan(Tolerance), "dk");
         Assert.That(TestUtil.RelativeL2(device.ToArray(dvT!), expectedDv), Is.LessThan(Tolerance), "dv");
         return dq;
-    }
-
-    /// <summary>A random [L, L] allow-mask that always allows the diagonal, so every query sees a key.</summary>
-    static byte[] RandomAllowMask(Random rng, int length)
-    {
-        var allow = new byte[length * length];
-        for (int i = 0; i < length; i++)
-            for (int j = 0; j < length; j++)
-                allow[i * length + j] = (byte)(i == j || rng.NextDouble() < 0.5 ? 1 : 0);
-        return allow;
     }
 
     // ---- cross-entropy -------------------------------------------------------------------------
@@ -502,12 +492,5 @@ public class IlgpuBackwardTests(IlgpuBackend backend) : IlgpuFixture(backend)
         using var t = device.FromArray(x, n);
         device.Scale(t, factor);
         Assert.That(device.ToArray(t), Is.EqualTo(expected));
-    }
-
-    static float[] ToFloat(ReadOnlySpan<double> a)
-    {
-        var f = new float[a.Length];
-        for (int i = 0; i < a.Length; i++) f[i] = (float)a[i];
-        return f;
     }
 }

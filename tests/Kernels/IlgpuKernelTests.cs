@@ -271,7 +271,7 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         var q = TestUtil.RandomFloats(rng, (int)(7 + batch * qBatch), 3f);
         var k = TestUtil.RandomFloats(rng, (int)(11 + batch * kBatch));
         var v = TestUtil.RandomFloats(rng, (int)(4 + batch * kBatch));
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, keys) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, keys) : null;
 
         using var qT = device.FromArray(q, q.Length);
         using var kT = device.FromArray(k, k.Length);
@@ -313,7 +313,7 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         var q = TestUtil.RandomFloats(rng, (int)(qOffset + batch * qBatch), 3f);
         var k = TestUtil.RandomFloats(rng, (int)(kOffset + batch * kBatch));
         var v = TestUtil.RandomFloats(rng, (int)(vOffset + batch * kBatch));
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, keys) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, keys) : null;
 
         using var qT = device.FromArray(q, q.Length);
         using var kT = device.FromArray(k, k.Length);
@@ -350,7 +350,7 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         var v = TestUtil.RandomFloats(rng, batch * keys * kvHeads * headDim);
         TestUtil.PoisonPaddedKeys(k, 0, shape, keyLengths);
         TestUtil.PoisonPaddedKeys(v, 0, shape, keyLengths);
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, keys) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, keys) : null;
         // A pad query's diagonal key is padding too: key 0 keeps every query seeing a key (lse finite for the comparison).
         for (int i = 0; allow is not null && i < keys; i++) allow[i * keys] = 1;
 
@@ -396,7 +396,7 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         var shape = AttentionShape.PackedSelfAttention(batch, length, heads, headDim);
         int c = heads * headDim;
         var qkv = TestUtil.RandomFloats(rng, batch * length * 3 * c, 2f);
-        var allow = mode == AttentionMaskMode.Explicit ? RandomAllowMask(rng, length) : null;
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length) : null;
 
         using var qkvT = device.FromArray(qkv, batch, length, 3 * c);
         CompareAttention(shape, mode, qkvT, 0, qkvT, c, qkvT, 2 * c, qkv, qkv.AsSpan(c), qkv.AsSpan(2 * c), allow);
@@ -409,7 +409,7 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         var rng = TestUtil.NewRandom();
         var shape = new AttentionShape(1, 1, 1, headDim, length, length, 0, headDim, headDim, length * headDim, length * headDim, 0.5f);
         var x = TestUtil.RandomFloats(rng, length * headDim);
-        var allow = RandomAllowMask(rng, length);
+        var allow = TestUtil.RandomAllowMask(rng, length);
         Array.Clear(allow, 5 * length, length);
 
         using var xT = device.FromArray(x, length, headDim);
@@ -425,16 +425,6 @@ public class IlgpuKernelTests(IlgpuBackend backend) : IlgpuFixture(backend)
         Assert.That(l[5], Is.EqualTo(float.NegativeInfinity));
         Assert.That(o, Has.None.NaN);
         Assert.That(l.Where((_, i) => i != 5), Is.All.Matches<float>(float.IsFinite));
-    }
-
-    /// <summary>A random [L, L] allow-mask that always allows the diagonal, so every query sees a key.</summary>
-    static byte[] RandomAllowMask(Random rng, int length)
-    {
-        var allow = new byte[length * length];
-        for (int i = 0; i < length; i++)
-            for (int j = 0; j < length; j++)
-                allow[i * length + j] = (byte)(i == j || rng.NextDouble() < 0.5 ? 1 : 0);
-        return allow;
     }
 
     /// <summary>

@@ -27,15 +27,15 @@ public class LlamaOpsTests
     public void RmsNormReferenceBackwardMatchesFiniteDifferences(int rows, int channels)
     {
         var rng = TestUtil.NewRandom();
-        var x = RandomDoubles(rng, rows * channels, 2);
-        var weight = RandomDoubles(rng, channels, 1);
-        var dOut = RandomDoubles(rng, rows * channels, 1);
+        var x = TestUtil.RandomDoubles(rng, rows * channels, 2);
+        var weight = TestUtil.RandomDoubles(rng, channels, 1);
+        var dOut = TestUtil.RandomDoubles(rng, rows * channels, 1);
         const double eps = 1e-5;
         double Loss(double[] xv, double[] wv)
         {
             var y = new double[rows * channels];
             Ref.RmsNorm.Forward(xv, wv, y, new double[rows], rows, channels, eps);
-            return Dot(y, dOut);
+            return TestUtil.Dot(y, dOut);
         }
 
         var rstd = new double[rows];
@@ -52,14 +52,14 @@ public class LlamaOpsTests
     public void SwiGluReferenceBackwardMatchesFiniteDifferences(int n)
     {
         var rng = TestUtil.NewRandom();
-        var gate = RandomDoubles(rng, n, 4);
-        var up = RandomDoubles(rng, n, 2);
-        var dOut = RandomDoubles(rng, n, 1);
+        var gate = TestUtil.RandomDoubles(rng, n, 4);
+        var up = TestUtil.RandomDoubles(rng, n, 2);
+        var dOut = TestUtil.RandomDoubles(rng, n, 1);
         double Loss()
         {
             var y = new double[n];
             Ref.SwiGlu.Forward(gate, up, y);
-            return Dot(y, dOut);
+            return TestUtil.Dot(y, dOut);
         }
 
         var dGate = new double[n];
@@ -88,7 +88,7 @@ public class LlamaOpsTests
     {
         var rng = TestUtil.NewRandom();
         int batch = 2, length = 3, heads = 2, stride = heads * headDim + 3;
-        var x = RandomDoubles(rng, batch * length * stride, 1);
+        var x = TestUtil.RandomDoubles(rng, batch * length * stride, 1);
         var rotated = (double[])x.Clone();
         Ref.Rope.Apply(rotated, stride, batch, length, heads, headDim, positionOffset, theta, inverse: false);
         for (int r = 0; r < batch * length; r++)
@@ -111,7 +111,7 @@ public class LlamaOpsTests
         var rng = TestUtil.NewRandom();
         const int length = 5, heads = 2, headDim = 8, offset = 3, half = headDim / 2;
         const double theta = 10000;
-        var x = RandomDoubles(rng, length * heads * headDim, 1);
+        var x = TestUtil.RandomDoubles(rng, length * heads * headDim, 1);
         var rotated = (double[])x.Clone();
         Ref.Rope.Apply(rotated, heads * headDim, 1, length, heads, headDim, offset, theta, inverse: false);
         for (int t = 0; t < length; t++)
@@ -143,7 +143,7 @@ public class LlamaOpsTests
             perm[i] = 2 * i;
             perm[half + i] = 2 * i + 1;
         }
-        var interleaved = RandomDoubles(rng, length * headDim, 1);
+        var interleaved = TestUtil.RandomDoubles(rng, length * headDim, 1);
         var rotateHalf = new double[interleaved.Length];
         for (int t = 0; t < length; t++)
             for (int d = 0; d < headDim; d++) rotateHalf[t * headDim + d] = interleaved[t * headDim + perm[d]];
@@ -353,20 +353,6 @@ public class LlamaOpsTests
 
     // ---- helpers --------------------------------------------------------------------------------
 
-    static double[] RandomDoubles(Random rng, int n, double scale)
-    {
-        var a = new double[n];
-        for (int i = 0; i < n; i++) a[i] = (rng.NextDouble() * 2 - 1) * scale;
-        return a;
-    }
-
-    static double Dot(double[] a, double[] b)
-    {
-        double sum = 0;
-        for (int i = 0; i < a.Length; i++) sum += a[i] * b[i];
-        return sum;
-    }
-
     static double Norm(ReadOnlySpan<double> a)
     {
         double sum = 0;
@@ -407,24 +393,11 @@ public class LlamaOpsTests
     /// <summary>A gradient buffer starting at random values of the gradient's own size; returns a copy to hand the kernel.</summary>
     static float[] StartLike(Random rng, double[] expected, out float[] start)
     {
-        double sum = 0;
-        foreach (double e in expected) sum += e * e;
-        double rms = expected.Length == 0 ? 1 : Math.Sqrt(sum / expected.Length);
-        start = TestUtil.RandomFloats(rng, expected.Length, (float)(rms > 0 ? rms : 1));
+        start = TestUtil.GradientStart(rng, expected);
         return (float[])start.Clone();
     }
 
     /// <summary>What the kernel added to a buffer that started at start, against the reference gradient.</summary>
-    static void AssertAdded(float[] actual, float[] start, double[] expected, string what)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < actual.Length; i++)
-        {
-            double d = (double)actual[i] - start[i] - expected[i];
-            num += d * d;
-            den += expected[i] * expected[i];
-        }
-        double error = den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
-        Assert.That(error, Is.LessThan(Tolerance), what);
-    }
+    static void AssertAdded(float[] actual, float[] start, double[] expected, string what) =>
+        Assert.That(TestUtil.AddedRelativeL2(actual, start, expected), Is.LessThan(Tolerance), what);
 }
