@@ -33,15 +33,20 @@ public sealed record AttentionInputs(float[] Q, int QOffset, float[] K, int KOff
 public delegate void AttentionRun(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset, Tensor output, Tensor? lse,
     Tensor? allow, Tensor? keyLengths);
 
+/// <summary>An attention backward run on device tensors; the gradients accumulate into dq, dk and dv at their offsets.</summary>
+public delegate void AttentionBackwardRun(Tensor q, long qOffset, Tensor k, long kOffset, Tensor v, long vOffset, Tensor output,
+    Tensor dOutput, Tensor lse, Tensor dq, long dqOffset, Tensor dk, long dkOffset, Tensor dv, long dvOffset, Tensor? allow);
+
 /// <summary>
-/// Attention on a device against the float64 reference: through <see cref="Device.Attention"/>, or through a run that
-/// calls one kernel directly (an ILGPU kernel forced by name).
+/// Attention on a device against the float64 reference: through <see cref="Device.Attention"/> and
+/// <see cref="Device.AttentionBackward"/>, or through a run that calls one kernel directly (an ILGPU kernel forced by
+/// name, a CPU kernel with what the device API refuses).
 /// </summary>
 public static class AttentionCheck
 {
     /// <summary>
     /// Relative L2 bound for float32 against float64: round-off of the score and value sums grows like √K · 6e-8 for K
-    /// keys or head dims (about 1e-6 here).
+    /// keys or head dims (about 1e-6 here), and float atomics only reorder additions of a few dozen terms.
     /// </summary>
     public const double Tolerance = 1e-5;
 
@@ -84,6 +89,67 @@ public static class AttentionCheck
         device.Fill(output, float.NaN);
         run(inputs.Q, x.QOffset, inputs.K, x.KOffset, inputs.V, x.VOffset, output, null, allowT, keyLengthsT);
         Assert.That(device.ToArray(output), Is.EqualTo(actual), "output without lse");
+    }
+
+    /// <summary>
+    /// The device's forward (output and lse, as training hands them over), a random dOutput, then the backward into
+    /// gradient buffers that start at random values; what it added to dq, dk and dv, over their whole buffers (padding
+    /// included), is compared with the reference backward of the reference forward. The gradients lie in buffers laid
+    /// out as the inputs, at <paramref name="gradientOffsets"/> (default: the inputs' offsets), or in one buffer when
+    /// the inputs are packed. Returns the device's dq buffer and its starting values.
+    /// </summary>
+    public static (float[] Dq, float[] DqStart) Backward(Device device, Random rng, AttentionShape shape, AttentionMaskMode mode, AttentionInputs x,
+        byte[]? allow, (int Dq, int Dk, int Dv)? gradientOffsets = null, AttentionBackwardRun? run = null)
+    {
+        int outLength = shape.Batch * shape.QueryLength * shape.Heads * shape.HeadDim;
+        var (dqOffset, dkOffset, dvOffset) = gradientOffsets ?? (x.QOffset, x.KOffset, x.VOffset);
+        var qD = TestUtil.ToDouble(x.Q);
+        var kD = x.Packed ? qD : TestUtil.ToDouble(x.K);
+        var vD = x.Packed ? qD : TestUtil.ToDouble(x.V);
+        var outputD = new double[outLength];
+        var lseD = new double[shape.Batch * shape.Heads * shape.QueryLength];
+        Ref.Attention.Forward(qD.AsSpan(x.QOffset), kD.AsSpan(x.KOffset), vD.AsSpan(x.VOffset), outputD, lseD, shape, mode, allow);
+        var dOut = TestUtil.RandomFloats(rng, outLength);
+
+        var expectedDq = new double[dqOffset + x.Q.Length - x.QOffset];
+        var expectedDk = x.Packed ? expectedDq : new double[dkOffset + x.K.Length - x.KOffset];
+        var expectedDv = x.Packed ? expectedDq : new double[dvOffset + x.V.Length - x.VOffset];
+        Ref.Attention.Backward(qD.AsSpan(x.QOffset), kD.AsSpan(x.KOffset), vD.AsSpan(x.VOffset), outputD, TestUtil.ToDouble(dOut), lseD,
+            expectedDq.AsSpan(dqOffset), expectedDk.AsSpan(dkOffset), expectedDv.AsSpan(dvOffset), shape, mode, allow);
+
+        using var inputs = Upload(device, x);
+        using var allowT = allow is null ? null : device.FromArray(allow, shape.KeyLength, shape.KeyLength);
+        using var output = device.Allocate(DType.F32, shape.Batch, shape.QueryLength, shape.Heads * shape.HeadDim);
+        using var lse = device.Allocate(DType.F32, shape.Batch, shape.Heads, shape.QueryLength);
+        device.Attention(inputs.Q, x.QOffset, inputs.K, x.KOffset, inputs.V, x.VOffset, output, lse, shape, mode, allowT);
+
+        var dqStart = TestUtil.GradientStart(rng, expectedDq);
+        var dkStart = x.Packed ? dqStart : TestUtil.GradientStart(rng, expectedDk);
+        var dvStart = x.Packed ? dqStart : TestUtil.GradientStart(rng, expectedDv);
+        using var dOutT = device.FromArray(dOut, shape.Batch, shape.QueryLength, shape.Heads * shape.HeadDim);
+        using var dqT = device.FromArray(dqStart, dqStart.Length);
+        using var dkT = x.Packed ? null : device.FromArray(dkStart, dkStart.Length);
+        using var dvT = x.Packed ? null : device.FromArray(dvStart, dvStart.Length);
+        run ??= (q, qo, k, ko, v, vo, o, dO, l, dq, dqo, dk, dko, dv, dvo, a) =>
+            device.AttentionBackward(q, qo, k, ko, v, vo, o, dO, l, dq, dqo, dk, dko, dv, dvo, shape, mode, a);
+        run(inputs.Q, x.QOffset, inputs.K, x.KOffset, inputs.V, x.VOffset, output, dOutT, lse,
+            dqT, dqOffset, dkT ?? dqT, dkOffset, dvT ?? dqT, dvOffset, allowT);
+
+        var dq = device.ToArray(dqT);
+        Assert.That(dq, Has.All.Matches<float>(float.IsFinite), x.Packed ? "dqkv" : "dq");
+        if (x.Packed)
+        {
+            Assert.That(TestUtil.AddedRelativeL2(dq, dqStart, expectedDq), Is.LessThan(Tolerance), "dqkv");
+            return (dq, dqStart);
+        }
+        var dk = device.ToArray(dkT!);
+        var dv = device.ToArray(dvT!);
+        Assert.That(dk, Has.All.Matches<float>(float.IsFinite), "dk");
+        Assert.That(dv, Has.All.Matches<float>(float.IsFinite), "dv");
+        Assert.That(TestUtil.AddedRelativeL2(dq, dqStart, expectedDq), Is.LessThan(Tolerance), "dq");
+        Assert.That(TestUtil.AddedRelativeL2(dk, dkStart, expectedDk), Is.LessThan(Tolerance), "dk");
+        Assert.That(TestUtil.AddedRelativeL2(dv, dvStart, expectedDv), Is.LessThan(Tolerance), "dv");
+        return (dq, dqStart);
     }
 
     /// <summary>
