@@ -49,6 +49,12 @@ public class CpuKernelTests
     }
 
     [Test]
+    public void RopeRejectsAShortView()
+    {
+        Assert.Throws<ArgumentException>(() => Cpu.Rope.Apply(new float[2 * 16 - 1], 16, 1, 2, 2, 8, 0, 10000f, false));
+    }
+
+    [Test]
     public void EmbeddingBackwardRejectsIdsOutsideTheTable()
     {
         var dWte = new float[4 * 3];

@@ -18,6 +18,12 @@ public class GradientCheckTests
     const double H = 1e-6;
     const double Tolerance = 1e-6;
 
+    /// <summary>
+    /// The RMSNorm and SwiGLU checks: a step of 1e-5 on smooth functions of O(1) inputs leaves a truncation error of
+    /// about h² ≈ 1e-10 and a round-off of about 1e-11, so they hold to a bound ten times tighter.
+    /// </summary>
+    const double LlamaStep = 1e-5, LlamaTolerance = 1e-7;
+
     [TestCase(1, 1, 1, 3, 0)]
     [TestCase(2, 5, 3, 4, 2)]
     [TestCase(3, 4, 6, 2, 1)]
@@ -265,6 +271,54 @@ public class GradientCheckTests
         Assert.That(logits, Is.EqualTo(new[] { 0.125, 0.125, 0.125, 0.5 * (0.25 - 1) }).Within(1e-15), "dLogits written over the logits");
     }
 
+    [TestCase(1, 3)]
+    [TestCase(3, 5)]
+    [TestCase(2, 16)]
+    public void RmsNormBackward(int rows, int channels)
+    {
+        var rng = TestUtil.NewRandom();
+        var x = TestUtil.RandomDoubles(rng, rows * channels, 2);
+        var weight = TestUtil.RandomDoubles(rng, channels, 1);
+        var dOut = TestUtil.RandomDoubles(rng, rows * channels, 1);
+        const double eps = 1e-5;
+        double Loss(double[] xv, double[] wv)
+        {
+            var y = new double[rows * channels];
+            Ref.RmsNorm.Forward(xv, wv, y, new double[rows], rows, channels, eps);
+            return TestUtil.Dot(y, dOut);
+        }
+
+        var rstd = new double[rows];
+        Ref.RmsNorm.Forward(x, weight, new double[rows * channels], rstd, rows, channels, eps);
+        var (dX, dXStart) = Start(rng, x.Length);
+        var (dW, dWStart) = Start(rng, channels);
+        Ref.RmsNorm.Backward(dOut, x, weight, rstd, dX, dW, rows, channels);
+        AssertGradient(dX, dXStart, Numeric(x, () => Loss(x, weight), LlamaStep), "dX", LlamaTolerance);
+        AssertGradient(dW, dWStart, Numeric(weight, () => Loss(x, weight), LlamaStep), "dWeight", LlamaTolerance);
+    }
+
+    [TestCase(1)]
+    [TestCase(17)]
+    public void SwiGluBackward(int n)
+    {
+        var rng = TestUtil.NewRandom();
+        var gate = TestUtil.RandomDoubles(rng, n, 4);
+        var up = TestUtil.RandomDoubles(rng, n, 2);
+        var dOut = TestUtil.RandomDoubles(rng, n, 1);
+        double Loss()
+        {
+            var y = new double[n];
+            Ref.SwiGlu.Forward(gate, up, y);
+            return TestUtil.Dot(y, dOut);
+        }
+
+        var (dGate, dGateStart) = Start(rng, n);
+        var (dUp, dUpStart) = Start(rng, n);
+        Ref.SwiGlu.Backward(gate, up, dOut, dGate, dUp);
+        AssertGradient(dGate, dGateStart, Numeric(gate, Loss, LlamaStep), "dGate", LlamaTolerance);
+        AssertGradient(dUp, dUpStart, Numeric(up, Loss, LlamaStep), "dUp", LlamaTolerance);
+    }
+
     /// <summary>
     /// Three AdamW steps with β1 = 1/2, β2 = 15/16, lr = 1/8, λ = 1/4 (exact in binary), ε = 1e-8 (moves p by under 1e-9).
     /// Parameter a starts at 1 with gradients 2, −1, 4:
@@ -313,25 +367,25 @@ public class GradientCheckTests
         return ((double[])start.Clone(), start);
     }
 
-    /// <summary>(L(x + h eᵢ) − L(x − h eᵢ)) / 2h for every i, restoring x afterwards.</summary>
-    static double[] Numeric(double[] x, Func<double> loss)
+    /// <summary>(L(x + h eᵢ) − L(x − h eᵢ)) / 2h for every i, restoring x (and what L wrote) afterwards.</summary>
+    static double[] Numeric(double[] x, Func<double> loss, double h = H)
     {
         var g = new double[x.Length];
         for (int i = 0; i < x.Length; i++)
         {
             double saved = x[i];
-            x[i] = saved + H;
+            x[i] = saved + h;
             double plus = loss();
-            x[i] = saved - H;
+            x[i] = saved - h;
             double minus = loss();
             x[i] = saved;
-            g[i] = (plus - minus) / (2 * H);
+            g[i] = (plus - minus) / (2 * h);
         }
         loss();
         return g;
     }
 
     /// <summary>What the backward added to a buffer that started at start, against the numeric gradient.</summary>
-    static void AssertGradient(double[] accumulated, double[] start, double[] numeric, string what) =>
-        Assert.That(TestUtil.AddedRelativeL2(accumulated, start, numeric), Is.LessThan(Tolerance), what);
+    static void AssertGradient(double[] accumulated, double[] start, double[] numeric, string what, double tolerance = Tolerance) =>
+        Assert.That(TestUtil.AddedRelativeL2(accumulated, start, numeric), Is.LessThan(tolerance), what);
 }

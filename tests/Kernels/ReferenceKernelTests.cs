@@ -1,3 +1,4 @@
+using System.Numerics;
 using DiffuSharp.Kernels;
 using Ref = DiffuSharp.Kernels.Reference;
 
@@ -72,5 +73,104 @@ public class ReferenceKernelTests
         Assert.That(lse, Is.EqualTo(new[] { 0, Math.Log(2), Math.Log(3) }).Within(1e-12));
         Ref.Attention.Forward(q, k, v, output, lse, shape, AttentionMaskMode.Bidirectional, default);
         Assert.That(output, Is.EqualTo(new double[] { 3, 4, 3, 4, 3, 4 }).Within(1e-12));
+    }
+
+    [Test]
+    public void SwiGluIsSiluTimesUp()
+    {
+        var output = new double[3];
+        Ref.SwiGlu.Forward(new[] { 0.0, 1.0, -2.0 }, new[] { 5.0, 2.0, 3.0 }, output);
+        Assert.That(output[0], Is.EqualTo(0.0));
+        Assert.That(output[1], Is.EqualTo(2.0 / (1 + Math.Exp(-1))).Within(1e-15));
+        Assert.That(output[2], Is.EqualTo(3.0 * -2.0 / (1 + Math.Exp(2))).Within(1e-15));
+    }
+
+    [TestCase(8, 0, 10000.0)]
+    [TestCase(16, 4090, 10000.0)]
+    [TestCase(128, 37, 500000.0)]
+    public void RopeInverseUndoesApplyAndKeepsNorms(int headDim, int positionOffset, double theta)
+    {
+        var rng = TestUtil.NewRandom();
+        int batch = 2, length = 3, heads = 2, stride = heads * headDim + 3;
+        var x = TestUtil.RandomDoubles(rng, batch * length * stride, 1);
+        var rotated = (double[])x.Clone();
+        Ref.Rope.Apply(rotated, stride, batch, length, heads, headDim, positionOffset, theta, inverse: false);
+        for (int r = 0; r < batch * length; r++)
+        {
+            for (int h = 0; h < heads; h++)
+            {
+                int o = r * stride + h * headDim;
+                Assert.That(Norm(rotated.AsSpan(o, headDim)), Is.EqualTo(Norm(x.AsSpan(o, headDim))).Within(1e-12), "a head's norm");
+            }
+            for (int c = heads * headDim; c < stride; c++)
+                Assert.That(rotated[r * stride + c], Is.EqualTo(x[r * stride + c]), "padding outside the view is left alone");
+        }
+        Ref.Rope.Apply(rotated, stride, batch, length, heads, headDim, positionOffset, theta, inverse: true);
+        for (int i = 0; i < x.Length; i++) Assert.That(rotated[i], Is.EqualTo(x[i]).Within(1e-12));
+    }
+
+    [Test]
+    public void RopeMatchesComplexRotation()
+    {
+        var rng = TestUtil.NewRandom();
+        const int length = 5, heads = 2, headDim = 8, offset = 3, half = headDim / 2;
+        const double theta = 10000;
+        var x = TestUtil.RandomDoubles(rng, length * heads * headDim, 1);
+        var rotated = (double[])x.Clone();
+        Ref.Rope.Apply(rotated, heads * headDim, 1, length, heads, headDim, offset, theta, inverse: false);
+        for (int t = 0; t < length; t++)
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < half; i++)
+                {
+                    int o = (t * heads + h) * headDim + i;
+                    var z = new Complex(x[o], x[o + half]) * Complex.FromPolarCoordinates(1, (offset + t) / Math.Pow(theta, 2.0 * i / headDim));
+                    Assert.That(rotated[o], Is.EqualTo(z.Real).Within(1e-12));
+                    Assert.That(rotated[o + half], Is.EqualTo(z.Imaginary).Within(1e-12));
+                }
+    }
+
+    /// <summary>
+    /// Meta's checkpoints rotate interleaved pairs (2i, 2i+1); HF permutes q/k rows per head by [0, 2, 4, …, 1, 3, 5, …]
+    /// and rotates halves. Both must give the same rotation up to that permutation.
+    /// </summary>
+    [TestCase(8, 0)]
+    [TestCase(64, 2000)]
+    public void RopeRotateHalfEqualsInterleavedOnPermutedVector(int headDim, int positionOffset)
+    {
+        var rng = TestUtil.NewRandom();
+        const int length = 3;
+        const double theta = 10000;
+        int half = headDim / 2;
+        var perm = new int[headDim];
+        for (int i = 0; i < half; i++)
+        {
+            perm[i] = 2 * i;
+            perm[half + i] = 2 * i + 1;
+        }
+        var interleaved = TestUtil.RandomDoubles(rng, length * headDim, 1);
+        var rotateHalf = new double[interleaved.Length];
+        for (int t = 0; t < length; t++)
+            for (int d = 0; d < headDim; d++) rotateHalf[t * headDim + d] = interleaved[t * headDim + perm[d]];
+
+        Ref.Rope.Apply(rotateHalf, headDim, 1, length, 1, headDim, positionOffset, theta, inverse: false);
+        for (int t = 0; t < length; t++)
+            for (int i = 0; i < half; i++)
+            {
+                double angle = (positionOffset + t) * Math.Pow(theta, -2.0 * i / headDim);
+                int o = t * headDim;
+                double a = interleaved[o + 2 * i], b = interleaved[o + 2 * i + 1];
+                interleaved[o + 2 * i] = a * Math.Cos(angle) - b * Math.Sin(angle);
+                interleaved[o + 2 * i + 1] = b * Math.Cos(angle) + a * Math.Sin(angle);
+            }
+        for (int t = 0; t < length; t++)
+            for (int d = 0; d < headDim; d++)
+                Assert.That(rotateHalf[t * headDim + d], Is.EqualTo(interleaved[t * headDim + perm[d]]).Within(1e-12));
+    }
+
+    static double Norm(ReadOnlySpan<double> a)
+    {
+        double sum = 0;
+        foreach (double v in a) sum += v * v;
+        return Math.Sqrt(sum);
     }
 }
