@@ -37,11 +37,13 @@ public abstract class DeviceFixture(string deviceName)
 
     /// <summary>
     /// Reports the running test as ignored, never as passed, on the ILGPU CPU simulator, which pays about 1 ms per group
-    /// barrier: for the shapes that exist to cross the CPU kernels' blocks, too large for it; the CPU and CUDA run them.
+    /// barrier: for work too large for it (<paramref name="what"/> says which); the CPU and CUDA run it.
     /// </summary>
-    protected void IgnoreOnSimulator()
+    protected void IgnoreOnSimulator(string what)
     {
         if (deviceName == "ilgpu-cpu")
-            Assert.Ignore("a shape that crosses the CPU kernels' blocks, too large for the ILGPU CPU simulator: it runs on cpu and cuda");
+            Assert.Ignore($"{what}: too slow for the ILGPU CPU simulator, so it runs on cpu and cuda only");
     }
+
+    protected const string AcrossCpuBlocks = "a shape that crosses the CPU kernels' blocks";
 }

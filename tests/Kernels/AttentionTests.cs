@@ -68,7 +68,7 @@ public sealed class AttentionTests(string deviceName) : DeviceFixture(deviceName
     public void AttentionAcrossCpuBlocksMatchesReference(AttentionMaskMode mode, int batch, int heads, int kvHeads, int headDim, int queries,
         int keys, int queryOffset, bool padded)
     {
-        IgnoreOnSimulator();
+        IgnoreOnSimulator(AcrossCpuBlocks);
         CheckAttention(mode, batch, heads, kvHeads, headDim, queries, keys, queryOffset, padded);
     }
 
@@ -159,7 +159,7 @@ public sealed class AttentionTests(string deviceName) : DeviceFixture(deviceName
     public void AttentionWithKeyLengthsAcrossCpuBlocksMatchesReference(AttentionMaskMode mode, int heads, int kvHeads, int headDim, int length,
         int[] keyLengths)
     {
-        IgnoreOnSimulator();
+        IgnoreOnSimulator(AcrossCpuBlocks);
         CheckAttentionWithKeyLengths(mode, heads, kvHeads, headDim, length, keyLengths);
     }
 
@@ -181,7 +181,7 @@ public sealed class AttentionTests(string deviceName) : DeviceFixture(deviceName
     [Test]
     public void AttentionWithKeyLengthsAndQueryOffsetMatchesReference()
     {
-        IgnoreOnSimulator();
+        IgnoreOnSimulator(AcrossCpuBlocks);
         var rng = TestUtil.NewRandom();
         const int heads = 2, headDim = 16, queries = 70, keys = 100, offset = 30;
         int[] keyLengths = [100, 45, 12];
@@ -278,7 +278,7 @@ public sealed class AttentionTests(string deviceName) : DeviceFixture(deviceName
     public void AttentionBackwardAcrossCpuBlocksMatchesReference(AttentionMaskMode mode, int batch, int heads, int kvHeads, int headDim,
         int queries, int keys, bool padded)
     {
-        IgnoreOnSimulator();
+        IgnoreOnSimulator(AcrossCpuBlocks);
         CheckAttentionBackward(mode, batch, heads, kvHeads, headDim, queries, keys, padded);
     }
 

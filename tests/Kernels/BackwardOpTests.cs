@@ -174,7 +174,7 @@ public sealed class BackwardOpTests(string deviceName) : DeviceFixture(deviceNam
     [TestCase(40, 1100, 530)]
     public void MatMulBackwardAcrossCpuBlocksMatchesReference(int m, int k, int n)
     {
-        IgnoreOnSimulator();
+        IgnoreOnSimulator(AcrossCpuBlocks);
         CheckMatMulBackward(m, k, n);
     }
 

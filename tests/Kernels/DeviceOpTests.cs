@@ -263,7 +263,7 @@ public sealed class DeviceOpTests(string deviceName) : DeviceFixture(deviceName)
     [TestCase(1100, 64, 40)]
     public void MatMulAcrossCpuBlocksMatchesReference(int m, int k, int n)
     {
-        IgnoreOnSimulator();
+        IgnoreOnSimulator(AcrossCpuBlocks);
         CheckMatMul(m, k, n);
     }
 
