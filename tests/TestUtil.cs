@@ -5,19 +5,8 @@ namespace DiffuSharp.Tests;
 /// <summary>Shared helpers: random inputs, error metrics and paths to the repository and its shared data.</summary>
 public static class TestUtil
 {
-    /// <summary>‖a − b‖₂ / ‖b‖₂, with b the reference (0 when both are zero).</summary>
-    public static double RelativeL2(ReadOnlySpan<float> a, ReadOnlySpan<double> b)
-    {
-        if (a.Length != b.Length) throw new ArgumentException($"length {a.Length} vs {b.Length}");
-        double num = 0, den = 0;
-        for (int i = 0; i < a.Length; i++)
-        {
-            double d = a[i] - b[i];
-            num += d * d;
-            den += b[i] * b[i];
-        }
-        return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
-    }
+    /// <summary>‖a − b‖₂ / ‖b‖₂, with b the reference (‖a − b‖₂ when b is zero).</summary>
+    public static double RelativeL2(ReadOnlySpan<float> a, ReadOnlySpan<double> b) => RelativeL2(ToDouble(a), b);
 
     public static double RelativeL2(ReadOnlySpan<float> a, ReadOnlySpan<float> b) => RelativeL2(a, ToDouble(b));
 
@@ -109,13 +98,6 @@ public static class TestUtil
         var d = new double[a.Length];
         for (int i = 0; i < a.Length; i++) d[i] = a[i];
         return d;
-    }
-
-    public static float[] ToFloat(ReadOnlySpan<double> a)
-    {
-        var f = new float[a.Length];
-        for (int i = 0; i < a.Length; i++) f[i] = (float)a[i];
-        return f;
     }
 
     public static double Dot(ReadOnlySpan<double> a, ReadOnlySpan<double> b)
