@@ -5,8 +5,12 @@ namespace DiffuSharp.Tests;
 /// <summary>Shared helpers: random inputs, error metrics and paths to the repository and its shared data.</summary>
 public static class TestUtil
 {
-    /// <summary>‖a − b‖₂ / ‖b‖₂, with b the reference (0 when both are zero).</summary>
-    public static double RelativeL2(ReadOnlySpan<float> a, ReadOnlySpan<double> b)
+    /// <summary>‖a − b‖₂ / ‖b‖₂, with b the reference (‖a − b‖₂ when b is zero).</summary>
+    public static double RelativeL2(ReadOnlySpan<float> a, ReadOnlySpan<double> b) => RelativeL2(ToDouble(a), b);
+
+    public static double RelativeL2(ReadOnlySpan<float> a, ReadOnlySpan<float> b) => RelativeL2(a, ToDouble(b));
+
+    public static double RelativeL2(ReadOnlySpan<double> a, ReadOnlySpan<double> b)
     {
         if (a.Length != b.Length) throw new ArgumentException($"length {a.Length} vs {b.Length}");
         double num = 0, den = 0;
@@ -19,11 +23,34 @@ public static class TestUtil
         return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
     }
 
-    public static double RelativeL2(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    /// <summary>
+    /// ‖(actual − start) − expected‖₂ / ‖expected‖₂: what an op that accumulates (+=) added to a buffer that started at
+    /// <paramref name="start"/>, against the reference gradient, so an op that overwrote its output, or added twice, fails.
+    /// </summary>
+    public static double AddedRelativeL2(ReadOnlySpan<float> actual, ReadOnlySpan<float> start, ReadOnlySpan<double> expected)
     {
-        var bd = new double[b.Length];
-        for (int i = 0; i < b.Length; i++) bd[i] = b[i];
-        return RelativeL2(a, bd);
+        var added = new double[actual.Length];
+        for (int i = 0; i < added.Length; i++) added[i] = (double)actual[i] - start[i];
+        return RelativeL2(added, expected);
+    }
+
+    public static double AddedRelativeL2(ReadOnlySpan<double> actual, ReadOnlySpan<double> start, ReadOnlySpan<double> expected)
+    {
+        var added = new double[actual.Length];
+        for (int i = 0; i < added.Length; i++) added[i] = actual[i] - start[i];
+        return RelativeL2(added, expected);
+    }
+
+    /// <summary>
+    /// Random nonzero starting values for a gradient buffer, scaled to the RMS of the expected gradient so that float
+    /// rounding of the start does not hide what the op adds (see <see cref="AddedRelativeL2(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{double})"/>).
+    /// </summary>
+    public static float[] GradientStart(Random rng, ReadOnlySpan<double> expected)
+    {
+        double sum = 0;
+        foreach (double e in expected) sum += e * e;
+        double rms = expected.Length == 0 ? 1 : Math.Sqrt(sum / expected.Length);
+        return RandomFloats(rng, expected.Length, (float)(rms > 0 ? rms : 1));
     }
 
     /// <summary>Uniform floats in [-scale, scale) from a seeded generator (fresh per test via the seed).</summary>
@@ -32,6 +59,26 @@ public static class TestUtil
         var a = new float[n];
         for (int i = 0; i < n; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * scale);
         return a;
+    }
+
+    /// <summary>Uniform doubles in [-scale, scale).</summary>
+    public static double[] RandomDoubles(Random rng, int n, double scale = 1)
+    {
+        var a = new double[n];
+        for (int i = 0; i < n; i++) a[i] = (rng.NextDouble() * 2 - 1) * scale;
+        return a;
+    }
+
+    /// <summary>
+    /// A random [L, L] allow-mask for <see cref="AttentionMaskMode.Explicit"/>: about half the keys visible and the diagonal
+    /// always, so every query sees a key, except row <paramref name="hiddenRow"/> (when inside), which sees none.
+    /// </summary>
+    public static byte[] RandomAllowMask(Random rng, int length, int hiddenRow = -1)
+    {
+        var allow = new byte[length * length];
+        for (int i = 0; i < length; i++)
+            for (int j = 0; j < length; j++) allow[i * length + j] = (byte)(i != hiddenRow && (i == j || rng.Next(2) == 0) ? 1 : 0);
+        return allow;
     }
 
     /// <summary>
@@ -51,6 +98,13 @@ public static class TestUtil
         var d = new double[a.Length];
         for (int i = 0; i < a.Length; i++) d[i] = a[i];
         return d;
+    }
+
+    public static double Dot(ReadOnlySpan<double> a, ReadOnlySpan<double> b)
+    {
+        double sum = 0;
+        for (int i = 0; i < a.Length; i++) sum += a[i] * b[i];
+        return sum;
     }
 
     /// <summary>A generator seeded from the test's random seed, so each run sees fresh inputs yet a failure can be replayed.</summary>

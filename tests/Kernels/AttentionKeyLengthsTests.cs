@@ -1,29 +1,18 @@
 using DiffuSharp.Kernels;
 using DiffuSharp.Runtime;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Attention with per-row key lengths through the public <see cref="Device.Attention"/> on each device: a row
 /// right-padded into a batch attends exactly as the row alone, and lengths the op cannot honour are refused with an
 /// ArgumentException before any kernel runs (a fault inside an ILGPU simulator kernel would end the process).
 /// </summary>
-[TestFixture("cpu")]
-[TestFixture("ilgpu-cpu")]
-[TestFixture("cuda")]
-public sealed class AttentionKeyLengthsTests(string deviceName)
+public sealed class AttentionKeyLengthsTests(string deviceName) : DeviceFixture(deviceName)
 {
     const int Heads = 4, KvHeads = 2, HeadDim = 16;
     /// <summary>A row alone may take another kernel path than in a batch (the CPU scores blocks of one to three rows as dot products), so float32 round-off differs.</summary>
     const double Tolerance = 1e-5;
-
-    Device device = null!;
-
-    [OneTimeSetUp]
-    public void SetUp() => device = TestDevices.Create(deviceName);
-
-    [OneTimeTearDown]
-    public void TearDown() => device?.Dispose();
 
     static AttentionShape Shape(int batch, int length) =>
         new(batch, Heads, KvHeads, HeadDim, length, length, 0, Heads * HeadDim, KvHeads * HeadDim,

@@ -1,7 +1,7 @@
 using DiffuSharp.Kernels;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Every float64 reference backward against central finite differences of its reference forward. The scalar
@@ -18,6 +18,12 @@ public class GradientCheckTests
     const double H = 1e-6;
     const double Tolerance = 1e-6;
 
+    /// <summary>
+    /// The RMSNorm and SwiGLU checks: a step of 1e-5 on smooth functions of O(1) inputs leaves a truncation error of
+    /// about h² ≈ 1e-10 and a round-off of about 1e-11, so they hold to a bound ten times tighter.
+    /// </summary>
+    const double LlamaStep = 1e-5, LlamaTolerance = 1e-7;
+
     [TestCase(1, 1, 1, 3, 0)]
     [TestCase(2, 5, 3, 4, 2)]
     [TestCase(3, 4, 6, 2, 1)]
@@ -27,14 +33,14 @@ public class GradientCheckTests
         int rows = batch * length, positions = offset + length + 1;
         var ids = new int[rows];
         for (int r = 0; r < rows; r++) ids[r] = rng.Next(vocab);
-        var wte = Random(rng, vocab * channels);
-        var wpe = Random(rng, positions * channels);
-        var c = Random(rng, rows * channels);
+        var wte = TestUtil.RandomDoubles(rng, vocab * channels);
+        var wpe = TestUtil.RandomDoubles(rng, positions * channels);
+        var c = TestUtil.RandomDoubles(rng, rows * channels);
         var output = new double[rows * channels];
         double Loss()
         {
             Ref.Embedding.Forward(ids, wte, wpe, output, batch, length, channels, offset);
-            return Dot(c, output);
+            return TestUtil.Dot(c, output);
         }
 
         var (dWte, dWteStart) = Start(rng, wte.Length);
@@ -50,18 +56,18 @@ public class GradientCheckTests
     public void LayerNormBackward(int rows, int channels)
     {
         var rng = TestUtil.NewRandom();
-        var x = Random(rng, rows * channels, 2);
+        var x = TestUtil.RandomDoubles(rng, rows * channels, 2);
         for (int i = 0; i < x.Length; i++) x[i] += 0.5;
-        var weight = Random(rng, channels);
-        var bias = Random(rng, channels);
-        var c = Random(rng, rows * channels);
+        var weight = TestUtil.RandomDoubles(rng, channels);
+        var bias = TestUtil.RandomDoubles(rng, channels);
+        var c = TestUtil.RandomDoubles(rng, rows * channels);
         var output = new double[rows * channels];
         var mean = new double[rows];
         var rstd = new double[rows];
         double Loss()
         {
             Ref.LayerNorm.Forward(x, weight, bias, output, mean, rstd, rows, channels, 1e-5);
-            return Dot(c, output);
+            return TestUtil.Dot(c, output);
         }
 
         Loss();
@@ -83,16 +89,16 @@ public class GradientCheckTests
     public void MatMulBackward(int m, int k, int n, bool transposed)
     {
         var rng = TestUtil.NewRandom();
-        var x = Random(rng, m * k);
-        var w = Random(rng, k * n);
-        var bias = Random(rng, n);
-        var c = Random(rng, m * n);
+        var x = TestUtil.RandomDoubles(rng, m * k);
+        var w = TestUtil.RandomDoubles(rng, k * n);
+        var bias = TestUtil.RandomDoubles(rng, n);
+        var c = TestUtil.RandomDoubles(rng, m * n);
         var output = new double[m * n];
         double Loss()
         {
             if (transposed) Ref.MatMul.ForwardTransposed(x, w, bias, output, m, k, n);
             else Ref.MatMul.Forward(x, w, bias, output, m, k, n);
-            return Dot(c, output);
+            return TestUtil.Dot(c, output);
         }
 
         var (dX, dXStart) = Start(rng, x.Length);
@@ -116,16 +122,16 @@ public class GradientCheckTests
     public void GeluBackward()
     {
         var rng = TestUtil.NewRandom();
-        var x = Random(rng, 40, 4);
+        var x = TestUtil.RandomDoubles(rng, 40, 4);
         x[0] = 0;
         x[1] = 8;
         x[2] = -8;
-        var c = Random(rng, x.Length);
+        var c = TestUtil.RandomDoubles(rng, x.Length);
         var output = new double[x.Length];
         double Loss()
         {
             Ref.Gelu.Forward(x, output);
-            return Dot(c, output);
+            return TestUtil.Dot(c, output);
         }
 
         var (dX, dXStart) = Start(rng, x.Length);
@@ -158,17 +164,17 @@ public class GradientCheckTests
         var rng = TestUtil.NewRandom();
         var shape = new AttentionShape(batch, heads, kvHeads, headDim, length, length, 0,
             heads * headDim, kvHeads * headDim, (long)length * heads * headDim, (long)length * kvHeads * headDim, 1f / MathF.Sqrt(headDim));
-        var q = Random(rng, batch * length * heads * headDim, 1.5);
-        var k = Random(rng, batch * length * kvHeads * headDim, 1.5);
-        var v = Random(rng, batch * length * kvHeads * headDim);
-        var allow = mode == AttentionMaskMode.Explicit ? AllowMask(rng, length, hiddenRow: length > 2 ? 1 : -1) : null;
-        var c = Random(rng, batch * length * heads * headDim);
+        var q = TestUtil.RandomDoubles(rng, batch * length * heads * headDim, 1.5);
+        var k = TestUtil.RandomDoubles(rng, batch * length * kvHeads * headDim, 1.5);
+        var v = TestUtil.RandomDoubles(rng, batch * length * kvHeads * headDim);
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length, hiddenRow: length > 2 ? 1 : -1) : null;
+        var c = TestUtil.RandomDoubles(rng, batch * length * heads * headDim);
         var output = new double[c.Length];
         var lse = new double[batch * heads * length];
         double Loss()
         {
             Ref.Attention.Forward(q, k, v, output, lse, shape, mode, allow);
-            return Dot(c, output);
+            return TestUtil.Dot(c, output);
         }
 
         Loss();
@@ -197,15 +203,15 @@ public class GradientCheckTests
         const int batch = 2, length = 5, heads = 2, headDim = 3;
         int channels = heads * headDim;
         var shape = AttentionShape.PackedSelfAttention(batch, length, heads, headDim);
-        var qkv = Random(rng, batch * length * 3 * channels, 1.5);
-        var allow = mode == AttentionMaskMode.Explicit ? AllowMask(rng, length, hiddenRow: 3) : null;
-        var c = Random(rng, batch * length * channels);
+        var qkv = TestUtil.RandomDoubles(rng, batch * length * 3 * channels, 1.5);
+        var allow = mode == AttentionMaskMode.Explicit ? TestUtil.RandomAllowMask(rng, length, hiddenRow: 3) : null;
+        var c = TestUtil.RandomDoubles(rng, batch * length * channels);
         var output = new double[c.Length];
         var lse = new double[batch * heads * length];
         double Loss()
         {
             Ref.Attention.Forward(qkv, qkv.AsSpan(channels), qkv.AsSpan(2 * channels), output, lse, shape, mode, allow);
-            return Dot(c, output);
+            return TestUtil.Dot(c, output);
         }
 
         Loss();
@@ -221,7 +227,7 @@ public class GradientCheckTests
     public void CrossEntropyGradientIsTheDerivativeOfTheWeightedLoss(int rows, int vocab)
     {
         var rng = TestUtil.NewRandom();
-        var logits = Random(rng, rows * vocab, 3);
+        var logits = TestUtil.RandomDoubles(rng, rows * vocab, 3);
         var targets = new int[rows];
         var weights = new double[rows];
         for (int r = 0; r < rows; r++)
@@ -265,6 +271,54 @@ public class GradientCheckTests
         Assert.That(logits, Is.EqualTo(new[] { 0.125, 0.125, 0.125, 0.5 * (0.25 - 1) }).Within(1e-15), "dLogits written over the logits");
     }
 
+    [TestCase(1, 3)]
+    [TestCase(3, 5)]
+    [TestCase(2, 16)]
+    public void RmsNormBackward(int rows, int channels)
+    {
+        var rng = TestUtil.NewRandom();
+        var x = TestUtil.RandomDoubles(rng, rows * channels, 2);
+        var weight = TestUtil.RandomDoubles(rng, channels, 1);
+        var dOut = TestUtil.RandomDoubles(rng, rows * channels, 1);
+        const double eps = 1e-5;
+        double Loss(double[] xv, double[] wv)
+        {
+            var y = new double[rows * channels];
+            Ref.RmsNorm.Forward(xv, wv, y, new double[rows], rows, channels, eps);
+            return TestUtil.Dot(y, dOut);
+        }
+
+        var rstd = new double[rows];
+        Ref.RmsNorm.Forward(x, weight, new double[rows * channels], rstd, rows, channels, eps);
+        var (dX, dXStart) = Start(rng, x.Length);
+        var (dW, dWStart) = Start(rng, channels);
+        Ref.RmsNorm.Backward(dOut, x, weight, rstd, dX, dW, rows, channels);
+        AssertGradient(dX, dXStart, Numeric(x, () => Loss(x, weight), LlamaStep), "dX", LlamaTolerance);
+        AssertGradient(dW, dWStart, Numeric(weight, () => Loss(x, weight), LlamaStep), "dWeight", LlamaTolerance);
+    }
+
+    [TestCase(1)]
+    [TestCase(17)]
+    public void SwiGluBackward(int n)
+    {
+        var rng = TestUtil.NewRandom();
+        var gate = TestUtil.RandomDoubles(rng, n, 4);
+        var up = TestUtil.RandomDoubles(rng, n, 2);
+        var dOut = TestUtil.RandomDoubles(rng, n, 1);
+        double Loss()
+        {
+            var y = new double[n];
+            Ref.SwiGlu.Forward(gate, up, y);
+            return TestUtil.Dot(y, dOut);
+        }
+
+        var (dGate, dGateStart) = Start(rng, n);
+        var (dUp, dUpStart) = Start(rng, n);
+        Ref.SwiGlu.Backward(gate, up, dOut, dGate, dUp);
+        AssertGradient(dGate, dGateStart, Numeric(gate, Loss, LlamaStep), "dGate", LlamaTolerance);
+        AssertGradient(dUp, dUpStart, Numeric(up, Loss, LlamaStep), "dUp", LlamaTolerance);
+    }
+
     /// <summary>
     /// Three AdamW steps with β1 = 1/2, β2 = 15/16, lr = 1/8, λ = 1/4 (exact in binary), ε = 1e-8 (moves p by under 1e-9).
     /// Parameter a starts at 1 with gradients 2, −1, 4:
@@ -306,65 +360,32 @@ public class GradientCheckTests
         Assert.Throws<ArgumentException>(() => Ref.AdamW.Update(new double[1], new double[1], new double[1], new double[1], step));
     }
 
-    /// <summary>A random [L, L] allow-mask with the diagonal visible, except row hiddenRow (if ≥ 0), which sees no key.</summary>
-    static byte[] AllowMask(Random rng, int length, int hiddenRow)
-    {
-        var allow = new byte[length * length];
-        for (int i = 0; i < length; i++)
-            for (int j = 0; j < length; j++) allow[i * length + j] = (byte)(i != hiddenRow && (i == j || rng.Next(2) == 0) ? 1 : 0);
-        return allow;
-    }
-
-    static double[] Random(Random rng, int n, double scale = 1)
-    {
-        var a = new double[n];
-        for (int i = 0; i < n; i++) a[i] = (rng.NextDouble() * 2 - 1) * scale;
-        return a;
-    }
-
     /// <summary>A gradient buffer at random values, and a copy of them.</summary>
     static (double[] Buffer, double[] Start) Start(Random rng, int n)
     {
-        var start = Random(rng, n);
+        var start = TestUtil.RandomDoubles(rng, n);
         return ((double[])start.Clone(), start);
     }
 
-    static double Dot(double[] a, double[] b)
-    {
-        double sum = 0;
-        for (int i = 0; i < a.Length; i++) sum += a[i] * b[i];
-        return sum;
-    }
-
-    /// <summary>(L(x + h eᵢ) − L(x − h eᵢ)) / 2h for every i, restoring x afterwards.</summary>
-    static double[] Numeric(double[] x, Func<double> loss)
+    /// <summary>(L(x + h eᵢ) − L(x − h eᵢ)) / 2h for every i, restoring x (and what L wrote) afterwards.</summary>
+    static double[] Numeric(double[] x, Func<double> loss, double h = H)
     {
         var g = new double[x.Length];
         for (int i = 0; i < x.Length; i++)
         {
             double saved = x[i];
-            x[i] = saved + H;
+            x[i] = saved + h;
             double plus = loss();
-            x[i] = saved - H;
+            x[i] = saved - h;
             double minus = loss();
             x[i] = saved;
-            g[i] = (plus - minus) / (2 * H);
+            g[i] = (plus - minus) / (2 * h);
         }
         loss();
         return g;
     }
 
     /// <summary>What the backward added to a buffer that started at start, against the numeric gradient.</summary>
-    static void AssertGradient(double[] accumulated, double[] start, double[] numeric, string what)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < numeric.Length; i++)
-        {
-            double d = accumulated[i] - start[i] - numeric[i];
-            num += d * d;
-            den += numeric[i] * numeric[i];
-        }
-        double error = den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
-        Assert.That(error, Is.LessThan(Tolerance), what);
-    }
+    static void AssertGradient(double[] accumulated, double[] start, double[] numeric, string what, double tolerance = Tolerance) =>
+        Assert.That(TestUtil.AddedRelativeL2(accumulated, start, numeric), Is.LessThan(tolerance), what);
 }

@@ -1,6 +1,6 @@
 using DiffuSharp.Runtime;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// One ILGPU device per test fixture, built for each backend the fixture is instantiated with (the CPU

@@ -3,7 +3,7 @@ using DiffuSharp.Kernels.Gpu;
 using DiffuSharp.Runtime;
 using ILGPU;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// Every matmul kernel, launched by choice through <see cref="GpuKernels.Gemm"/>, against a float64 product on

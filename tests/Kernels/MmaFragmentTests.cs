@@ -1,6 +1,6 @@
 using DiffuSharp.Kernels.Gpu;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// The tensor-core fragment layouts, checked on the host: no GPU runs the mma instructions here, so a warp is

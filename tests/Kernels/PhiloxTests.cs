@@ -1,6 +1,6 @@
 using DiffuSharp.Kernels;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>Philox4x32-10 against the known-answer vectors of the Random123 distribution, and the uniforms built on it.</summary>
 public class PhiloxTests

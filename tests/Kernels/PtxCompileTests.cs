@@ -2,7 +2,7 @@ using DiffuSharp.Kernels.Gpu;
 using System.Text.RegularExpressions;
 using ILGPU.Runtime.Cuda;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>
 /// The GPU kernels compile to PTX with ILGPU's PTX backend on a machine without a GPU. This proves the

@@ -1,18 +1,14 @@
 using DiffuSharp.Runtime;
 using Ref = DiffuSharp.Kernels.Reference;
 
-namespace DiffuSharp.Tests;
+namespace DiffuSharp.Tests.Kernels;
 
 /// <summary>The embedding without a position table (LLaMA: positions come from RoPE), forward and backward, on every device.</summary>
-[TestFixture("cpu")]
-[TestFixture("ilgpu-cpu")]
-[TestFixture("cuda")]
-public sealed class TokenEmbeddingTests(string deviceName)
+public sealed class TokenEmbeddingTests(string deviceName) : DeviceFixture(deviceName)
 {
     [Test]
     public void TokenRowsAloneMatchTheReference()
     {
-        using var device = TestDevices.Create(deviceName);
         var rng = TestUtil.NewRandom();
         const int batch = 2, length = 7, channels = 33, vocab = 11;
         var ids = Enumerable.Range(0, batch * length).Select(_ => rng.Next(vocab)).ToArray();

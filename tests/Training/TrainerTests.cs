@@ -137,13 +137,13 @@ public sealed class TrainerTests
         using var parts = Gpt2Weights.Zeros(model.Config, device);
         var big = new ObjectiveBatch(4, 16);
         objective.Prepare(ids, big, 0);
-        double lossWhole = GradientStep.Run(model, big, whole, Kernels.AttentionMaskMode.Causal, null).Loss;
+        double lossWhole = GradientStep.Run(model, big, whole, DiffuSharp.Kernels.AttentionMaskMode.Causal, null).Loss;
         var half = new ObjectiveBatch(2, 16);
         double lossParts = 0;
         for (int k = 0; k < 2; k++)
         {
             objective.Prepare(ids.AsSpan(k * 32, 32), half, 0, scale: 0.5f);
-            lossParts += GradientStep.Run(model, half, parts, Kernels.AttentionMaskMode.Causal, null).Loss;
+            lossParts += GradientStep.Run(model, half, parts, DiffuSharp.Kernels.AttentionMaskMode.Causal, null).Loss;
         }
         Assert.That(lossParts, Is.EqualTo(lossWhole).Within(1e-5).Percent);
         foreach (var ((name, a), (_, b)) in whole.Named().Zip(parts.Named()))
