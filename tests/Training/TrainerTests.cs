@@ -222,7 +222,7 @@ public sealed class TrainerTests
         for (int b = 0; b < 2; b++)
             for (int i = 0; i < 10; i++)
                 Assert.That(batch.Inputs[b * 16 + i], Is.EqualTo(ids[b * 16 + i]), "source tokens are never masked");
-        var expected = GradientStep.Loss(again, batch, Kernels.AttentionMaskMode.Bidirectional, null);
+        var expected = GradientStep.Loss(again, batch, DiffuSharp.Kernels.AttentionMaskMode.Bidirectional, null);
         Assert.That(row.Loss, Is.EqualTo(expected.Loss).Within(1e-3).Percent);
     }
 }
