@@ -165,6 +165,7 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
     protected override Gpt2Config With(Gpt2Config config, int vocabSize, int? maskTokenId) => config with { VocabSize = vocabSize, MaskTokenId = maskTokenId };
     protected override JsonObject ToJson(Gpt2Config config) => config.ToJson();
     protected override bool NormsKeepMeans => true;
+    protected override IEnumerable<Linear> BlockProjections() => Weights.Blocks.SelectMany(b => new[] { b.Qkv, b.AttentionOutput, b.Up, b.Down });
 
     protected override Gpt2BlockActivations CreateBlock(int batch, int length, bool keepLse) =>
         new(Device, batch, length, Config.Channels, Config.Heads, keepLse);

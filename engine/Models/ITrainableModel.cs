@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using DiffuSharp.Kernels;
+using DiffuSharp.Layers;
 using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Models;
@@ -40,6 +41,9 @@ public interface ITrainableModel : ILanguageModel
     /// <paramref name="grads"/> (a set from <see cref="ZeroParameterSet"/>), so micro-batches accumulate.
     /// </summary>
     void Backward(ForwardResult pass, IParameterSet grads);
+
+    /// <summary>The projections of the blocks (not the head) under their HF module names, e.g. transformer.h.0.attn.c_attn.</summary>
+    IEnumerable<(string Module, Linear Layer)> Projections();
 
     /// <summary>Appends a token (a new [MASK]) whose embedding, and untied head row, is the mean of the others; returns its id.</summary>
     int AppendToken();

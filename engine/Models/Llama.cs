@@ -152,6 +152,8 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
     protected override LlamaConfig With(LlamaConfig config, int vocabSize, int? maskTokenId) => config with { VocabSize = vocabSize, MaskTokenId = maskTokenId };
     protected override JsonObject ToJson(LlamaConfig config) => config.ToJson();
     protected override bool NormsKeepMeans => false;
+    protected override IEnumerable<Linear> BlockProjections() =>
+        Weights.Blocks.SelectMany(b => new[] { b.Query, b.Key, b.Value, b.AttentionOutput, b.Gate, b.Up, b.Down });
 
     protected override LlamaBlockActivations CreateBlock(int batch, int length, bool keepLse) => new(Device, Config, batch, length, keepLse);
 

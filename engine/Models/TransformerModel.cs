@@ -54,6 +54,20 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
 
     public IParameterSet ZeroParameterSet() => ZeroWeights(Config);
 
+    /// <summary>The blocks' projections, in order.</summary>
+    protected abstract IEnumerable<Linear> BlockProjections();
+
+    public IEnumerable<(string Module, Linear Layer)> Projections()
+    {
+        var names = new Dictionary<Tensor, string>(ReferenceEqualityComparer.Instance);
+        foreach (var (name, tensor) in Weights.Named()) names[tensor] = name;
+        foreach (var layer in BlockProjections())
+        {
+            string weight = names[layer.Weight];
+            yield return (weight[..^".weight".Length], layer);
+        }
+    }
+
     public JsonObject ConfigJson(int? maskTokenId) => ToJson(With(Config, Config.VocabSize, maskTokenId ?? Config.MaskTokenId));
 
     protected abstract JsonObject ToJson(TConfig config);
