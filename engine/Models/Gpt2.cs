@@ -147,17 +147,12 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
     /// </summary>
     public static Gpt2Model CreateRandom(Gpt2Config config, Device device, ulong seed)
     {
-        ulong stream = 0;
         var weights = Gpt2Weights.Zeros(config, device);
-        foreach (var (name, view) in weights.Named())
-        {
-            var values = new float[view.Length];
-            stream++;
-            if (name.Contains(".ln_") && name.EndsWith(".weight")) Array.Fill(values, 1f);
-            else if (!name.EndsWith(".bias"))
-                Gaussian.Fill(values, name.EndsWith("c_proj.weight") ? 0.02f / MathF.Sqrt(2 * config.Layers) : 0.02f, seed, stream);
-            device.Upload(view, 0, values);
-        }
+        float residual = 0.02f / MathF.Sqrt(2 * config.Layers);
+        weights.Initialize(seed, name =>
+            name.Contains(".ln_") && name.EndsWith(".weight") ? (1f, 0f)
+            : name.EndsWith(".bias") ? (0f, 0f)
+            : (0f, name.EndsWith("c_proj.weight") ? residual : 0.02f));
         return new Gpt2Model(config, device, weights);
     }
 

@@ -135,16 +135,8 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
     /// </summary>
     public static LlamaModel CreateRandom(LlamaConfig config, Device device, ulong seed)
     {
-        ulong stream = 0;
         var weights = LlamaWeights.Zeros(config, device);
-        foreach (var (name, view) in weights.Named())
-        {
-            var values = new float[view.Length];
-            stream++;
-            if (name.EndsWith("norm.weight")) Array.Fill(values, 1f);
-            else Gaussian.Fill(values, 0.02f, seed, stream);
-            device.Upload(view, 0, values);
-        }
+        weights.Initialize(seed, name => name.EndsWith("norm.weight") ? (1f, 0f) : (0f, 0.02f));
         return new LlamaModel(config, device, weights);
     }
 

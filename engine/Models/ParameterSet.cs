@@ -33,6 +33,24 @@ public abstract class ParameterSet : IParameterSet
 
     public IEnumerable<(string Name, Tensor Tensor)> Named() => named;
 
+    /// <summary>
+    /// Fresh weights: each tensor, in order, is the constant its name's rule gives, or N(0, std²) when the rule gives a
+    /// positive std, drawn from Philox stream k of <paramref name="seed"/> (k = 1, 2, ... counts the tensors).
+    /// </summary>
+    public void Initialize(ulong seed, Func<string, (float Constant, float Std)> rule)
+    {
+        ulong stream = 0;
+        foreach (var (name, view) in named)
+        {
+            var values = new float[view.Length];
+            stream++;
+            var (constant, std) = rule(name);
+            if (std > 0) Gaussian.Fill(values, std, seed, stream);
+            else if (constant != 0) Array.Fill(values, constant);
+            view.Device.Upload(view, 0, values);
+        }
+    }
+
     public IReadOnlyList<Tensor> Storage => buffers.Buffers;
 
     public void Dispose() => buffers.Dispose();

@@ -9,9 +9,9 @@ namespace DiffuSharp.Tests.Models;
 
 /// <summary>
 /// Each family's loss and every parameter gradient against PyTorch autograd (tests/reference/*_reference.py →
-/// FIXTURE/gradients.safetensors): the diffusion loss with bidirectional attention and plain AR training. One test
-/// body for both families, through <see cref="ITrainableModel"/>, on every device. GPT-2's annealing mask is
-/// <see cref="Gpt2GradientTests"/>.
+/// FIXTURE/gradients.safetensors): the diffusion loss with bidirectional attention, under an annealing (explicit)
+/// mask where the reference has one (GPT-2's), and plain AR training. One test body for both families, through
+/// <see cref="ITrainableModel"/>, on every device.
 /// </summary>
 [TestFixtureSource(nameof(Fixtures))]
 public sealed class ModelGradientTests(string fixture, string bidirectionalPrefix, string deviceName, double tolerance)
@@ -48,11 +48,21 @@ public sealed class ModelGradientTests(string fixture, string bidirectionalPrefi
         GradientFixture.Check(model, expected, bidirectionalPrefix, TrainingObjective.Diffusion, AttentionMaskMode.Bidirectional, null, tolerance);
 
     [Test]
+    public void DiffusionLossWithAnnealingMaskMatchesPyTorch()
+    {
+        if (!expected.Contains("allow_mask")) Assert.Ignore($"the {fixture} reference has no annealing-mask case");
+        var mask = expected.ReadBytes("allow_mask");
+        int l = expected.Info("allow_mask").Shape[0];
+        using var allow = device.FromArray(mask, l, l);
+        GradientFixture.Check(model, expected, "diffusion", TrainingObjective.Diffusion, AttentionMaskMode.Explicit, allow, tolerance);
+    }
+
+    [Test]
     public void AutoregressiveLossMatchesPyTorch() =>
         GradientFixture.Check(model, expected, "ar", TrainingObjective.Autoregressive, AttentionMaskMode.Causal, null, tolerance);
 }
 
-/// <summary>The check both gradient test classes run: a fixture's batch, one gradient step, the loss and every gradient against PyTorch's.</summary>
+/// <summary>The check every gradient test runs: a fixture's batch, one gradient step, the loss and every gradient against PyTorch's.</summary>
 static class GradientFixture
 {
     public static void Check(ITrainableModel model, SafeTensorsFile expected, string prefix, TrainingObjective kind, AttentionMaskMode mode,
