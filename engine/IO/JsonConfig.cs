@@ -121,6 +121,9 @@ public sealed class JsonConfig
 
     public int? OptionalInt(string name) => TryInt(name, []);
 
+    /// <summary>A field's raw JSON, or null when it is missing or null.</summary>
+    public System.Text.Json.Nodes.JsonNode? Node(string name) => Has(name) ? root[name] : null;
+
     int? TryInt(string name, string[] aliases)
     {
         foreach (var key in aliases.Prepend(name))

@@ -27,6 +27,14 @@ public static class OutputFile
             if (FileStatus.SameFile(path, input)) throw new DiffuException($"{what} {path} is the same file as the input {input}");
     }
 
+    /// <summary>Creates <paramref name="path"/> (which must not exist) with <paramref name="bytes"/>, flushed to disk: a file of a folder being staged.</summary>
+    public static void WriteNew(string path, byte[] bytes)
+    {
+        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+        stream.Write(bytes);
+        stream.Flush(flushToDisk: true);
+    }
+
     /// <summary>Writes the target through a temporary file: <paramref name="write"/> fills the stream; on any error the target is untouched.</summary>
     public static void Write(string path, string what, Action<Stream> write, IEnumerable<string>? inputs = null)
     {

@@ -11,6 +11,9 @@ public static class RunLayout
 {
     public const string CheckpointsFolder = "checkpoints", LogFile = "train_log.jsonl", PlotFile = "loss.png", LockFile = ".lock";
 
+    /// <summary>A model folder's weights and config (HF's names).</summary>
+    public const string ModelFile = "model.safetensors", ConfigFile = "config.json";
+
     const string StepPrefix = "step-";
 
     public static string StepFolderName(long step) => StepPrefix + step.ToString("D8", CultureInfo.InvariantCulture);

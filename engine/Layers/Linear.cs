@@ -27,8 +27,9 @@ public interface ILinearAdapter
 
 /// <summary>
 /// y = x · W (+ b): a weight (and optional bias) that are views into a model's parameter buffers, in either
-/// layout. The layer's twin in a gradient set (same layout, same names) receives its gradients. A frozen layer
-/// computes no weight or bias gradient (dX only); an adapter adds its path in both directions.
+/// layout. The layer's twin in a gradient set (same layout, same names) receives its gradients; where the twin's
+/// weight or bias is absent (<see cref="Tensor.Absent"/>: a frozen parameter) that gradient is not computed. An
+/// adapter adds its path in both directions.
 /// </summary>
 public sealed class Linear(Tensor weight, Tensor? bias, WeightLayout layout)
 {
@@ -41,9 +42,6 @@ public sealed class Linear(Tensor weight, Tensor? bias, WeightLayout layout)
 
     /// <summary>The element type the weight is stored in.</summary>
     public DType StorageType => Weight.DType;
-
-    /// <summary>When set, backward leaves the weight and bias gradients alone (and the optimizer need not keep moments for them).</summary>
-    public bool Frozen { get; set; }
 
     /// <summary>An extra path added to the output (a low-rank adapter), or null.</summary>
     public ILinearAdapter? Adapter { get; set; }
@@ -58,14 +56,14 @@ public sealed class Linear(Tensor weight, Tensor? bias, WeightLayout layout)
     }
 
     /// <summary>
-    /// Accumulates dX += dLoss/dx from dY and, unless frozen, <paramref name="gradient"/>'s weight and bias += theirs.
+    /// Accumulates dX += dLoss/dx from dY and <paramref name="gradient"/>'s weight and bias += theirs, each unless absent.
     /// <paramref name="gradient"/> is this layer's twin in the gradient set.
     /// </summary>
     public void Backward(Tensor dY, Tensor x, Tensor dX, Linear gradient)
     {
         var d = Weight.Device;
-        var dW = Frozen ? null : gradient.Weight;
-        var dB = Frozen ? null : gradient.Bias;
+        var dW = gradient.Weight.IfPresent;
+        var dB = gradient.Bias?.IfPresent;
         if (Layout == WeightLayout.InputMajor) d.MatMulBackward(dY, x, Weight, dX, dW, dB);
         else d.MatMulTransposedBackward(dY, x, Weight, dX, dW, dB);
         Adapter?.Backward(dY, x, dX);

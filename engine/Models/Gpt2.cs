@@ -28,7 +28,7 @@ public sealed class Gpt2Block
 /// </summary>
 public sealed class Gpt2Weights : ParameterSet
 {
-    Gpt2Weights(Gpt2Config config, Device device) : base(device, Shapes(config))
+    Gpt2Weights(Gpt2Config config, Device device, Func<string, bool>? allocate) : base(device, Shapes(config), allocate)
     {
         float eps = config.LayerNormEpsilon;
         TokenEmbedding = this["transformer.wte.weight"];
@@ -94,7 +94,10 @@ public sealed class Gpt2Weights : ParameterSet
     }
 
     /// <summary>A zero-filled set on <paramref name="device"/>: one layout of every tensor of <see cref="Shapes"/>.</summary>
-    public static Gpt2Weights Zeros(Gpt2Config config, Device device) => new(config, device);
+    public static Gpt2Weights Zeros(Gpt2Config config, Device device) => new(config, device, null);
+
+    /// <summary>A zero-filled set holding only the tensors <paramref name="allocate"/> accepts; the others are absent (frozen parameters' gradients).</summary>
+    public static Gpt2Weights Zeros(Gpt2Config config, Device device, Func<string, bool>? allocate) => new(config, device, allocate);
 }
 
 /// <summary>
@@ -156,7 +159,7 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
         return new Gpt2Model(config, device, weights);
     }
 
-    protected override Gpt2Weights ZeroWeights(Gpt2Config config) => Gpt2Weights.Zeros(config, Device);
+    protected override Gpt2Weights ZeroWeights(Gpt2Config config, Func<string, bool>? allocate) => Gpt2Weights.Zeros(config, Device, allocate);
     protected override Gpt2Config With(Gpt2Config config, int vocabSize, int? maskTokenId) => config with { VocabSize = vocabSize, MaskTokenId = maskTokenId };
     protected override JsonObject ToJson(Gpt2Config config) => config.ToJson();
     protected override bool NormsKeepMeans => true;
@@ -229,7 +232,7 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
             w.Qkv.Backward(dQkv, a.Norm1, dNorm, g.Qkv);
             w.Norm1.Backward(dNorm, act.BlockInput(l), a.Norm1Mean!, a.Norm1Rstd, dResidual, g.Norm1);
         }
-        d.EmbeddingBackward(act.Ids, dResidual, grads.TokenEmbedding, grads.PositionEmbedding, 0);
+        d.EmbeddingBackward(act.Ids, dResidual, grads.TokenEmbedding.IfPresent, grads.PositionEmbedding.IfPresent, 0);
     }
 }
 

@@ -24,11 +24,23 @@ public interface ITrainableModel : ILanguageModel
     IParameterSet Parameters { get; }
     long ParameterCount { get; }
 
-    /// <summary>A zero-filled set of the parameters' shapes and layout (gradients, AdamW moments).</summary>
-    IParameterSet ZeroParameterSet();
+    /// <summary>
+    /// A zero-filled set of the parameters' shapes and layout (gradients, AdamW moments). With <paramref name="allocate"/>,
+    /// the tensors it rejects are absent (no memory): backward computes no gradient for them, as for frozen weights.
+    /// </summary>
+    IParameterSet ZeroParameterSet(Func<string, bool>? allocate = null);
 
     /// <summary>The model's HF config.json, with mask_token_id when given.</summary>
     JsonObject ConfigJson(int? maskTokenId);
+
+    /// <summary>The file of <see cref="WriteFiles"/> that holds the weights (and the step in its metadata).</summary>
+    string WeightsFile { get; }
+
+    /// <summary>
+    /// Writes the model's own files into a checkpoint folder, each flushed to disk: model.safetensors (HF names, F32,
+    /// with <paramref name="metadata"/>) and config.json (with mask_token_id when given), or a LoRA model's PEFT files.
+    /// </summary>
+    void WriteFiles(string directory, IReadOnlyDictionary<string, string> metadata, int? maskTokenId);
 
     /// <summary>
     /// One forward pass over ids [B, T] that keeps every layer's buffers for <see cref="Backward"/>; the result's

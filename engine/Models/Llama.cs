@@ -28,7 +28,7 @@ public sealed class LlamaBlock
 /// </summary>
 public sealed class LlamaWeights : ParameterSet
 {
-    LlamaWeights(LlamaConfig config, Device device) : base(device, Shapes(config))
+    LlamaWeights(LlamaConfig config, Device device, Func<string, bool>? allocate) : base(device, Shapes(config), allocate)
     {
         float eps = config.RmsNormEpsilon;
         TokenEmbedding = this["model.embed_tokens.weight"];
@@ -87,7 +87,10 @@ public sealed class LlamaWeights : ParameterSet
     }
 
     /// <summary>A zero-filled set on <paramref name="device"/>: one layout of every tensor of <see cref="Shapes"/>.</summary>
-    public static LlamaWeights Zeros(LlamaConfig config, Device device) => new(config, device);
+    public static LlamaWeights Zeros(LlamaConfig config, Device device) => new(config, device, null);
+
+    /// <summary>A zero-filled set holding only the tensors <paramref name="allocate"/> accepts; the others are absent (frozen parameters' gradients).</summary>
+    public static LlamaWeights Zeros(LlamaConfig config, Device device, Func<string, bool>? allocate) => new(config, device, allocate);
 }
 
 /// <summary>
@@ -140,7 +143,7 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
         return new LlamaModel(config, device, weights);
     }
 
-    protected override LlamaWeights ZeroWeights(LlamaConfig config) => LlamaWeights.Zeros(config, Device);
+    protected override LlamaWeights ZeroWeights(LlamaConfig config, Func<string, bool>? allocate) => LlamaWeights.Zeros(config, Device, allocate);
     protected override LlamaConfig With(LlamaConfig config, int vocabSize, int? maskTokenId) => config with { VocabSize = vocabSize, MaskTokenId = maskTokenId };
     protected override JsonObject ToJson(LlamaConfig config) => config.ToJson();
     protected override bool NormsKeepMeans => false;
@@ -224,7 +227,7 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
             w.Value.Backward(dV, a.Norm1, dNorm, g.Value);
             w.Norm1.Backward(dNorm, act.BlockInput(l), a.Norm1Rstd, dResidual, g.Norm1);
         }
-        d.EmbeddingBackward(act.Ids, dResidual, grads.TokenEmbedding, null, 0);
+        d.EmbeddingBackward(act.Ids, dResidual, grads.TokenEmbedding.IfPresent, null, 0);
     }
 }
 

@@ -73,6 +73,9 @@ public abstract class ModelFamily
     /// <summary>The paper's [MASK] id: 10541 for GPT-2 (DiffuGPT-S), 811 for LLaMA (DiffuLLaMA).</summary>
     public abstract int PaperMaskToken { get; }
 
+    /// <summary>The HF name of the token embedding (what LoRA's --lora-train-embeddings trains, PEFT's modules_to_save).</summary>
+    public abstract string TokenEmbeddingName { get; }
+
     /// <summary>The BOS, SEP, EOS and PAD of SFT sequences (method §5) with this tokenizer.</summary>
     public abstract SftTokens SftTokens(TextTokenizer tokenizer);
 
@@ -102,6 +105,7 @@ sealed class Gpt2Family : ModelFamily
     public override bool TextFollowsStartToken => false;
     public override int? DefaultBos => null;
     public override int PaperMaskToken => 10541;
+    public override string TokenEmbeddingName => "transformer.wte.weight";
 
     /// <summary>GPT-2 has only end-of-text, which serves as all four (HF's GPT-2 bos = eos).</summary>
     public override SftTokens SftTokens(TextTokenizer tokenizer)
@@ -149,6 +153,7 @@ sealed class LlamaFamily : ModelFamily
     public override bool TextFollowsStartToken => true;
     public override int? DefaultBos => LlamaTokenizers.BeginOfSentenceId;
     public override int PaperMaskToken => 811;
+    public override string TokenEmbeddingName => "model.embed_tokens.weight";
 
     /// <summary>BOS (1) and EOS (2), with EOS also as SEP and PAD (LLaMA has neither).</summary>
     public override SftTokens SftTokens(TextTokenizer tokenizer) =>

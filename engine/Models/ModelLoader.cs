@@ -1,29 +1,52 @@
 using DiffuSharp.IO;
+using DiffuSharp.Lora;
 using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Models;
 
 /// <summary>
 /// Opens a model folder as the family its config.json names (<see cref="ModelFamily"/>). A training run's output
-/// folder stands for its newest checkpoint (<see cref="RunLayout"/>).
+/// folder stands for its newest checkpoint (<see cref="RunLayout"/>). A LoRA adapter folder (PEFT's
+/// adapter_config.json) stands for its base model with the adapters attached.
 /// </summary>
 public static class ModelLoader
 {
-    /// <summary>The folder's config, read and checked, without touching the weights.</summary>
+    /// <summary>The folder's config (an adapter folder's base's), read and checked, without touching the weights.</summary>
     public static IModelConfig LoadConfig(string directory)
     {
         directory = RunLayout.ModelFolder(directory);
         if (!Directory.Exists(directory)) throw new DiffuException($"{directory}: model folder not found");
-        return ModelFamily.LoadConfigFile(Path.Combine(directory, "config.json"));
+        if (PeftAdapter.IsAdapterFolder(directory)) return LoadConfig(PeftAdapter.BaseModelPath(directory));
+        return ModelFamily.LoadConfigFile(Path.Combine(directory, RunLayout.ConfigFile));
     }
 
-    /// <summary>The model, after checking that its weights fit on the device.</summary>
-    public static ITrainableModel Load(string directory, Device device)
+    /// <summary>
+    /// The model, after checking that its weights fit on the device; with <paramref name="adapter"/> (a PEFT LoRA folder
+    /// or a LoRA run folder), that adapter attached to it.
+    /// </summary>
+    public static ITrainableModel Load(string directory, Device device, string? adapter = null)
     {
         directory = RunLayout.ModelFolder(directory);
+        if (PeftAdapter.IsAdapterFolder(directory))
+        {
+            if (adapter is not null) throw new DiffuException($"{directory} is itself a LoRA adapter: give its base model with --model and the adapter with --adapter");
+            return Load(PeftAdapter.BaseModelPath(directory), device, directory);
+        }
         var config = LoadConfig(directory);
         RequireWeights(config, device, directory);
-        return ModelFamily.Of(config).Load(directory, device);
+        var model = ModelFamily.Of(config).Load(directory, device);
+        if (adapter is null) return model;
+        try
+        {
+            string adapterDir = RunLayout.ModelFolder(adapter);
+            if (!Directory.Exists(adapterDir)) throw new DiffuException($"{adapter}: adapter folder not found");
+            return PeftAdapter.Load(adapterDir, model, Path.GetFullPath(directory));
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Refuses a model whose float32 weights cannot fit in the device's free memory.</summary>

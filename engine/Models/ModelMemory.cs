@@ -42,16 +42,17 @@ public static class ModelMemory
 
     /// <summary>
     /// A training step over micro-batches of [batch, length] besides the weights: gradients and the two AdamW
-    /// moments, every layer's activations, the backward pass's transient buffers and the logits.
+    /// moments (of <paramref name="trained"/> parameters, all by default; a LoRA run trains far fewer), every
+    /// layer's activations, the backward pass's transient buffers and the logits.
     /// </summary>
-    public static long Training(IModelConfig config, long batch, long length) => Checked(() =>
+    public static long Training(IModelConfig config, long batch, long length, long? trained = null) => Checked(() =>
     {
         checked
         {
             long rows = batch * length;
             long activations = rows * (config.Layers * config.LayerActivationFloatsPerRow + HeadFloatsPerRow(config));
             long backward = rows * config.LayerActivationFloatsPerRow;
-            return Float * (3 * config.ParameterCount + activations + backward);
+            return Float * (3 * (trained ?? config.ParameterCount) + activations + backward);
         }
     });
 

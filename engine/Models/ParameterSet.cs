@@ -13,14 +13,20 @@ public abstract class ParameterSet : IParameterSet
     readonly List<(string Name, Tensor Tensor)> named = new();
     readonly Dictionary<string, Tensor> byName = new(StringComparer.Ordinal);
 
-    protected ParameterSet(Device device, IEnumerable<(string Name, int[] Shape)> shapes)
+    /// <summary>
+    /// Lays out the tensors of <paramref name="shapes"/>; those <paramref name="allocate"/> rejects are absent
+    /// (<see cref="Tensor.Absent"/>: no memory, left out of <see cref="Named"/> and <see cref="Storage"/>), as the
+    /// gradients and moments of frozen parameters are.
+    /// </summary>
+    protected ParameterSet(Device device, IEnumerable<(string Name, int[] Shape)> shapes, Func<string, bool>? allocate = null)
     {
         var list = shapes.ToList();
-        buffers = ParameterBuffers.Allocate(device, list);
+        buffers = ParameterBuffers.Allocate(device, list.Where(s => allocate?.Invoke(s.Name) ?? true));
         foreach (var (name, shape) in list)
         {
-            var view = buffers.View(name, shape);
-            named.Add((name, view));
+            bool present = allocate?.Invoke(name) ?? true;
+            var view = present ? buffers.View(name, shape) : Tensor.Absent(device, shape);
+            if (present) named.Add((name, view));
             byName.Add(name, view);
         }
     }

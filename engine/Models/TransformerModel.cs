@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using DiffuSharp.IO;
 using DiffuSharp.Kernels;
 using DiffuSharp.Layers;
 using DiffuSharp.Runtime;
@@ -34,8 +35,8 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
     public int KvWidth => Config.KvWidth;
     public int? MaskTokenId => Config.MaskTokenId;
 
-    /// <summary>A zero-filled parameter set of <paramref name="config"/>'s shapes on the model's device.</summary>
-    protected abstract TWeights ZeroWeights(TConfig config);
+    /// <summary>A zero-filled parameter set of <paramref name="config"/>'s shapes on the model's device (only the tensors <paramref name="allocate"/> accepts, when given).</summary>
+    protected abstract TWeights ZeroWeights(TConfig config, Func<string, bool>? allocate);
 
     /// <summary>The config with another vocabulary size, or mask token.</summary>
     protected abstract TConfig With(TConfig config, int vocabSize, int? maskTokenId);
@@ -52,7 +53,7 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
     /// <summary>The network in reverse, from act.Logits holding dLoss/dLogits; adds the gradients into <paramref name="grads"/>.</summary>
     protected abstract void Backward(ModelActivations<TBlock> act, TWeights grads, AttentionPass pass);
 
-    public IParameterSet ZeroParameterSet() => ZeroWeights(Config);
+    public IParameterSet ZeroParameterSet(Func<string, bool>? allocate = null) => ZeroWeights(Config, allocate);
 
     /// <summary>The blocks' projections, in order.</summary>
     protected abstract IEnumerable<Linear> BlockProjections();
@@ -69,6 +70,19 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
     }
 
     public JsonObject ConfigJson(int? maskTokenId) => ToJson(With(Config, Config.VocabSize, maskTokenId ?? Config.MaskTokenId));
+
+    public string WeightsFile => RunLayout.ModelFile;
+
+    /// <summary>
+    /// Tensors are downloaded one at a time as the writer reaches them, so saving holds one tensor's host copy, not the model's.
+    /// </summary>
+    public void WriteFiles(string directory, IReadOnlyDictionary<string, string> metadata, int? maskTokenId)
+    {
+        SafeTensorsWriter.Write(Path.Combine(directory, RunLayout.ModelFile),
+            Weights.Named().Select(p => SafeTensorsEntry.DeferredFloat32(p.Name, p.Tensor.Shape, () => Device.ToArray(p.Tensor))), metadata);
+        OutputFile.WriteNew(Path.Combine(directory, RunLayout.ConfigFile), System.Text.Encoding.UTF8.GetBytes(
+            ConfigJson(maskTokenId).ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n"));
+    }
 
     protected abstract JsonObject ToJson(TConfig config);
 
@@ -169,7 +183,7 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
     {
         int v = Config.VocabSize;
         var config = With(Config, v + 1, Config.MaskTokenId);
-        var grown = ZeroWeights(config);
+        var grown = ZeroWeights(config, null);
         TrainableModelExtensions.CopyGrowing(Device, Weights, grown);
         Weights.Dispose();
         Weights = grown;

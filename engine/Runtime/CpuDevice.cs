@@ -98,8 +98,9 @@ public sealed class CpuDevice : Device
     protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset) =>
         Cpu.Embedding.Backward(I32(ids), F32(dOutput), F32(dWte), dWpe is null ? default : F32(dWpe), ids.Shape[0], ids.Shape[1], dWte.Columns, positionOffset);
 
-    protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) =>
-        Cpu.LayerNorm.Backward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
+    protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor? dWeight, Tensor? dBias, int rows, int columns) =>
+        Cpu.LayerNorm.Backward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), dWeight is null ? default : F32(dWeight),
+            dBias is null ? default : F32(dBias), rows, columns);
 
     protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
         Cpu.MatMul.Backward(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? default : F32(dW), dBias is null ? default : F32(dBias), m, k, n);
@@ -131,8 +132,8 @@ public sealed class CpuDevice : Device
     protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) =>
         Cpu.RmsNorm.Forward(F32(x), F32(weight), F32(output), F32(rstd), rows, columns, eps);
 
-    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns) =>
-        Cpu.RmsNorm.Backward(F32(dOutput), F32(x), F32(weight), F32(rstd), F32(dX), F32(dWeight), rows, columns);
+    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor? dWeight, int rows, int columns) =>
+        Cpu.RmsNorm.Backward(F32(dOutput), F32(x), F32(weight), F32(rstd), F32(dX), dWeight is null ? default : F32(dWeight), rows, columns);
 
     protected override void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse) =>
         Cpu.Rope.Apply(F32(x)[(int)offset..], rowStride, batch, length, heads, headDim, positionOffset, theta, inverse);

@@ -236,9 +236,17 @@ public abstract class Device : IDisposable
 
     // ---- backward ops: every one ACCUMULATES into its gradient outputs (+=); callers zero them ------
 
-    /// <summary>dWte[ids[b,t], :] += dOutput[b,t,:]; dWpe[positionOffset + t, :] += dOutput[b,t,:] when dWpe is given.</summary>
-    public void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset)
+    /// <summary>
+    /// dWte[ids[b,t], :] += dOutput[b,t,:]; dWpe[positionOffset + t, :] += dOutput[b,t,:] when dWpe is given. A null
+    /// dWte (frozen embeddings) does nothing; a position gradient without a token gradient is not supported.
+    /// </summary>
+    public void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor? dWte, Tensor? dWpe, int positionOffset)
     {
+        if (dWte is null)
+        {
+            if (dWpe is not null) throw new NotSupportedException("a position-embedding gradient needs the token-embedding gradient beside it");
+            return;
+        }
         Require(ids, DType.I32, nameof(ids));
         RequireF32(dOutput, dWte);
         if (dWpe is not null) RequireF32(dWpe);
@@ -248,12 +256,14 @@ public abstract class Device : IDisposable
         EmbeddingBackwardCore(ids, dOutput, dWte, dWpe, positionOffset);
     }
 
-    /// <summary>Backward of <see cref="LayerNorm"/> from the saved mean and rstd: dX, dWeight, dBias += .</summary>
-    public void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias)
+    /// <summary>Backward of <see cref="LayerNorm"/> from the saved mean and rstd: dX, dWeight, dBias += ; null dWeight and dBias (a frozen norm) compute dX only.</summary>
+    public void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor? dWeight, Tensor? dBias)
     {
-        RequireF32(dOutput, x, weight, mean, rstd, dX, dWeight, dBias);
+        if ((dWeight is null) != (dBias is null)) throw new ArgumentException("layernorm backward takes both dWeight and dBias, or neither");
+        RequireF32(dOutput, x, weight, mean, rstd, dX);
+        if (dWeight is not null) RequireF32(dWeight, dBias!);
         int c = x.Columns;
-        if (dOutput.Length != x.Length || dX.Length != x.Length || weight.Length != c || dWeight.Length != c || dBias.Length != c
+        if (dOutput.Length != x.Length || dX.Length != x.Length || weight.Length != c || dWeight is not null && (dWeight.Length != c || dBias!.Length != c)
             || mean.Length != x.Rows || rstd.Length != x.Rows)
             throw new ArgumentException($"layernorm backward shapes disagree: x {x.ShapeText}, dOut {dOutput.ShapeText}, dX {dX.ShapeText}, w {weight.ShapeText}");
         LayerNormBackwardCore(dOutput, x, weight, mean, rstd, dX, dWeight, dBias, (int)x.Rows, c);
@@ -385,11 +395,12 @@ public abstract class Device : IDisposable
         RmsNormCore(x, weight, output, rstd, (int)x.Rows, x.Columns, eps);
     }
 
-    /// <summary>Backward of <see cref="RmsNorm"/> from the saved rstd: dX, dWeight += .</summary>
-    public void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight)
+    /// <summary>Backward of <see cref="RmsNorm"/> from the saved rstd: dX, dWeight += ; a null dWeight (a frozen norm) computes dX only.</summary>
+    public void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor? dWeight)
     {
-        RequireF32(dOutput, x, weight, rstd, dX, dWeight);
-        if (dOutput.Length != x.Length || dX.Length != x.Length || weight.Length != x.Columns || dWeight.Length != x.Columns || rstd.Length != x.Rows)
+        RequireF32(dOutput, x, weight, rstd, dX);
+        if (dWeight is not null) RequireF32(dWeight);
+        if (dOutput.Length != x.Length || dX.Length != x.Length || weight.Length != x.Columns || dWeight is not null && dWeight.Length != x.Columns || rstd.Length != x.Rows)
             throw new ArgumentException($"rmsnorm backward shapes disagree: x {x.ShapeText}, dOut {dOutput.ShapeText}, dX {dX.ShapeText}, w {weight.ShapeText}");
         RmsNormBackwardCore(dOutput, x, weight, rstd, dX, dWeight, (int)x.Rows, x.Columns);
     }
@@ -426,13 +437,13 @@ public abstract class Device : IDisposable
     }
 
     protected abstract void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps);
-    protected abstract void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns);
+    protected abstract void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor? dWeight, int rows, int columns);
     protected abstract void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse);
     protected abstract void SwiGluCore(Tensor gate, Tensor up, Tensor output);
     protected abstract void SwiGluBackwardCore(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp);
 
     protected abstract void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset);
-    protected abstract void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns);
+    protected abstract void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor? dWeight, Tensor? dBias, int rows, int columns);
     protected abstract void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n);
     protected abstract void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n);
     protected abstract void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX);

@@ -308,8 +308,9 @@ public sealed class IlgpuDevice : Device
     protected override void EmbeddingBackwardCore(Tensor ids, Tensor dOutput, Tensor dWte, Tensor? dWpe, int positionOffset) =>
         kernels.EmbeddingBackward(I32(ids), F32(dOutput), F32(dWte), dWpe is null ? null : F32(dWpe), ids.Shape[1], dWte.Columns, positionOffset);
 
-    protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor dWeight, Tensor dBias, int rows, int columns) =>
-        kernels.LayerNormBackward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), F32(dWeight), F32(dBias), rows, columns);
+    protected override void LayerNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor? dWeight, Tensor? dBias, int rows, int columns) =>
+        kernels.LayerNormBackward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), dWeight is null ? null : F32(dWeight),
+            dBias is null ? null : F32(dBias), rows, columns);
 
     protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
         kernels.MatMulBackward(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
@@ -351,8 +352,8 @@ public sealed class IlgpuDevice : Device
     protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) =>
         kernels.RmsNorm(F32(x), F32(weight), F32(output), F32(rstd), rows, columns, eps);
 
-    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor dWeight, int rows, int columns) =>
-        kernels.RmsNormBackward(F32(dOutput), F32(x), F32(weight), F32(rstd), F32(dX), F32(dWeight), rows, columns);
+    protected override void RmsNormBackwardCore(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor? dWeight, int rows, int columns) =>
+        kernels.RmsNormBackward(F32(dOutput), F32(x), F32(weight), F32(rstd), F32(dX), dWeight is null ? null : F32(dWeight), rows, columns);
 
     protected override void RopeCore(Tensor x, long offset, int rowStride, int batch, int length, int heads, int headDim, int positionOffset, float theta, bool inverse) =>
         kernels.Rope(F32(x).SubView(offset), rowStride, batch, length, heads, headDim, positionOffset, theta, inverse);

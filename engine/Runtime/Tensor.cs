@@ -36,6 +36,14 @@ public sealed class Tensor : IDisposable
         Length = Product(shape);
     }
 
+    Tensor(Device device, int[] shape)
+    {
+        Device = device;
+        Shape = shape;
+        Length = Product(shape);
+        IsAbsent = true;
+    }
+
     Tensor(Tensor parent, long offset, int[] shape)
     {
         Device = parent.Device;
@@ -57,6 +65,18 @@ public sealed class Tensor : IDisposable
 
     public int Rank => Shape.Length;
 
+    /// <summary>
+    /// A shape without storage: the gradient of a frozen parameter in a gradient set that leaves it out. Ops refuse
+    /// it; the layers' backward passes read it as "no gradient wanted" (<see cref="IfPresent"/>).
+    /// </summary>
+    public static Tensor Absent(Device device, params int[] shape) => new(device, (int[])shape.Clone());
+
+    /// <summary>Whether this tensor is a shape without storage (<see cref="Absent"/>).</summary>
+    public bool IsAbsent { get; }
+
+    /// <summary>This tensor, or null when it is absent.</summary>
+    public Tensor? IfPresent => IsAbsent ? null : this;
+
     /// <summary>Whether this tensor is a view into another's storage.</summary>
     public bool IsView => parent is not null;
 
@@ -67,16 +87,18 @@ public sealed class Tensor : IDisposable
     public long Rows => Length / Math.Max(1, Shape[^1]);
 
     public DeviceStorage Storage => disposed ? throw new ObjectDisposedException(nameof(Tensor), "tensor used after Dispose")
+        : IsAbsent ? throw new InvalidOperationException($"an absent tensor {ShapeText} (a frozen parameter's gradient) has no storage")
         : parent?.Storage ?? storage!;
 
     public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 
-    public override string ToString() => $"{DType}{ShapeText}{(IsView ? $" at {Offset}" : "")} on {Device.Name}";
+    public override string ToString() => IsAbsent ? $"absent{ShapeText}" : $"{DType}{ShapeText}{(IsView ? $" at {Offset}" : "")} on {Device.Name}";
 
     /// <summary>A view of <paramref name="shape"/> over this tensor's elements from <paramref name="offset"/> on.</summary>
     public Tensor View(long offset, params int[] shape)
     {
         long n = Product(shape);
+        if (IsAbsent) throw new InvalidOperationException($"an absent tensor {ShapeText} has no elements to view");
         if (offset < 0 || n == 0 || offset + n > Length)
             throw new ArgumentException($"a view [{string.Join(", ", shape)}] at {offset} does not fit in a tensor of {Length} elements");
         return new Tensor(parent ?? this, Offset + offset, (int[])shape.Clone());

@@ -16,13 +16,13 @@ public sealed record TrainingState(long Step, TrainOptions Options, long[] DataS
 /// </summary>
 public static class Checkpoint
 {
-    public const string ModelFile = "model.safetensors", ConfigFile = "config.json", StateFile = "training_state.safetensors";
+    public const string StateFile = "training_state.safetensors";
 
     static readonly JsonSerializerOptions Json = new() { WriteIndented = false, Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() } };
 
     /// <summary>
-    /// Writes every file of a checkpoint into <paramref name="directory"/> (empty), each flushed to disk. Tensors are
-    /// downloaded one at a time as the writer reaches them, so saving holds one tensor's host copy, not the model's.
+    /// Writes every file of a checkpoint into <paramref name="directory"/> (empty), each flushed to disk: the model's
+    /// own (<see cref="ITrainableModel.WriteFiles"/>), the training state and the tokenizer.
     /// </summary>
     public static void Write(string directory, ITrainableModel model, IParameterSet? moment1, IParameterSet? moment2, TrainingState? state,
         IReadOnlyList<(string Name, byte[] Bytes)>? tokenizer, int? maskTokenId)
@@ -31,11 +31,8 @@ public static class Checkpoint
         string step = (state?.Step ?? 0).ToString(CultureInfo.InvariantCulture);
         static IEnumerable<SafeTensorsEntry> Entries(Device device, IParameterSet set, string prefix) =>
             set.Named().Select(p => SafeTensorsEntry.DeferredFloat32(prefix + p.Name, p.Tensor.Shape, () => device.ToArray(p.Tensor)));
-        SafeTensorsWriter.Write(Path.Combine(directory, ModelFile), Entries(device, model.Parameters, ""),
-            new Dictionary<string, string> { ["format"] = "pt", ["step"] = step });
+        model.WriteFiles(directory, new Dictionary<string, string> { ["format"] = "pt", ["step"] = step }, maskTokenId);
         CrashPoints.Reach("checkpoint-model-written");
-        WriteDurably(Path.Combine(directory, ConfigFile), System.Text.Encoding.UTF8.GetBytes(
-            model.ConfigJson(maskTokenId).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"));
         if (state is not null && moment1 is not null && moment2 is not null)
         {
             SafeTensorsWriter.Write(Path.Combine(directory, StateFile), Entries(device, moment1, "adam.m.").Concat(Entries(device, moment2, "adam.v.")),
@@ -47,14 +44,7 @@ public static class Checkpoint
                 });
             CrashPoints.Reach("checkpoint-state-written");
         }
-        foreach (var (name, bytes) in tokenizer ?? []) WriteDurably(Path.Combine(directory, name), bytes);
-    }
-
-    static void WriteDurably(string path, byte[] bytes)
-    {
-        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
-        stream.Write(bytes);
-        stream.Flush(flushToDisk: true);
+        foreach (var (name, bytes) in tokenizer ?? []) OutputFile.WriteNew(Path.Combine(directory, name), bytes);
     }
 
     static (string From, string Name)[]? TokenizerFiles(string source)
@@ -111,9 +101,9 @@ public static class Checkpoint
         using var file = SafeTensorsFile.Open(path);
         string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new DiffuException($"{path}: metadata has no '{key}'");
         long step = long.Parse(Meta("step"), CultureInfo.InvariantCulture);
-        using (var weights = SafeTensorsFile.Open(Path.Combine(directory, ModelFile)))
+        using (var weights = SafeTensorsFile.Open(Path.Combine(directory, model.WeightsFile)))
             if (!weights.Metadata.TryGetValue("step", out var modelStep) || modelStep != Meta("step"))
-                throw new DiffuException($"{directory}: {ModelFile} (step {modelStep ?? "?"}) and {StateFile} (step {step}) are from different steps");
+                throw new DiffuException($"{directory}: {model.WeightsFile} (step {modelStep ?? "?"}) and {StateFile} (step {step}) are from different steps");
         var options = ReadOptions(file);
         var dataState = Meta("data_state").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => long.Parse(s, CultureInfo.InvariantCulture)).ToArray();
         IParameterSet Moments(string prefix)

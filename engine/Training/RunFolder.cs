@@ -21,7 +21,7 @@ public sealed class RunFolder : IDisposable
     /// training state; it still resumes, and <see cref="Clear"/> removes these files only from such a folder.
     /// </summary>
     static readonly string[] FlatCheckpointFiles =
-        [Checkpoint.ModelFile, Checkpoint.ConfigFile, Checkpoint.StateFile, "vocab.json", "merges.txt", "tokenizer.model", "tokenizer.bin"];
+        [RunLayout.ModelFile, RunLayout.ConfigFile, Checkpoint.StateFile, "vocab.json", "merges.txt", "tokenizer.model", "tokenizer.bin"];
 
     readonly FileStream lockStream;
     readonly bool created;
@@ -75,7 +75,7 @@ public sealed class RunFolder : IDisposable
     static bool IsFlatRun(string path) => File.Exists(System.IO.Path.Combine(path, Checkpoint.StateFile));
 
     static bool IsModelFolder(string path) =>
-        !IsFlatRun(path) && new[] { Checkpoint.ConfigFile, Checkpoint.ModelFile, SafeTensorsCheckpoint.IndexFileName }.Any(name => File.Exists(System.IO.Path.Combine(path, name)));
+        !IsFlatRun(path) && new[] { RunLayout.ConfigFile, RunLayout.ModelFile, SafeTensorsCheckpoint.IndexFileName, Lora.PeftAdapter.ConfigFile }.Any(name => File.Exists(System.IO.Path.Combine(path, name)));
 
     /// <summary>
     /// Refuses a run whose checkpoints cannot fit on this folder's disk: <paramref name="keep"/> complete ones plus

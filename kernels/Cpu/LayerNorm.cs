@@ -61,7 +61,8 @@ public static class LayerNorm
     /// Backward from the saved mean and rstd, accumulating: with n = (x − mean) · rstd and g = dOutput · weight,
     /// dX += rstd · (g − mean(g) − n · mean(g · n)) per row, dWeight += Σ_rows dOutput · n and dBias += Σ_rows dOutput.
     /// dX is split over rows; dWeight and dBias are sums over rows, so they are done in a second pass split over
-    /// columns (each thread owns a stripe of channels): no locks and a fixed order of additions.
+    /// columns (each thread owns a stripe of channels): no locks and a fixed order of additions. Empty dWeight and
+    /// dBias (a frozen norm) skip that pass.
     /// </summary>
     public static unsafe void Backward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> x, ReadOnlySpan<float> weight,
         ReadOnlySpan<float> mean, ReadOnlySpan<float> rstd, Span<float> dX, Span<float> dWeight, Span<float> dBias, int rows, int channels)
@@ -71,8 +72,12 @@ public static class LayerNorm
         Guard.Length(x.Length, (long)rows * channels, nameof(x));
         Guard.Length(dX.Length, (long)rows * channels, nameof(dX));
         Guard.Length(weight.Length, channels, nameof(weight));
-        Guard.Length(dWeight.Length, channels, nameof(dWeight));
-        Guard.Length(dBias.Length, channels, nameof(dBias));
+        bool parameters = !dWeight.IsEmpty;
+        if (parameters || !dBias.IsEmpty)
+        {
+            Guard.Length(dWeight.Length, channels, nameof(dWeight));
+            Guard.Length(dBias.Length, channels, nameof(dBias));
+        }
         Guard.Length(mean.Length, rows, nameof(mean));
         Guard.Length(rstd.Length, rows, nameof(rstd));
         fixed (float* pg = dOutput, px = x, pw = weight, pm = mean, ps = rstd, pdx = dX, pdw = dWeight, pdb = dBias)
@@ -86,6 +91,7 @@ public static class LayerNorm
                     InputGradient(xg + o, xx + o, xw, xm[r], xs[r], xdx + o, channels);
                 }
             });
+            if (!parameters) return;
             Work.For(channels, Math.Max(16, (1 << 14) / Math.Max(1, rows)), (c0, c1) =>
             {
                 for (int r = 0; r < rows; r++)

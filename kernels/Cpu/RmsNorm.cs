@@ -49,7 +49,8 @@ public static class RmsNorm
     /// <summary>
     /// Backward from the saved rstd, accumulating: with n = x · rstd and g = dOutput · weight, dX += rstd · (g − n · mean(g · n))
     /// per row and dWeight += Σ_rows dOutput · n. As in <see cref="LayerNorm.Backward"/>, dX is split over rows and dWeight
-    /// over stripes of columns, so there are no locks and the order of additions is fixed.
+    /// over stripes of columns, so there are no locks and the order of additions is fixed. An empty dWeight (a frozen
+    /// norm) skips the second pass.
     /// </summary>
     public static unsafe void Backward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> x, ReadOnlySpan<float> weight,
         ReadOnlySpan<float> rstd, Span<float> dX, Span<float> dWeight, int rows, int channels)
@@ -59,7 +60,7 @@ public static class RmsNorm
         Guard.Length(x.Length, (long)rows * channels, nameof(x));
         Guard.Length(dX.Length, (long)rows * channels, nameof(dX));
         Guard.Length(weight.Length, channels, nameof(weight));
-        Guard.Length(dWeight.Length, channels, nameof(dWeight));
+        if (!dWeight.IsEmpty) Guard.Length(dWeight.Length, channels, nameof(dWeight));
         Guard.Length(rstd.Length, rows, nameof(rstd));
         fixed (float* pg = dOutput, px = x, pw = weight, ps = rstd, pdx = dX, pdw = dWeight)
         {
@@ -72,6 +73,7 @@ public static class RmsNorm
                     InputGradient(xg + o, xx + o, xw, xs[r], xdx + o, channels);
                 }
             });
+            if (dWeight.IsEmpty) return;
             Work.For(channels, Math.Max(16, (1 << 14) / Math.Max(1, rows)), (c0, c1) =>
             {
                 for (int r = 0; r < rows; r++)

@@ -309,15 +309,16 @@ public sealed class GpuKernels : IDisposable
     public void GeluBackward(ArrayView<float> x, ArrayView<float> dOutput, ArrayView<float> dX) =>
         (geluBackward ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernels.Gelu))(Flat(x.Length), x, dOutput, dX);
 
-    /// <summary>LayerNorm backward from the saved mean and rstd: dX (one warp per row), then dWeight and dBias (column sums).</summary>
+    /// <summary>LayerNorm backward from the saved mean and rstd: dX (one warp per row), then dWeight and dBias (column sums) unless they are null (a frozen norm).</summary>
     public void LayerNormBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> weight, ArrayView<float> mean, ArrayView<float> rstd,
-        ArrayView<float> dX, ArrayView<float> dWeight, ArrayView<float> dBias, int rows, int channels)
+        ArrayView<float> dX, ArrayView<float>? dWeight, ArrayView<float>? dBias, int rows, int channels)
     {
         (layerNormInput ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(BackwardKernels.LayerNormInput))(
             PerRow(rows), dOutput, x, weight, mean, rstd, dX, rows, channels);
+        if (dWeight is null || dBias is null) return;
         var config = ColumnChunks(rows, channels, out int rowsPerGroup);
         (layerNormParameters ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(BackwardKernels.LayerNormParameters))(
-            config, dOutput, x, mean, rstd, dWeight, dBias, rows, channels, rowsPerGroup);
+            config, dOutput, x, mean, rstd, dWeight.Value, dBias.Value, rows, channels, rowsPerGroup);
     }
 
     /// <summary>Backward of <see cref="MatMul"/> (w [K, N]): dX[M, K] += dOut · wᵀ, dW[K, N] += xᵀ · dOut (unless dW is null: a frozen weight), dBias[N] += Σ rows of dOut.</summary>
@@ -453,13 +454,14 @@ public sealed class GpuKernels : IDisposable
 
     /// <summary>RMSNorm backward from the saved rstd: dX += (one warp per row), then dWeight += (column sums).</summary>
     public void RmsNormBackward(ArrayView<float> dOutput, ArrayView<float> x, ArrayView<float> weight, ArrayView<float> rstd,
-        ArrayView<float> dX, ArrayView<float> dWeight, int rows, int channels)
+        ArrayView<float> dX, ArrayView<float>? dWeight, int rows, int channels)
     {
         (rmsNormInput ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(LlamaKernels.RmsNormInput))(
             PerRow(rows), dOutput, x, weight, rstd, dX, rows, channels);
+        if (dWeight is null) return;
         var config = ColumnChunks(rows, channels, out int rowsPerGroup);
         (rmsNormWeight ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(LlamaKernels.RmsNormWeight))(
-            config, dOutput, x, rstd, dWeight, rows, channels, rowsPerGroup);
+            config, dOutput, x, rstd, dWeight.Value, rows, channels, rowsPerGroup);
     }
 
     /// <summary>

@@ -58,13 +58,13 @@ public sealed class TrainSafetyTests
         var outDir = NewFolder("used");
         Assert.That(CliRun.Run(Train(outDir)).Code, Is.EqualTo(0));
         var log = File.ReadAllBytes(Path.Combine(outDir, RunLayout.LogFile));
-        var model = File.ReadAllBytes(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, Checkpoint.ModelFile));
+        var model = File.ReadAllBytes(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, RunLayout.ModelFile));
 
         var (code, _, err) = CliRun.Run(Train(outDir, "--steps", "3"));
         Assert.That(code, Is.EqualTo(2));
         AssertOneLineError(err, outDir, "already holds a training run", "--resume", "--overwrite");
         Assert.That(File.ReadAllBytes(Path.Combine(outDir, RunLayout.LogFile)), Is.EqualTo(log), "the earlier log is untouched");
-        Assert.That(File.ReadAllBytes(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, Checkpoint.ModelFile)), Is.EqualTo(model));
+        Assert.That(File.ReadAllBytes(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, RunLayout.ModelFile)), Is.EqualTo(model));
 
         (code, _, err) = CliRun.Run(Train(outDir, "--steps", "3", "--overwrite"));
         Assert.That(code, Is.EqualTo(0), err);
@@ -79,7 +79,7 @@ public sealed class TrainSafetyTests
         var first = NewFolder("init");
         Assert.That(CliRun.Run(Train(first)).Code, Is.EqualTo(0));
         var checkpoint = RunLayout.LatestCheckpoint(first)!;
-        var before = File.ReadAllBytes(Path.Combine(checkpoint, Checkpoint.ModelFile));
+        var before = File.ReadAllBytes(Path.Combine(checkpoint, RunLayout.ModelFile));
         foreach (var init in new[] { first, checkpoint })
         {
             string[] args = ["train", "--init", init, "--data", shard, "--steps", "1", "--seq-len", "16", "--batch", "2", "--out", first, "--overwrite", "--device", "cpu"];
@@ -87,7 +87,7 @@ public sealed class TrainSafetyTests
             Assert.That(code, Is.EqualTo(2), init);
             AssertOneLineError(err, "would overwrite --init");
         }
-        Assert.That(File.ReadAllBytes(Path.Combine(checkpoint, Checkpoint.ModelFile)), Is.EqualTo(before));
+        Assert.That(File.ReadAllBytes(Path.Combine(checkpoint, RunLayout.ModelFile)), Is.EqualTo(before));
     }
 
     [Test]
@@ -112,8 +112,8 @@ public sealed class TrainSafetyTests
         var checkpoints = Path.Combine(outDir, RunLayout.CheckpointsFolder);
         string[] planted =
         [
-            Path.Combine(checkpoints, ".step-00000003.partial", Checkpoint.ModelFile),
-            Path.Combine(checkpoints, ".step-00000001.deleting", Checkpoint.ModelFile),
+            Path.Combine(checkpoints, ".step-00000003.partial", RunLayout.ModelFile),
+            Path.Combine(checkpoints, ".step-00000001.deleting", RunLayout.ModelFile),
             Path.Combine(outDir, ".train_log.jsonl.partial"),
             Path.Combine(outDir, ".model.safetensors.next"),
             Path.Combine(outDir, ".model.safetensors.next.tmp-0123456789abcdef"),
@@ -165,13 +165,13 @@ public sealed class TrainSafetyTests
     {
         var outDir = NewFolder("guard");
         Assert.That(CliRun.Run(Train(outDir, "--steps", "1", "--schedule", "constant")).Code, Is.EqualTo(0));
-        var good = File.ReadAllBytes(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, Checkpoint.ModelFile));
+        var good = File.ReadAllBytes(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, RunLayout.ModelFile));
         // The same run continued with a guard below its own loss: it must stop at once, keeping step 1.
         var (code, _, err) = CliRun.Run("train", "--resume", outDir, "--steps", "4", "--max-loss", "1", "--device", "cpu");
         Assert.That(code, Is.EqualTo(3), err);
         Assert.That(err, Does.Contain("--max-loss"));
         Assert.That(RunLayout.Checkpoints(outDir).Select(c => c.Step), Is.EqualTo(new long[] { 1 }));
-        Assert.That(File.ReadAllBytes(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, Checkpoint.ModelFile)), Is.EqualTo(good));
+        Assert.That(File.ReadAllBytes(Path.Combine(RunLayout.LatestCheckpoint(outDir)!, RunLayout.ModelFile)), Is.EqualTo(good));
 
         var wild = NewFolder("wild");
         (code, _, err) = CliRun.Run(Train(wild, "--lr", "1e6", "--steps", "6", "--eval-every", "6"));

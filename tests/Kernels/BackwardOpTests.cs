@@ -148,6 +148,10 @@ public sealed class BackwardOpTests(string deviceName) : DeviceFixture(deviceNam
         Assert.That(TestUtil.AddedRelativeL2(device.ToArray(dX), xStart, expectedX), Is.LessThan(Tolerance), "dX");
         Assert.That(TestUtil.AddedRelativeL2(device.ToArray(dW), wStart, expectedW), Is.LessThan(Tolerance), "dWeight");
         Assert.That(TestUtil.AddedRelativeL2(device.ToArray(dB), bStart, expectedB), Is.LessThan(Tolerance), "dBias");
+
+        using var dXFrozen = device.FromArray(xStart, rows, channels);
+        device.LayerNormBackward(dOutT, xT, wT, mean, rstd, dXFrozen, null, null);
+        Assert.That(TestUtil.AddedRelativeL2(device.ToArray(dXFrozen), xStart, expectedX), Is.LessThan(Tolerance), "dX of a frozen norm (no parameter gradients)");
     }
 
     // ---- matmul ----------------------------------------------------------------------------------

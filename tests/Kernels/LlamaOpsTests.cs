@@ -63,6 +63,10 @@ public sealed class LlamaOpsTests(string deviceName) : DeviceFixture(deviceName)
         device.RmsNormBackward(dOutT, xT, wT, rstd, dX, dW);
         if (channels > 1) Assert.That(TestUtil.AddedRelativeL2(device.ToArray(dX), xStart, expectedX), Is.LessThan(Tolerance), "dX");
         Assert.That(TestUtil.AddedRelativeL2(device.ToArray(dW), wStart, expectedW), Is.LessThan(Tolerance), "dWeight");
+
+        using var dXFrozen = device.FromArray(xStart, rows, channels);
+        device.RmsNormBackward(dOutT, xT, wT, rstd, dXFrozen, null);
+        if (channels > 1) Assert.That(TestUtil.AddedRelativeL2(device.ToArray(dXFrozen), xStart, expectedX), Is.LessThan(Tolerance), "dX of a frozen norm (no weight gradient)");
     }
 
     // ---- RoPE ------------------------------------------------------------------------------------

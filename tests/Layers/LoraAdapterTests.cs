@@ -52,19 +52,17 @@ public sealed class LoraAdapterTests(string deviceName)
         float[] a = TestUtil.RandomFloats(rng, R * In), bb = TestUtil.RandomFloats(rng, Out * R), dy = TestUtil.RandomFloats(rng, M * Out);
         using var tw = device.FromArray(w, Out, In);
         using var tb = device.FromArray(b, Out);
-        using var gw = device.Zeros(DType.F32, Out, In);
-        using var gb = device.Zeros(DType.F32, Out);
         using var ta = device.FromArray(a, R, In);
         using var tbb = device.FromArray(bb, Out, R);
         using var ga = device.Zeros(DType.F32, R, In);
         using var gbb = device.Zeros(DType.F32, Out, R);
-        var layer = new Linear(tw, tb, WeightLayout.OutputMajor) { Frozen = true, Adapter = new LoraAdapter(ta, tbb, ga, gbb, Scale) };
+        var layer = new Linear(tw, tb, WeightLayout.OutputMajor) { Adapter = new LoraAdapter(ta, tbb, ga, gbb, Scale) };
         using var tx = device.FromArray(x, M, In);
         using var ty = device.Allocate(DType.F32, M, Out);
         using var tdy = device.FromArray(dy, M, Out);
         using var tdx = device.Zeros(DType.F32, M, In);
         layer.Forward(tx, ty);
-        layer.Backward(tdy, tx, tdx, new Linear(gw, gb, WeightLayout.OutputMajor));
+        layer.Backward(tdy, tx, tdx, new Linear(Tensor.Absent(device, Out, In), Tensor.Absent(device, Out), WeightLayout.OutputMajor));
 
         double[] xd = TestUtil.ToDouble(x), wd = TestUtil.ToDouble(w), bd = TestUtil.ToDouble(b), ad = TestUtil.ToDouble(a), bbd = TestUtil.ToDouble(bb), dyd = TestUtil.ToDouble(dy);
         Assert.That(TestUtil.RelativeL2(device.ToArray(ty), Forward(xd, wd, bd, ad, bbd)), Is.LessThan(1e-5), "y");
@@ -92,7 +90,6 @@ public sealed class LoraAdapterTests(string deviceName)
         Assert.That(TestUtil.RelativeL2(device.ToArray(tdx), dx), Is.LessThan(1e-5), "dX");
         Assert.That(TestUtil.RelativeL2(device.ToArray(ga), da), Is.LessThan(1e-5), "dA");
         Assert.That(TestUtil.RelativeL2(device.ToArray(gbb), db), Is.LessThan(1e-5), "dB");
-        Assert.That(device.ToArray(gw).Concat(device.ToArray(gb)), Is.All.EqualTo(0f), "the frozen base gets no gradient");
 
         const double h = 1e-6;
         foreach (var (name, parameter, analytic) in new[] { ("A", ad, da), ("B", bbd, db) })

@@ -84,8 +84,8 @@ public sealed class TrainerTests
         Assert.That(b.Select(r => r.Step), Is.EqualTo(a.Select(r => r.Step)));
         Assert.That(b.Select(r => r.Loss), Is.EqualTo(a.Select(r => r.Loss)), "bit-identical training losses");
         Assert.That(b.Select(r => r.ValLoss), Is.EqualTo(a.Select(r => r.ValLoss)));
-        using var wa = SafeTensorsFile.Open(Path.Combine(RunLayout.LatestCheckpoint(full)!, Checkpoint.ModelFile));
-        using var wb = SafeTensorsFile.Open(Path.Combine(RunLayout.LatestCheckpoint(split)!, Checkpoint.ModelFile));
+        using var wa = SafeTensorsFile.Open(Path.Combine(RunLayout.LatestCheckpoint(full)!, RunLayout.ModelFile));
+        using var wb = SafeTensorsFile.Open(Path.Combine(RunLayout.LatestCheckpoint(split)!, RunLayout.ModelFile));
         foreach (var t in wa.Tensors) Assert.That(wb.ReadFloat32(t.Name), Is.EqualTo(wa.ReadFloat32(t.Name)), t.Name);
     }
 
@@ -113,7 +113,7 @@ public sealed class TrainerTests
         using var trainer = new Trainer(model, ArrayBlocks.Random(3, 4, 16, 512), Options(TrainingObjective.Diffusion) with { Steps = 3, EvalEvery = 1 });
         trainer.TrainStep();
         Checkpoint.Write(temp, model, null, null, null, null, 3);
-        var before = File.ReadAllBytes(Path.Combine(temp, Checkpoint.ModelFile));
+        var before = File.ReadAllBytes(Path.Combine(temp, RunLayout.ModelFile));
         var bias = device.ToArray(model.Weights.FinalNorm.Bias);
         bias[0] = float.NaN;
         device.Upload(model.Weights.FinalNorm.Bias, 0, bias);
@@ -121,7 +121,7 @@ public sealed class TrainerTests
         var e = Assert.Throws<TrainingDivergedException>(() => trainer.TrainStep())!;
         Assert.That(e.Message, Does.Contain("not finite"));
         Assert.That(device.ToArray(model.Weights.TokenEmbedding), Is.EqualTo(weights), "no update after a non-finite loss");
-        Assert.That(File.ReadAllBytes(Path.Combine(temp, Checkpoint.ModelFile)), Is.EqualTo(before));
+        Assert.That(File.ReadAllBytes(Path.Combine(temp, RunLayout.ModelFile)), Is.EqualTo(before));
     }
 
     [Test]
