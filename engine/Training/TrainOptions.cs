@@ -1,4 +1,5 @@
 using DiffuSharp.Diffusion;
+using DiffuSharp.Lora;
 using DiffuSharp.Models;
 
 namespace DiffuSharp.Training;
@@ -58,6 +59,9 @@ public sealed record TrainOptions
     /// </summary>
     public SftTokens? Sft { get; init; }
 
+    /// <summary>A LoRA run (the base frozen, adapters trained), or null for full training.</summary>
+    public LoraOptions? Lora { get; init; }
+
     /// <summary>Refuses values no run can use (non-finite, out of range, sizes that overflow), naming the option.</summary>
     public void Validate()
     {
@@ -83,5 +87,10 @@ public sealed record TrainOptions
         Check(float.IsFinite(Epsilon) && Epsilon > 0, $"AdamW epsilon must be a positive finite number, got {Epsilon}");
         Check(double.IsFinite(MaxLoss) && MaxLoss > 0, $"--max-loss must be a positive finite number, got {MaxLoss}");
         Check(Sft is null || SequenceLength >= 4, $"--cutoff must leave room for BOS, SEP, EOS and one token, got {SequenceLength}");
+        Check(Lora is null || Lora.Rank > 0, $"--lora-rank must be positive, got {Lora?.Rank}");
+        Check(Lora is null || float.IsFinite(Lora.Alpha) && Lora.Alpha > 0, $"--lora-alpha must be a positive finite number, got {Lora?.Alpha}");
     }
 }
+
+/// <summary>A LoRA run's adapters: rank, alpha (scale alpha / rank), the projections adapted, and whether the token embedding is trained in full.</summary>
+public sealed record LoraOptions(int Rank, float Alpha, LoraTargets Targets, bool TrainEmbeddings);

@@ -57,6 +57,7 @@ public static class Cli
             ConvertCommand.Create(stdout),
             EvalCommand.Create(stdout, stderr),
             DataCommand.Create(stdout),
+            MergeCommand.Create(stdout),
         };
 
     /// <summary>"diffu convert llama2c" for the command a parse stopped in.</summary>
@@ -98,6 +99,13 @@ public static class Cli
     {
         Description = "model folder (config.json + model.safetensors or a sharded index)",
         Required = true,
+    });
+
+    /// <summary>--adapter, shared by the commands that run a model.</summary>
+    public static Option<string?> AdapterOption() => NonEmpty(new Option<string?>("--adapter")
+    {
+        Description = "a LoRA adapter for --model: a PEFT folder (adapter_model.safetensors + adapter_config.json) or a LoRA training run "
+            + "(a LoRA run's folder also works alone as --model: its base is in adapter_config.json)",
     });
 
     /// <summary>

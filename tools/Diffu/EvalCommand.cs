@@ -23,6 +23,7 @@ static class EvalCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = Cli.ModelOption();
+        var adapter = Cli.AdapterOption();
         var tasks = Cli.NonEmpty(new Option<string>("--task")
         {
             Description = $"comma-separated tasks: {string.Join(", ", EvalTasks.Names)}, {Unconditional} "
@@ -55,16 +56,16 @@ static class EvalCommand
         var precision = Cli.PrecisionOption();
         var command = new Command("eval", "evaluate a model on the paper's benchmark tasks and generation quality")
         {
-            model, tasks, limit, steps, scorer, samples, batch, seed, output, overwrite, data, evalData, judge, length, mask, tokenizer, device, precision,
+            model, adapter, tasks, limit, steps, scorer, samples, batch, seed, output, overwrite, data, evalData, judge, length, mask, tokenizer, device, precision,
         };
-        command.SetAction(parse => Run(new Request(parse.GetValue(model)!, parse.GetValue(tasks)!, parse.GetValue(limit), parse.GetValue(steps),
+        command.SetAction(parse => Run(new Request(parse.GetValue(model)!, parse.GetValue(adapter), parse.GetValue(tasks)!, parse.GetValue(limit), parse.GetValue(steps),
             parse.GetValue(scorer)!, parse.GetValue(samples), parse.GetValue(batch), parse.GetValue(seed), parse.GetValue(output), parse.GetValue(overwrite),
             parse.GetValue(data), parse.GetValue(evalData), parse.GetValue(judge), parse.GetValue(length), parse.GetValue(mask), parse.GetValue(tokenizer),
             parse.GetValue(device), parse.GetValue(precision)), stdout, stderr));
         return command;
     }
 
-    sealed record Request(string Model, string Tasks, int? Limit, string? Steps, string Scorer, int? Samples, int Batch, ulong Seed, string? Out,
+    sealed record Request(string Model, string? Adapter, string Tasks, int? Limit, string? Steps, string Scorer, int? Samples, int Batch, ulong Seed, string? Out,
         bool Overwrite, string? Data, string? EvalData, string? Judge, int Length, int? MaskToken, string? Tokenizer, string? Device, string? Precision);
 
     /// <summary>A task with its examples read (so a bad file stops the command before any work) and how to run it.</summary>
@@ -85,7 +86,7 @@ static class EvalCommand
         if (request.Out is string outDir) CheckOutput(outDir, request.Overwrite, unconditional);
 
         using var dev = Cli.CreateDevice(request.Device, request.Precision);
-        using var network = ModelLoader.Load(request.Model, dev);
+        using var network = ModelLoader.Load(request.Model, dev, request.Adapter);
         var evalModel = Describe(network, request.Model, request.Tokenizer, request.MaskToken);
         var kind = request.Scorer switch
         {
@@ -248,6 +249,7 @@ static class EvalCommand
         var summary = new Dictionary<string, object>
         {
             ["model"] = Path.GetFullPath(request.Model),
+            ["adapter"] = request.Adapter is null ? "none" : Path.GetFullPath(request.Adapter),
             ["device"] = device.Description,
             ["scorer"] = kind.ToString().ToLowerInvariant(),
             ["seed"] = request.Seed,

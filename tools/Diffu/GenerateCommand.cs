@@ -24,6 +24,7 @@ static class GenerateCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = Cli.ModelOption();
+        var adapter = Cli.AdapterOption();
         var prompt = new Option<string[]>("--prompt") { Description = "text to continue; repeat for a batch of prompts", AllowMultipleArgumentsPerToken = false };
         var sftPrompt = new Option<string?>("--sft-prompt")
         {
@@ -57,13 +58,13 @@ static class GenerateCommand
         var precision = Cli.PrecisionOption();
         var command = new Command("generate", "generate, complete or infill text")
         {
-            model, prompt, infill, sftPrompt, cutoff, sftTokens, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, stopAtEos,
+            model, adapter, prompt, infill, sftPrompt, cutoff, sftTokens, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, stopAtEos,
             tokenizer, device, precision,
         };
         command.SetAction(parse =>
         {
             var prompts = parse.GetValue(prompt) ?? [];
-            var source = new Source(parse.GetValue(model)!, parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(stopAtEos));
+            var source = new Source(parse.GetValue(model)!, parse.GetValue(adapter), parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(stopAtEos));
             if (parse.GetValue(ar))
             {
                 if (prompts.Length != 1) throw new DiffuException("--ar decodes one --prompt");
@@ -91,7 +92,7 @@ static class GenerateCommand
     const string EndOfTextMarker = "⏎ <|endoftext|>";
 
     /// <summary>What both kinds of generation read and where they run.</summary>
-    sealed record Source(string Model, string? Tokenizer, string? Device, string? Precision, bool StopAtEndOfText);
+    sealed record Source(string Model, string? Adapter, string? Tokenizer, string? Device, string? Precision, bool StopAtEndOfText);
 
     sealed record DiffusionRequest(string[] Prompts, string? Infill, int Length, int Samples, int? MaskToken, bool ShowSteps,
         string? SftPrompt, int Cutoff, string? SftTokens);
@@ -123,7 +124,7 @@ static class GenerateCommand
             $"{source.Model}: {rows:N0} rows of {n} tokens (--batch {request.Samples} x {templates.Count} {(request.Prompts.Length > 1 ? "prompts" : "row")})");
         if (rows * n > Array.MaxLength) throw new DeviceMemoryException($"{rows:N0} rows of {n} tokens are more than one array holds ({Array.MaxLength:N0} tokens)");
 
-        using var model = ModelLoader.Load(source.Model, device);
+        using var model = ModelLoader.Load(source.Model, device, source.Adapter);
         var problem = DenoisingPrompts.Stack([.. Enumerable.Range(0, (int)rows).Select(r => templates[r % templates.Count])]);
         var denoiser = new Denoiser(model, maskToken);
 
@@ -244,7 +245,7 @@ static class GenerateCommand
         }
         using var device = Cli.CreateDevice(source.Device, source.Precision);
         DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), ModelMemory.Decoding(config, 1, capacity)), $"{source.Model}: decoding {capacity} positions");
-        using var model = ModelLoader.Load(source.Model, device);
+        using var model = ModelLoader.Load(source.Model, device, source.Adapter);
         stdout.Write(prompt);
         stdout.Flush();
 

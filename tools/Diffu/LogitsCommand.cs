@@ -12,13 +12,14 @@ static class LogitsCommand
     public static Command Create(TextWriter stdout)
     {
         var model = Cli.ModelOption();
+        var adapter = Cli.AdapterOption();
         var ids = new Option<string>("--ids") { Description = "comma-separated token ids, e.g. 1,2,3", Required = true };
         var bidirectional = new Option<bool>("--bidirectional") { Description = "full attention instead of causal (as a diffusion model sees its input)" };
         var output = Cli.NonEmpty(new Option<string>("--out") { Description = "output .safetensors file (tensor 'logits', F32 [T, V])", Required = true });
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
-        var command = new Command("logits", "write the logits of one forward pass") { model, ids, bidirectional, output, device, precision };
-        command.SetAction(parse => Run(parse.GetValue(model)!, ParseIds(parse.GetValue(ids)!), parse.GetValue(bidirectional),
+        var command = new Command("logits", "write the logits of one forward pass") { model, adapter, ids, bidirectional, output, device, precision };
+        command.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(adapter), ParseIds(parse.GetValue(ids)!), parse.GetValue(bidirectional),
             parse.GetValue(output)!, parse.GetValue(device), parse.GetValue(precision), stdout));
         return command;
     }
@@ -34,12 +35,13 @@ static class LogitsCommand
         return ids;
     }
 
-    static int Run(string modelDir, int[] ids, bool bidirectional, string outPath, string? deviceName, string? precision, TextWriter stdout)
+    static int Run(string modelDir, string? adapter, int[] ids, bool bidirectional, string outPath, string? deviceName, string? precision, TextWriter stdout)
     {
         ModelFolder.RequireRegularFiles(modelDir, "model file");
-        OutputFile.Check(outPath, "--out", ModelFolder.Files(modelDir));
+        var inputs = ModelFolder.Files(modelDir).Concat(adapter is null ? [] : ModelFolder.Files(adapter)).ToArray();
+        OutputFile.Check(outPath, "--out", inputs);
         using var device = Cli.CreateDevice(deviceName, precision);
-        using var model = ModelLoader.Load(modelDir, device);
+        using var model = ModelLoader.Load(modelDir, device, adapter);
         var mode = bidirectional ? AttentionMaskMode.Bidirectional : AttentionMaskMode.Causal;
         float[] logits;
         using (var result = model.Logits(ids, 1, ids.Length, mode)) logits = device.ToArray(result.Logits);
@@ -51,7 +53,7 @@ static class LogitsCommand
         };
         OutputFile.Write(outPath, "--out",
             stream => SafeTensorsWriter.Write(stream, [SafeTensorsEntry.FromFloat32("logits", [ids.Length, model.VocabSize], logits)], metadata),
-            ModelFolder.Files(modelDir));
+            inputs);
         stdout.WriteLine($"wrote logits [{ids.Length}, {model.VocabSize}] ({metadata["attention"]}, {device.Name}) to {outPath}");
         return Cli.Ok;
     }

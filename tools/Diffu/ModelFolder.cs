@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffuSharp.IO;
+using DiffuSharp.Lora;
 using DiffuSharp.Models;
 using DiffuSharp.Text;
 
@@ -9,13 +10,15 @@ namespace DiffuSharp.Cli;
 static class ModelFolder
 {
     /// <summary>
-    /// The tokenizer of a model: the model folder's own files, else --tokenizer, else $DIFFU_TOKENIZER, each read
-    /// as the model's family reads tokenizers (<see cref="ModelFamily.FindTokenizer"/>).
+    /// The tokenizer of a model: the model folder's own files (an adapter folder's, else its base's), else --tokenizer,
+    /// else $DIFFU_TOKENIZER, each read as the model's family reads tokenizers (<see cref="ModelFamily.FindTokenizer"/>).
     /// </summary>
     public static TextTokenizer Tokenizer(string modelDir, IModelConfig config, string? tokenizerOption)
     {
         var family = ModelFamily.Of(config);
-        var candidates = new[] { RunLayout.ModelFolder(modelDir), tokenizerOption, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") }
+        string folder = RunLayout.ModelFolder(modelDir);
+        string? baseFolder = PeftAdapter.IsAdapterFolder(folder) && family.FindTokenizer(folder, config) is null ? PeftAdapter.BaseModelPath(folder) : null;
+        var candidates = new[] { baseFolder ?? folder, tokenizerOption, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") }
             .Where(c => !string.IsNullOrWhiteSpace(c)).Select(c => c!);
         foreach (var place in candidates)
         {

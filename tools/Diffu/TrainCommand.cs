@@ -2,6 +2,7 @@ using System.CommandLine;
 using DiffuSharp.Data;
 using DiffuSharp.Diffusion;
 using DiffuSharp.IO;
+using DiffuSharp.Lora;
 using DiffuSharp.Models;
 using DiffuSharp.Runtime;
 using DiffuSharp.Text;
@@ -63,13 +64,22 @@ static class TrainCommand
         var keep = TypedOptions.Integer("--keep", "how many of the newest checkpoints to keep", defaults.KeepCheckpoints, min: 1);
         var maxLoss = TypedOptions.Double("--max-loss", "stop as diverged when a step's or the validation loss exceeds this (the last checkpoint is kept)",
             defaults.MaxLoss, min: 0, minExclusive: true);
+        var loraRank = TypedOptions.OptionalInteger("--lora-rank", "train LoRA adapters of this rank on the --init model, which stays frozen "
+            + "(checkpoints are PEFT adapter folders: adapter_model.safetensors + adapter_config.json)", min: 1, max: 1 << 16);
+        var loraAlpha = TypedOptions.OptionalFloat("--lora-alpha", "with --lora-rank: the adapters' alpha, scale alpha / rank (default 2 x rank)", min: 0, minExclusive: true);
+        var loraTargets = new Option<string>("--lora-targets") { Description = "with --lora-rank: the projections adapted: attn, mlp or all", DefaultValueFactory = _ => "all" };
+        loraTargets.AcceptOnlyFromAmong(LoraTargetNames.Keys.ToArray());
+        var loraEmbeddings = new Option<bool>("--lora-train-embeddings")
+        {
+            Description = "with --lora-rank: also train the token embedding in full (PEFT's modules_to_save; with GPT-2's tied head, the head too), as DiffuLLaMA's SFT did",
+        };
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("train", "train a model (AR) or adapt one into a diffusion model")
         {
             init, config, resume, objective, data, sft, cutoff, sftTokens, steps, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches,
-            seed, mask, weightDecay, clip, valFraction, recipe, output, overwrite, keep, maxLoss, tokenizer, device, precision,
+            seed, mask, weightDecay, clip, valFraction, recipe, loraRank, loraAlpha, loraTargets, loraEmbeddings, output, overwrite, keep, maxLoss, tokenizer, device, precision,
         };
         command.SetAction(parse =>
         {
@@ -96,8 +106,15 @@ static class TrainCommand
                     WarmupSteps = Given(parse, warmup) ? options.WarmupSteps : r.WarmupSteps,
                 };
             }
+            if (parse.GetValue(loraRank) is int rank)
+                options = options with
+                {
+                    Lora = new LoraOptions(rank, parse.GetValue(loraAlpha) ?? 2f * rank, LoraTargetNames[parse.GetValue(loraTargets)!], parse.GetValue(loraEmbeddings)),
+                };
+            else if (new Option[] { loraAlpha, loraTargets, loraEmbeddings }.FirstOrDefault(o => Given(parse, o)) is Option loraOption)
+                throw new DiffuException($"{loraOption.Name} goes with --lora-rank");
             var fixedOnResume = new Option[] { objective, sft, cutoff, sftTokens, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches, seed, mask,
-                weightDecay, clip, valFraction, recipe, tokenizer, overwrite };
+                weightDecay, clip, valFraction, recipe, loraRank, loraAlpha, loraTargets, loraEmbeddings, tokenizer, overwrite };
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
                 parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision),
                 parse.GetValue(sft), Given(parse, cutoff) ? parse.GetValue(cutoff) : null, parse.GetValue(sftTokens), Given(parse, seqLen),
@@ -107,6 +124,11 @@ static class TrainCommand
         });
         return command;
     }
+
+    static readonly Dictionary<string, LoraTargets> LoraTargetNames = new()
+    {
+        ["attn"] = LoraTargets.Attention, ["mlp"] = LoraTargets.Mlp, ["all"] = LoraTargets.All,
+    };
 
     /// <summary>Whether the option was on the command line (not just its default).</summary>
     static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
@@ -146,6 +168,14 @@ static class TrainCommand
         else if (request.Cutoff is not null || request.SftTokens is not null) throw new DiffuException("--cutoff and --sft-tokens go with --sft");
         if (options.Data.Length == 0) throw new DiffuException("--data FILE (or --sft FILE) is required (make token shards with `diffu tokenize`)");
         options.Validate();
+        if (options.Lora is not null)
+        {
+            if (request.Init is null) throw new DiffuException("--lora-rank adapts a trained model: give it with --init DIR");
+            if (PeftAdapter.IsAdapterFolder(RunLayout.ModelFolder(request.Init)))
+                throw new DiffuException($"--init {request.Init} is a LoRA adapter: continue its run with --resume, or merge it first (diffu merge) and adapt the result");
+            if (options.Objective == TrainingObjective.Diffusion && request.MaskToken == "new")
+                throw new DiffuException("--mask-token new grows the vocabulary, which a LoRA run keeps frozen: append the token in a full run first, or give an existing id");
+        }
         IModelConfig config;
         if (request.Init is string init)
         {
@@ -177,8 +207,8 @@ static class TrainCommand
         if (run.HoldsRun && !request.Overwrite)
             throw new DiffuException($"{outDir} already holds a training run ({Describe(run)}): continue it with --resume {request.Out}, "
                 + "or start again with --overwrite (which deletes it)");
-        run.RequireSpace(CheckpointBytes(config, vocab, tokenizer), CheckpointsOnDisk(options, 0));
         using var trainer = NewRun(request, options, device, blocks);
+        run.RequireSpace(CheckpointBytes(trainer.Model, tokenizer), CheckpointsOnDisk(options, 0));
         run.Clear();
         return Train(trainer, run, tokenizer, device, stdout, stderr);
     }
@@ -208,12 +238,12 @@ static class TrainCommand
         if (options.Sft is not null && given.Data.Length > 0) throw new DiffuException("an SFT run resumes on its own pairs file; --data does not apply");
         options.Validate();
         var config = ModelLoader.LoadConfig(checkpoint);
-        run.RequireSpace(CheckpointBytes(config, config.VocabSize, tokenizer), CheckpointsOnDisk(options, RunLayout.Checkpoints(resumeDir).Count));
         using var device = Cli.CreateDevice(request.Device, request.Precision);
         RequireMemory(device, config, options);
         var blocks = OpenData(options, config.VocabSize, options.Sft is null ? null : ModelFolder.Tokenizer(checkpoint, config, null), stderr);
         using var ownsBlocks = blocks as IDisposable;
         using var trainer = Trainer.Resume(checkpoint, device, blocks, options);
+        run.RequireSpace(CheckpointBytes(trainer.Model, tokenizer), CheckpointsOnDisk(options, RunLayout.Checkpoints(resumeDir).Count));
         if (options.Steps != saved.Steps && options.Decay == LearningRateDecay.Cosine)
         {
             var before = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, saved.Steps, options.Decay);
@@ -227,7 +257,11 @@ static class TrainCommand
     static int Train(Trainer trainer, RunFolder run, IReadOnlyList<(string Name, byte[] Bytes)> tokenizer, Device device, TextWriter stdout, TextWriter stderr)
     {
         var o = trainer.Options;
-        stderr.WriteLine($"training {o.Objective} on {device.Description}: {trainer.Model.ParameterCount:N0} parameters, "
+        var trained = trainer.Model is LoraModel lora
+            ? $"LoRA rank {lora.Adapters.Rank} on {lora.Adapters.Modules.Count} projections{(lora.TrainsEmbeddings ? " and the token embedding" : "")}: "
+                + $"{lora.ParameterCount:N0} trained parameters, {lora.Base.ParameterCount:N0} frozen"
+            : $"{trainer.Model.ParameterCount:N0} parameters";
+        stderr.WriteLine($"training {o.Objective} on {device.Description}: {trained}, "
             + $"steps {trainer.Step} -> {o.Steps}, batch {o.Batch} x {o.SequenceLength} x {o.GradientAccumulation}, lr {o.LearningRate:g3}, out {run.Path}");
         var title = $"{(o.Objective == TrainingObjective.Diffusion ? "diffusion" : "AR")} training, {Path.GetFileName(run.Path)}";
         void Plot(IReadOnlyList<TrainLogRow> rows) =>
@@ -241,10 +275,16 @@ static class TrainCommand
         return Cli.Ok;
     }
 
-    /// <summary>Refuses a run whose weights, optimizer state and activations cannot fit on the device.</summary>
-    static void RequireMemory(Device device, IModelConfig config, TrainOptions options) =>
-        DeviceMemory.Require(device, SaturatingAdd(ModelMemory.Weights(config), ModelMemory.Training(config, options.Batch, options.SequenceLength)),
-            $"training {config.ParameterCount:N0} parameters with micro-batches of {options.Batch} x {options.SequenceLength}");
+    /// <summary>
+    /// Refuses a run whose weights, optimizer state and activations cannot fit on the device. A LoRA run keeps gradients
+    /// and moments for the trained embedding only (the adapters, a few percent of the weights at most, are left out of the estimate).
+    /// </summary>
+    static void RequireMemory(Device device, IModelConfig config, TrainOptions options)
+    {
+        long? trained = options.Lora is { } lora ? (lora.TrainEmbeddings ? (long)config.VocabSize * config.Channels : 0) : null;
+        DeviceMemory.Require(device, SaturatingAdd(ModelMemory.Weights(config), ModelMemory.Training(config, options.Batch, options.SequenceLength, trained)),
+            $"training {trained ?? config.ParameterCount:N0} of {config.ParameterCount:N0} parameters with micro-batches of {options.Batch} x {options.SequenceLength}");
+    }
 
     /// <summary>The most checkpoints the run can have on disk at once: --keep, or fewer when the run saves fewer (one every --eval-every and the last).</summary>
     static int CheckpointsOnDisk(TrainOptions options, int existing) =>
@@ -252,13 +292,11 @@ static class TrainCommand
 
     static long SaturatingAdd(long a, long b) => a > long.MaxValue - b ? long.MaxValue : a + b;
 
-    /// <summary>One checkpoint on disk: the float32 weights and two AdamW moments, the embedding rows an appended mask token
-    /// adds (counted twice, for an untied head), and the tokenizer.</summary>
-    static long CheckpointBytes(IModelConfig config, int vocab, IReadOnlyList<(string Name, byte[] Bytes)> tokenizer)
+    /// <summary>One checkpoint on disk: the trained float32 tensors (a LoRA run's adapters) and their two AdamW moments, and the tokenizer.</summary>
+    static long CheckpointBytes(ITrainableModel model, IReadOnlyList<(string Name, byte[] Bytes)> tokenizer)
     {
-        long weights = ModelMemory.Weights(config);
-        long rows = 2L * (vocab - config.VocabSize) * config.Channels * sizeof(float);
-        return SaturatingAdd(weights > long.MaxValue / 3 ? long.MaxValue : 3 * weights, rows + tokenizer.Sum(f => (long)f.Bytes.Length));
+        long weights = model.ParameterCount > long.MaxValue / 12 ? long.MaxValue : 12 * model.ParameterCount;
+        return SaturatingAdd(weights, tokenizer.Sum(f => (long)f.Bytes.Length));
     }
 
     /// <summary>The training data, checked against the model's vocabulary and for validation blocks: token shards, or SFT pairs (method §5).</summary>
@@ -329,6 +367,8 @@ static class TrainCommand
         {
             if (options.Objective == TrainingObjective.Diffusion && request.MaskToken == "new")
                 options = options with { MaskTokenId = model.AppendToken() };
+            if (options.Lora is { } lora)
+                model = LoraModel.Create(model, Path.GetFullPath(RunLayout.ModelFolder(request.Init!)), lora.Targets, lora.Rank, lora.Alpha, lora.TrainEmbeddings, options.Seed);
             return new Trainer(model, blocks, options, ownsModel: true);
         }
         catch

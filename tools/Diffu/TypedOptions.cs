@@ -48,6 +48,13 @@ public static class TypedOptions
         CustomParser = result => result.Tokens.Count == 0 ? defaultValue : (float?)ParseReal(result, name, min, Math.Min(max, float.MaxValue), minExclusive) ?? default,
     };
 
+    /// <summary>A float option without a default (null when not given), accepting finite values from min (excluded when <paramref name="minExclusive"/>) to max.</summary>
+    public static Option<float?> OptionalFloat(string name, string description, double min, double max = float.MaxValue, bool minExclusive = false) => new(name)
+    {
+        Description = description,
+        CustomParser = result => result.Tokens.Count == 0 ? null : (float?)ParseReal(result, name, min, Math.Min(max, float.MaxValue), minExclusive),
+    };
+
     /// <summary>The value, or null after adding the error (the parse then fails, so the value is never used).</summary>
     static T? ParseInteger<T>(ArgumentResult result, string name, T min, T? max) where T : struct, IBinaryInteger<T>, IMinMaxValue<T>
     {
