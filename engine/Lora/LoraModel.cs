@@ -126,6 +126,7 @@ public sealed class LoraModel : ITrainableModel
 sealed class LoraParameters : IParameterSet
 {
     readonly IReadOnlyList<(string Name, Tensor Tensor)> baseTensors;
+    readonly List<Tensor> storage;
 
     /// <summary><paramref name="owned"/> is the base gradient (or moment) set the base tensors live in, disposed with this one; null for the model's own parameters.</summary>
     public LoraParameters(LoraSet adapters, IReadOnlyList<(string Name, Tensor Tensor)> baseTensors, IParameterSet? owned)
@@ -133,6 +134,7 @@ sealed class LoraParameters : IParameterSet
         Adapters = adapters;
         this.baseTensors = baseTensors;
         Base = owned;
+        storage = [.. adapters.Storage, .. baseTensors.Select(t => t.Tensor)];
     }
 
     public LoraSet Adapters { get; }
@@ -143,7 +145,7 @@ sealed class LoraParameters : IParameterSet
     public IEnumerable<(string Name, Tensor Tensor)> Named() =>
         Adapters.Named().Concat(baseTensors.Select(t => (PeftAdapter.Prefix + t.Name, t.Tensor)));
 
-    public IReadOnlyList<Tensor> Storage => Adapters.Storage.Concat(baseTensors.Select(t => t.Tensor)).ToList();
+    public IReadOnlyList<Tensor> Storage => storage;
 
     public void Dispose()
     {

@@ -66,8 +66,8 @@ public static class PeftAdapter
     }
 
     /// <summary>
-    /// Reads an adapter folder for <paramref name="baseModel"/> (taking ownership of it): every tensor's shape is checked,
-    /// trained base tensors are written into the base, the adapters attached.
+    /// Reads an adapter folder for <paramref name="baseModel"/>: every tensor's shape is checked, trained base tensors are
+    /// written into the base, the adapters attached. The model returned owns the base; on an error the caller still does.
     /// </summary>
     public static LoraModel Load(string directory, ITrainableModel baseModel, string baseModelPath)
     {

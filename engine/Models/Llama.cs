@@ -86,11 +86,11 @@ public sealed class LlamaWeights : ParameterSet
         if (!config.TieWordEmbeddings) yield return ("lm_head.weight", [config.VocabSize, c]);
     }
 
-    /// <summary>A zero-filled set on <paramref name="device"/>: one layout of every tensor of <see cref="Shapes"/>.</summary>
-    public static LlamaWeights Zeros(LlamaConfig config, Device device) => new(config, device, null);
-
-    /// <summary>A zero-filled set holding only the tensors <paramref name="allocate"/> accepts; the others are absent (frozen parameters' gradients).</summary>
-    public static LlamaWeights Zeros(LlamaConfig config, Device device, Func<string, bool>? allocate) => new(config, device, allocate);
+    /// <summary>
+    /// A zero-filled set on <paramref name="device"/>: one layout of every tensor of <see cref="Shapes"/>, or of those
+    /// <paramref name="allocate"/> accepts (the others absent: frozen parameters' gradients).
+    /// </summary>
+    public static LlamaWeights Zeros(LlamaConfig config, Device device, Func<string, bool>? allocate = null) => new(config, device, allocate);
 }
 
 /// <summary>

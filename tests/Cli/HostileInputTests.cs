@@ -286,7 +286,6 @@ public sealed class HostileInputTests
         Good("train --lora", "--lora-targets", "attn", "mlp", "all"),
         Bad("train --lora", "--lora-train-embeddings", Garbage),
         Good("train --lora", "--lora-train-embeddings", "true"),
-        Bad("train --lora", "--config", "{fixture}/config.json"),
         Bad("train", "--lora-alpha", "4"),
         Bad("merge", "--model", Empty, Missing, AFile, DevNull, Fifo),
         Good("merge", "--model", "{fixture}"),

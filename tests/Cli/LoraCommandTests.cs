@@ -56,7 +56,7 @@ public sealed class LoraCommandTests
         Assert.That(File.Exists(Path.Combine(checkpoint, RunLayout.ModelFile)), Is.False, "a LoRA checkpoint holds the adapters, not the base");
         Assert.That(File.ReadAllBytes(Path.Combine(Gpt2FixtureTests.FixtureDir, RunLayout.ModelFile)), Is.EqualTo(baseBytes), "the base is never written");
         var log = Trainer.ReadLog(Path.Combine(full, Trainer.LogFile));
-        Assert.That(log[^1].ValLoss, Is.LessThan(log[0].ValLoss), "the adapters learn");
+        Assert.That(log[^1].ValLoss, Is.LessThan(log[0].ValLoss!.Value), "the adapters learn");
 
         Assert.That(Run([.. Train(), "--steps", "2", "--out", split]).Code, Is.EqualTo(0));
         (code, _, err) = Run("train", "--resume", split, "--steps", "4", "--device", "cpu");
@@ -93,18 +93,30 @@ public sealed class LoraCommandTests
         Assert.That(code, Is.EqualTo(0), err);
     }
 
-    [TestCase(new[] { "--lora-alpha", "4" }, "--lora-alpha goes with --lora-rank")]
-    [TestCase(new[] { "--lora-rank", "4", "--mask-token", "new" }, "--mask-token new grows the vocabulary")]
-    public void RefusesBeforeAnyWork(string[] options, string message)
+    [TestCase("--lora-alpha without --lora-rank", "--lora-alpha goes with --lora-rank")]
+    [TestCase("--mask-token new", "--mask-token new grows the vocabulary")]
+    [TestCase("--config instead of --init", "--lora-rank adapts a trained model: give it with --init DIR")]
+    [TestCase("an adapter as --init", "is a LoRA adapter: continue its run with --resume")]
+    public void RefusesBeforeAnyWork(string change, string message)
     {
         string outDir = Path.Combine(temp, "refused");
-        var args = Train().Where(a => a != "--lora-train-embeddings").ToList();
-        int at = args.IndexOf("--lora-rank");
-        args.RemoveRange(at, 2);
-        int mask = args.IndexOf("--mask-token");
-        if (options.Contains("--mask-token")) args.RemoveRange(mask, 2);
-        var (code, _, err) = Run([.. args, .. options, "--steps", "2", "--out", outDir]);
-        Assert.That(code, Is.EqualTo(2));
+        var args = Train().ToList();
+        void Set(string option, string value) => args[args.IndexOf(option) + 1] = value;
+        switch (change)
+        {
+            case "--lora-alpha without --lora-rank":
+                args.RemoveRange(args.IndexOf("--lora-rank"), 3);
+                args.AddRange(["--lora-alpha", "4"]);
+                break;
+            case "--mask-token new": Set("--mask-token", "new"); break;
+            case "--config instead of --init":
+                Set("--init", Path.Combine(Gpt2FixtureTests.FixtureDir, "config.json"));
+                args[args.IndexOf("--init")] = "--config";
+                break;
+            case "an adapter as --init": Set("--init", Path.Combine(Gpt2FixtureTests.FixtureDir, "lora")); break;
+        }
+        var (code, _, err) = Run([.. args, "--steps", "2", "--out", outDir]);
+        Assert.That(code, Is.EqualTo(2), err);
         Assert.That(err, Does.Contain(message));
         Assert.That(Directory.Exists(outDir), Is.False);
     }

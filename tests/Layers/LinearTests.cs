@@ -84,6 +84,10 @@ public sealed class LinearTests(string deviceName)
         Dispose(layer, gradient);
     }
 
+    /// <summary>A gradient twin whose weight and bias are absent: the layer's gradient set when it is frozen.</summary>
+    Linear FrozenTwin(Linear gradient) =>
+        new(Tensor.Absent(device, gradient.Weight.Shape), Tensor.Absent(device, gradient.Bias!.Shape), gradient.Layout);
+
     [TestCase(WeightLayout.InputMajor)]
     [TestCase(WeightLayout.OutputMajor)]
     public void AnAbsentGradientTwinGivesTheSameDxAndNoWeightGradient(WeightLayout layout)
@@ -95,7 +99,7 @@ public sealed class LinearTests(string deviceName)
         using var dxTrained = device.Zeros(DType.F32, M, In);
         using var dxFrozen = device.Zeros(DType.F32, M, In);
         layer.Backward(dy, x, dxTrained, gradient);
-        var frozen = new Linear(Tensor.Absent(device, gradient.Weight.Shape), Tensor.Absent(device, Out), layout);
+        var frozen = FrozenTwin(gradient);
         layer.Backward(dy, x, dxFrozen, frozen);
         Assert.That(device.ToArray(dxFrozen), Is.EqualTo(device.ToArray(dxTrained)).Within(1e-5f), "dX does not depend on freezing");
         Assert.Throws<InvalidOperationException>(() => device.ToArray(frozen.Weight), "an absent tensor has no storage to write to");
@@ -139,7 +143,7 @@ public sealed class LinearTests(string deviceName)
         using var tdy = device.FromArray(dy, M, Out);
         using var tdx = device.Zeros(DType.F32, M, In);
         layer.Forward(tx, ty);
-        var frozen = new Linear(Tensor.Absent(device, gradient.Weight.Shape), Tensor.Absent(device, Out), WeightLayout.OutputMajor);
+        var frozen = FrozenTwin(gradient);
         layer.Backward(tdy, tx, tdx, frozen);
 
         // The layer with an adapter is the layer with weight W + A.

@@ -16,30 +16,14 @@ namespace DiffuSharp.Tests.Lora;
 /// </summary>
 [TestFixtureSource(nameof(Fixtures))]
 public sealed class LoraModelTests(string fixture, string deviceName, double tolerance)
+    : FixtureModelTests(Folder(fixture), "expected.safetensors", deviceName)
 {
     static IEnumerable<TestFixtureData> Fixtures() =>
         from f in new[] { "gpt2-tiny", "llama-tiny" }
         from d in new[] { ("cpu", 1e-4), ("ilgpu-cpu", 1e-3), ("cuda", 1e-3) }
         select new TestFixtureData(f, d.Item1, d.Item2);
 
-    Device device = null!;
-    SafeTensorsFile expected = null!;
-
-    string Folder => Path.Combine(TestUtil.Fixtures, fixture, "lora");
-
-    [OneTimeSetUp]
-    public void SetUp()
-    {
-        device = TestDevices.Create(deviceName);
-        expected = SafeTensorsFile.Open(Path.Combine(Folder, "expected.safetensors"));
-    }
-
-    [OneTimeTearDown]
-    public void TearDown()
-    {
-        expected?.Dispose();
-        device?.Dispose();
-    }
+    static string Folder(string fixture) => Path.Combine(TestUtil.Fixtures, fixture, "lora");
 
     float[] Logits(ILanguageModel model)
     {
@@ -52,7 +36,6 @@ public sealed class LoraModelTests(string fixture, string deviceName, double tol
     [Test]
     public void ThePeftFolderLoadsAsTheBaseWithItsAdapters()
     {
-        using var model = ModelLoader.Load(Folder, device);
         var lora = (LoraModel)model;
         Assert.That(lora.TrainsEmbeddings, Is.True, "modules_to_save names the embedding");
         Assert.That(lora.Adapters.Modules, Has.Count.EqualTo(lora.Base.Projections().Count()), "GPT-2's \"c_proj\" matches both c_proj");
@@ -61,16 +44,13 @@ public sealed class LoraModelTests(string fixture, string deviceName, double tol
     }
 
     [Test]
-    public void LossAndGradientsMatchPyTorch()
-    {
-        using var model = ModelLoader.Load(Folder, device);
+    public void LossAndGradientsMatchPyTorch() =>
         GradientFixture.Check(model, expected, "lora", TrainingObjective.Diffusion, AttentionMaskMode.Bidirectional, null, tolerance);
-    }
 
     [Test]
     public void MergingGivesTheAdaptedLogits()
     {
-        using var lora = (LoraModel)ModelLoader.Load(Folder, device);
+        using var lora = (LoraModel)ModelLoader.Load(Folder(fixture), device);
         var adapted = Logits(lora);
         var merged = lora.MergeIntoBase();
         Assert.That(lora.Adapters.Modules.All(m => m.Layer.Adapter is null), Is.True);

@@ -13,30 +13,10 @@ namespace DiffuSharp.Tests.Models;
 /// </summary>
 [TestFixtureSource(nameof(Fixtures))]
 public sealed class ModelFixtureTests(string fixture, string deviceName)
+    : FixtureModelTests(Path.Combine(TestUtil.Fixtures, fixture), "expected.safetensors", deviceName)
 {
     static IEnumerable<TestFixtureData> Fixtures() =>
         from f in new[] { "gpt2-tiny", "llama-tiny" } from d in new[] { "cpu", "ilgpu-cpu", "cuda" } select new TestFixtureData(f, d);
-
-    Device device = null!;
-    ITrainableModel model = null!;
-    SafeTensorsFile expected = null!;
-
-    [OneTimeSetUp]
-    public void SetUp()
-    {
-        device = TestDevices.Create(deviceName);
-        string dir = Path.Combine(TestUtil.Fixtures, fixture);
-        model = ModelLoader.Load(dir, device);
-        expected = SafeTensorsFile.Open(Path.Combine(dir, "expected.safetensors"));
-    }
-
-    [OneTimeTearDown]
-    public void TearDown()
-    {
-        expected?.Dispose();
-        model?.Dispose();
-        device?.Dispose();
-    }
 
     [TestCase(AttentionMaskMode.Causal, "logits_causal")]
     [TestCase(AttentionMaskMode.Bidirectional, "logits_bidirectional")]

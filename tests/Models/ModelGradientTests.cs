@@ -15,33 +15,13 @@ namespace DiffuSharp.Tests.Models;
 /// </summary>
 [TestFixtureSource(nameof(Fixtures))]
 public sealed class ModelGradientTests(string fixture, string bidirectionalPrefix, string deviceName, double tolerance)
+    : FixtureModelTests(Path.Combine(TestUtil.Fixtures, fixture), "gradients.safetensors", deviceName)
 {
     /// <summary>The fixtures name the bidirectional diffusion case differently: GPT-2's "diffusion" is the annealing one.</summary>
     static IEnumerable<TestFixtureData> Fixtures() =>
         from f in new[] { ("gpt2-tiny", "bidirectional"), ("llama-tiny", "diffusion") }
         from d in new[] { ("cpu", 1e-4), ("ilgpu-cpu", 1e-3), ("cuda", 1e-3) }
         select new TestFixtureData(f.Item1, f.Item2, d.Item1, d.Item2);
-
-    Device device = null!;
-    ITrainableModel model = null!;
-    SafeTensorsFile expected = null!;
-
-    [OneTimeSetUp]
-    public void SetUp()
-    {
-        device = TestDevices.Create(deviceName);
-        string dir = Path.Combine(TestUtil.Fixtures, fixture);
-        model = ModelLoader.Load(dir, device);
-        expected = SafeTensorsFile.Open(Path.Combine(dir, "gradients.safetensors"));
-    }
-
-    [OneTimeTearDown]
-    public void TearDown()
-    {
-        expected?.Dispose();
-        model?.Dispose();
-        device?.Dispose();
-    }
 
     [Test]
     public void DiffusionLossWithBidirectionalAttentionMatchesPyTorch() =>

@@ -17,8 +17,8 @@ static class ModelFolder
     {
         var family = ModelFamily.Of(config);
         string folder = RunLayout.ModelFolder(modelDir);
-        string? baseFolder = PeftAdapter.IsAdapterFolder(folder) && family.FindTokenizer(folder, config) is null ? PeftAdapter.BaseModelPath(folder) : null;
-        var candidates = new[] { baseFolder ?? folder, tokenizerOption, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") }
+        string? baseFolder = PeftAdapter.IsAdapterFolder(folder) ? PeftAdapter.BaseModelPath(folder) : null;
+        var candidates = new[] { folder, baseFolder, tokenizerOption, Environment.GetEnvironmentVariable("DIFFU_TOKENIZER") }
             .Where(c => !string.IsNullOrWhiteSpace(c)).Select(c => c!);
         foreach (var place in candidates)
         {
