@@ -118,6 +118,22 @@ public sealed class TrainCommandTests
         Assert.That(output, Does.StartWith("Once upon a time"));
     }
 
+    /// <summary>Without --mask-token a run from a diffusion model keeps that model's [MASK]; from one without, the paper's id is refused when the vocabulary lacks it.</summary>
+    [Test]
+    public void TheMaskTokenDefaultsToTheInitModels()
+    {
+        string first = Path.Combine(temp, "first"), second = Path.Combine(temp, "second");
+        string[] common = ["train", "--tokenizer", Tokenizer, "--data", shard, "--steps", "1", "--batch", "2", "--seq-len", "16", "--eval-batches", "1", "--device", "cpu"];
+        var (code, _, err) = Run([.. common, "--init", Gpt2FixtureTests.FixtureDir, "--out", first]);
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(err, Does.Contain("--mask-token 10541 is outside the model's vocabulary [0, 512)"));
+        (code, _, err) = Run([.. common, "--init", Gpt2FixtureTests.FixtureDir, "--mask-token", "7", "--out", first]);
+        Assert.That(code, Is.EqualTo(0), err);
+        (code, _, err) = Run([.. common, "--init", first, "--out", second]);
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(Checkpoint.LoadOptions(second).MaskTokenId, Is.EqualTo(7));
+    }
+
     /// <summary>SFT pairs (method §5): trains with the query never noised, resumes as if never stopped, and refuses a bad row before any work.</summary>
     [Test]
     public void FineTunesOnSftPairsAndResumesIdentically()

@@ -44,10 +44,10 @@ static class TrainCommand
         var evalEvery = TypedOptions.Integer("--eval-every", "validate, checkpoint and plot every N steps", defaults.EvalEvery, min: 1L);
         var evalBatches = TypedOptions.Integer("--eval-batches", "validation batches per evaluation", defaults.EvalBatches, min: 1);
         var seed = TypedOptions.Integer("--seed", "seed for initialisation, data order and noise", defaults.Seed, min: 0UL);
-        var mask = new Option<string>("--mask-token")
+        var mask = new Option<string?>("--mask-token")
         {
-            Description = "[MASK] token: an existing id (DiffuGPT-S uses 10541) or 'new' to append one with the mean embedding",
-            DefaultValueFactory = _ => "10541",
+            Description = "[MASK] token: an existing id or 'new' to append one with the mean embedding "
+                + "(default: the --init model's mask_token_id, else the paper's: 10541 for GPT-2 as DiffuGPT-S, 811 for LLaMA as DiffuLLaMA)",
         };
         var weightDecay = TypedOptions.Float("--weight-decay", "AdamW decoupled weight decay", defaults.WeightDecay, min: 0);
         var clip = TypedOptions.Float("--clip", "global gradient-norm clip (0 = off)", defaults.ClipNorm, min: 0);
@@ -118,7 +118,7 @@ static class TrainCommand
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
                 parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision),
                 parse.GetValue(sft), Given(parse, cutoff) ? parse.GetValue(cutoff) : null, parse.GetValue(sftTokens), Given(parse, seqLen),
-                Given(parse, steps), Given(parse, maxLoss), Given(parse, keep), parse.GetValue(mask)!, parse.GetValue(overwrite),
+                Given(parse, steps), Given(parse, maxLoss), Given(parse, keep), parse.GetValue(mask), parse.GetValue(overwrite),
                 fixedOnResume.Where(o => Given(parse, o)).Select(o => o.Name).ToArray());
             return Run(request, options, stdout, stderr);
         });
@@ -143,7 +143,7 @@ static class TrainCommand
 
     sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device, string? Precision,
         string? Sft, int? Cutoff, string? SftTokens, bool SequenceLengthGiven,
-        bool StepsGiven, bool MaxLossGiven, bool KeepGiven, string MaskToken, bool Overwrite, string[] GivenFixedOptions);
+        bool StepsGiven, bool MaxLossGiven, bool KeepGiven, string? MaskToken, bool Overwrite, string[] GivenFixedOptions);
 
     /// <summary>
     /// Checks every input before any work (sources, output folder, data, tokenizer, model size against the
@@ -194,7 +194,10 @@ static class TrainCommand
         if (options.Objective == TrainingObjective.Diffusion)
         {
             if (request.MaskToken == "new") vocab++;
-            else options = options with { MaskTokenId = ParseMaskToken(request.MaskToken, config.VocabSize) };
+            else options = options with
+            {
+                MaskTokenId = ParseMaskToken(request.MaskToken ?? (config.MaskTokenId ?? ModelFamily.Of(config).PaperMaskToken).ToString(), config.VocabSize),
+            };
         }
         if (options.SequenceLength > config.Positions)
             throw new DiffuException($"--seq-len {options.SequenceLength} exceeds the model's {config.Positions} positions");

@@ -17,13 +17,7 @@ mkdir -p "$OUT"
 dotnet build tools/Diffu/Diffu.csproj -c Release -o out/diffu -v quiet -nologo
 diffu() { out/diffu/diffu "$@"; }
 
-llama2c="$SHARED/llama2c"
-[ -f "$OUT/stories260K/config.json" ] || diffu convert llama2c "$llama2c/stories260K.bin" "$llama2c/tok512.bin" "$OUT/stories260K"
-[ -f "$OUT/stories512.tok" ] || diffu tokenize --tokenizer "$llama2c/tok512.bin" --out "$OUT/stories512.tok" \
-  "$SHARED/corpora/tinystories/train_v2_head.txt" "$SHARED/corpora/tinystories/train_data00_head.txt"
-[ -d "$OUT/diffullama-260k/checkpoints" ] || diffu train --init "$OUT/stories260K" --objective diffusion --mask-token new \
-  --data "$OUT/stories512.tok" --steps 1500 --batch 16 --seq-len 128 --lr 2e-3 --schedule constant --anneal-steps 0 --eval-every 250 \
-  --out "$OUT/diffullama-260k" --overwrite
+tools/eval/diffullama_260k.sh "$OUT"
 
 # Held-out last word: each TinyStories V1 paragraph of 8 to 60 words, final punctuation removed, one per line.
 awk 'NF >= 8 && NF <= 60 && $0 !~ /endoftext/ && kept < 500 { line = $0; sub(/[.!?,;:"'"'"' ]+$/, "", line); print line; kept++ }' \
