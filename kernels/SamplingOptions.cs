@@ -32,3 +32,22 @@ public readonly record struct SamplingOptions(float Temperature = 1f, int TopK =
         if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"top-p must be in (0, 1], got {TopP}");
     }
 }
+
+/// <summary>
+/// The Philox counter each row of one sampling call draws at. Row r of the logits stands for position
+/// Start + (r mod Width) of sequence r / Width, whose positions are Stride apart in the counter space, so a
+/// window of a sequence draws the uniforms the whole sequence would. The default (all zero) is the identity:
+/// row r draws at r.
+/// </summary>
+public readonly record struct SampleRows(int Width, int Stride, int Start)
+{
+    /// <summary>Rows [B, width] that stand for positions start .. start + width − 1 of B sequences of <paramref name="length"/> positions.</summary>
+    public static SampleRows Window(int start, int width, int length)
+    {
+        if (width <= 0 || start < 0 || start + width > length)
+            throw new ArgumentException($"a sampling window [{start}, {start + width}) must lie inside [0, {length})");
+        return new SampleRows(width, length, start);
+    }
+
+    public ulong Key(int row) => Width == 0 ? (ulong)row : (ulong)((long)(row / Width) * Stride + Start + row % Width);
+}

@@ -2,7 +2,11 @@ using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Layers;
 
-/// <summary>Keys and values of every layer for autoregressive decoding, [B, capacity, width] each.</summary>
+/// <summary>
+/// Keys and values of every layer, [B, capacity, width] each: the positions decoded so far in autoregressive
+/// decoding, or every position of a denoised sequence, of which a pass recomputes a window (block-wise
+/// approximate caching, Fast-dLLM).
+/// </summary>
 public sealed class KvCache : IDisposable
 {
     readonly (Tensor Keys, Tensor Values)[] layers;
@@ -21,19 +25,19 @@ public sealed class KvCache : IDisposable
     /// <summary>Floats per cached position: the key (or value) heads times the head dimension.</summary>
     public int Width { get; }
 
-    /// <summary>How many positions are filled.</summary>
+    /// <summary>How many positions are filled (always a prefix: a pass writes no further than its end, and starts no later than Length).</summary>
     public int Length { get; internal set; }
 
     public (Tensor Keys, Tensor Values) Layer(int index) => layers[index];
 
-    /// <summary>Copies rows [B, T] of keys and values (each row <paramref name="rowStride"/> apart, starting at the offsets) into positions Length .. Length + T − 1.</summary>
-    internal void Append(int layer, Tensor keys, long keyOffset, Tensor values, long valueOffset, int rowStride, int length)
+    /// <summary>Copies rows [B, T] of keys and values (each row <paramref name="rowStride"/> apart, starting at the offsets) into positions position .. position + T − 1.</summary>
+    internal void Write(int layer, Tensor keys, long keyOffset, Tensor values, long valueOffset, int rowStride, int position, int length)
     {
         var device = keys.Device;
         var (k, v) = layers[layer];
         for (int b = 0; b < Batch; b++)
         {
-            long src = (long)b * length * rowStride, dst = ((long)b * Capacity + Length) * Width;
+            long src = (long)b * length * rowStride, dst = ((long)b * Capacity + position) * Width;
             device.CopyRows(keys, keyOffset + src, rowStride, k, dst, Width, length, Width);
             device.CopyRows(values, valueOffset + src, rowStride, v, dst, Width, length, Width);
         }

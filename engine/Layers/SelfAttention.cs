@@ -20,25 +20,39 @@ public readonly record struct HeadTensors(Tensor Q, long QOffset, int QueryStrid
 /// <summary>
 /// What every attention layer of one forward pass shares: the mask mode (with the allow-mask of
 /// <see cref="AttentionMaskMode.Explicit"/>), per-row key lengths for right-padded rows, and the cache the pass
-/// continues, with the position of its first query. Checked once, when the pass is made.
+/// runs over, with the position of its first query. Over a cache, a causal pass continues it (its first position
+/// is the cache's length); a bidirectional pass recomputes a window of positions anywhere up to the cache's length
+/// and attends to every cached position. Checked once, when the pass is made.
 /// </summary>
 public sealed class AttentionPass : IDisposable
 {
     public AttentionPass(Device device, int batch, int length, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null,
-        ReadOnlySpan<int> rowLengths = default)
+        ReadOnlySpan<int> rowLengths = default, int? position = null)
     {
-        int offset = cache?.Length ?? 0;
-        if (cache is not null && (cache.Batch != batch || offset + length > cache.Capacity || mode != AttentionMaskMode.Causal))
-            throw new ArgumentException($"KV cache [{cache.Batch}, {cache.Capacity}] cannot take {length} more causal tokens after {offset} for batch {batch}");
+        if (position is not null && cache is null) throw new ArgumentException("a pass's first position is for a pass over a KV cache");
+        int offset = position ?? cache?.Length ?? 0;
+        if (cache is not null)
+        {
+            bool continues = mode switch
+            {
+                AttentionMaskMode.Causal => offset == cache.Length,
+                AttentionMaskMode.Bidirectional => offset >= 0 && offset <= cache.Length,
+                _ => false,
+            };
+            if (cache.Batch != batch || !continues || offset + length > cache.Capacity)
+                throw new ArgumentException($"KV cache [{cache.Batch}, {cache.Capacity}] holding {cache.Length} positions cannot take a {mode} pass " +
+                    $"of {length} tokens at position {offset} for batch {batch}");
+        }
         if (!rowLengths.IsEmpty)
         {
-            if (cache is not null) throw new ArgumentException("row lengths are for a full forward pass, not for continuing a KV cache");
+            if (cache is not null) throw new ArgumentException("row lengths are for a full forward pass, not for a pass over a KV cache");
             if (rowLengths.Length != batch) throw new ArgumentException($"expected {batch} row lengths, got {rowLengths.Length}");
             foreach (int rowLength in rowLengths)
                 if (rowLength < 1 || rowLength > length)
                     throw new ArgumentException($"row length {rowLength} is outside [1, {length}]");
         }
         Batch = batch; Length = length; Mode = mode; Allow = allow; Cache = cache; Offset = offset;
+        KeyLength = cache is null ? length : mode == AttentionMaskMode.Causal ? offset + length : Math.Max(cache.Length, offset + length);
         KeyLengths = rowLengths.IsEmpty ? null : device.FromArray(rowLengths, batch);
     }
 
@@ -51,16 +65,19 @@ public sealed class AttentionPass : IDisposable
     /// <summary>Per-row key lengths [B] (I32), or null when every row is whole.</summary>
     public Tensor? KeyLengths { get; }
 
-    /// <summary>The position of the pass's first token: the cache's length, else 0.</summary>
+    /// <summary>The position of the pass's first token: the one asked for, else the cache's length, else 0.</summary>
     public int Offset { get; }
+
+    /// <summary>How many keys each query attends over: the pass's own, or every cached position once the pass has written its own.</summary>
+    public int KeyLength { get; }
 
     /// <summary>Whether a backward pass can follow: neither a cache nor per-row key lengths (which have no backward).</summary>
     public bool HasBackward => Cache is null && KeyLengths is null;
 
-    /// <summary>Marks the pass's positions as cached, once every layer has appended its keys and values.</summary>
+    /// <summary>Marks the pass's positions as cached, once every layer has written its keys and values.</summary>
     public void Complete()
     {
-        if (Cache is not null) Cache.Length = Offset + Length;
+        if (Cache is not null) Cache.Length = KeyLength;
     }
 
     public void Dispose() => KeyLengths?.Dispose();
@@ -69,8 +86,8 @@ public sealed class AttentionPass : IDisposable
 /// <summary>
 /// Multi-head (grouped-query when <see cref="KvHeads"/> &lt; <see cref="Heads"/>) scaled dot-product attention with
 /// optional rotate-half RoPE on queries and keys. It owns the choice the pass asks for: self-attention under the
-/// pass's mask mode, or, with a cache, appending this layer's keys and values and attending causally over every
-/// cached position.
+/// pass's mask mode, or, with a cache, writing this layer's keys and values at the pass's positions and attending
+/// over the cached keys under the pass's mode.
 /// </summary>
 public sealed class SelfAttention(int heads, int kvHeads, int headDim, float? ropeTheta)
 {
@@ -98,11 +115,11 @@ public sealed class SelfAttention(int heads, int kvHeads, int headDim, float? ro
             d.Attention(x.Q, x.QOffset, x.K, x.KOffset, x.V, x.VOffset, output, lse, Shape(x, b, t), pass.Mode, pass.Allow, pass.KeyLengths);
             return;
         }
-        cache.Append(layer, x.K, x.KOffset, x.V, x.VOffset, x.KvStride, t);
+        cache.Write(layer, x.K, x.KOffset, x.V, x.VOffset, x.KvStride, pass.Offset, t);
         var (keys, values) = cache.Layer(layer);
-        var shape = new AttentionShape(b, Heads, KvHeads, HeadDim, t, pass.Offset + t, pass.Offset,
+        var shape = new AttentionShape(b, Heads, KvHeads, HeadDim, t, pass.KeyLength, pass.Offset,
             x.QueryStride, cache.Width, (long)t * x.QueryStride, (long)cache.Capacity * cache.Width, Scale);
-        d.Attention(x.Q, x.QOffset, keys, 0, values, 0, output, lse, shape, AttentionMaskMode.Causal, null);
+        d.Attention(x.Q, x.QOffset, keys, 0, values, 0, output, lse, shape, pass.Mode, null);
     }
 
     /// <summary>

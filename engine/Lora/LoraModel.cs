@@ -84,6 +84,9 @@ public sealed class LoraModel : ITrainableModel
 
     public void Decode(ReadOnlySpan<int> ids, int batch, KvCache cache, Span<float> lastLogits) => model.Decode(ids, batch, cache, lastLogits);
 
+    public ForwardResult CachedLogits(ReadOnlySpan<int> ids, int batch, int length, KvCache cache, int position) =>
+        model.CachedLogits(ids, batch, length, cache, position);
+
     public IEnumerable<(string Module, Linear Layer)> Projections() => model.Projections();
 
     public JsonObject ConfigJson(int? maskTokenId) => model.ConfigJson(maskTokenId);

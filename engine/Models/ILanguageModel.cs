@@ -37,6 +37,15 @@ public interface ILanguageModel : IDisposable
     /// writes the logits of the last position [B, V] into <paramref name="lastLogits"/>.
     /// </summary>
     void Decode(ReadOnlySpan<int> ids, int batch, KvCache cache, Span<float> lastLogits);
+
+    /// <summary>
+    /// One bidirectional pass over ids [B, T] standing at positions position .. position + T − 1 of sequences whose
+    /// other positions' keys and values the cache holds (block-wise approximate caching for denoising): the window's
+    /// keys and values overwrite the cached ones, every query attends to every cached position, and the result holds
+    /// the window's logits [B, T, V]. A pass at position 0 over the whole length fills an empty cache; the position
+    /// may not lie past the cache's length.
+    /// </summary>
+    ForwardResult CachedLogits(ReadOnlySpan<int> ids, int batch, int length, KvCache cache, int position);
 }
 
 /// <summary>
@@ -55,18 +64,17 @@ public sealed class ForwardResult(Tensor logits, IDisposable owner, AttentionMas
 public static class LanguageModelExtensions
 {
     /// <summary>
-    /// Checks the ids [batch, length] of a forward pass against the vocabulary and the positions left after the
-    /// cache, if any. The mask mode, cache and row lengths are the <see cref="AttentionPass"/>'s to check.
+    /// Checks the ids [batch, length] of a forward pass against the vocabulary and the positions left after its
+    /// first position. The mask mode, cache and row lengths are the <see cref="AttentionPass"/>'s to check.
     /// </summary>
-    internal static void CheckIds(this ILanguageModel model, ReadOnlySpan<int> ids, int batch, int length, KvCache? cache)
+    internal static void CheckIds(this ILanguageModel model, ReadOnlySpan<int> ids, int batch, int length, int position)
     {
         if (ids.Length != batch * length) throw new ArgumentException($"expected {batch * length} ids for [{batch}, {length}], got {ids.Length}");
         foreach (int id in ids)
             if ((uint)id >= (uint)model.VocabSize)
                 throw new DiffuException($"token id {id} is outside the vocabulary [0, {model.VocabSize})");
-        int offset = cache?.Length ?? 0;
-        if (offset + length > model.Positions)
-            throw new DiffuException($"sequence of {offset + length} tokens exceeds the model's {model.Positions} positions");
+        if (position + length > model.Positions)
+            throw new DiffuException($"sequence of {position + length} tokens exceeds the model's {model.Positions} positions");
     }
 
     /// <summary>Reads checkpoint tensor <paramref name="name"/> into <paramref name="destination"/>, after checking its shape against the one the config implies.</summary>

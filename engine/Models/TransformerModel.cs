@@ -96,18 +96,19 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
 
     /// <summary>
     /// Runs the network on ids [batch, length] and fills <paramref name="act"/>; the logits end up in act.Logits
-    /// [B, T, V] (or act.LastLogits in a decoding set). With a KV cache, the ids continue the cached sequence
-    /// (positions start at cache.Length, attention sees the cached keys) and the cache grows by the pass's length.
+    /// [B, T, V] (or act.LastLogits in a decoding set). With a KV cache, the ids stand at positions from
+    /// <paramref name="position"/> (default: the cache's length), their keys and values are written into the cache
+    /// and attention sees the cached keys (<see cref="AttentionPass"/>).
     /// With <paramref name="rowLengths"/>, rows are right-padded and attention never reaches their padding
     /// (<see cref="ILanguageModel.Logits"/>); such a pass has no backward.
     /// </summary>
     public void Forward(ReadOnlySpan<int> ids, ModelActivations<TBlock> act, AttentionMaskMode mode, Tensor? allow = null, KvCache? cache = null,
-        ReadOnlySpan<int> rowLengths = default)
+        ReadOnlySpan<int> rowLengths = default, int? position = null)
     {
-        this.CheckIds(ids, act.Batch, act.Length, cache);
         if (!rowLengths.IsEmpty && act.KeepsAllLayers)
             throw new ArgumentException("row lengths are for inference: attention over per-row key lengths has no backward");
-        using var pass = new AttentionPass(Device, act.Batch, act.Length, mode, allow, cache, rowLengths);
+        using var pass = new AttentionPass(Device, act.Batch, act.Length, mode, allow, cache, rowLengths, position);
+        this.CheckIds(ids, act.Batch, act.Length, pass.Offset);
         Device.Upload(act.Ids, 0, ids);
         Forward(act, pass);
         pass.Complete();
@@ -153,6 +154,21 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
         if (pass.Owner is not ModelActivations<TBlock> act) throw new ArgumentException("the pass was not made by this model's ForwardForTraining");
         if (grads is not TWeights g) throw new ArgumentException("the gradients were not made by this model's ZeroParameterSet");
         Backward(act, g, pass.Mode, pass.Allow);
+    }
+
+    public ForwardResult CachedLogits(ReadOnlySpan<int> ids, int batch, int length, KvCache cache, int position)
+    {
+        var act = CreateActivations(batch, length);
+        try
+        {
+            Forward(ids, act, AttentionMaskMode.Bidirectional, cache: cache, position: position);
+            return new ForwardResult(act.Logits!, act, AttentionMaskMode.Bidirectional);
+        }
+        catch
+        {
+            act.Dispose();
+            throw;
+        }
     }
 
     public void Decode(ReadOnlySpan<int> ids, int batch, KvCache cache, Span<float> lastLogits)

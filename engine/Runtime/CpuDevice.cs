@@ -126,8 +126,8 @@ public sealed class CpuDevice : Device
 
     protected override void ScaleCore(Tensor t, float factor) => Cpu.Vectors.Scale(F32(t), factor);
 
-    protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
-        Cpu.Sampling.SampleTokens(F32(logits), rows, vocab, options, seed, stream, I32(tokens), F32(stats));
+    protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab,
+        SampleRows keys) => Cpu.Sampling.SampleTokens(F32(logits), rows, vocab, options, seed, stream, I32(tokens), F32(stats), keys);
 
     protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) =>
         Cpu.RmsNorm.Forward(F32(x), F32(weight), F32(output), F32(rstd), rows, columns, eps);

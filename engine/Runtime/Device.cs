@@ -369,9 +369,10 @@ public abstract class Device : IDisposable
     /// Draws one token per row of logits [R, V] as <see cref="SamplingOptions"/> describes (temperature,
     /// top-k, top-p, Philox uniform of (seed, stream, row)), writing tokens [R] (I32) and stats
     /// [R, <see cref="SamplingOptions.StatCount"/>] (log p of the token, max p, top1−top2 margin, Σ p log p).
-    /// The logits stay on the device; only tokens and stats need to come back.
+    /// The logits stay on the device; only tokens and stats need to come back. <paramref name="keys"/> maps rows to
+    /// Philox counters when the logits are a window of longer sequences (default: row r draws at r).
     /// </summary>
-    public void SampleTokens(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats)
+    public void SampleTokens(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, SampleRows keys = default)
     {
         RequireF32(logits, stats);
         Require(tokens, DType.I32, nameof(tokens));
@@ -379,10 +380,13 @@ public abstract class Device : IDisposable
         long rows = logits.Rows;
         if (tokens.Length != rows || stats.Length != rows * SamplingOptions.StatCount)
             throw new ArgumentException($"sampling shapes disagree: logits {logits.ShapeText}, tokens {tokens.ShapeText}, stats {stats.ShapeText}");
-        SampleTokensCore(logits, options, seed, stream, tokens, stats, (int)rows, logits.Columns);
+        if (keys.Width != 0 && (rows % keys.Width != 0 || keys.Start < 0 || keys.Start + keys.Width > keys.Stride))
+            throw new ArgumentException($"sampling row keys {keys} do not tile {rows} rows");
+        SampleTokensCore(logits, options, seed, stream, tokens, stats, (int)rows, logits.Columns, keys);
     }
 
-    protected abstract void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab);
+    protected abstract void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab,
+        SampleRows keys);
 
     // ---- LLaMA-family ops ---------------------------------------------------------------------------
 

@@ -346,8 +346,8 @@ public sealed class IlgpuDevice : Device
 
     /// <summary>One group per row on the device; a row without a finite maximum gives meaningless stats (a checked
     /// row would cost a download), but its token always lies in the vocabulary.</summary>
-    protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab) =>
-        kernels.SampleTokens(F32(logits), I32(tokens), F32(stats), rows, vocab, options, seed, stream);
+    protected override void SampleTokensCore(Tensor logits, SamplingOptions options, ulong seed, ulong stream, Tensor tokens, Tensor stats, int rows, int vocab,
+        SampleRows keys) => kernels.SampleTokens(F32(logits), I32(tokens), F32(stats), rows, vocab, options, seed, stream, keys);
 
     protected override void RmsNormCore(Tensor x, Tensor weight, Tensor output, Tensor rstd, int rows, int columns, float eps) =>
         kernels.RmsNorm(F32(x), F32(weight), F32(output), F32(rstd), rows, columns, eps);

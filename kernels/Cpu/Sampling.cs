@@ -41,7 +41,7 @@ public static class Sampling
     /// without a finite maximum (all −∞, or holding a NaN or +∞), after the other rows are written.
     /// </summary>
     public static unsafe void SampleTokens(ReadOnlySpan<float> logits, int rows, int vocab, in SamplingOptions options,
-        ulong seed, ulong stream, Span<int> tokens, Span<float> stats)
+        ulong seed, ulong stream, Span<int> tokens, Span<float> stats, SampleRows keys = default)
     {
         options.Validate();
         Guard.Positive(vocab, nameof(vocab));
@@ -60,7 +60,7 @@ public static class Sampling
                 float* scratch = Scratch.Get(vocab + 2L * Window);
                 for (int r = start; r < end; r++)
                 {
-                    float u = Philox.Uniform(seed, stream, (ulong)r);
+                    float u = Philox.Uniform(seed, stream, keys.Key(r));
                     if (!Row(xz + (long)r * vocab, vocab, o, u, scratch, xt + r, xs + (long)r * SamplingOptions.StatCount))
                         InterlockedMin(ref firstBadRow, r);
                 }

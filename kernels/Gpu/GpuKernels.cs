@@ -441,9 +441,9 @@ public sealed class GpuKernels : IDisposable
     /// written. One group per row, sized to the row (up to 256 threads); rows must be at least 1 and vocab at least 1.
     /// </summary>
     public void SampleTokens(ArrayView<float> logits, ArrayView<int> tokens, ArrayView<float> stats, int rows, int vocab,
-        in SamplingOptions options, ulong seed, ulong stream) =>
+        in SamplingOptions options, ulong seed, ulong stream, SampleRows keys) =>
         (sampleTokens ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, SamplingArgs>(SamplingKernels.Sample))(
-            new KernelConfig(rows, SamplingKernels.Threads(vocab, accelerator.WarpSize)), logits, tokens, stats, vocab, new SamplingArgs(options, seed, stream));
+            new KernelConfig(rows, SamplingKernels.Threads(vocab, accelerator.WarpSize)), logits, tokens, stats, vocab, new SamplingArgs(options, seed, stream, keys));
 
     // ---- LLaMA family ------------------------------------------------------------------------------
 

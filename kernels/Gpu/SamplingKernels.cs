@@ -12,8 +12,9 @@ public struct SamplingArgs
     public float Temperature, TopP;
     public int TopK, Greedy;
     public ulong Seed, Stream;
+    public int RowWidth, RowStride, RowStart;
 
-    public SamplingArgs(in SamplingOptions options, ulong seed, ulong stream)
+    public SamplingArgs(in SamplingOptions options, ulong seed, ulong stream, SampleRows keys)
     {
         Greedy = options.Greedy ? 1 : 0;
         Temperature = options.Greedy ? 1f : options.Temperature;
@@ -21,7 +22,11 @@ public struct SamplingArgs
         TopP = options.Greedy ? 1f : options.TopP;
         Seed = seed;
         Stream = stream;
+        RowWidth = keys.Width; RowStride = keys.Stride; RowStart = keys.Start;
     }
+
+    /// <summary>The Philox counter of a row (<see cref="SampleRows.Key"/>).</summary>
+    public readonly ulong Key(int row) => RowWidth == 0 ? (ulong)row : (ulong)((long)(row / RowWidth) * RowStride + RowStart + row % RowWidth);
 }
 
 /// <summary>
@@ -307,7 +312,7 @@ static class SamplingKernels
         }
         float before = warpStart + exclusive;
         float after = warpStart + inclusive;
-        float target = Philox.Uniform(args.Seed, args.Stream, (ulong)row) * total;
+        float target = Philox.Uniform(args.Seed, args.Stream, args.Key(row)) * total;
 
         if (before <= target && target < after)
         {

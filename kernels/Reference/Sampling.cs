@@ -17,7 +17,7 @@ public static class Sampling
     /// (all −∞, or holding a NaN or +∞) has no distribution and is an <see cref="ArgumentException"/>.
     /// </summary>
     public static void SampleTokens(ReadOnlySpan<double> logits, int rows, int vocab, in SamplingOptions options,
-        ulong seed, ulong stream, Span<int> tokens, Span<double> stats)
+        ulong seed, ulong stream, Span<int> tokens, Span<double> stats, SampleRows keys = default)
     {
         options.Validate();
         if (vocab <= 0) throw new ArgumentOutOfRangeException(nameof(vocab), vocab, "vocab must be positive");
@@ -82,7 +82,7 @@ public static class Sampling
             int token = order[0];
             if (!options.Greedy)
             {
-                double u = Philox.Uniform(seed, stream, (ulong)r), cumulative = 0;
+                double u = Philox.Uniform(seed, stream, keys.Key(r)), cumulative = 0;
                 token = -1;
                 for (int c = 0; c < vocab && token < 0; c++)
                 {

@@ -137,4 +137,27 @@ public sealed class GenerateCommandTests
         (code, output, _) = Run("generate", "--model", model, "--tokenizer", Gpt2Tokenizer, "--device", "cpu", "--ar", "--prompt", "Hello", "--max-new", "4", "--temperature", "0", "--stop-at-eos");
         Assert.That(output, Is.EqualTo("Hello\n"));
     }
+
+    /// <summary>The end-of-text model commits end-of-text everywhere: with --block and --stop-at-eos the later blocks are skipped.</summary>
+    [Test]
+    public void StopAtEosSkipsTheBlocksAfterAnEndOfTextAndTheFastModesAgree()
+    {
+        string model = EndOfTextModel();
+        string[] common = ["generate", "--model", model, "--tokenizer", Gpt2Tokenizer, "--device", "cpu", "--mask-token", "0", "--temperature", "0",
+            "--prompt", "Hello", "--length", "8", "--block", "2", "--steps", "8"];
+        var (code, output, err) = Run(common);
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(err, Does.Contain(": 8 steps of"));
+        (code, output, err) = Run([.. common, "--stop-at-eos"]);
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(output, Is.EqualTo("Hello\n"));
+        Assert.That(err, Does.Contain(": 2 steps of"), "the first block's two steps, no more");
+        foreach (string cache in new[] { "prefix", "dual" })
+        {
+            (code, output, err) = Run([.. common, "--cache", cache, "--threshold", "0.5"]);
+            Assert.That(code, Is.EqualTo(0), err);
+            Assert.That(output.TrimEnd('\n'), Is.EqualTo("Hello" + string.Concat(Enumerable.Repeat($"\n{Marker}", 8))), cache);
+            Assert.That(err, Does.Contain(": 4 steps of"), $"{cache}: one pass per block, every slot above the threshold");
+        }
+    }
 }

@@ -53,22 +53,23 @@ public sealed class SamplingTests(string deviceName) : DeviceFixture(deviceName)
     static string NameOf(Device? on) => on?.Name ?? "reference";
 
     /// <summary>Draws on a device, or with the reference when <paramref name="on"/> is null; stats come back as double either way.</summary>
-    internal static (int[] Tokens, double[] Stats) Sample(Device? on, float[] logits, int rows, SamplingOptions options, ulong seed = 1, ulong stream = 0)
+    internal static (int[] Tokens, double[] Stats) Sample(Device? on, float[] logits, int rows, SamplingOptions options, ulong seed = 1, ulong stream = 0,
+        SampleRows keys = default)
     {
         int vocab = logits.Length / rows;
-        if (on is null) return Reference(TestUtil.ToDouble(logits), rows, vocab, options, seed, stream);
+        if (on is null) return Reference(TestUtil.ToDouble(logits), rows, vocab, options, seed, stream, keys);
         using var z = on.FromArray(logits, rows, vocab);
         using var tokens = on.Allocate(DType.I32, rows);
         using var stats = on.Allocate(DType.F32, rows, SamplingOptions.StatCount);
-        on.SampleTokens(z, options, seed, stream, tokens, stats);
+        on.SampleTokens(z, options, seed, stream, tokens, stats, keys);
         return (on.ToIntArray(tokens), TestUtil.ToDouble(on.ToArray(stats)));
     }
 
-    static (int[] Tokens, double[] Stats) Reference(double[] logits, int rows, int vocab, SamplingOptions options, ulong seed, ulong stream)
+    static (int[] Tokens, double[] Stats) Reference(double[] logits, int rows, int vocab, SamplingOptions options, ulong seed, ulong stream, SampleRows keys = default)
     {
         var tokens = new int[rows];
         var stats = new double[rows * SamplingOptions.StatCount];
-        Ref.Sampling.SampleTokens(logits, rows, vocab, options, seed, stream, tokens, stats);
+        Ref.Sampling.SampleTokens(logits, rows, vocab, options, seed, stream, tokens, stats, keys);
         return (tokens, stats);
     }
 
@@ -381,6 +382,37 @@ public sealed class SamplingTests(string deviceName) : DeviceFixture(deviceName)
         Assert.That(again, Is.EqualTo(first));
         Assert.That(againStats, Is.EqualTo(firstStats));
         Assert.That(other, Is.Not.EqualTo(first));
+    }
+
+    /// <summary>
+    /// Rows [s, s + w) of each of B sequences of N positions, sampled alone with their window's keys, draw exactly what
+    /// the same rows draw in a call over the whole sequences (the denoising cache's windows).
+    /// </summary>
+    [Test]
+    public void AWindowOfRowsDrawsWhatTheWholeSequencesDraw()
+    {
+        var rng = TestUtil.NewRandom();
+        const int batch = 3, length = 9, start = 2, width = 4, vocab = 11;
+        var logits = TestUtil.RandomFloats(rng, batch * length * vocab, 2f);
+        var window = new float[batch * width * vocab];
+        for (int b = 0; b < batch; b++)
+            Array.Copy(logits, (b * length + start) * vocab, window, b * width * vocab, width * vocab);
+        var options = new SamplingOptions(1f);
+        foreach (var on in Flavours)
+        {
+            var (whole, wholeStats) = Sample(on, logits, batch * length, options, 3, 4);
+            var (part, partStats) = Sample(on, window, batch * width, options, 3, 4, SampleRows.Window(start, width, length));
+            for (int b = 0; b < batch; b++)
+                for (int i = 0; i < width; i++)
+                {
+                    int r = b * length + start + i, w = b * width + i;
+                    Assert.That(part[w], Is.EqualTo(whole[r]), $"{NameOf(on)}: window row {w}");
+                    for (int c = 0; c < SamplingOptions.StatCount; c++)
+                        Assert.That(partStats[w * SamplingOptions.StatCount + c], Is.EqualTo(wholeStats[r * SamplingOptions.StatCount + c]), $"{NameOf(on)}: stat {c} of window row {w}");
+                }
+            var (plain, _) = Sample(on, window, batch * width, options, 3, 4);
+            Assert.That(plain, Is.Not.EqualTo(part), $"{NameOf(on)}: without the window's keys the rows draw afresh");
+        }
     }
 
     static IEnumerable<SamplingOptions> OptionsFor(float temperature)

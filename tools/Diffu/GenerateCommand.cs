@@ -21,6 +21,11 @@ static class GenerateCommand
         ["margin"] = DenoisingStrategy.Margin, ["entropy"] = DenoisingStrategy.Entropy,
     };
 
+    internal static readonly Dictionary<string, DenoisingCache> Caches = new()
+    {
+        ["none"] = DenoisingCache.None, ["prefix"] = DenoisingCache.Prefix, ["dual"] = DenoisingCache.Dual,
+    };
+
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = Cli.ModelOption();
@@ -51,15 +56,26 @@ static class GenerateCommand
         var maxNew = TypedOptions.Integer("--max-new", "tokens to generate with --ar", 64, min: 0);
         var stopAtEos = new Option<bool>("--stop-at-eos")
         {
-            Description = $"end each sample's generated text at its first end-of-text token (an infill's gaps each end at theirs, its suffix is kept); without it each end-of-text is shown as a line {EndOfTextMarker}",
+            Description = $"end each sample's generated text at its first end-of-text token (an infill's gaps each end at theirs, its suffix is kept), "
+                + $"and with --block skip the blocks after one; without it each end-of-text is shown as a line {EndOfTextMarker}",
         };
+        var cache = new Option<string>("--cache")
+        {
+            Description = "reuse keys and values within a block (Fast-dLLM, approximate): none (exact), prefix (the positions before the block), "
+                + "dual (before and after it); each block's first step runs the whole sequence",
+            DefaultValueFactory = _ => "none",
+        };
+        cache.AcceptOnlyFromAmong(Caches.Keys.ToArray());
+        var threshold = TypedOptions.OptionalFloat("--threshold",
+            "parallel commits: each step also commits every masked slot of the block whose token has probability above P (at least one), so blocks end early",
+            min: 0, max: 1, minExclusive: true);
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("generate", "generate, complete or infill text")
         {
-            model, adapter, prompt, infill, sftPrompt, cutoff, sftTokens, length, steps, sampler, temperature, topP, topK, block, budget, batch, seed, mask, showSteps, ar, maxNew, stopAtEos,
-            tokenizer, device, precision,
+            model, adapter, prompt, infill, sftPrompt, cutoff, sftTokens, length, steps, sampler, temperature, topP, topK, block, budget, cache, threshold,
+            batch, seed, mask, showSteps, ar, maxNew, stopAtEos, tokenizer, device, precision,
         };
         command.SetAction(parse =>
         {
@@ -81,6 +97,7 @@ static class GenerateCommand
                 Steps = parse.GetValue(steps), Strategy = Samplers[parse.GetValue(sampler)!], Seed = parse.GetValue(seed),
                 Sampling = new SamplingOptions(argmax ? 0f : parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP)),
                 BlockLength = parse.GetValue(block), TokensPerStep = parse.GetValue(budget),
+                Cache = Caches[parse.GetValue(cache)!], Threshold = parse.GetValue(threshold),
             };
             return RunDiffusion(source, new DiffusionRequest(prompts, parse.GetValue(infill), parse.GetValue(length), parse.GetValue(batch),
                 parse.GetValue(mask), parse.GetValue(showSteps), query, parse.GetValue(cutoff), parse.GetValue(sftTokens)), settings, stdout, stderr);
@@ -120,13 +137,16 @@ static class GenerateCommand
         long rows = (long)request.Samples * templates.Count;
         int n = templates.Max(t => t.Tokens.Length);
         using var device = Cli.CreateDevice(source.Device, source.Precision);
-        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), ModelMemory.Forward(config, rows, n)),
+        long passes = ModelMemory.Forward(config, rows, n);
+        if (settings.Cache != DenoisingCache.None) passes = ModelMemory.Total(passes, ModelMemory.Decoding(config, rows, n));
+        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), passes),
             $"{source.Model}: {rows:N0} rows of {n} tokens (--batch {request.Samples} x {templates.Count} {(request.Prompts.Length > 1 ? "prompts" : "row")})");
         if (rows * n > Array.MaxLength) throw new DeviceMemoryException($"{rows:N0} rows of {n} tokens are more than one array holds ({Array.MaxLength:N0} tokens)");
 
         using var model = ModelLoader.Load(source.Model, device, source.Adapter);
         var problem = DenoisingPrompts.Stack([.. Enumerable.Range(0, (int)rows).Select(r => templates[r % templates.Count])]);
         var denoiser = new Denoiser(model, maskToken);
+        if (source.StopAtEndOfText) settings = settings with { StopToken = sft?.Eos ?? tokenizer.EndOfTextId };
 
         var clock = Stopwatch.StartNew();
         DenoiseResult result;
