@@ -60,6 +60,12 @@ public static class MatMul
             }
             if (transposed && m < DotRowsLimit)
             {
+                if (m == 1)
+                {
+                    var (parts, span) = Split(n, 8, threads);
+                    ForPieces(parts, piece => DotOneRow(xx, xw, xb, xo, k, piece * span, Math.Min(n, (piece + 1) * span)));
+                    return;
+                }
                 bool byRows = n < 16 * threads && m >= 8 * threads;
                 var (pieces, width) = Split(byRows ? m : n, 4, threads);
                 ForPieces(pieces, piece =>
@@ -235,6 +241,44 @@ public static class MatMul
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// One row, w [N, K] (decoding): o[j] = bias[j] + x · w[j, :] for j in [j0, j1). Four rows of w stream side by side
+    /// against the one x row (which stays in L1), each with two accumulators along K so that the FMAs' latency hides
+    /// behind the loads: the product is bound by reading w once.
+    /// </summary>
+    static unsafe void DotOneRow(float* x, float* w, float* bias, float* o, int k, int j0, int j1)
+    {
+        int j = j0;
+        float* s = stackalloc float[8];
+        if (Vector512.IsHardwareAccelerated && k >= 16)
+        {
+            for (; j <= j1 - 8; j += 8)
+            {
+                float* w0 = w + (long)j * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k, w4 = w3 + k, w5 = w4 + k, w6 = w5 + k, w7 = w6 + k;
+                var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0; var a4 = a0; var a5 = a0; var a6 = a0; var a7 = a0;
+                int p = 0;
+                for (; p <= k - 16; p += 16)
+                {
+                    var xa = Vector512.Load(x + p);
+                    a0 = Vector512.FusedMultiplyAdd(xa, Vector512.Load(w0 + p), a0); a1 = Vector512.FusedMultiplyAdd(xa, Vector512.Load(w1 + p), a1);
+                    a2 = Vector512.FusedMultiplyAdd(xa, Vector512.Load(w2 + p), a2); a3 = Vector512.FusedMultiplyAdd(xa, Vector512.Load(w3 + p), a3);
+                    a4 = Vector512.FusedMultiplyAdd(xa, Vector512.Load(w4 + p), a4); a5 = Vector512.FusedMultiplyAdd(xa, Vector512.Load(w5 + p), a5);
+                    a6 = Vector512.FusedMultiplyAdd(xa, Vector512.Load(w6 + p), a6); a7 = Vector512.FusedMultiplyAdd(xa, Vector512.Load(w7 + p), a7);
+                }
+                s[0] = Vector512.Sum(a0); s[1] = Vector512.Sum(a1); s[2] = Vector512.Sum(a2); s[3] = Vector512.Sum(a3);
+                s[4] = Vector512.Sum(a4); s[5] = Vector512.Sum(a5); s[6] = Vector512.Sum(a6); s[7] = Vector512.Sum(a7);
+                for (int c = 0; c < 8; c++)
+                {
+                    float* wc = w0 + (long)c * k;
+                    float sum = s[c];
+                    for (int q = p; q < k; q++) sum += x[q] * wc[q];
+                    o[j + c] = sum + (bias is null ? 0f : bias[j + c]);
+                }
+            }
+        }
+        if (j < j1) DotRows(x, w, bias, o, 0, 1, k, j1, j, j1);
     }
 
     /// <summary>sums[r * 4 + c] = x[r, :] · w[c, :] for a 4 × 4 block (rows past xRows or wRows repeat the last one).</summary>

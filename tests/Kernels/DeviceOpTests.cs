@@ -246,6 +246,7 @@ public sealed class DeviceOpTests(string deviceName) : DeviceFixture(deviceName)
     [TestCase(65, 130, 70)]
     [TestCase(130, 17, 130)]
     [TestCase(192, 64, 65)]
+    [TestCase(1, 37, 29)]
     public void MatMulMatchesReference(int m, int k, int n) => CheckMatMul(m, k, n);
 
     /// <summary>
@@ -261,6 +262,7 @@ public sealed class DeviceOpTests(string deviceName) : DeviceFixture(deviceName)
     [TestCase(9, 700, 900)]
     [TestCase(300, 1100, 530)]
     [TestCase(1100, 64, 40)]
+    [TestCase(1, 700, 1003)]
     public void MatMulAcrossCpuBlocksMatchesReference(int m, int k, int n)
     {
         IgnoreOnSimulator(AcrossCpuBlocks);

@@ -273,8 +273,10 @@ static class GenerateCommand
         var generated = new List<int>();
         string shown = "";
         var clock = Stopwatch.StartNew();
+        TimeSpan firstToken = default;
         var output = decoder.Generate(promptIds, maxNew, temperature, seed, tokenizer.EndOfTextId, token =>
         {
+            if (generated.Count == 0 && firstToken == default) firstToken = clock.Elapsed;
             if (token == tokenizer.EndOfTextId) return;
             generated.Add(token);
             // Decode the whole continuation and print what is new, so multi-token characters come out whole.
@@ -293,7 +295,10 @@ static class GenerateCommand
         if (output.Length > 0 && output[^1] == tokenizer.EndOfTextId && !source.StopAtEndOfText) stdout.Write(EndOfTextLine(prompt + continuation));
         stdout.WriteLine();
         double seconds = clock.Elapsed.TotalSeconds;
-        stderr.WriteLine($"{output.Length} tokens in {seconds:F2} s ({output.Length / Math.Max(seconds, 1e-9):F1} tokens/s, prompt {promptIds.Count} tokens, {device.Name})");
+        // As llama2.c's run.c counts: the rate after the first token, whose time (the prompt's pass) is given apart.
+        string rest = output.Length > 1 ? $", then {(output.Length - 1) / Math.Max(seconds - firstToken.TotalSeconds, 1e-9):F1} tokens/s" : "";
+        stderr.WriteLine($"{output.Length} tokens in {seconds:F2} s ({output.Length / Math.Max(seconds, 1e-9):F1} tokens/s; first token after "
+            + $"{firstToken.TotalMilliseconds:F0} ms{rest}; prompt {promptIds.Count} tokens, {device.Name})");
         return Cli.Ok;
     }
 }
