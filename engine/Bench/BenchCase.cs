@@ -25,6 +25,9 @@ public sealed record BenchCase(string Id, string Suite, string Label, string Sha
     /// <summary>The same work for the PyTorch reference script (tools/bench/torch_reference.py), if it has it.</summary>
     public JsonObject? Torch { get; init; }
 
+    /// <summary>Why the script has no counterpart, where <see cref="Torch"/> is null (shown in the PyTorch column).</summary>
+    public string? NoTorch { get; init; }
+
     /// <summary>The size the plots put on their x axis (matrix side, sequence length, ...).</summary>
     public double PlotX { get; init; }
 

@@ -75,10 +75,11 @@ public sealed record BenchOptions
             if (kind == FileKind.Missing) throw new DiffuException($"{option} {folder}: folder not found");
             if (kind != FileKind.Directory) throw new DiffuException($"{option} {folder} is {FileStatus.Describe(kind)}, not a folder");
         }
+        // The full-size denoising rows make their models as long as the rows; the quick ones keep their tiny models' positions.
         int positions = BenchPlan.EndToEndModel(Quick).Positions;
-        foreach (var (option, length) in new[] { ("--train-length", TrainLength), ("--denoise-length", DenoiseLength) })
-            if (length > positions)
-                throw new DiffuException($"{option} {length} exceeds the {positions} positions of the model the row runs{(Quick ? " with --quick" : "")}");
+        foreach (var (option, length, limit) in new[] { ("--train-length", TrainLength, positions), ("--denoise-length", DenoiseLength, Quick ? positions : MaxSize) })
+            if (length > limit)
+                throw new DiffuException($"{option} {length} exceeds the {limit} positions of the model the row runs{(Quick ? " with --quick" : "")}");
     }
 
     static void Size(string option, int value, int min)
@@ -95,10 +96,16 @@ public sealed record BenchOptions
 /// </summary>
 public static class BenchPlan
 {
-    public static readonly string[] SuiteNames = ["matmul", "attention", "norm", "rope", "softmax", "adamw", "sampling", "train", "denoise", "eval"];
+    public static readonly string[] SuiteNames = ["matmul", "attention", "norm", "rope", "softmax", "adamw", "sampling", "train", "decode", "denoise", "eval"];
 
     /// <summary>GPT-2 small (124 M): the shape of the end-to-end rows.</summary>
     public static readonly Gpt2Config Gpt2Small = new(50257, 1024, 768, 12, 12);
+
+    /// <summary>llama2.c's 110M shape (stories110M: dim 768, 12 layers, 12 heads, hidden 2048, vocab 32000): the LLaMA of the decoding and denoising rows.</summary>
+    public static readonly LlamaConfig Llama110M = new(32000, 2048, 768, 2048, 12, 12, 12);
+
+    /// <summary>llama2.c's stories260K shape (dim 64, 5 layers, 8 heads, 4 KV heads, hidden 172, vocab 512): per-token overhead dominates its decoding.</summary>
+    public static readonly LlamaConfig Llama260K = new(512, 512, 64, 172, 5, 8, 4);
 
     const int Llama7BChannels = 4096, Llama7BHidden = 11008, Llama7BVocab = 32000, Llama7BHeads = 32;
 
@@ -136,6 +143,9 @@ public static class BenchPlan
         {
             cases.Add(LayerNorm(tokens * 4, Gpt2Small.Channels));
             cases.Add(RmsNorm(tokens, Llama7BChannels));
+            cases.Add(Elementwise("residual_add", "residual add (GPT-2)", tokens * 4, Gpt2Small.Channels, inputs: 2, (d, x, o) => d.Add(x[0], x[1], o)));
+            cases.Add(Elementwise("gelu", "GELU (GPT-2 MLP)", tokens, 4 * Gpt2Small.Channels, inputs: 1, (d, x, o) => d.Gelu(x[0], o)));
+            cases.Add(Elementwise("swiglu", "SwiGLU (LLaMA-7B MLP)", tokens, Llama7BHidden, inputs: 2, (d, x, o) => d.SwiGlu(x[0], x[1], o)));
         }
         if (o.Suites.Contains("rope")) cases.Add(Rope(tokens, Llama7BHeads, Llama7BChannels / Llama7BHeads));
         if (o.Suites.Contains("softmax"))
@@ -156,10 +166,24 @@ public static class BenchPlan
             var (batch, length) = TrainShape(device, o);
             cases.Add(TrainStep(EndToEndModel(quick), batch, length));
         }
+        if (o.Suites.Contains("decode"))
+            foreach (var (name, config) in quick ? [("gpt2-tiny", TinyGpt2), ("llama-260k", Llama260K)]
+                         : new (string, IModelConfig)[] { ("llama-260k", Llama260K), ("llama-110m", Llama110M), ("gpt2-small", Gpt2Small) })
+                cases.Add(Decode(name, config, quick ? 32 : 128));
         if (o.Suites.Contains("denoise"))
         {
-            int steps = o.DenoiseSteps > 0 ? o.DenoiseSteps : quick ? 4 : 64;
-            cases.Add(Denoise(EndToEndModel(quick), DenoiseLength(o), steps));
+            int[] lengths = o.DenoiseLength > 0 ? [o.DenoiseLength] : quick ? [64] : gpu ? [512, 1024, 2048] : [512];
+            int[] steps = o.DenoiseSteps > 0 ? [o.DenoiseSteps] : quick ? [4] : gpu ? [64, 128, 256] : [64];
+            int positions = Math.Max(Gpt2Small.Positions, lengths.Max());
+            foreach (var (name, config) in quick ? [("gpt2-tiny", TinyGpt2), ("llama-260k", Llama260K)]
+                         : new (string, IModelConfig)[] { ("gpt2-small", Gpt2Small with { Positions = positions }), ("llama-110m", Llama110M with { Positions = positions }) })
+                foreach (int l in lengths)
+                {
+                    cases.Add(DecodeLength(name, config, l));
+                    foreach (int t in steps)
+                        foreach (var cache in Enum.GetValues<DenoisingCache>())
+                            cases.Add(Denoise(name, config, l, t, cache));
+                }
         }
         if (o.Suites.Contains("eval"))
             cases.Add(HellaSwagScoring(EndToEndModel(quick), o.EvalDataRoot, o.TokenizerFolder,
@@ -179,8 +203,6 @@ public static class BenchPlan
         return (o.TrainBatch > 0 ? o.TrainBatch : o.Quick ? 1 : gpu ? 8 : 4, o.TrainLength > 0 ? o.TrainLength : o.Quick ? 64 : gpu ? 1024 : 256);
     }
 
-    static int DenoiseLength(BenchOptions o) => o.DenoiseLength > 0 ? o.DenoiseLength : o.Quick ? 64 : 1024;
-
     /// <summary>
     /// Refuses, before anything runs, end-to-end rows whose sizes were given and whose memory estimate exceeds
     /// what the device has. Rows at the default sizes are left to fail in their own row, like the kernels.
@@ -195,7 +217,8 @@ public static class BenchPlan
             DeviceMemory.Require(device, ModelMemory.Total(weights, ModelMemory.Training(config, batch, length)), $"the training row (batch {batch} x length {length})");
         }
         if (o.Suites.Contains("denoise") && o.DenoiseLength > 0)
-            DeviceMemory.Require(device, ModelMemory.Total(weights, ModelMemory.Forward(config, 1, o.DenoiseLength)), $"the denoising row (length {o.DenoiseLength})");
+            DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(Llama110M), ModelMemory.Total(ModelMemory.Forward(Llama110M, 1, o.DenoiseLength),
+                ModelMemory.Decoding(Llama110M, 1, o.DenoiseLength))), $"the denoising rows (length {o.DenoiseLength})");
     }
 
     // ---- matmul --------------------------------------------------------------------------------
@@ -409,6 +432,20 @@ public static class BenchPlan
         Torch = Spec("rmsnorm", ("rows", rows), ("channels", channels)),
     };
 
+    /// <summary>An elementwise op over rows × channels: <paramref name="inputs"/> tensors read, one written.</summary>
+    static BenchCase Elementwise(string kind, string label, int rows, int channels, int inputs, Action<Device, Tensor[], Tensor> op) =>
+        new(kind.Replace('_', '-'), "norm", label, $"{rows}x{channels}")
+        {
+            Bytes = 4.0 * (inputs + 1) * rows * channels,
+            Prepare = d =>
+            {
+                var x = Enumerable.Range(0, inputs).Select(i => Random(d, (ulong)i + 1, rows, channels)).ToArray();
+                var o = d.Allocate(DType.F32, rows, channels);
+                return new BenchRun(() => op(d, x, o), [.. x, o]);
+            },
+            Torch = Spec(kind, ("rows", rows), ("channels", channels)),
+        };
+
     static BenchCase Rope(int rows, int heads, int headDim) => new("rope", "rope", "RoPE in place (LLaMA-7B q)", $"{rows}x{heads}x{headDim}")
     {
         Bytes = 4.0 * 2 * rows * heads * (double)headDim,
@@ -511,28 +548,110 @@ public static class BenchPlan
         };
     }
 
-    static BenchCase Denoise(Gpt2Config config, int length, int steps)
+    static string Describe(IModelConfig c) => c switch
     {
-        return new BenchCase("denoise.gpt2", "denoise", $"{Describe(config)} denoising, T = {steps}", $"B1 L{length} T{steps}")
+        Gpt2Config g => Describe(g),
+        LlamaConfig l when l == Llama110M || l == Llama110M with { Positions = l.Positions } => "LLaMA 110M",
+        LlamaConfig l when l == Llama260K => "LLaMA 260K",
+        LlamaConfig l => $"LLaMA {l.Layers}L {l.Channels}C",
+        _ => c.GetType().Name,
+    };
+
+    /// <summary>
+    /// Autoregressive decoding of <paramref name="tokens"/> tokens after one, greedy, on random weights: tokens/s, and the
+    /// weights' bytes read per token against the measured bandwidth (decoding reads every weight once per token).
+    /// </summary>
+    static BenchCase Decode(string name, IModelConfig config, int tokens) =>
+        new($"decode.{name}", "decode", $"{Describe(config)} AR decoding", $"B1 {tokens} tokens")
         {
-            Steps = steps,
-            Flops = steps * Gpt2ForwardFlopsPerToken(config, length) * length,
-            Warmup = 0,
-            MinRuns = 1,
+            Tokens = tokens,
+            Bytes = (double)tokens * ModelMemory.Weights(config),
+            NoTorch = NoTorchDecoding,
             Prepare = d =>
             {
-                var model = Gpt2Model.CreateRandom(config, d, 1);
+                var model = ModelFamily.Of(config).CreateRandom(config, d, 1);
+                var decoder = new ArDecoder(model);
+                return new BenchRun(() => decoder.Generate([0], tokens, 0f, 0), model);
+            },
+        };
+
+    /// <summary>The AR baseline of the denoising rows: the same L − 1 tokens decoded one at a time with the KV cache.</summary>
+    static BenchCase DecodeLength(string name, IModelConfig config, int length) =>
+        Decode(name, config, length - 1) with
+        {
+            Id = $"denoise.{name}.L{length}.ar", Suite = "denoise", Label = $"{Describe(config)} AR decoding", Shape = $"B1 L{length}",
+            MinRuns = 1, Series = "AR", PlotX = length,
+        };
+
+    /// <summary>The reference script has the full-sequence denoising loop, but neither KV-cache decoding nor the denoising caches.</summary>
+    const string NoTorchDecoding = "no KV-cache decoding in the script", NoTorchCache = "no denoising cache in the script";
+
+    /// <summary>Generated positions per semi-AR block of the cached denoising rows (Fast-dLLM's default).</summary>
+    const int DenoiseBlock = 32;
+
+    /// <summary>
+    /// T denoising steps generating L − 1 tokens on random weights: exact (no blocks, every pass over the whole sequence,
+    /// the paper's setting), or with a cache over semi-AR blocks of about <see cref="DenoiseBlock"/> positions (each
+    /// block's first pass runs the whole sequence, the others its window). Rated in generated tokens/s, like the AR row.
+    /// Random weights are never confident, so the --threshold speed-up is measured on trained models instead.
+    /// </summary>
+    static BenchCase Denoise(string name, IModelConfig config, int length, int steps, DenoisingCache cache)
+    {
+        int generated = length - 1;
+        int blocks = cache == DenoisingCache.None ? 1 : BlockCount(generated, steps);
+        int blockLength = (generated + blocks - 1) / blocks;
+        int perBlock = steps / blocks;
+        // Model FLOPs done: every block's first pass over L positions, the others over the window (from the position
+        // before the block to its end, or to the sequence's end with a prefix cache), all attending over L keys.
+        double window = cache == DenoisingCache.Dual ? blockLength + 1 : (generated + 1) / 2.0 + 1;
+        double positions = blocks * (length + (perBlock - 1) * window);
+        string mode = cache == DenoisingCache.None ? "" : $".{cache.ToString().ToLowerInvariant()}";
+        return new BenchCase($"denoise.{name}.L{length}.T{steps}{mode}", "denoise",
+            $"{Describe(config)} denoising, T = {steps}" + (cache == DenoisingCache.None ? "" : $", {cache.ToString().ToLowerInvariant()} cache, blocks of {blockLength}"),
+            $"B1 L{length} T{steps}")
+        {
+            Tokens = generated,
+            Flops = positions * ForwardFlopsPerToken(config, length),
+            Warmup = 0,
+            MinRuns = 1,
+            PlotX = length,
+            Series = $"T{steps}" + (cache == DenoisingCache.None ? "" : " " + cache.ToString().ToLowerInvariant()),
+            Prepare = d =>
+            {
+                var model = ModelFamily.Of(config).CreateRandom(config, d, 1);
                 var denoiser = new Denoiser(model, config.VocabSize - 1);
                 var problem = new DenoisingProblem(1, length);
                 problem.Tokens[0] = 0;
                 problem.Fixed[0] = 1;
-                var settings = new DenoiseSettings { Steps = steps, Seed = 3 };
-                denoiser.Run(problem, settings with { Steps = 1 });
+                var settings = new DenoiseSettings { Steps = steps, Seed = 3, Cache = cache, BlockLength = cache == DenoisingCache.None ? 0 : blockLength };
+                denoiser.Run(problem, settings with { Steps = blocks });
                 return new BenchRun(() => denoiser.Run(problem, settings), model);
             },
-            Torch = Spec("denoise", ("length", length), ("steps", steps), ("config", ConfigSpec(config)), ("warmup", 0), ("min_runs", 1)),
+            Torch = config is Gpt2Config g && cache == DenoisingCache.None
+                ? Spec("denoise", ("length", length), ("steps", steps), ("config", ConfigSpec(g)), ("warmup", 0), ("min_runs", 1)) : null,
+            NoTorch = cache != DenoisingCache.None ? NoTorchCache : config is Gpt2Config ? null : "the script's model is GPT-2",
         };
     }
+
+    /// <summary>The most semi-AR blocks, at most one per <see cref="DenoiseBlock"/> generated positions, that divide T and that equal blocks of whole positions make.</summary>
+    static int BlockCount(int generated, int steps)
+    {
+        for (int blocks = Math.Min(steps, (generated + DenoiseBlock - 1) / DenoiseBlock); blocks > 1; blocks--)
+        {
+            int blockLength = (generated + blocks - 1) / blocks;
+            if (steps % blocks == 0 && (generated + blockLength - 1) / blockLength == blocks) return blocks;
+        }
+        return 1;
+    }
+
+    /// <summary>Forward FLOPs per token of either family with bidirectional attention over <paramref name="length"/> positions.</summary>
+    static double ForwardFlopsPerToken(IModelConfig config, int length) => config switch
+    {
+        Gpt2Config g => Gpt2ForwardFlopsPerToken(g, length),
+        LlamaConfig l => 2.0 * (l.Layers * (2.0 * l.Channels * l.Channels + 2.0 * l.Channels * l.KvWidth + 3.0 * l.Channels * l.Hidden)
+            + (double)l.Channels * l.VocabSize) + 4.0 * l.Layers * length * (double)l.Channels,
+        _ => throw new ArgumentException(config.GetType().Name),
+    };
 
     /// <summary>T of the likelihood scorer in the paper's evaluation scripts (method §9), and diffu eval's default --batch.</summary>
     public const int ScoringSteps = 32, EvalRowsPerPass = 32;

@@ -101,7 +101,7 @@ public static class BenchRunner
                 ours.TryGetValue(c.Id, out var o) ? ToMeasured(c, o, ceilings) : null, errors.GetValueOrDefault(c.Id),
                 library.TryGetValue(c.Id, out var l) ? ToMeasured(c, l, ceilings) : null,
                 torch is not null && torch.Results.TryGetValue(c.Id, out var t) ? ToMeasured(c, t, ceilings) : null,
-                torch?.Errors.GetValueOrDefault(c.Id))).ToList();
+                torch?.Errors.GetValueOrDefault(c.Id) ?? (torch is not null ? c.NoTorch : null))).ToList();
             return new BenchReport(DateTimeOffset.Now, settings.Command, MachineDescription(), device.Description, ceilings,
                 openBlas?.Description ?? cuBlas?.Description, libraryAbsent, torch?.Version, torch?.DeviceName, torchError, rows);
         }

@@ -44,6 +44,16 @@ public sealed record EvalSettings
 
     /// <summary>The SFT sequence length of GSM8K (method §5: 256), capped by the model's positions.</summary>
     public int GsmCutoff { get; init; } = 256;
+
+    /// <summary>The fast denoising modes of the generation tasks (infilling, GSM8K, unconditional): a cache, parallel commits.</summary>
+    public DenoisingCache Cache { get; init; }
+    public float? Threshold { get; init; }
+
+    /// <summary>The denoising settings of a generation task, with the fast modes applied.</summary>
+    internal DenoiseSettings Denoise(int steps, DenoisingStrategy strategy, SamplingOptions sampling, ulong seed) => new()
+    {
+        Steps = steps, Strategy = strategy, Sampling = sampling, Seed = seed, Cache = Cache, Threshold = Threshold,
+    };
 }
 
 /// <summary>
@@ -255,10 +265,7 @@ public sealed class EvalRunner
             {
                 int rows = Math.Min(settings.Batch, samples - first);
                 var problem = DenoisingPrompts.Stack([.. Enumerable.Range(0, rows).Select(_ => DenoisingPrompts.Unconditional(m.StartToken, length, Positions))]);
-                var result = denoiser.Run(problem, new DenoiseSettings
-                {
-                    Steps = t, Strategy = DenoisingStrategy.Random, Sampling = UnconditionalSampling, Seed = settings.Seed + (ulong)first,
-                });
+                var result = denoiser.Run(problem, settings.Denoise(t, DenoisingStrategy.Random, UnconditionalSampling, settings.Seed + (ulong)first));
                 for (int r = 0; r < rows; r++) tokens.Add(result.Tokens.AsSpan(r * problem.Length + 1, problem.Length - 1).ToArray());
                 done += rows;
                 progress?.Invoke(done, total);
@@ -316,10 +323,7 @@ public sealed class EvalRunner
                     fixedRow[..job.Prefix.Length].Fill(1);
                     fixedRow[(job.Prefix.Length + job.Count)..].Fill(1);
                 }
-                var denoised = denoiser.Run(problem, new DenoiseSettings
-                {
-                    Steps = group.Key.Steps, Strategy = DenoisingStrategy.TopK, Sampling = sampling, Seed = settings.Seed,
-                });
+                var denoised = denoiser.Run(problem, settings.Denoise(group.Key.Steps, DenoisingStrategy.TopK, sampling, settings.Seed));
                 for (int r = 0; r < chunk.Length; r++)
                     result[chunk[r].Index] = denoised.Tokens.AsSpan(r * problem.Length + chunk[r].Prefix.Length, chunk[r].Count).ToArray();
                 done += chunk.Length;
@@ -344,6 +348,8 @@ public sealed class EvalRunner
     Dictionary<string, string> Settings(params (string Key, object Value)[] extra)
     {
         var all = new Dictionary<string, string> { ["scorer"] = settings.Scorer.ToString().ToLowerInvariant(), ["seed"] = Text(settings.Seed) };
+        if (settings.Cache != DenoisingCache.None) all["cache"] = settings.Cache.ToString().ToLowerInvariant();
+        if (settings.Threshold is float threshold) all["threshold"] = Text(threshold);
         foreach (var (key, value) in extra) all[key] = Text(value);
         return all;
     }

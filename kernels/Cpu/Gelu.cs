@@ -4,13 +4,16 @@ namespace DiffuSharp.Kernels.Cpu;
 
 /// <summary>
 /// GPT-2's tanh-approximated GELU. Since 0.5(1 + tanh(u)) = 1 / (1 + exp(−2u)), it is computed as
-/// x / (1 + exp(−2u)) with the vector exp, which needs no vector tanh and saturates correctly at both ends
-/// (exp overflowing to +∞ gives −0, the limit for large negative x).
+/// x / (1 + exp(−2u)) with the float32 vector exp (<see cref="FastExp"/>), which needs no vector tanh and saturates
+/// correctly at both ends (past exp's clamp the output is 0, the limit for large negative x).
 /// </summary>
 public static class Gelu
 {
     const float Sqrt2OverPi = 0.7978845608028654f;
     const float Cubic = 0.044715f;
+
+    /// <summary>Past this exponent (−2u), exp is clamped (<see cref="FastExp"/>) and x / (1 + exp) is taken as 0, its limit.</summary>
+    const float Saturated = 88f;
 
     /// <summary>output = 0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³))); output may alias x.</summary>
     public static unsafe void Forward(ReadOnlySpan<float> x, Span<float> output)
@@ -33,7 +36,8 @@ public static class Gelu
             {
                 var v = Vector512.Load(x + i);
                 var u = v * Vector512.FusedMultiplyAdd(v * v, Vector512.Create(-2f * Sqrt2OverPi * Cubic), Vector512.Create(-2f * Sqrt2OverPi));
-                Vector512.Store(v / (Vector512<float>.One + Vector512.Exp(u)), o + i);
+                Vector512.Store(Vector512.ConditionalSelect(Vector512.GreaterThan(u, Vector512.Create(Saturated)), Vector512<float>.Zero,
+                    v / (Vector512<float>.One + FastExp.Exp(u))), o + i);
             }
         }
         if (Vector256.IsHardwareAccelerated)
@@ -42,7 +46,8 @@ public static class Gelu
             {
                 var v = Vector256.Load(x + i);
                 var u = v * Vector256.FusedMultiplyAdd(v * v, Vector256.Create(-2f * Sqrt2OverPi * Cubic), Vector256.Create(-2f * Sqrt2OverPi));
-                Vector256.Store(v / (Vector256<float>.One + Vector256.Exp(u)), o + i);
+                Vector256.Store(Vector256.ConditionalSelect(Vector256.GreaterThan(u, Vector256.Create(Saturated)), Vector256<float>.Zero,
+                    v / (Vector256<float>.One + FastExp.Exp(u))), o + i);
             }
         }
         for (; i < end; i++)
@@ -80,7 +85,7 @@ public static class Gelu
                 var v = Vector512.Load(x + i);
                 var v2 = v * v;
                 var u = v * Vector512.FusedMultiplyAdd(v2, Vector512.Create(-2f * Sqrt2OverPi * Cubic), Vector512.Create(-2f * Sqrt2OverPi));
-                var sigma = one / (one + Vector512.Exp(u));
+                var sigma = one / (one + FastExp.Exp(u));
                 var slope = Vector512.FusedMultiplyAdd(v2, Vector512.Create(6f * Sqrt2OverPi * Cubic), Vector512.Create(2f * Sqrt2OverPi));
                 var derivative = Vector512.FusedMultiplyAdd(v * sigma * (one - sigma), slope, sigma);
                 Vector512.Store(Vector512.FusedMultiplyAdd(derivative, Vector512.Load(g + i), Vector512.Load(dx + i)), dx + i);
@@ -94,7 +99,7 @@ public static class Gelu
                 var v = Vector256.Load(x + i);
                 var v2 = v * v;
                 var u = v * Vector256.FusedMultiplyAdd(v2, Vector256.Create(-2f * Sqrt2OverPi * Cubic), Vector256.Create(-2f * Sqrt2OverPi));
-                var sigma = one / (one + Vector256.Exp(u));
+                var sigma = one / (one + FastExp.Exp(u));
                 var slope = Vector256.FusedMultiplyAdd(v2, Vector256.Create(6f * Sqrt2OverPi * Cubic), Vector256.Create(2f * Sqrt2OverPi));
                 var derivative = Vector256.FusedMultiplyAdd(v * sigma * (one - sigma), slope, sigma);
                 Vector256.Store(Vector256.FusedMultiplyAdd(derivative, Vector256.Load(g + i), Vector256.Load(dx + i)), dx + i);

@@ -13,8 +13,8 @@ namespace DiffuSharp.Kernels.Cpu;
 /// </para>
 /// <para>
 /// Products with few rows skip the packing: Forward with a handful of rows (decoding) is bound by reading w and
-/// streams its rows against broadcast x values; ForwardTransposed with fewer than DotRowsLimit rows takes 4 × 4
-/// blocks of dot products of x rows with w rows.
+/// streams its rows against broadcast x values; ForwardTransposed with one row streams eight rows of w at a time
+/// against it, and with fewer than DotRowsLimit rows takes 4 × 4 blocks of dot products of x rows with w rows.
 /// </para>
 /// </summary>
 public static class MatMul

@@ -23,7 +23,17 @@ public static class Residual
     {
         int i = start;
         if (Vector512.IsHardwareAccelerated)
+        {
+            for (; i <= end - 64; i += 64)
+            {
+                var s0 = Vector512.Load(a + i) + Vector512.Load(b + i);
+                var s1 = Vector512.Load(a + i + 16) + Vector512.Load(b + i + 16);
+                var s2 = Vector512.Load(a + i + 32) + Vector512.Load(b + i + 32);
+                var s3 = Vector512.Load(a + i + 48) + Vector512.Load(b + i + 48);
+                Vector512.Store(s0, o + i); Vector512.Store(s1, o + i + 16); Vector512.Store(s2, o + i + 32); Vector512.Store(s3, o + i + 48);
+            }
             for (; i <= end - 16; i += 16) Vector512.Store(Vector512.Load(a + i) + Vector512.Load(b + i), o + i);
+        }
         if (Vector256.IsHardwareAccelerated)
             for (; i <= end - 8; i += 8) Vector256.Store(Vector256.Load(a + i) + Vector256.Load(b + i), o + i);
         for (; i < end; i++) o[i] = a[i] + b[i];

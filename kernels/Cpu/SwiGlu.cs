@@ -4,10 +4,13 @@ namespace DiffuSharp.Kernels.Cpu;
 
 /// <summary>
 /// LLaMA's gated MLP activation, silu(gate) · up, with silu(g) = g / (1 + exp(−g)) from the float32 vector exp
-/// (<see cref="FastExp"/>): exp(−g) underflowing to 0 gives g, overflowing (clamped) gives a vanishing output, the limits at both ends.
+/// (<see cref="FastExp"/>): exp(−g) underflowing to 0 gives g, past its clamp gives 0, the limits at both ends.
 /// </summary>
 public static class SwiGlu
 {
+    /// <summary>Below −this, exp(−g) is clamped (<see cref="FastExp"/>) and silu(g) is taken as 0, its limit.</summary>
+    const float Saturated = 88f;
+
     /// <summary>output = silu(gate) · up elementwise; output may alias gate or up.</summary>
     public static unsafe void Forward(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> output)
     {
@@ -29,7 +32,8 @@ public static class SwiGlu
             for (; i <= end - 16; i += 16)
             {
                 var g = Vector512.Load(gate + i);
-                Vector512.Store(g * Vector512.Load(up + i) / (Vector512<float>.One + FastExp.Exp(-g)), o + i);
+                Vector512.Store(Vector512.ConditionalSelect(Vector512.LessThan(g, Vector512.Create(-Saturated)), Vector512<float>.Zero,
+                    g * Vector512.Load(up + i) / (Vector512<float>.One + FastExp.Exp(-g))), o + i);
             }
         }
         if (Vector256.IsHardwareAccelerated)
@@ -37,7 +41,8 @@ public static class SwiGlu
             for (; i <= end - 8; i += 8)
             {
                 var g = Vector256.Load(gate + i);
-                Vector256.Store(g * Vector256.Load(up + i) / (Vector256<float>.One + FastExp.Exp(-g)), o + i);
+                Vector256.Store(Vector256.ConditionalSelect(Vector256.LessThan(g, Vector256.Create(-Saturated)), Vector256<float>.Zero,
+                    g * Vector256.Load(up + i) / (Vector256<float>.One + FastExp.Exp(-g))), o + i);
             }
         }
         for (; i < end; i++)

@@ -29,8 +29,8 @@ static class BenchCommand
         var tokens = TypedOptions.OptionalInteger("--tokens", "rows of the layer-shape matmuls and row-wise kernels (default: cpu 1024, cuda 8192)", min: 1, max: BenchOptions.MaxSize);
         var trainBatch = TypedOptions.OptionalInteger("--train-batch", "training row: sequences per step (default: cpu 4, cuda 8)", min: 1, max: BenchOptions.MaxSize);
         var trainLength = TypedOptions.OptionalInteger("--train-length", "training row: tokens per sequence (default: cpu 256, cuda 1024)", min: 1, max: BenchOptions.MaxSize);
-        var denoiseLength = TypedOptions.OptionalInteger("--denoise-length", "denoising row: sequence length (default 1024)", min: 2, max: BenchOptions.MaxSize);
-        var denoiseSteps = TypedOptions.OptionalInteger("--denoise-steps", "denoising row: steps T (default 64)", min: 1, max: BenchOptions.MaxSize);
+        var denoiseLength = TypedOptions.OptionalInteger("--denoise-length", "denoising rows: sequence length L (default 512 on the CPU, 512, 1024 and 2048 on a GPU)", min: 2, max: BenchOptions.MaxSize);
+        var denoiseSteps = TypedOptions.OptionalInteger("--denoise-steps", "denoising rows: steps T (default 64 on the CPU, 64, 128 and 256 on a GPU)", min: 1, max: BenchOptions.MaxSize);
         var evalExamples = TypedOptions.OptionalInteger("--eval-examples", "scoring row: the first N HellaSwag examples, 128 rows each (default: cpu 4, cuda 64)", min: 1, max: BenchOptions.MaxSize);
         var evalBatch = TypedOptions.OptionalInteger("--eval-batch", $"scoring row: rows per forward pass at most, as diffu eval --batch (default {BenchPlan.EvalRowsPerPass})", min: 1, max: BenchOptions.MaxSize);
         var evalData = Cli.NonEmpty(new Option<string?>("--eval-data") { Description = "scoring row: folder of the evaluation sets (default: $DIFFU_EVAL_DATA, else ../shared/data/eval)" });

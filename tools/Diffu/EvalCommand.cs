@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using DiffuSharp.Diffusion;
 using DiffuSharp.Eval;
 using DiffuSharp.IO;
 using DiffuSharp.Models;
@@ -51,22 +52,33 @@ static class EvalCommand
         var judge = Cli.NonEmpty(new Option<string?>("--judge") { Description = "unconditional: the AR model folder that scores the samples' generative perplexity" });
         var length = TypedOptions.Integer("--length", "unconditional: tokens per sample", 128, min: 1, max: 1 << 20);
         var mask = TypedOptions.OptionalInteger("--mask-token", "[MASK] id (default: config.json's mask_token_id)", min: 0);
+        var cache = new Option<string>("--cache")
+        {
+            Description = "generation tasks (infilling, GSM8K, unconditional): keep the fixed context's keys and values after the first step (diffu generate --cache, one block): none (exact), prefix, dual",
+            DefaultValueFactory = _ => "none",
+        };
+        cache.AcceptOnlyFromAmong(GenerateCommand.Caches.Keys.ToArray());
+        var threshold = TypedOptions.OptionalFloat("--threshold", "generation tasks: parallel commits above this probability (diffu generate --threshold)",
+            min: 0, max: 1, minExclusive: true);
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
         var command = new Command("eval", "evaluate a model on the paper's benchmark tasks and generation quality")
         {
-            model, adapter, tasks, limit, steps, scorer, samples, batch, seed, output, overwrite, data, evalData, judge, length, mask, tokenizer, device, precision,
+            model, adapter, tasks, limit, steps, scorer, samples, batch, seed, output, overwrite, data, evalData, judge, length, mask, cache, threshold,
+            tokenizer, device, precision,
         };
         command.SetAction(parse => Run(new Request(parse.GetValue(model)!, parse.GetValue(adapter), parse.GetValue(tasks)!, parse.GetValue(limit), parse.GetValue(steps),
             parse.GetValue(scorer)!, parse.GetValue(samples), parse.GetValue(batch), parse.GetValue(seed), parse.GetValue(output), parse.GetValue(overwrite),
             parse.GetValue(data), parse.GetValue(evalData), parse.GetValue(judge), parse.GetValue(length), parse.GetValue(mask), parse.GetValue(tokenizer),
-            parse.GetValue(device), parse.GetValue(precision)), stdout, stderr));
+            parse.GetValue(device), parse.GetValue(precision), GenerateCommand.Caches[parse.GetValue(cache)!], parse.GetValue(threshold)),
+            stdout, stderr));
         return command;
     }
 
     sealed record Request(string Model, string? Adapter, string Tasks, int? Limit, string? Steps, string Scorer, int? Samples, int Batch, ulong Seed, string? Out,
-        bool Overwrite, string? Data, string? EvalData, string? Judge, int Length, int? MaskToken, string? Tokenizer, string? Device, string? Precision);
+        bool Overwrite, string? Data, string? EvalData, string? Judge, int Length, int? MaskToken, string? Tokenizer, string? Device, string? Precision,
+        DenoisingCache Cache, float? Threshold);
 
     /// <summary>A task with its examples read (so a bad file stops the command before any work) and how to run it.</summary>
     sealed record Planned(string Name, int Count, Func<EvalRunner, Action<int, int>, TaskResult> Run);
@@ -98,7 +110,7 @@ static class EvalCommand
         var settings = new EvalSettings
         {
             Scorer = kind, Steps = stepsList is [int t] ? t : 32, ElboSamples = request.Samples ?? 32, Batch = request.Batch, Seed = request.Seed,
-            MaxTokens = EvalSettings.TokensPerPass(network.Config, dev),
+            MaxTokens = EvalSettings.TokensPerPass(network.Config, dev), Cache = request.Cache, Threshold = request.Threshold,
         };
         var runner = new EvalRunner(evalModel, settings);
         using var judgeNetwork = unconditional ? ModelLoader.Load(request.Judge!, dev) : null;

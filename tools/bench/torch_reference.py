@@ -159,6 +159,22 @@ def rope(case, dev):
     return run
 
 
+def residual_add(case, dev):
+    a, b = rand(case["rows"], case["channels"], device=dev), rand(case["rows"], case["channels"], device=dev)
+    out = torch.empty_like(a)
+    return lambda: torch.add(a, b, out=out)
+
+
+def gelu(case, dev):
+    x = rand(case["rows"], case["channels"], device=dev)
+    return lambda: F.gelu(x, approximate="tanh")
+
+
+def swiglu(case, dev):
+    gate, up = rand(case["rows"], case["channels"], device=dev), rand(case["rows"], case["channels"], device=dev)
+    return lambda: F.silu(gate) * up
+
+
 def softmax(case, dev):
     x = rand(case["rows"], case["columns"], device=dev)
     return lambda: torch.softmax(x, -1)
@@ -320,6 +336,7 @@ def eval_scoring(case, dev):
 KINDS = {
     "matmul": matmul, "matmul_backward": matmul_backward, "attention": attention,
     "attention_backward": attention_backward, "layernorm": layernorm, "rmsnorm": rmsnorm, "rope": rope,
+    "residual_add": residual_add, "gelu": gelu, "swiglu": swiglu,
     "softmax": softmax, "cross_entropy": cross_entropy, "adamw": adamw, "sampling": sampling,
     "train_step": train_step, "denoise": denoise, "eval_scoring": eval_scoring,
 }
