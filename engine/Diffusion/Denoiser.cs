@@ -148,7 +148,6 @@ public sealed class Denoiser
             throw new DiffuException($"--steps {settings.Steps} must be a multiple of the number of blocks ({blocks.Count})");
         int stepsPerBlock = settings.Steps / blocks.Count;
 
-        var d = model.Device;
         var xt = (int[])problem.Tokens.Clone();
         var masked = new byte[b * n];
         for (int k = 0; k < b * n; k++)
