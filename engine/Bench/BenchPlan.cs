@@ -551,7 +551,7 @@ public static class BenchPlan
     static string Describe(IModelConfig c) => c switch
     {
         Gpt2Config g => Describe(g),
-        LlamaConfig l when l == Llama110M || l == Llama110M with { Positions = l.Positions } => "LLaMA 110M",
+        LlamaConfig l when l with { Positions = Llama110M.Positions } == Llama110M => "LLaMA 110M",
         LlamaConfig l when l == Llama260K => "LLaMA 260K",
         LlamaConfig l => $"LLaMA {l.Layers}L {l.Channels}C",
         _ => c.GetType().Name,
