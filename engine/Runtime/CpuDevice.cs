@@ -45,6 +45,9 @@ public sealed class CpuDevice : Device
     /// <summary>A BF16 or F16 tensor's raw 16-bit elements.</summary>
     public static Span<ushort> Bits16(Tensor t) => ((ushort[])((CpuStorage)t.Storage).Data).AsSpan((int)t.Offset, (int)t.Length);
 
+    /// <summary>A weight tensor (F32, BF16 or F16) as the CPU kernels read it.</summary>
+    static Cpu.WeightView W(Tensor t) => t.DType == DType.F32 ? F32(t) : new Cpu.WeightView(Bits16(t), FormatOf(t));
+
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<float> src) => src.CopyTo(F32(dst)[(int)offset..]);
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<int> src) => src.CopyTo(I32(dst)[(int)offset..]);
     protected override void UploadCore(Tensor dst, long offset, ReadOnlySpan<byte> src) => src.CopyTo(U8(dst)[(int)offset..]);
@@ -56,6 +59,10 @@ public sealed class CpuDevice : Device
     public override void Synchronize() { }
 
     protected override void FillCore(Tensor t, float value) => F32(t).Fill(value);
+
+    protected override void ClearCore(Tensor t) => Array.Clear(((CpuStorage)t.Storage).Data, (int)t.Offset, (int)t.Length);
+
+    protected override void WidenCore(Tensor source, Tensor destination) => Cpu.WeightWidening.Widen(W(source), F32(destination));
 
     protected override void UniformCore(Tensor t, ulong seed, ulong stream)
     {
@@ -72,16 +79,16 @@ public sealed class CpuDevice : Device
     }
 
     protected override void EmbeddingCore(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset) =>
-        Cpu.Embedding.Forward(I32(ids), F32(wte), wpe is null ? default : F32(wpe), F32(output), ids.Shape[0], ids.Shape[1], wte.Columns, positionOffset);
+        Cpu.Embedding.Forward(I32(ids), W(wte), wpe is null ? default : W(wpe), F32(output), ids.Shape[0], ids.Shape[1], wte.Columns, positionOffset);
 
     protected override void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps) =>
         Cpu.LayerNorm.Forward(F32(x), F32(weight), F32(bias), F32(output), F32(mean), F32(rstd), (int)x.Rows, x.Columns, eps);
 
     protected override void MatMulCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n) =>
-        Cpu.MatMul.Forward(F32(x), F32(w), bias is null ? default : F32(bias), F32(output), m, k, n);
+        Cpu.MatMul.Forward(F32(x), W(w), bias is null ? default : F32(bias), F32(output), m, k, n);
 
     protected override void MatMulTransposedCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n) =>
-        Cpu.MatMul.ForwardTransposed(F32(x), F32(w), bias is null ? default : F32(bias), F32(output), m, k, n);
+        Cpu.MatMul.ForwardTransposed(F32(x), W(w), bias is null ? default : F32(bias), F32(output), m, k, n);
 
     protected override void GeluCore(Tensor x, Tensor output) => Cpu.Gelu.Forward(F32(x), F32(output));
 
@@ -103,10 +110,10 @@ public sealed class CpuDevice : Device
             dBias is null ? default : F32(dBias), rows, columns);
 
     protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
-        Cpu.MatMul.Backward(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? default : F32(dW), dBias is null ? default : F32(dBias), m, k, n);
+        Cpu.MatMul.Backward(F32(dOutput), F32(x), W(w), F32(dX), dW is null ? default : F32(dW), dBias is null ? default : F32(dBias), m, k, n);
 
     protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
-        Cpu.MatMul.BackwardTransposed(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? default : F32(dW), dBias is null ? default : F32(dBias), m, k, n);
+        Cpu.MatMul.BackwardTransposed(F32(dOutput), F32(x), W(w), F32(dX), dW is null ? default : F32(dW), dBias is null ? default : F32(dBias), m, k, n);
 
     protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => Cpu.Gelu.Backward(F32(x), F32(dOutput), F32(dX));
 

@@ -47,7 +47,7 @@ public abstract class Device : IDisposable
     public Tensor Zeros(DType dtype, params int[] shape)
     {
         var t = Allocate(dtype, shape);
-        Fill(t, 0f);
+        ClearCore(t);
         return t;
     }
 
@@ -113,6 +113,49 @@ public abstract class Device : IDisposable
 
     // ---- ops -------------------------------------------------------------------------------------
 
+    /// <summary>
+    /// destination (F32) = source widened to float32, exactly: a BF16 or F16 tensor's values (or an F32 tensor's, copied).
+    /// </summary>
+    public void Widen(Tensor source, Tensor destination)
+    {
+        RequireWeight(source);
+        RequireF32(destination);
+        SameLength(source, destination);
+        WidenCore(source, destination);
+    }
+
+    /// <summary>
+    /// A float32 view of a vector parameter (a norm's weight, a bias) for the ops whose kernels read float32 vectors: the
+    /// tensor itself when it is F32, else a pooled widened copy that disposing the scope returns. Vectors are C elements
+    /// against the B·T·C the op reads, so widening them costs nothing measurable, and the kernels stay one copy each.
+    /// </summary>
+    protected FloatScope Float32(Tensor vector)
+    {
+        if (vector.DType == DType.F32) return new FloatScope(vector, owned: false);
+        var wide = Allocate(DType.F32, vector.Shape);
+        WidenCore(vector, wide);
+        return new FloatScope(wide, owned: true);
+    }
+
+    /// <summary>A tensor that is float32 for the length of a using block (<see cref="Float32"/>).</summary>
+    protected readonly struct FloatScope(Tensor tensor, bool owned) : IDisposable
+    {
+        public Tensor Tensor { get; } = tensor;
+        public void Dispose()
+        {
+            if (owned) Tensor.Dispose();
+        }
+    }
+
+    /// <summary>How a weight tensor's elements are stored, for the kernels.</summary>
+    protected static WeightFormat FormatOf(Tensor weight) => weight.DType switch
+    {
+        DType.BF16 => WeightFormat.BF16,
+        DType.F16 => WeightFormat.F16,
+        DType.F32 => WeightFormat.F32,
+        _ => throw new ArgumentException($"{weight} is not a weight type (F32, BF16 or F16)"),
+    };
+
     /// <summary>Sets every element of an F32 tensor to <paramref name="value"/>.</summary>
     public void Fill(Tensor t, float value) { Require(t, DType.F32, nameof(t)); FillCore(t, value); }
 
@@ -145,14 +188,15 @@ public abstract class Device : IDisposable
     public void Embedding(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset)
     {
         Require(ids, DType.I32, nameof(ids));
-        RequireF32(wte, output);
+        RequireWeight(wte);
+        RequireF32(output);
         if (ids.Rank != 2) throw new ArgumentException($"ids must be [B, T], got {ids.ShapeText}");
         int c = wte.Columns;
         if (output.Length != ids.Length * c || wpe is not null && wpe.Columns != c)
             throw new ArgumentException($"embedding shapes disagree: ids {ids.ShapeText}, wte {wte.ShapeText}, wpe {wpe?.ShapeText}, out {output.ShapeText}");
         if (wpe is not null)
         {
-            RequireF32(wpe);
+            RequireWeight(wpe);
             if (positionOffset < 0 || positionOffset + ids.Shape[1] > wpe.Shape[0])
                 throw new ArgumentException($"positions {positionOffset}..{positionOffset + ids.Shape[1] - 1} exceed the {wpe.Shape[0]} position embeddings");
         }
@@ -165,31 +209,39 @@ public abstract class Device : IDisposable
     /// </summary>
     public void LayerNorm(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps)
     {
-        RequireF32(x, weight, bias, output, mean, rstd);
+        RequireF32(x, output, mean, rstd);
+        RequireWeight(weight);
+        RequireWeight(bias);
         int c = x.Columns;
         if (weight.Length != c || bias.Length != c || output.Length != x.Length || mean.Length != x.Rows || rstd.Length != x.Rows)
             throw new ArgumentException($"layernorm shapes disagree: x {x.ShapeText}, w {weight.ShapeText}, b {bias.ShapeText}, out {output.ShapeText}, mean {mean.ShapeText}, rstd {rstd.ShapeText}");
-        LayerNormCore(x, weight, bias, output, mean, rstd, eps);
+        using var w = Float32(weight);
+        using var b = Float32(bias);
+        LayerNormCore(x, w.Tensor, b.Tensor, output, mean, rstd, eps);
     }
 
     /// <summary>output[M, N] = x[M, K] · w[K, N] (+ bias[N]): GPT-2's Conv1D layout.</summary>
     public void MatMul(Tensor x, Tensor w, Tensor? bias, Tensor output)
     {
-        RequireF32(x, w, output);
+        RequireF32(x, output);
+        RequireWeight(w);
         if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
         int k = w.Shape[0], n = w.Shape[1];
         CheckMatMul(x, k, n, bias, output, w);
-        MatMulCore(x, w, bias, output, (int)(x.Length / k), k, n);
+        using var b = bias is null ? default : Float32(bias);
+        MatMulCore(x, w, b.Tensor, output, (int)(x.Length / k), k, n);
     }
 
     /// <summary>output[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N]): nn.Linear layout and GPT-2's tied head.</summary>
     public void MatMulTransposed(Tensor x, Tensor w, Tensor? bias, Tensor output)
     {
-        RequireF32(x, w, output);
+        RequireF32(x, output);
+        RequireWeight(w);
         if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
         int n = w.Shape[0], k = w.Shape[1];
         CheckMatMul(x, k, n, bias, output, w);
-        MatMulTransposedCore(x, w, bias, output, (int)(x.Length / k), k, n);
+        using var b = bias is null ? default : Float32(bias);
+        MatMulTransposedCore(x, w, b.Tensor, output, (int)(x.Length / k), k, n);
     }
 
     /// <summary>GPT-2's tanh GELU, elementwise.</summary>
@@ -260,13 +312,15 @@ public abstract class Device : IDisposable
     public void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dX, Tensor? dWeight, Tensor? dBias)
     {
         if ((dWeight is null) != (dBias is null)) throw new ArgumentException("layernorm backward takes both dWeight and dBias, or neither");
-        RequireF32(dOutput, x, weight, mean, rstd, dX);
+        RequireF32(dOutput, x, mean, rstd, dX);
+        RequireWeight(weight);
         if (dWeight is not null) RequireF32(dWeight, dBias!);
         int c = x.Columns;
         if (dOutput.Length != x.Length || dX.Length != x.Length || weight.Length != c || dWeight is not null && (dWeight.Length != c || dBias!.Length != c)
             || mean.Length != x.Rows || rstd.Length != x.Rows)
             throw new ArgumentException($"layernorm backward shapes disagree: x {x.ShapeText}, dOut {dOutput.ShapeText}, dX {dX.ShapeText}, w {weight.ShapeText}");
-        LayerNormBackwardCore(dOutput, x, weight, mean, rstd, dX, dWeight, dBias, (int)x.Rows, c);
+        using var w = Float32(weight);
+        LayerNormBackwardCore(dOutput, x, w.Tensor, mean, rstd, dX, dWeight, dBias, (int)x.Rows, c);
     }
 
     /// <summary>
@@ -275,8 +329,10 @@ public abstract class Device : IDisposable
     /// </summary>
     public void MatMulBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias)
     {
-        RequireF32(dOutput, x, w, dX);
+        RequireF32(dOutput, x, dX);
+        RequireWeight(w);
         if (dW is not null) RequireF32(dW);
+        if (dBias is not null) RequireF32(dBias);
         if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
         int k = w.Shape[0], n = w.Shape[1];
         CheckMatMulBackward(dOutput, x, w, dX, dW, dBias, k, n);
@@ -289,8 +345,10 @@ public abstract class Device : IDisposable
     /// </summary>
     public void MatMulTransposedBackward(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias)
     {
-        RequireF32(dOutput, x, w, dX);
+        RequireF32(dOutput, x, dX);
+        RequireWeight(w);
         if (dW is not null) RequireF32(dW);
+        if (dBias is not null) RequireF32(dBias);
         if (w.Rank != 2) throw new ArgumentException($"weight must be 2-D, got {w.ShapeText}");
         int n = w.Shape[0], k = w.Shape[1];
         CheckMatMulBackward(dOutput, x, w, dX, dW, dBias, k, n);
@@ -393,20 +451,24 @@ public abstract class Device : IDisposable
     /// <summary>RMSNorm over the last dimension in float32 statistics: output = x · rstd · weight, rstd = 1/sqrt(mean(x²) + eps) kept per row.</summary>
     public void RmsNorm(Tensor x, Tensor weight, Tensor output, Tensor rstd, float eps)
     {
-        RequireF32(x, weight, output, rstd);
+        RequireF32(x, output, rstd);
+        RequireWeight(weight);
         if (weight.Length != x.Columns || output.Length != x.Length || rstd.Length != x.Rows)
             throw new ArgumentException($"rmsnorm shapes disagree: x {x.ShapeText}, w {weight.ShapeText}, out {output.ShapeText}, rstd {rstd.ShapeText}");
-        RmsNormCore(x, weight, output, rstd, (int)x.Rows, x.Columns, eps);
+        using var w = Float32(weight);
+        RmsNormCore(x, w.Tensor, output, rstd, (int)x.Rows, x.Columns, eps);
     }
 
     /// <summary>Backward of <see cref="RmsNorm"/> from the saved rstd: dX, dWeight += ; a null dWeight (a frozen norm) computes dX only.</summary>
     public void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dX, Tensor? dWeight)
     {
-        RequireF32(dOutput, x, weight, rstd, dX);
+        RequireF32(dOutput, x, rstd, dX);
+        RequireWeight(weight);
         if (dWeight is not null) RequireF32(dWeight);
         if (dOutput.Length != x.Length || dX.Length != x.Length || weight.Length != x.Columns || dWeight is not null && dWeight.Length != x.Columns || rstd.Length != x.Rows)
             throw new ArgumentException($"rmsnorm backward shapes disagree: x {x.ShapeText}, dOut {dOutput.ShapeText}, dX {dX.ShapeText}, w {weight.ShapeText}");
-        RmsNormBackwardCore(dOutput, x, weight, rstd, dX, dWeight, (int)x.Rows, x.Columns);
+        using var w = Float32(weight);
+        RmsNormBackwardCore(dOutput, x, w.Tensor, rstd, dX, dWeight, (int)x.Rows, x.Columns);
     }
 
     /// <summary>
@@ -460,6 +522,12 @@ public abstract class Device : IDisposable
     protected abstract void ScaleCore(Tensor t, float factor);
 
     protected abstract void FillCore(Tensor t, float value);
+
+    /// <summary>Sets every element of a tensor of any dtype to zero bits.</summary>
+    protected abstract void ClearCore(Tensor t);
+
+    /// <summary>destination (F32) = source (F32, BF16 or F16) widened; the lengths are checked.</summary>
+    protected abstract void WidenCore(Tensor source, Tensor destination);
     protected abstract void UniformCore(Tensor t, ulong seed, ulong stream);
     protected abstract void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns);
     protected abstract void EmbeddingCore(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset);
@@ -489,6 +557,13 @@ public abstract class Device : IDisposable
             if (t.DType != DType.F32) throw new ArgumentException($"expected an F32 tensor, got {t}");
             if (t.Device != this) throw new ArgumentException($"tensor {t} belongs to another device than {Name}");
         }
+    }
+
+    /// <summary>A weight may be stored as F32, BF16 or F16 (<see cref="DType"/>); ops that read one compute in float32.</summary>
+    void RequireWeight(Tensor t)
+    {
+        if (t.DType is not (DType.F32 or DType.BF16 or DType.F16)) throw new ArgumentException($"expected an F32, BF16 or F16 weight, got {t}");
+        if (t.Device != this) throw new ArgumentException($"tensor {t} belongs to another device than {Name}");
     }
 
     static void SameLength(Tensor a, Tensor b)
@@ -560,8 +635,8 @@ public abstract class Device : IDisposable
         long m = x.Length / k;
         if (output.Length != m * n)
             throw new ArgumentException($"matmul: output {output.ShapeText} is not [{m}, {n}]");
-        if (bias is not null && (bias.DType != DType.F32 || bias.Length != n))
-            throw new ArgumentException($"matmul: bias {bias} is not F32 [{n}]");
+        if (bias is not null && (bias.DType is not (DType.F32 or DType.BF16 or DType.F16) || bias.Length != n))
+            throw new ArgumentException($"matmul: bias {bias} is not a float vector [{n}]");
     }
 
     public virtual void Dispose()

@@ -261,22 +261,57 @@ public sealed class IlgpuDevice : Device
 
     protected override void FillCore(Tensor t, float value) => kernels.Fill(F32(t), value);
 
+    protected override void ClearCore(Tensor t)
+    {
+        switch (t.DType)
+        {
+            case DType.F32: F32(t).MemSetToZero(); break;
+            case DType.I32: I32(t).MemSetToZero(); break;
+            case DType.U8: U8(t).MemSetToZero(); break;
+            default: Bits16(t).MemSetToZero(); break;
+        }
+    }
+
+    protected override void WidenCore(Tensor source, Tensor destination)
+    {
+        if (source.DType == DType.F32) F32(source).CopyTo(F32(destination));
+        else kernels.Widen(Bits16(source), FormatOf(source), F32(destination));
+    }
+
+    /// <summary>
+    /// A 16-bit weight widened into a pooled float32 copy for the matmul kernels, which read float32; the copy returns to
+    /// the pool when the scope ends (later work on the same stream is ordered after the kernels that read it). The weights
+    /// stay 16-bit in device memory; only one matrix at a time is held wide.
+    /// </summary>
+    FloatScope WideWeight(Tensor w) => Float32(w);
+
     protected override void UniformCore(Tensor t, ulong seed, ulong stream) => kernels.Uniform(F32(t), seed, stream);
 
     protected override void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns) =>
         kernels.CopyRows(F32(src).SubView(srcOffset), srcStride, F32(dst).SubView(dstOffset), dstStride, rows, columns);
 
-    protected override void EmbeddingCore(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset) =>
-        kernels.Embedding(I32(ids), F32(wte), wpe is null ? null : F32(wpe), F32(output), ids.Shape[1], wte.Columns, positionOffset);
+    protected override void EmbeddingCore(Tensor ids, Tensor wte, Tensor? wpe, Tensor output, int positionOffset)
+    {
+        using var positions = wpe is null ? default : Float32(wpe);
+        ArrayView<float>? wpeView = wpe is null ? null : F32(positions.Tensor);
+        if (wte.DType == DType.F32) kernels.Embedding(I32(ids), F32(wte), wpeView, F32(output), ids.Shape[1], wte.Columns, positionOffset);
+        else kernels.Embedding16(I32(ids), Bits16(wte), FormatOf(wte), wpeView, F32(output), ids.Shape[1], wte.Columns, positionOffset);
+    }
 
     protected override void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps) =>
         kernels.LayerNorm(F32(x), F32(weight), F32(bias), F32(output), F32(mean), F32(rstd), (int)x.Rows, x.Columns, eps);
 
-    protected override void MatMulCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n) =>
-        kernels.MatMul(F32(x), F32(w), bias is null ? null : F32(bias), F32(output), m, k, n, MatMulPrecision);
+    protected override void MatMulCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n)
+    {
+        using var wide = WideWeight(w);
+        kernels.MatMul(F32(x), F32(wide.Tensor), bias is null ? null : F32(bias), F32(output), m, k, n, MatMulPrecision);
+    }
 
-    protected override void MatMulTransposedCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n) =>
-        kernels.MatMulTransposed(F32(x), F32(w), bias is null ? null : F32(bias), F32(output), m, k, n, MatMulPrecision);
+    protected override void MatMulTransposedCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n)
+    {
+        using var wide = WideWeight(w);
+        kernels.MatMulTransposed(F32(x), F32(wide.Tensor), bias is null ? null : F32(bias), F32(output), m, k, n, MatMulPrecision);
+    }
 
     protected override void GeluCore(Tensor x, Tensor output) => kernels.Gelu(F32(x), F32(output));
 
@@ -312,11 +347,17 @@ public sealed class IlgpuDevice : Device
         kernels.LayerNormBackward(F32(dOutput), F32(x), F32(weight), F32(mean), F32(rstd), F32(dX), dWeight is null ? null : F32(dWeight),
             dBias is null ? null : F32(dBias), rows, columns);
 
-    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
-        kernels.MatMulBackward(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
+    protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n)
+    {
+        using var wide = WideWeight(w);
+        kernels.MatMulBackward(F32(dOutput), F32(x), F32(wide.Tensor), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
+    }
 
-    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n) =>
-        kernels.MatMulTransposedBackward(F32(dOutput), F32(x), F32(w), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
+    protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n)
+    {
+        using var wide = WideWeight(w);
+        kernels.MatMulTransposedBackward(F32(dOutput), F32(x), F32(wide.Tensor), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
+    }
 
     protected override void GeluBackwardCore(Tensor x, Tensor dOutput, Tensor dX) => kernels.GeluBackward(F32(x), F32(dOutput), F32(dX));
 

@@ -7,7 +7,7 @@ public static class Embedding
     /// output[b, t, :] = wte[ids[b, t], :] + wpe[positionOffset + t, :]; an empty wpe means token rows alone
     /// (LLaMA). ids are checked against the table first.
     /// </summary>
-    public static unsafe void Forward(ReadOnlySpan<int> ids, ReadOnlySpan<float> wte, ReadOnlySpan<float> wpe, Span<float> output,
+    public static unsafe void Forward(ReadOnlySpan<int> ids, WeightView wte, WeightView wpe, Span<float> output,
         int batch, int length, int channels, int positionOffset)
     {
         Guard.Positive(channels, nameof(channels));
@@ -26,20 +26,41 @@ public static class Embedding
         }
 
         fixed (int* pid = ids)
-        fixed (float* pte = wte, ppe = wpe, po = output)
+        fixed (byte* pte = wte.Bytes, ppe = wpe.Bytes)
+        fixed (float* po = output)
         {
             int* xid = pid;
-            float* xte = pte, xpe = ppe, xo = po;
+            byte* xte = pte, xpe = ppe;
+            float* xo = po;
+            var teFormat = wte.Format;
+            var peFormat = wpe.Format;
+            int teSize = teFormat == WeightFormat.F32 ? 4 : 2, peSize = peFormat == WeightFormat.F32 ? 4 : 2;
             Work.For(rows, Math.Max(1, (1 << 14) / channels), (start, end) =>
             {
+                // 16-bit rows are widened into the output (and a position row beside it) before the add.
+                float[]? row = positions && peFormat != WeightFormat.F32 ? new float[channels] : null;
                 for (int r = start; r < end; r++)
                 {
                     int t = r % length;
-                    if (positions)
-                        Residual.AddRange(xte + (long)xid[r] * channels, xpe + (long)(positionOffset + t) * channels,
-                            xo + (long)r * channels, 0, channels);
+                    float* o = xo + (long)r * channels;
+                    byte* te = xte + (long)xid[r] * channels * teSize;
+                    byte* pe = xpe + (long)(positionOffset + t) * channels * peSize;
+                    if (positions && teFormat == WeightFormat.F32 && peFormat == WeightFormat.F32)
+                    {
+                        Residual.AddRange((float*)te, (float*)pe, o, 0, channels);
+                        continue;
+                    }
+                    WeightWidening.Widen(te, teFormat, o, channels);
+                    if (!positions) continue;
+                    if (row is null) Residual.AddRange(o, (float*)pe, o, 0, channels);
                     else
-                        new ReadOnlySpan<float>(xte + (long)xid[r] * channels, channels).CopyTo(new Span<float>(xo + (long)r * channels, channels));
+                    {
+                        fixed (float* pr = row)
+                        {
+                            WeightWidening.Widen(pe, peFormat, pr, channels);
+                            Residual.AddRange(o, pr, o, 0, channels);
+                        }
+                    }
                 }
             });
         }

@@ -6,14 +6,22 @@ using System.Runtime.Intrinsics.X86;
 namespace DiffuSharp.Kernels.Cpu;
 
 /// <summary>
-/// One operand of a product, M × K on the left or K × N on the right: stored row-major with rows ld floats
-/// apart, or (Transposed) as the transpose of such a matrix, element (r, c) at Data[c · ld + r].
+/// One operand of a product, M × K on the left or K × N on the right: stored row-major with rows ld elements
+/// apart, or (Transposed) as the transpose of such a matrix, element (r, c) at c · ld + r. The right operand (a weight)
+/// may be stored in 16 bits (<see cref="Format"/>); packing widens it, so the micro-kernel always multiplies float32.
 /// </summary>
-readonly unsafe struct Operand(float* data, int ld, bool transposed)
+readonly unsafe struct Operand(void* data, int ld, bool transposed, WeightFormat format = WeightFormat.F32)
 {
-    public readonly float* Data = data;
+    public readonly void* Raw = data;
     public readonly int Ld = ld;
     public readonly bool Transposed = transposed;
+    public readonly WeightFormat Format = format;
+
+    /// <summary>The elements as float32 (a float32 operand only).</summary>
+    public float* Data => (float*)Raw;
+
+    /// <summary>The address of element index (counted in elements of the operand's format).</summary>
+    public byte* At(long index) => (byte*)Raw + index * (Format == WeightFormat.F32 ? 4 : 2);
 }
 
 /// <summary>
@@ -250,14 +258,23 @@ static unsafe class Gemm
         /// <summary>Packs the next count pieces (fewer when the share runs out).</summary>
         public void Pack(int count)
         {
+            float* block = stackalloc float[256];
             for (int end = (int)Math.Min(Pieces, (long)next + count); next < end; next++)
             {
                 if (b.Transposed)
                 {
                     var (panel, half, p0) = Piece(next);
                     int col = panel * NR + half * 16;
-                    Transpose16(b.Data + (long)(jc + col) * b.Ld + pc + p0, b.Ld, Math.Clamp(nc - col, 0, 16), Math.Min(16, kc - p0),
-                        dst + (long)panel * NR * kc + (long)p0 * NR + half * 16, NR);
+                    int lines = Math.Clamp(nc - col, 0, 16), len = Math.Min(16, kc - p0);
+                    long start = (long)(jc + col) * b.Ld + pc + p0;
+                    float* target = dst + (long)panel * NR * kc + (long)p0 * NR + half * 16;
+                    if (b.Format == WeightFormat.F32) Transpose16(b.Data + start, b.Ld, lines, len, target, NR);
+                    else
+                    {
+                        // A 16-bit block is widened line by line into a 16 × 16 float block first, then transposed as float32.
+                        for (int r = 0; r < lines; r++) WeightWidening.Widen(b.At(start + (long)r * b.Ld), b.Format, block + r * 16, len);
+                        Transpose16(block, 16, lines, len, target, NR);
+                    }
                 }
                 else CopyRow(next);
             }
@@ -268,9 +285,21 @@ static unsafe class Gemm
         /// <summary>Row p of the block (nc floats) dealt out to the panels.</summary>
         readonly void CopyRow(int p)
         {
-            float* src = b.Data + (long)(pc + p) * b.Ld + jc;
             float* d = dst + (long)p * NR;
             long panelSize = (long)kc * NR;
+            if (b.Format != WeightFormat.F32)
+            {
+                byte* row = b.At((long)(pc + p) * b.Ld + jc);
+                int size = 2;
+                for (int col = 0; col < nc; col += NR, d += panelSize)
+                {
+                    int width = Math.Min(NR, nc - col);
+                    WeightWidening.Widen(row + (long)col * size, b.Format, d, width);
+                    if (width < NR) new Span<float>(d + width, NR - width).Clear();
+                }
+                return;
+            }
+            float* src = b.Data + (long)(pc + p) * b.Ld + jc;
             int j = 0;
             for (; j + NR <= nc; j += NR, d += panelSize)
             {

@@ -54,6 +54,38 @@ static class ElementwiseKernels
     }
 
     /// <summary>
+    /// A BF16 (half = 0) or F16 (half = 1) element as float32, exactly: BF16 is a float32's upper half; an F16's exponent
+    /// and mantissa shifted into float32 position and scaled by 2^112 give normal and subnormal halves alike, and an
+    /// all-ones exponent (infinity, NaN) maps to float32's.
+    /// </summary>
+    internal static float Widen16(ushort bits, int half)
+    {
+        if (half == 0) return Interop.IntAsFloat((uint)bits << 16);
+        uint em = (uint)(bits & 0x7FFF) << 13;
+        uint magnitude = em >= 0x0F800000u ? em | 0x7F800000u : Interop.FloatAsInt(Interop.IntAsFloat(em) * 5.192296858534828e33f);
+        return Interop.IntAsFloat(magnitude | ((uint)(bits & 0x8000) << 16));
+    }
+
+    internal static void Widen(ArrayView<ushort> bits, ArrayView<float> output, int half)
+    {
+        for (long i = FirstIndex; i < output.Length; i += GridStride) output[i] = Widen16(bits[i], half);
+    }
+
+    /// <summary><see cref="Embedding"/> with a 16-bit token table (positions, when used, already float32).</summary>
+    internal static void Embedding16(ArrayView<int> ids, ArrayView<ushort> wte, int half, ArrayView<float> wpe, ArrayView<float> output,
+        int length, int channels, int positionOffset, int usePositions)
+    {
+        for (long i = FirstIndex; i < output.Length; i += GridStride)
+        {
+            long token = i / channels;
+            long c = i - token * channels;
+            float value = Widen16(wte[(long)ids[token] * channels + c], half);
+            if (usePositions != 0) value += wpe[(positionOffset + token % length) * channels + c];
+            output[i] = value;
+        }
+    }
+
+    /// <summary>
     /// GELU as x * sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3), which equals 0.5 x (1 + tanh u)
     /// exactly. PTX's tanh.approx.f32 has a relative error near 2^-11, too coarse for the 1e-5 budget;
     /// exp stays accurate through ex2.

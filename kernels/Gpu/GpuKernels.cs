@@ -65,6 +65,8 @@ public sealed class GpuKernels : IDisposable
     Action<KernelConfig, ArrayView<float>, ulong, ulong>? uniform;
     Action<KernelConfig, ArrayView<float>, int, ArrayView<float>, int, int, int>? copyRows;
     Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? embedding;
+    Action<KernelConfig, ArrayView<int>, ArrayView<ushort>, int, ArrayView<float>, ArrayView<float>, int, int, int, int>? embedding16;
+    Action<KernelConfig, ArrayView<ushort>, ArrayView<float>, int>? widen;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>>? gelu;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>>? add;
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>? layerNorm;
@@ -157,6 +159,24 @@ public sealed class GpuKernels : IDisposable
         int length, int channels, int positionOffset) =>
         (embedding ??= accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(ElementwiseKernels.Embedding))(
             Flat(output.Length), ids, wte, wpe ?? noFloats.View, output, length, channels, positionOffset, wpe is null ? 0 : 1);
+
+    /// <summary>output = bits widened from BF16 or F16 to float32.</summary>
+    public void Widen(ArrayView<ushort> bits, WeightFormat format, ArrayView<float> output) =>
+        (widen ??= accelerator.LoadStreamKernel<ArrayView<ushort>, ArrayView<float>, int>(ElementwiseKernels.Widen))(
+            Flat(output.Length), bits, output, Half(format));
+
+    /// <summary><see cref="Embedding"/> with a BF16 or F16 token table.</summary>
+    public void Embedding16(ArrayView<int> ids, ArrayView<ushort> wte, WeightFormat format, ArrayView<float>? wpe, ArrayView<float> output,
+        int length, int channels, int positionOffset) =>
+        (embedding16 ??= accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<ushort>, int, ArrayView<float>, ArrayView<float>, int, int, int, int>(ElementwiseKernels.Embedding16))(
+            Flat(output.Length), ids, wte, Half(format), wpe ?? noFloats.View, output, length, channels, positionOffset, wpe is null ? 0 : 1);
+
+    static int Half(WeightFormat format) => format switch
+    {
+        WeightFormat.BF16 => 0,
+        WeightFormat.F16 => 1,
+        _ => throw new ArgumentException($"{format} is not a 16-bit format"),
+    };
 
     public void Gelu(ArrayView<float> x, ArrayView<float> output) =>
         (gelu ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>>(ElementwiseKernels.Gelu))(Flat(x.Length), x, output);
