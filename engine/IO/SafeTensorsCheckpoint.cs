@@ -73,6 +73,12 @@ public sealed class SafeTensorsCheckpoint : IDisposable
 
     public void ReadFloat32(string name, Span<float> destination) => Owner(name).ReadFloat32(name, destination);
 
+    /// <summary>A range of a float tensor as float32 (<see cref="SafeTensorsFile.ReadFloat32(string, long, Span{float})"/>).</summary>
+    public void ReadFloat32(string name, long start, Span<float> destination) => Owner(name).ReadFloat32(name, start, destination);
+
+    /// <summary>A range of a BF16 or F16 tensor as raw bits (<see cref="SafeTensorsFile.ReadBits16"/>).</summary>
+    public void ReadBits16(string name, long start, Span<ushort> destination) => Owner(name).ReadBits16(name, start, destination);
+
     public void Dispose()
     {
         foreach (var f in files) f.Dispose();

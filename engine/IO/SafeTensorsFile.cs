@@ -20,6 +20,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     readonly MemoryMappedFile map;
     readonly MemoryMappedViewAccessor view;
     readonly byte* data;
+    readonly long dataStart;
+    Microsoft.Win32.SafeHandles.SafeFileHandle? handle;
     bool disposed;
 
     SafeTensorsFile(string path, List<SafeTensorsInfo> tensors, Dictionary<string, string> metadata,
@@ -35,6 +37,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         byte* basePtr = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
         data = basePtr + view.PointerOffset + dataStart;
+        this.dataStart = dataStart;
     }
 
     public string FilePath { get; }
@@ -105,6 +108,47 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     /// <summary>A float tensor converted to float32 into <paramref name="destination"/>, which must hold exactly its elements.</summary>
     public void ReadFloat32(string name, Span<float> destination) => ReadFloat32(Info(name), destination);
 
+    /// <summary>
+    /// Elements [start, start + destination.Length) of a BF16 or F16 tensor as their raw bits, read with positioned reads
+    /// rather than through the mapping: a large model loaded piece by piece then leaves its file in the page cache only,
+    /// not in this process's resident memory beside the copy it loads into.
+    /// </summary>
+    public void ReadBits16(string name, long start, Span<ushort> destination)
+    {
+        var info = Info(name);
+        if (info.DType is not (SafeTensorsDType.BF16 or SafeTensorsDType.F16))
+            throw new DiffuException($"tensor '{name}' in {FilePath} has dtype {info.DType}, not a 16-bit float type");
+        ReadRange(info, start, MemoryMarshal.AsBytes(destination), destination.Length);
+    }
+
+    /// <summary>Elements [start, start + destination.Length) of a float tensor converted to float32, with positioned reads (<see cref="ReadBits16"/>).</summary>
+    public void ReadFloat32(string name, long start, Span<float> destination)
+    {
+        var info = Info(name);
+        if (!SafeTensorsDTypes.IsFloat(info.DType))
+            throw new DiffuException($"tensor '{info.Name}' in {FilePath} has dtype {info.DType}, not a float type");
+        int size = SafeTensorsDTypes.ElementSize(info.DType);
+        var raw = new byte[(long)destination.Length * size];
+        ReadRange(info, start, raw, destination.Length);
+        Convert(info.DType, raw, destination);
+    }
+
+    void ReadRange(SafeTensorsInfo info, long start, Span<byte> bytes, int count)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (start < 0 || start + count > info.ElementCount)
+            throw new DiffuException($"elements [{start}, {start + count}) are outside tensor '{info.Name}' of {info.ElementCount} in {FilePath}");
+        handle ??= File.OpenHandle(FilePath, FileMode.Open, FileAccess.Read, FileShare.Read);
+        long offset = dataStart + info.Begin + start * SafeTensorsDTypes.ElementSize(info.DType);
+        while (!bytes.IsEmpty)
+        {
+            int read = RandomAccess.Read(handle, bytes, offset);
+            if (read <= 0) throw new SafeTensorsFormatException(FilePath, $"the file ended while reading tensor '{info.Name}'");
+            bytes = bytes[read..];
+            offset += read;
+        }
+    }
+
     /// <summary>An integer or BOOL tensor as int32 (I64 values must fit).</summary>
     public int[] ReadInt32(string name)
     {
@@ -137,6 +181,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     {
         if (disposed) return;
         disposed = true;
+        handle?.Dispose();
         view.SafeMemoryMappedViewHandle.ReleasePointer();
         view.Dispose();
         map.Dispose();
@@ -153,27 +198,32 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         for (int start = 0; start < destination.Length; start += ChunkElements)
         {
             int n = Math.Min(ChunkElements, destination.Length - start);
-            var src = Bytes(info.Begin + (long)start * size, n * size);
-            var dst = destination.Slice(start, n);
-            switch (info.DType)
-            {
-                case SafeTensorsDType.F32:
-                    src.CopyTo(MemoryMarshal.AsBytes(dst));
-                    break;
-                case SafeTensorsDType.F16:
-                    var table = HalfBits.Float16ToSingleTable;
-                    var halves = MemoryMarshal.Cast<byte, ushort>(src);
-                    for (int i = 0; i < n; i++) dst[i] = table[halves[i]];
-                    break;
-                case SafeTensorsDType.BF16:
-                    var bfloats = MemoryMarshal.Cast<byte, ushort>(src);
-                    for (int i = 0; i < n; i++) dst[i] = HalfBits.BFloat16ToSingle(bfloats[i]);
-                    break;
-                default:
-                    var doubles = MemoryMarshal.Cast<byte, double>(src);
-                    for (int i = 0; i < n; i++) dst[i] = (float)doubles[i];
-                    break;
-            }
+            Convert(info.DType, Bytes(info.Begin + (long)start * size, n * size), destination.Slice(start, n));
+        }
+    }
+
+    /// <summary>Float elements of <paramref name="dtype"/> as float32 (as many as <paramref name="dst"/> holds).</summary>
+    static void Convert(SafeTensorsDType dtype, ReadOnlySpan<byte> src, Span<float> dst)
+    {
+        int n = dst.Length;
+        switch (dtype)
+        {
+            case SafeTensorsDType.F32:
+                src[..(n * 4)].CopyTo(MemoryMarshal.AsBytes(dst));
+                break;
+            case SafeTensorsDType.F16:
+                var table = HalfBits.Float16ToSingleTable;
+                var halves = MemoryMarshal.Cast<byte, ushort>(src);
+                for (int i = 0; i < n; i++) dst[i] = table[halves[i]];
+                break;
+            case SafeTensorsDType.BF16:
+                var bfloats = MemoryMarshal.Cast<byte, ushort>(src);
+                for (int i = 0; i < n; i++) dst[i] = HalfBits.BFloat16ToSingle(bfloats[i]);
+                break;
+            default:
+                var doubles = MemoryMarshal.Cast<byte, double>(src);
+                for (int i = 0; i < n; i++) dst[i] = (float)doubles[i];
+                break;
         }
     }
 

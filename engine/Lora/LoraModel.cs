@@ -48,6 +48,7 @@ public sealed class LoraModel : ITrainableModel
     public string EmbeddingName { get; }
 
     public IParameterSet Parameters { get; }
+    public DType WeightType => model.WeightType;
     public long ParameterCount => Parameters.Named().Sum(n => n.Tensor.Length);
 
     public IParameterSet ZeroParameterSet(Func<string, bool>? allocate = null)
@@ -94,8 +95,8 @@ public sealed class LoraModel : ITrainableModel
     public string WeightsFile => PeftAdapter.WeightsFile;
 
     /// <summary>PEFT's adapter_model.safetensors (the adapters and any trained embedding) and adapter_config.json.</summary>
-    public void WriteFiles(string directory, IReadOnlyDictionary<string, string> metadata, int? maskTokenId) =>
-        PeftAdapter.Write(directory, this, metadata);
+    public void WriteFiles(string directory, IReadOnlyDictionary<string, string> metadata, int? maskTokenId, DType? saveType = null) =>
+        PeftAdapter.Write(directory, this, metadata, saveType ?? DType.F32);
 
     public int AppendToken() =>
         throw new DiffuException("a LoRA run keeps the base model's vocabulary: append the [MASK] token in a full run first (--mask-token new without --lora-rank)");

@@ -83,7 +83,7 @@ public sealed class LoraSet : ParameterSet
             float bound = 1f / MathF.Sqrt(layer.InFeatures);
             for (int i = 0; i < values.Length; i++) values[i] = (2 * Kernels.Philox.Uniform(seed, stream, (ulong)i) - 1) * bound;
             stream++;
-            model.Device.Upload(a, 0, values);
+            model.Device.UploadRounded(a, 0, values);
         }
         return set;
     }
@@ -114,7 +114,7 @@ public sealed class LoraSet : ParameterSet
                     for (int k = 0; k < r; k++) sum += (double)b[o * r + k] * a[k * input + i];
                     w[inputMajor ? i * output + o : o * input + i] += (float)(Scale * sum);
                 }
-            d.Upload(layer.Weight, 0, w);
+            d.UploadRounded(layer.Weight, 0, w);
             layer.Adapter = null;
         }
     }

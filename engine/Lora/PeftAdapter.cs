@@ -33,11 +33,13 @@ public static class PeftAdapter
         return path;
     }
 
-    /// <summary>Writes the model's adapters (and trained embedding) and its PEFT config into <paramref name="directory"/>, each flushed to disk.</summary>
-    public static void Write(string directory, LoraModel model, IReadOnlyDictionary<string, string> metadata)
+    /// <summary>
+    /// Writes the model's adapters (and trained embedding), stored as <paramref name="saveType"/>, and its PEFT config into
+    /// <paramref name="directory"/>, each flushed to disk.
+    /// </summary>
+    public static void Write(string directory, LoraModel model, IReadOnlyDictionary<string, string> metadata, DType saveType)
     {
-        var device = model.Device;
-        var entries = model.Parameters.Named().Select(n => SafeTensorsEntry.DeferredFloat32(n.Name, n.Tensor.Shape, () => device.ToArray(n.Tensor)));
+        var entries = model.Parameters.Named().Select(n => ParameterEntries.Entry(n.Name, n.Tensor, saveType));
         SafeTensorsWriter.Write(Path.Combine(directory, WeightsFile), entries, metadata);
         var adapters = model.Adapters;
         var config = new JsonObject
@@ -96,7 +98,7 @@ public static class PeftAdapter
                 var info = file.Info(name);
                 if (!info.Shape.AsSpan().SequenceEqual(view.Shape))
                     throw new DiffuException($"{file.FilePath}: '{name}' has shape [{string.Join(", ", info.Shape)}], the base model implies {view.ShapeText}");
-                baseModel.Device.Upload(view, 0, file.ReadFloat32(name));
+                baseModel.Device.UploadRounded(view, 0, file.ReadFloat32(name));
             }
             return model;
         }

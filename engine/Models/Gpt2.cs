@@ -28,7 +28,7 @@ public sealed class Gpt2Block
 /// </summary>
 public sealed class Gpt2Weights : ParameterSet
 {
-    Gpt2Weights(Gpt2Config config, Device device, Func<string, bool>? allocate) : base(device, Shapes(config), allocate)
+    Gpt2Weights(Gpt2Config config, Device device, Func<string, bool>? allocate, DType dtype) : base(device, Shapes(config), allocate, dtype)
     {
         float eps = config.LayerNormEpsilon;
         TokenEmbedding = this["transformer.wte.weight"];
@@ -97,7 +97,8 @@ public sealed class Gpt2Weights : ParameterSet
     /// A zero-filled set on <paramref name="device"/>: one layout of every tensor of <see cref="Shapes"/>, or of those
     /// <paramref name="allocate"/> accepts (the others absent: frozen parameters' gradients).
     /// </summary>
-    public static Gpt2Weights Zeros(Gpt2Config config, Device device, Func<string, bool>? allocate = null) => new(config, device, allocate);
+    public static Gpt2Weights Zeros(Gpt2Config config, Device device, Func<string, bool>? allocate = null, DType dtype = DType.F32) =>
+        new(config, device, allocate, dtype);
 }
 
 /// <summary>
@@ -117,21 +118,25 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
         attention = new SelfAttention(config.Heads, config.Heads, config.HeadDim, ropeTheta: null);
     }
 
-    /// <summary>Loads config.json and the safetensors weights (single file or sharded) of a model folder.</summary>
-    public static Gpt2Model Load(string directory, Device device)
+    /// <summary>
+    /// Loads config.json and the safetensors weights (single file or sharded) of a model folder, stored as
+    /// <paramref name="weightType"/> (null: as the checkpoint stores them, <see cref="WeightTypes.Stored"/>).
+    /// </summary>
+    public static Gpt2Model Load(string directory, Device device, DType? weightType = null)
     {
         if (!Directory.Exists(directory)) throw new DiffuException($"{directory}: model folder not found");
         var config = Gpt2Config.Load(Path.Combine(directory, "config.json"));
         using var checkpoint = SafeTensorsCheckpoint.Open(directory);
-        return FromCheckpoint(config, checkpoint, device);
+        return FromCheckpoint(config, checkpoint, device, weightType);
     }
 
-    public static Gpt2Model FromCheckpoint(Gpt2Config config, SafeTensorsCheckpoint checkpoint, Device device)
+    public static Gpt2Model FromCheckpoint(Gpt2Config config, SafeTensorsCheckpoint checkpoint, Device device, DType? weightType = null)
     {
         var names = new Gpt2WeightNames(checkpoint);
         if (!config.TieWordEmbeddings && !checkpoint.Contains("lm_head.weight"))
             throw new DiffuException($"{names.Source}: tie_word_embeddings is false but there is no 'lm_head.weight'");
-        var weights = Gpt2Weights.Zeros(config, device);
+        var dtype = weightType ?? WeightTypes.Stored(checkpoint, Gpt2Weights.Shapes(config).Select(s => names.Resolve(s.Name)));
+        var weights = Gpt2Weights.Zeros(config, device, dtype: dtype);
         try
         {
             foreach (var (hfName, view) in weights.Named()) checkpoint.LoadInto(names.Resolve(hfName), view);
@@ -148,9 +153,9 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
     /// A freshly initialised GPT-2 (GPT-2's scheme: weights N(0, 0.02), the residual projections scaled by
     /// 1/sqrt(2 · layers), biases 0, LayerNorm weights 1), drawn from the Philox stream of <paramref name="seed"/>.
     /// </summary>
-    public static Gpt2Model CreateRandom(Gpt2Config config, Device device, ulong seed)
+    public static Gpt2Model CreateRandom(Gpt2Config config, Device device, ulong seed, DType weightType = DType.F32)
     {
-        var weights = Gpt2Weights.Zeros(config, device);
+        var weights = Gpt2Weights.Zeros(config, device, dtype: weightType);
         float residual = 0.02f / MathF.Sqrt(2 * config.Layers);
         weights.Initialize(seed, name =>
             name.Contains(".ln_") && name.EndsWith(".weight") ? (1f, 0f)
@@ -159,7 +164,8 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
         return new Gpt2Model(config, device, weights);
     }
 
-    protected override Gpt2Weights ZeroWeights(Gpt2Config config, Func<string, bool>? allocate) => Gpt2Weights.Zeros(config, Device, allocate);
+    protected override Gpt2Weights ZeroWeights(Gpt2Config config, Func<string, bool>? allocate, DType dtype = DType.F32) =>
+        Gpt2Weights.Zeros(config, Device, allocate, dtype);
     protected override Gpt2Config With(Gpt2Config config, int vocabSize, int? maskTokenId) => config with { VocabSize = vocabSize, MaskTokenId = maskTokenId };
     protected override JsonObject ToJson(Gpt2Config config) => config.ToJson();
     protected override bool NormsKeepMeans => true;

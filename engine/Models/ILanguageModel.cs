@@ -23,6 +23,9 @@ public interface ILanguageModel : IDisposable
     /// <summary>The [MASK] token named by the checkpoint's config, if any.</summary>
     int? MaskTokenId { get; }
 
+    /// <summary>The storage type of the network's weights: F32, or BF16 / F16 (<see cref="WeightTypes"/>).</summary>
+    DType WeightType { get; }
+
     /// <summary>
     /// One forward pass over ids [B, T]; the result holds logits [B, T, V] on the device until disposed.
     /// <paramref name="rowLengths"/> (optional, one per row, each in [1, T]) marks rows right-padded to T: no position
@@ -83,7 +86,32 @@ public static class LanguageModelExtensions
         var info = checkpoint.Info(name);
         if (!info.Shape.AsSpan().SequenceEqual(destination.Shape))
             throw new DiffuException($"{string.Join(", ", checkpoint.Files)}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies {destination.ShapeText}");
-        destination.Device.Upload(destination, 0, checkpoint.ReadFloat32(name));
+        var device = destination.Device;
+        if (!Tensor.Is16Bit(destination.DType))
+        {
+            device.Upload(destination, 0, checkpoint.ReadFloat32(name));
+            return;
+        }
+        // A 16-bit destination is filled a megabyte-sized piece at a time: bits as stored when the file holds the same
+        // type (copied once, never through float32), else converted and rounded; no whole-tensor host copy either way.
+        bool same = info.DType == (destination.DType == DType.BF16 ? SafeTensorsDType.BF16 : SafeTensorsDType.F16);
+        const int Chunk = 1 << 20;
+        var bits = new ushort[(int)Math.Min(Chunk, destination.Length)];
+        var floats = same ? null : new float[bits.Length];
+        for (long start = 0; start < destination.Length; start += Chunk)
+        {
+            int n = (int)Math.Min(Chunk, destination.Length - start);
+            if (same)
+            {
+                checkpoint.ReadBits16(name, start, bits.AsSpan(0, n));
+                device.Upload(destination, start, bits.AsSpan(0, n));
+            }
+            else
+            {
+                checkpoint.ReadFloat32(name, start, floats.AsSpan(0, n));
+                device.UploadRounded(destination, start, floats.AsSpan(0, n));
+            }
+        }
     }
 
     public static KvCache CreateKvCache(this ILanguageModel model, int batch, int capacity)

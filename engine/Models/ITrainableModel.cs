@@ -37,10 +37,12 @@ public interface ITrainableModel : ILanguageModel
     string WeightsFile { get; }
 
     /// <summary>
-    /// Writes the model's own files into a checkpoint folder, each flushed to disk: model.safetensors (HF names, F32,
-    /// with <paramref name="metadata"/>) and config.json (with mask_token_id when given), or a LoRA model's PEFT files.
+    /// Writes the model's own files into a checkpoint folder, each flushed to disk: model.safetensors (HF names, with
+    /// <paramref name="metadata"/>) and config.json (with mask_token_id when given), or a LoRA model's PEFT files. The
+    /// weights are stored as <paramref name="saveType"/> (F32, BF16 or F16; default: the type they are held in, and
+    /// float32 for LoRA adapters).
     /// </summary>
-    void WriteFiles(string directory, IReadOnlyDictionary<string, string> metadata, int? maskTokenId);
+    void WriteFiles(string directory, IReadOnlyDictionary<string, string> metadata, int? maskTokenId, DType? saveType = null);
 
     /// <summary>
     /// One forward pass over ids [B, T] that keeps every layer's buffers for <see cref="Backward"/>; the result's
@@ -75,7 +77,7 @@ public static class TrainableModelExtensions
             var dest = target[name];
             var values = device.ToArray(source);
             if (dest.Length != source.Length) values = AppendMeanRow(values, source.Shape[0], source.Shape[1]);
-            device.Upload(dest, 0, values);
+            device.UploadRounded(dest, 0, values);
         }
     }
 

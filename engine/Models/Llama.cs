@@ -28,7 +28,7 @@ public sealed class LlamaBlock
 /// </summary>
 public sealed class LlamaWeights : ParameterSet
 {
-    LlamaWeights(LlamaConfig config, Device device, Func<string, bool>? allocate) : base(device, Shapes(config), allocate)
+    LlamaWeights(LlamaConfig config, Device device, Func<string, bool>? allocate, DType dtype) : base(device, Shapes(config), allocate, dtype)
     {
         float eps = config.RmsNormEpsilon;
         TokenEmbedding = this["model.embed_tokens.weight"];
@@ -90,7 +90,8 @@ public sealed class LlamaWeights : ParameterSet
     /// A zero-filled set on <paramref name="device"/>: one layout of every tensor of <see cref="Shapes"/>, or of those
     /// <paramref name="allocate"/> accepts (the others absent: frozen parameters' gradients).
     /// </summary>
-    public static LlamaWeights Zeros(LlamaConfig config, Device device, Func<string, bool>? allocate = null) => new(config, device, allocate);
+    public static LlamaWeights Zeros(LlamaConfig config, Device device, Func<string, bool>? allocate = null, DType dtype = DType.F32) =>
+        new(config, device, allocate, dtype);
 }
 
 /// <summary>
@@ -109,17 +110,22 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
         attention = new SelfAttention(config.Heads, config.KvHeads, config.HeadDim, config.RopeTheta);
     }
 
-    public static LlamaModel Load(string directory, Device device)
+    /// <summary>
+    /// Loads config.json and the safetensors weights of a model folder, stored as <paramref name="weightType"/> (null:
+    /// as the checkpoint stores them, <see cref="WeightTypes.Stored"/>).
+    /// </summary>
+    public static LlamaModel Load(string directory, Device device, DType? weightType = null)
     {
         if (!Directory.Exists(directory)) throw new DiffuException($"{directory}: model folder not found");
         var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
         using var checkpoint = SafeTensorsCheckpoint.Open(directory);
-        return FromCheckpoint(config, checkpoint, device);
+        return FromCheckpoint(config, checkpoint, device, weightType);
     }
 
-    public static LlamaModel FromCheckpoint(LlamaConfig config, SafeTensorsCheckpoint checkpoint, Device device)
+    public static LlamaModel FromCheckpoint(LlamaConfig config, SafeTensorsCheckpoint checkpoint, Device device, DType? weightType = null)
     {
-        var weights = LlamaWeights.Zeros(config, device);
+        var dtype = weightType ?? WeightTypes.Stored(checkpoint, LlamaWeights.Shapes(config).Select(s => s.Name));
+        var weights = LlamaWeights.Zeros(config, device, dtype: dtype);
         try
         {
             foreach (var (name, view) in weights.Named()) checkpoint.LoadInto(name, view);
@@ -136,14 +142,15 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
     /// A freshly initialised LLaMA (HF's scheme: every projection and the embedding N(0, 0.02), RMSNorm weights 1),
     /// drawn from the Philox stream of <paramref name="seed"/>.
     /// </summary>
-    public static LlamaModel CreateRandom(LlamaConfig config, Device device, ulong seed)
+    public static LlamaModel CreateRandom(LlamaConfig config, Device device, ulong seed, DType weightType = DType.F32)
     {
-        var weights = LlamaWeights.Zeros(config, device);
+        var weights = LlamaWeights.Zeros(config, device, dtype: weightType);
         weights.Initialize(seed, name => name.EndsWith("norm.weight") ? (1f, 0f) : (0f, 0.02f));
         return new LlamaModel(config, device, weights);
     }
 
-    protected override LlamaWeights ZeroWeights(LlamaConfig config, Func<string, bool>? allocate) => LlamaWeights.Zeros(config, Device, allocate);
+    protected override LlamaWeights ZeroWeights(LlamaConfig config, Func<string, bool>? allocate, DType dtype = DType.F32) =>
+        LlamaWeights.Zeros(config, Device, allocate, dtype);
     protected override LlamaConfig With(LlamaConfig config, int vocabSize, int? maskTokenId) => config with { VocabSize = vocabSize, MaskTokenId = maskTokenId };
     protected override JsonObject ToJson(LlamaConfig config) => config.ToJson();
     protected override bool NormsKeepMeans => false;

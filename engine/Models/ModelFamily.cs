@@ -46,11 +46,11 @@ public abstract class ModelFamily
 
     public abstract IModelConfig LoadConfig(string configPath);
 
-    /// <summary>The model in a folder holding config.json and safetensors weights.</summary>
-    public abstract ITrainableModel Load(string directory, Device device);
+    /// <summary>The model in a folder holding config.json and safetensors weights, its weights stored as <paramref name="weightType"/> (null: as on disk).</summary>
+    public abstract ITrainableModel Load(string directory, Device device, DType? weightType = null);
 
     /// <summary>A freshly initialised model of this config (the family's scheme), from the Philox stream of <paramref name="seed"/>.</summary>
-    public abstract ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed);
+    public abstract ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed, DType weightType = DType.F32);
 
     /// <summary>The family's tokenizer at <paramref name="place"/> (a folder, or a tokenizer file), or null when there is none of its kind.</summary>
     public abstract TextTokenizer? FindTokenizer(string place, IModelConfig config);
@@ -93,8 +93,9 @@ sealed class Gpt2Family : ModelFamily
     public override string DisplayName => "GPT-2";
     protected override bool Owns(IModelConfig config) => config is Gpt2Config;
     public override IModelConfig LoadConfig(string configPath) => Gpt2Config.Load(configPath);
-    public override ITrainableModel Load(string directory, Device device) => Gpt2Model.Load(directory, device);
-    public override ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed) => Gpt2Model.CreateRandom((Gpt2Config)config, device, seed);
+    public override ITrainableModel Load(string directory, Device device, DType? weightType = null) => Gpt2Model.Load(directory, device, weightType);
+    public override ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed, DType weightType = DType.F32) =>
+        Gpt2Model.CreateRandom((Gpt2Config)config, device, seed, weightType);
 
     /// <summary>BPE files in a folder; a model with fewer than the 50257 GPT-2 tokens uses the first vocab_size tokens.</summary>
     public override TextTokenizer? FindTokenizer(string place, IModelConfig config) =>
@@ -136,8 +137,9 @@ sealed class LlamaFamily : ModelFamily
     public override string DisplayName => "LLaMA";
     protected override bool Owns(IModelConfig config) => config is LlamaConfig;
     public override IModelConfig LoadConfig(string configPath) => LlamaConfig.Load(configPath);
-    public override ITrainableModel Load(string directory, Device device) => LlamaModel.Load(directory, device);
-    public override ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed) => LlamaModel.CreateRandom((LlamaConfig)config, device, seed);
+    public override ITrainableModel Load(string directory, Device device, DType? weightType = null) => LlamaModel.Load(directory, device, weightType);
+    public override ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed, DType weightType = DType.F32) =>
+        LlamaModel.CreateRandom((LlamaConfig)config, device, seed, weightType);
 
     /// <summary>A SentencePiece tokenizer.model or a llama2.c tokenizer.bin: the file itself, or a folder holding one.</summary>
     public override TextTokenizer? FindTokenizer(string place, IModelConfig config)

@@ -21,20 +21,21 @@ public static class ModelLoader
     }
 
     /// <summary>
-    /// The model, after checking that its weights fit on the device; with <paramref name="adapter"/> (a PEFT LoRA folder
-    /// or a LoRA run folder), that adapter attached to it.
+    /// The model, after checking that its weights fit on the device, stored as <paramref name="weightType"/> (null: as the
+    /// checkpoint stores them); with <paramref name="adapter"/> (a PEFT LoRA folder or a LoRA run folder), that adapter
+    /// attached to it.
     /// </summary>
-    public static ITrainableModel Load(string directory, Device device, string? adapter = null)
+    public static ITrainableModel Load(string directory, Device device, string? adapter = null, DType? weightType = null)
     {
         directory = RunLayout.ModelFolder(directory);
         if (PeftAdapter.IsAdapterFolder(directory))
         {
             if (adapter is not null) throw new DiffuException($"{directory} is itself a LoRA adapter: give its base model with --model and the adapter with --adapter");
-            return Load(PeftAdapter.BaseModelPath(directory), device, directory);
+            return Load(PeftAdapter.BaseModelPath(directory), device, directory, weightType);
         }
         var config = LoadConfig(directory);
-        RequireWeights(config, device, directory);
-        var model = ModelFamily.Of(config).Load(directory, device);
+        RequireWeights(config, device, directory, weightType ?? StoredType(directory));
+        var model = ModelFamily.Of(config).Load(directory, device, weightType);
         if (adapter is null) return model;
         try
         {
@@ -49,7 +50,19 @@ public static class ModelLoader
         }
     }
 
-    /// <summary>Refuses a model whose float32 weights cannot fit in the device's free memory.</summary>
-    public static void RequireWeights(IModelConfig config, Device device, string what) =>
-        DeviceMemory.Require(device, ModelMemory.Weights(config), $"{what}: {config.ParameterCount:N0} parameters as float32");
+    /// <summary>Refuses a model whose weights, stored as <paramref name="weightType"/>, cannot fit in the device's free memory.</summary>
+    public static void RequireWeights(IModelConfig config, Device device, string what, DType weightType = DType.F32) =>
+        DeviceMemory.Require(device, ModelMemory.Weights(config, weightType), $"{what}: {config.ParameterCount:N0} parameters as {WeightTypes.Name(weightType)}");
+
+    /// <summary>
+    /// The type a folder's weights load as by default: BF16 or F16 when every float tensor of the checkpoint is stored
+    /// so (read from the headers alone), else float32.
+    /// </summary>
+    public static DType StoredType(string directory)
+    {
+        directory = RunLayout.ModelFolder(directory);
+        if (PeftAdapter.IsAdapterFolder(directory)) return StoredType(PeftAdapter.BaseModelPath(directory));
+        using var checkpoint = SafeTensorsCheckpoint.Open(directory);
+        return WeightTypes.Stored(checkpoint, checkpoint.Tensors.Where(t => SafeTensorsDTypes.IsFloat(t.DType)).Select(t => t.Name));
+    }
 }

@@ -30,8 +30,9 @@ public static class ModelMemory
 {
     const long Float = sizeof(float);
 
-    /// <summary>The parameters alone.</summary>
-    public static long Weights(IModelConfig config) => Checked(() => checked(config.ParameterCount * Float));
+    /// <summary>The parameters alone, stored as <paramref name="weightType"/>.</summary>
+    public static long Weights(IModelConfig config, DType weightType = DType.F32) =>
+        Checked(() => checked(config.ParameterCount * Tensor.ElementSize(weightType)));
 
     /// <summary>One forward pass over [batch, length] (one set of layer buffers, shared by the layers), logits included; weights excluded.</summary>
     public static long Forward(IModelConfig config, long batch, long length) => Checked(() =>

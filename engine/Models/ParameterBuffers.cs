@@ -23,8 +23,8 @@ public sealed class ParameterBuffers : IDisposable
 
     ParameterBuffers() { }
 
-    /// <summary>Zero-filled buffers for tensors of these names and shapes, in this order.</summary>
-    public static ParameterBuffers Allocate(Device device, IEnumerable<(string Name, int[] Shape)> shapes)
+    /// <summary>Zero-filled buffers of <paramref name="dtype"/> for tensors of these names and shapes, in this order.</summary>
+    public static ParameterBuffers Allocate(Device device, IEnumerable<(string Name, int[] Shape)> shapes, DType dtype = DType.F32)
     {
         var result = new ParameterBuffers();
         var lengths = new List<long> { 0 };
@@ -43,7 +43,7 @@ public sealed class ParameterBuffers : IDisposable
         }
         try
         {
-            foreach (long length in lengths.Where(l => l > 0)) result.buffers.Add(device.Zeros(DType.F32, checked((int)length)));
+            foreach (long length in lengths.Where(l => l > 0)) result.buffers.Add(device.Zeros(dtype, checked((int)length)));
         }
         catch
         {

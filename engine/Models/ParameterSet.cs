@@ -18,10 +18,11 @@ public abstract class ParameterSet : IParameterSet
     /// (<see cref="Tensor.Absent"/>: no memory, left out of <see cref="Named"/> and <see cref="Storage"/>), as the
     /// gradients and moments of frozen parameters are.
     /// </summary>
-    protected ParameterSet(Device device, IEnumerable<(string Name, int[] Shape)> shapes, Func<string, bool>? allocate = null)
+    protected ParameterSet(Device device, IEnumerable<(string Name, int[] Shape)> shapes, Func<string, bool>? allocate = null, DType dtype = DType.F32)
     {
         var list = shapes.ToList();
-        buffers = ParameterBuffers.Allocate(device, list.Where(s => allocate?.Invoke(s.Name) ?? true));
+        StorageType = dtype;
+        buffers = ParameterBuffers.Allocate(device, list.Where(s => allocate?.Invoke(s.Name) ?? true), dtype);
         foreach (var (name, shape) in list)
         {
             bool present = allocate?.Invoke(name) ?? true;
@@ -30,6 +31,9 @@ public abstract class ParameterSet : IParameterSet
             byName.Add(name, view);
         }
     }
+
+    /// <summary>The element type of every tensor of the set: F32, or BF16 / F16 for 16-bit weights.</summary>
+    public DType StorageType { get; }
 
     /// <summary>The view of tensor <paramref name="name"/>.</summary>
     protected Tensor this[string name] => byName[name];
@@ -41,7 +45,8 @@ public abstract class ParameterSet : IParameterSet
 
     /// <summary>
     /// Fresh weights: each tensor, in order, is the constant its name's rule gives, or N(0, std²) when the rule gives a
-    /// positive std, drawn from Philox stream k of <paramref name="seed"/> (k = 1, 2, ... counts the tensors).
+    /// positive std, drawn from Philox stream k of <paramref name="seed"/> (k = 1, 2, ... counts the tensors); a 16-bit
+    /// set holds the draws rounded to its type.
     /// </summary>
     public void Initialize(ulong seed, Func<string, (float Constant, float Std)> rule)
     {
@@ -53,7 +58,7 @@ public abstract class ParameterSet : IParameterSet
             var (constant, std) = rule(name);
             if (std > 0) Gaussian.Fill(values, std, seed, stream);
             else if (constant != 0) Array.Fill(values, constant);
-            view.Device.Upload(view, 0, values);
+            view.Device.UploadRounded(view, 0, values);
         }
     }
 

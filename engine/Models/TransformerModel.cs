@@ -14,7 +14,7 @@ namespace DiffuSharp.Models;
 /// </summary>
 public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableModel
     where TConfig : IModelConfig
-    where TWeights : class, IParameterSet
+    where TWeights : ParameterSet
     where TBlock : BlockActivations
 {
     protected TransformerModel(TConfig config, Device device, TWeights weights)
@@ -34,9 +34,13 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
     public int Layers => Config.Layers;
     public int KvWidth => Config.KvWidth;
     public int? MaskTokenId => Config.MaskTokenId;
+    public DType WeightType => Weights.StorageType;
 
-    /// <summary>A zero-filled parameter set of <paramref name="config"/>'s shapes on the model's device (only the tensors <paramref name="allocate"/> accepts, when given).</summary>
-    protected abstract TWeights ZeroWeights(TConfig config, Func<string, bool>? allocate);
+    /// <summary>
+    /// A zero-filled parameter set of <paramref name="config"/>'s shapes on the model's device (only the tensors <paramref name="allocate"/>
+    /// accepts, when given), of <paramref name="dtype"/> (gradients and moments are float32).
+    /// </summary>
+    protected abstract TWeights ZeroWeights(TConfig config, Func<string, bool>? allocate, DType dtype = DType.F32);
 
     /// <summary>The config with another vocabulary size, or mask token.</summary>
     protected abstract TConfig With(TConfig config, int vocabSize, int? maskTokenId);
@@ -76,10 +80,10 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
     /// <summary>
     /// Tensors are downloaded one at a time as the writer reaches them, so saving holds one tensor's host copy, not the model's.
     /// </summary>
-    public void WriteFiles(string directory, IReadOnlyDictionary<string, string> metadata, int? maskTokenId)
+    public void WriteFiles(string directory, IReadOnlyDictionary<string, string> metadata, int? maskTokenId, DType? saveType = null)
     {
-        SafeTensorsWriter.Write(Path.Combine(directory, RunLayout.ModelFile),
-            Weights.Named().Select(p => SafeTensorsEntry.DeferredFloat32(p.Name, p.Tensor.Shape, () => Device.ToArray(p.Tensor))), metadata);
+        var type = saveType ?? WeightType;
+        SafeTensorsWriter.Write(Path.Combine(directory, RunLayout.ModelFile), Weights.Named().Select(p => ParameterEntries.Entry(p.Name, p.Tensor, type)), metadata);
         OutputFile.WriteNew(Path.Combine(directory, RunLayout.ConfigFile), System.Text.Encoding.UTF8.GetBytes(
             ConfigJson(maskTokenId).ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n"));
     }
@@ -199,7 +203,7 @@ public abstract class TransformerModel<TConfig, TWeights, TBlock> : ITrainableMo
     {
         int v = Config.VocabSize;
         var config = With(Config, v + 1, Config.MaskTokenId);
-        var grown = ZeroWeights(config, null);
+        var grown = ZeroWeights(config, null, Weights.StorageType);
         TrainableModelExtensions.CopyGrowing(Device, Weights, grown);
         Weights.Dispose();
         Weights = grown;

@@ -86,11 +86,38 @@ public abstract class Device : IDisposable
     public void Download(Tensor src, long offset, Span<ushort> bits) { CheckRange(src, Require16Bit(src), offset, bits.Length); DownloadCore(src, offset, bits); }
     public void Download(Tensor src, long offset, Span<int> dst) { CheckRange(src, DType.I32, offset, dst.Length); DownloadCore(src, offset, dst); }
 
+    /// <summary>An F32 tensor's values, or a BF16 / F16 tensor's widened (exactly) to float32.</summary>
     public float[] ToArray(Tensor t)
     {
         var a = new float[t.Length];
-        Download(t, 0, a);
+        if (Tensor.Is16Bit(t.DType))
+        {
+            var bits = new ushort[t.Length];
+            Download(t, 0, bits);
+            SixteenBit.Widen(bits, FormatOf(t), a);
+        }
+        else Download(t, 0, a);
         return a;
+    }
+
+    /// <summary>
+    /// Float values into an F32 tensor, or rounded (to nearest, ties to even) into a BF16 or F16 one: how fresh or
+    /// converted weights reach a parameter set of either type.
+    /// </summary>
+    public void UploadRounded(Tensor dst, long offset, ReadOnlySpan<float> values)
+    {
+        if (!Tensor.Is16Bit(dst.DType))
+        {
+            Upload(dst, offset, values);
+            return;
+        }
+        var bits = new ushort[Math.Min(values.Length, 1 << 20)];
+        for (int start = 0; start < values.Length; start += bits.Length)
+        {
+            int n = Math.Min(bits.Length, values.Length - start);
+            SixteenBit.Narrow(values.Slice(start, n), FormatOf(dst), bits.AsSpan(0, n));
+            Upload(dst, offset + start, bits.AsSpan(0, n));
+        }
     }
 
     public int[] ToIntArray(Tensor t)

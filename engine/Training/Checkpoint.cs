@@ -25,13 +25,13 @@ public static class Checkpoint
     /// own (<see cref="ITrainableModel.WriteFiles"/>), the training state and the tokenizer.
     /// </summary>
     public static void Write(string directory, ITrainableModel model, IParameterSet? moment1, IParameterSet? moment2, TrainingState? state,
-        IReadOnlyList<(string Name, byte[] Bytes)>? tokenizer, int? maskTokenId)
+        IReadOnlyList<(string Name, byte[] Bytes)>? tokenizer, int? maskTokenId, DType? saveType = null)
     {
         var device = model.Device;
         string step = (state?.Step ?? 0).ToString(CultureInfo.InvariantCulture);
         static IEnumerable<SafeTensorsEntry> Entries(Device device, IParameterSet set, string prefix) =>
             set.Named().Select(p => SafeTensorsEntry.DeferredFloat32(prefix + p.Name, p.Tensor.Shape, () => device.ToArray(p.Tensor)));
-        model.WriteFiles(directory, new Dictionary<string, string> { ["format"] = "pt", ["step"] = step }, maskTokenId);
+        model.WriteFiles(directory, new Dictionary<string, string> { ["format"] = "pt", ["step"] = step }, maskTokenId, saveType);
         CrashPoints.Reach("checkpoint-model-written");
         if (state is not null && moment1 is not null && moment2 is not null)
         {

@@ -1,6 +1,7 @@
 using DiffuSharp.Diffusion;
 using DiffuSharp.Lora;
 using DiffuSharp.Models;
+using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Training;
 
@@ -61,6 +62,9 @@ public sealed record TrainOptions
 
     /// <summary>A LoRA run (the base frozen, adapters trained), or null for full training.</summary>
     public LoraOptions? Lora { get; init; }
+
+    /// <summary>The type checkpoints store the weights in (--save-dtype): null keeps the type they are trained in (float32; a LoRA run's adapters).</summary>
+    public DType? SaveType { get; init; }
 
     /// <summary>Refuses values no run can use (non-finite, out of range, sizes that overflow), naming the option.</summary>
     public void Validate()

@@ -56,6 +56,10 @@ public sealed class Trainer : IDisposable
             throw new DiffuException($"mask token {options.MaskTokenId} is outside the vocabulary [0, {model.VocabSize}): pass --mask-token ID or --mask-token new");
         if (data.VocabSize > model.VocabSize)
             throw new DiffuException($"the data's vocabulary has {data.VocabSize} tokens, the model only {model.VocabSize}: tokenize with the model's tokenizer");
+        foreach (var (name, tensor) in model.Parameters.Named())
+            if (tensor.DType != DType.F32)
+                throw new DiffuException($"parameter '{name}' is {WeightTypes.Name(tensor.DType)}: training updates float32 master weights, so a full run "
+                    + "(or LoRA's trained embedding) needs the model loaded with --weights f32; a LoRA run trains float32 adapters over a 16-bit base");
         this.model = model;
         this.data = data;
         this.ownsModel = ownsModel;
@@ -93,11 +97,13 @@ public sealed class Trainer : IDisposable
 
     /// <summary>
     /// Continues a run from a checkpoint folder: weights, moments, step and data position; under the saved
-    /// options, or under <paramref name="options"/> (the saved ones with, say, more steps).
+    /// options, or under <paramref name="options"/> (the saved ones with, say, more steps). A full run's weights load as
+    /// float32 masters even from a 16-bit checkpoint (--save-dtype); a LoRA run's base loads as stored.
     /// </summary>
     public static Trainer Resume(string checkpoint, Device device, ITokenBlocks data, TrainOptions? options = null)
     {
-        var model = ModelLoader.Load(checkpoint, device);
+        var lora = (options ?? Checkpoint.LoadOptions(checkpoint)).Lora;
+        var model = ModelLoader.Load(checkpoint, device, weightType: lora is null ? DType.F32 : null);
         try
         {
             var (state, m, v) = Checkpoint.LoadState(checkpoint, model);
@@ -229,7 +235,7 @@ public sealed class Trainer : IDisposable
             if (evaluate)
             {
                 run.SaveCheckpoint(Step, Options.KeepCheckpoints, folder => Checkpoint.Write(folder, model, moment1, moment2, new TrainingState(Step, Options, data.State),
-                    tokenizer, Options.Objective == TrainingObjective.Diffusion ? Options.MaskTokenId : null));
+                    tokenizer, Options.Objective == TrainingObjective.Diffusion ? Options.MaskTokenId : null, Options.SaveType));
                 evaluated?.Invoke(history);
             }
         }

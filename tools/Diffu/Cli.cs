@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using DiffuSharp.Kernels;
+using DiffuSharp.Models;
 using DiffuSharp.Runtime;
 
 namespace DiffuSharp.Cli;
@@ -74,6 +75,41 @@ public static class Cli
     });
 
     /// <summary>--precision, shared by the commands that run a model.</summary>
+    /// <summary>--weights: the storage type of the model's weights (auto: as the checkpoint stores them).</summary>
+    public static Option<string> WeightsOption()
+    {
+        var option = new Option<string>("--weights")
+        {
+            Description = "storage type of the weights: auto (as the checkpoint stores them), f32, bf16 or f16; activations, "
+                + "norm statistics, softmax and accumulation stay float32",
+            DefaultValueFactory = _ => "auto",
+        };
+        option.AcceptOnlyFromAmong([.. WeightTypes.Choices.Keys]);
+        return option;
+    }
+
+    /// <summary>--save-dtype: the type saved weights are stored in.</summary>
+    public static Option<string?> SaveDtypeOption(string fallback)
+    {
+        var option = new Option<string?>("--save-dtype") { Description = $"store the saved weights as f32, bf16 (half the size) or f16 (default: {fallback})" };
+        option.AcceptOnlyFromAmong([.. WeightTypes.Concrete.Keys]);
+        return option;
+    }
+
+    /// <summary>The weight type --weights asks for, resolved against the checkpoint for auto.</summary>
+    public static DType WeightType(string? option, string model) => WeightTypes.Choices[option ?? "auto"] ?? ModelLoader.StoredType(model);
+
+    /// <summary>Loads a model as <paramref name="weightType"/> and reports on <paramref name="log"/> how long it took and the process's resident memory after.</summary>
+    public static ITrainableModel LoadModel(string model, Device device, string? adapter, DType weightType, TextWriter log)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var loaded = ModelLoader.Load(model, device, adapter, weightType);
+        long resident = System.Diagnostics.Process.GetCurrentProcess().WorkingSet64;
+        log.WriteLine($"loaded {loaded.Config.ParameterCount:N0} parameters as {WeightTypes.Name(weightType)} "
+            + $"({DeviceMemory.Format(ModelMemory.Weights(loaded.Config, weightType))}) in {clock.Elapsed.TotalSeconds:F1} s; resident memory {DeviceMemory.Format(resident)}");
+        return loaded;
+    }
+
     public static Option<string?> PrecisionOption()
     {
         var option = new Option<string?>("--precision")

@@ -63,22 +63,23 @@ static class EvalCommand
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
+        var weights = Cli.WeightsOption();
         var command = new Command("eval", "evaluate a model on the paper's benchmark tasks and generation quality")
         {
             model, adapter, tasks, limit, steps, scorer, samples, batch, seed, output, overwrite, data, evalData, judge, length, mask, cache, threshold,
-            tokenizer, device, precision,
+            tokenizer, device, precision, weights,
         };
         command.SetAction(parse => Run(new Request(parse.GetValue(model)!, parse.GetValue(adapter), parse.GetValue(tasks)!, parse.GetValue(limit), parse.GetValue(steps),
             parse.GetValue(scorer)!, parse.GetValue(samples), parse.GetValue(batch), parse.GetValue(seed), parse.GetValue(output), parse.GetValue(overwrite),
             parse.GetValue(data), parse.GetValue(evalData), parse.GetValue(judge), parse.GetValue(length), parse.GetValue(mask), parse.GetValue(tokenizer),
-            parse.GetValue(device), parse.GetValue(precision), GenerateCommand.Caches[parse.GetValue(cache)!], parse.GetValue(threshold)),
+            parse.GetValue(device), parse.GetValue(precision), GenerateCommand.Caches[parse.GetValue(cache)!], parse.GetValue(threshold), parse.GetValue(weights)),
             stdout, stderr));
         return command;
     }
 
     sealed record Request(string Model, string? Adapter, string Tasks, int? Limit, string? Steps, string Scorer, int? Samples, int Batch, ulong Seed, string? Out,
         bool Overwrite, string? Data, string? EvalData, string? Judge, int Length, int? MaskToken, string? Tokenizer, string? Device, string? Precision,
-        DenoisingCache Cache, float? Threshold);
+        DenoisingCache Cache, float? Threshold, string? Weights);
 
     /// <summary>A task with its examples read (so a bad file stops the command before any work) and how to run it.</summary>
     sealed record Planned(string Name, int Count, Func<EvalRunner, Action<int, int>, TaskResult> Run);
@@ -98,7 +99,7 @@ static class EvalCommand
         if (request.Out is string outDir) CheckOutput(outDir, request.Overwrite, unconditional);
 
         using var dev = Cli.CreateDevice(request.Device, request.Precision);
-        using var network = ModelLoader.Load(request.Model, dev, request.Adapter);
+        using var network = ModelLoader.Load(request.Model, dev, request.Adapter, Cli.WeightType(request.Weights, request.Model));
         var evalModel = Describe(network, request.Model, request.Tokenizer, request.MaskToken);
         var kind = request.Scorer switch
         {

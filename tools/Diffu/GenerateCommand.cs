@@ -72,15 +72,17 @@ static class GenerateCommand
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
+        var weights = Cli.WeightsOption();
         var command = new Command("generate", "generate, complete or infill text")
         {
             model, adapter, prompt, infill, sftPrompt, cutoff, sftTokens, length, steps, sampler, temperature, topP, topK, block, budget, cache, threshold,
-            batch, seed, mask, showSteps, ar, maxNew, stopAtEos, tokenizer, device, precision,
+            batch, seed, mask, showSteps, ar, maxNew, stopAtEos, tokenizer, device, precision, weights,
         };
         command.SetAction(parse =>
         {
             var prompts = parse.GetValue(prompt) ?? [];
-            var source = new Source(parse.GetValue(model)!, parse.GetValue(adapter), parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(stopAtEos));
+            var source = new Source(parse.GetValue(model)!, parse.GetValue(adapter), parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision),
+                parse.GetValue(stopAtEos), parse.GetValue(weights));
             if (parse.GetValue(ar))
             {
                 if (prompts.Length != 1) throw new DiffuException("--ar decodes one --prompt");
@@ -109,7 +111,7 @@ static class GenerateCommand
     const string EndOfTextMarker = "⏎ <|endoftext|>";
 
     /// <summary>What both kinds of generation read and where they run.</summary>
-    sealed record Source(string Model, string? Adapter, string? Tokenizer, string? Device, string? Precision, bool StopAtEndOfText);
+    sealed record Source(string Model, string? Adapter, string? Tokenizer, string? Device, string? Precision, bool StopAtEndOfText, string? Weights);
 
     sealed record DiffusionRequest(string[] Prompts, string? Infill, int Length, int Samples, int? MaskToken, bool ShowSteps,
         string? SftPrompt, int Cutoff, string? SftTokens);
@@ -136,14 +138,15 @@ static class GenerateCommand
             : [.. request.Prompts.Select(p => DenoisingPrompts.Completion(start, tokenizer.Encode(p), request.Length, config.Positions))];
         long rows = (long)request.Samples * templates.Count;
         int n = templates.Max(t => t.Tokens.Length);
+        var weightType = Cli.WeightType(source.Weights, source.Model);
         using var device = Cli.CreateDevice(source.Device, source.Precision);
         long passes = ModelMemory.Forward(config, rows, n);
         if (settings.Cache != DenoisingCache.None) passes = ModelMemory.Total(passes, ModelMemory.Decoding(config, rows, n));
-        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), passes),
+        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config, weightType), passes),
             $"{source.Model}: {rows:N0} rows of {n} tokens (--batch {request.Samples} x {templates.Count} {(request.Prompts.Length > 1 ? "prompts" : "row")})");
         if (rows * n > Array.MaxLength) throw new DeviceMemoryException($"{rows:N0} rows of {n} tokens are more than one array holds ({Array.MaxLength:N0} tokens)");
 
-        using var model = ModelLoader.Load(source.Model, device, source.Adapter);
+        using var model = Cli.LoadModel(source.Model, device, source.Adapter, weightType, stderr);
         var problem = DenoisingPrompts.Stack([.. Enumerable.Range(0, (int)rows).Select(r => templates[r % templates.Count])]);
         var denoiser = new Denoiser(model, maskToken);
         if (source.StopAtEndOfText) settings = settings with { StopToken = sft?.Eos ?? tokenizer.EndOfTextId };
@@ -263,9 +266,11 @@ static class GenerateCommand
             throw new DiffuException($"{given} + --max-new {maxNew} = {capacity} exceeds the model's {config.Positions} positions; "
                 + (room > 0 ? $"at most --max-new {room} fits" : "the prompt leaves no room: shorten it"));
         }
+        var weightType = Cli.WeightType(source.Weights, source.Model);
         using var device = Cli.CreateDevice(source.Device, source.Precision);
-        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config), ModelMemory.Decoding(config, 1, capacity)), $"{source.Model}: decoding {capacity} positions");
-        using var model = ModelLoader.Load(source.Model, device, source.Adapter);
+        DeviceMemory.Require(device, ModelMemory.Total(ModelMemory.Weights(config, weightType), ModelMemory.Decoding(config, 1, capacity)),
+            $"{source.Model}: decoding {capacity} positions");
+        using var model = Cli.LoadModel(source.Model, device, source.Adapter, weightType, stderr);
         stdout.Write(prompt);
         stdout.Flush();
 

@@ -18,9 +18,10 @@ static class LogitsCommand
         var output = Cli.NonEmpty(new Option<string>("--out") { Description = "output .safetensors file (tensor 'logits', F32 [T, V])", Required = true });
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
-        var command = new Command("logits", "write the logits of one forward pass") { model, adapter, ids, bidirectional, output, device, precision };
+        var weights = Cli.WeightsOption();
+        var command = new Command("logits", "write the logits of one forward pass") { model, adapter, ids, bidirectional, output, device, precision, weights };
         command.SetAction(parse => Run(parse.GetValue(model)!, parse.GetValue(adapter), ParseIds(parse.GetValue(ids)!), parse.GetValue(bidirectional),
-            parse.GetValue(output)!, parse.GetValue(device), parse.GetValue(precision), stdout));
+            parse.GetValue(output)!, parse.GetValue(device), parse.GetValue(precision), parse.GetValue(weights), stdout));
         return command;
     }
 
@@ -35,13 +36,14 @@ static class LogitsCommand
         return ids;
     }
 
-    static int Run(string modelDir, string? adapter, int[] ids, bool bidirectional, string outPath, string? deviceName, string? precision, TextWriter stdout)
+    static int Run(string modelDir, string? adapter, int[] ids, bool bidirectional, string outPath, string? deviceName, string? precision, string? weights,
+        TextWriter stdout)
     {
         ModelFolder.RequireRegularFiles(modelDir, "model file");
         var inputs = ModelFolder.Files(modelDir).Concat(adapter is null ? [] : ModelFolder.Files(adapter)).ToArray();
         OutputFile.Check(outPath, "--out", inputs);
         using var device = Cli.CreateDevice(deviceName, precision);
-        using var model = ModelLoader.Load(modelDir, device, adapter);
+        using var model = ModelLoader.Load(modelDir, device, adapter, Cli.WeightType(weights, modelDir));
         var mode = bidirectional ? AttentionMaskMode.Bidirectional : AttentionMaskMode.Causal;
         float[] logits;
         using (var result = model.Logits(ids, 1, ids.Length, mode)) logits = device.ToArray(result.Logits);

@@ -76,10 +76,16 @@ static class TrainCommand
         var tokenizer = ModelFolder.TokenizerOption();
         var device = Cli.DeviceOption();
         var precision = Cli.PrecisionOption();
+        var weights = Cli.WeightsOption();
+        weights.Description = "storage type of --init's weights: auto (float32 for a full run, which updates float32 master weights; as stored for a LoRA "
+            + "run's frozen base), f32, or bf16 / f16 (LoRA runs only)";
+        var saveDtype = Cli.SaveDtypeOption("f32: the float32 weights a full run trains, or a LoRA run's adapters");
+        saveDtype.Description += "; a run resumed from 16-bit checkpoints continues from the rounded weights";
         var command = new Command("train", "train a model (AR) or adapt one into a diffusion model")
         {
             init, config, resume, objective, data, sft, cutoff, sftTokens, steps, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches,
             seed, mask, weightDecay, clip, valFraction, recipe, loraRank, loraAlpha, loraTargets, loraEmbeddings, output, overwrite, keep, maxLoss, tokenizer, device, precision,
+            weights, saveDtype,
         };
         command.SetAction(parse =>
         {
@@ -94,6 +100,7 @@ static class TrainCommand
                 WeightDecay = parse.GetValue(weightDecay), ClipNorm = parse.GetValue(clip), MaxLoss = parse.GetValue(maxLoss), KeepCheckpoints = parse.GetValue(keep),
                 ValidationFraction = parse.GetValue(valFraction),
                 Data = (parse.GetValue(data) ?? []).Select(Path.GetFullPath).ToArray(),
+                SaveType = parse.GetValue(saveDtype) is string save ? WeightTypes.Concrete[save] : null,
             };
             if (parse.GetValue(recipe) is string name)
             {
@@ -114,9 +121,9 @@ static class TrainCommand
             else if (new Option[] { loraAlpha, loraTargets, loraEmbeddings }.FirstOrDefault(o => Given(parse, o)) is Option loraOption)
                 throw new DiffuException($"{loraOption.Name} goes with --lora-rank");
             var fixedOnResume = new Option[] { objective, sft, cutoff, sftTokens, batch, seqLen, lr, warmup, schedule, anneal, accum, evalEvery, evalBatches, seed, mask,
-                weightDecay, clip, valFraction, recipe, loraRank, loraAlpha, loraTargets, loraEmbeddings, tokenizer, overwrite };
+                weightDecay, clip, valFraction, recipe, loraRank, loraAlpha, loraTargets, loraEmbeddings, tokenizer, overwrite, weights, saveDtype };
             var request = new Request(parse.GetValue(init), parse.GetValue(config), parse.GetValue(resume), parse.GetValue(output),
-                parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision),
+                parse.GetValue(tokenizer), parse.GetValue(device), parse.GetValue(precision), parse.GetValue(weights),
                 parse.GetValue(sft), Given(parse, cutoff) ? parse.GetValue(cutoff) : null, parse.GetValue(sftTokens), Given(parse, seqLen),
                 Given(parse, steps), Given(parse, maxLoss), Given(parse, keep), parse.GetValue(mask), parse.GetValue(overwrite),
                 fixedOnResume.Where(o => Given(parse, o)).Select(o => o.Name).ToArray());
@@ -141,7 +148,7 @@ static class TrainCommand
         ["sft"] = (1, 3e-4, LearningRateDecay.Cosine, 2_000),
     };
 
-    sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device, string? Precision,
+    sealed record Request(string? Init, string? Config, string? Resume, string? Out, string? Tokenizer, string? Device, string? Precision, string? Weights,
         string? Sft, int? Cutoff, string? SftTokens, bool SequenceLengthGiven,
         bool StepsGiven, bool MaxLossGiven, bool KeepGiven, string? MaskToken, bool Overwrite, string[] GivenFixedOptions);
 
@@ -176,6 +183,7 @@ static class TrainCommand
             if (options.Objective == TrainingObjective.Diffusion && request.MaskToken == "new")
                 throw new DiffuException("--mask-token new grows the vocabulary, which a LoRA run keeps frozen: append the token in a full run first, or give an existing id");
         }
+        var weightType = TrainedWeightType(request, options);
         IModelConfig config;
         if (request.Init is string init)
         {
@@ -203,14 +211,14 @@ static class TrainCommand
             throw new DiffuException($"--seq-len {options.SequenceLength} exceeds the model's {config.Positions} positions");
 
         using var device = Cli.CreateDevice(request.Device, request.Precision);
-        RequireMemory(device, config, options);
+        RequireMemory(device, config, options, weightType);
         var blocks = OpenData(options, vocab, textTokenizer, stderr);
         using var ownsBlocks = blocks as IDisposable;
         using var run = RunFolder.Open(outDir);
         if (run.HoldsRun && !request.Overwrite)
             throw new DiffuException($"{outDir} already holds a training run ({Describe(run)}): continue it with --resume {request.Out}, "
                 + "or start again with --overwrite (which deletes it)");
-        using var trainer = NewRun(request, options, device, blocks);
+        using var trainer = NewRun(request, options, device, blocks, weightType);
         run.RequireSpace(CheckpointBytes(trainer.Model, tokenizer), CheckpointsOnDisk(options, 0));
         run.Clear();
         return Train(trainer, run, tokenizer, device, stdout, stderr);
@@ -282,10 +290,30 @@ static class TrainCommand
     /// Refuses a run whose weights, optimizer state and activations cannot fit on the device. A LoRA run keeps gradients
     /// and moments for the trained embedding only (the adapters, a few percent of the weights at most, are left out of the estimate).
     /// </summary>
-    static void RequireMemory(Device device, IModelConfig config, TrainOptions options)
+    /// <summary>
+    /// The type --init's weights load as: float32 for a full run (AdamW updates float32 master weights) and for LoRA's
+    /// trained embedding; a LoRA run's frozen base as --weights says, by default as stored. Refused up front otherwise.
+    /// </summary>
+    static DType TrainedWeightType(Request request, TrainOptions options)
+    {
+        var asked = WeightTypes.Choices[request.Weights ?? "auto"];
+        if (options.Lora is null)
+        {
+            if (asked is DType t && t != DType.F32)
+                throw new DiffuException($"--weights {request.Weights}: a full run updates float32 master weights; 16-bit weights are for a LoRA run's frozen base "
+                    + "(--lora-rank); store the result in 16 bits with --save-dtype bf16");
+            return DType.F32;
+        }
+        var type = asked ?? (request.Init is string init ? ModelLoader.StoredType(init) : DType.F32);
+        if (options.Lora.TrainEmbeddings && type != DType.F32)
+            throw new DiffuException($"--lora-train-embeddings trains the token embedding in float32, but the base loads as {WeightTypes.Name(type)}: add --weights f32");
+        return type;
+    }
+
+    static void RequireMemory(Device device, IModelConfig config, TrainOptions options, DType weightType = DType.F32)
     {
         long? trained = options.Lora is { } lora ? (lora.TrainEmbeddings ? (long)config.VocabSize * config.Channels : 0) : null;
-        DeviceMemory.Require(device, SaturatingAdd(ModelMemory.Weights(config), ModelMemory.Training(config, options.Batch, options.SequenceLength, trained)),
+        DeviceMemory.Require(device, SaturatingAdd(ModelMemory.Weights(config, weightType), ModelMemory.Training(config, options.Batch, options.SequenceLength, trained)),
             $"training {trained ?? config.ParameterCount:N0} of {config.ParameterCount:N0} parameters with micro-batches of {options.Batch} x {options.SequenceLength}");
     }
 
@@ -357,10 +385,10 @@ static class TrainCommand
         : run.LatestCheckpoint is not null ? "a checkpoint" : "a log but no checkpoint yet";
 
     /// <summary>A run from --init or --config; for diffusion the mask token is set (or appended) first.</summary>
-    static Trainer NewRun(Request request, TrainOptions options, Device device, ITokenBlocks blocks)
+    static Trainer NewRun(Request request, TrainOptions options, Device device, ITokenBlocks blocks, DType weightType)
     {
         ITrainableModel model;
-        if (request.Init is string initDir) model = ModelLoader.Load(initDir, device);
+        if (request.Init is string initDir) model = ModelLoader.Load(initDir, device, weightType: weightType);
         else
         {
             var config = Presets.Load(request.Config!);
