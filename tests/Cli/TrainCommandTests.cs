@@ -63,6 +63,35 @@ public sealed class TrainCommandTests
     }
 
     [Test]
+    public void SavesSixteenBitCheckpointsThatLoadAsSuchAndResumeAsFloat32()
+    {
+        var outDir = Path.Combine(temp, "bf16");
+        var (code, _, err) = Run("train", "--init", Gpt2FixtureTests.FixtureDir, "--tokenizer", Tokenizer, "--data", shard, "--mask-token", "3",
+            "--steps", "2", "--batch", "2", "--seq-len", "16", "--eval-every", "2", "--eval-batches", "1", "--save-dtype", "bf16", "--out", outDir, "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        var checkpoint = Path.Combine(outDir, "checkpoints", "step-00000002");
+        using (var file = SafeTensorsFile.Open(Path.Combine(checkpoint, "model.safetensors")))
+            Assert.That(file.Tensors.Select(t => t.DType), Is.All.EqualTo(SafeTensorsDType.BF16));
+
+        (code, _, err) = Run("generate", "--model", outDir, "--prompt", "Once", "--ar", "--max-new", "2", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), err);
+        Assert.That(err, Does.Contain("as bf16").And.Contain("resident memory"), "auto loads the checkpoint's type and says so");
+
+        (code, _, err) = Run("train", "--resume", outDir, "--steps", "3", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), "a full run resumes from bf16 checkpoints into float32 master weights: " + err);
+    }
+
+    [Test]
+    public void AFullRunOnSixteenBitWeightsIsRefusedWithTheWayOut()
+    {
+        var (code, _, err) = Run("train", "--init", Gpt2FixtureTests.FixtureDir, "--tokenizer", Tokenizer, "--data", shard, "--mask-token", "3",
+            "--steps", "1", "--weights", "bf16", "--out", Path.Combine(temp, "refused"), "--device", "cpu");
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(err, Does.Contain("float32 master weights").And.Contain("--lora-rank"));
+        Assert.That(Directory.Exists(Path.Combine(temp, "refused")), Is.False, "nothing written");
+    }
+
+    [Test]
     public void AppendsANewMaskTokenWhenAsked()
     {
         var outDir = Path.Combine(temp, "new-mask");
