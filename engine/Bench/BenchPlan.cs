@@ -169,7 +169,8 @@ public static class BenchPlan
         if (o.Suites.Contains("decode"))
             foreach (var (name, config) in quick ? [("gpt2-tiny", TinyGpt2), ("llama-260k", Llama260K)]
                          : new (string, IModelConfig)[] { ("llama-260k", Llama260K), ("llama-110m", Llama110M), ("gpt2-small", Gpt2Small) })
-                cases.Add(Decode(name, config, quick ? 32 : 128));
+                foreach (var weightType in new[] { DType.F32, DType.BF16 })
+                    cases.Add(Decode(name, config, quick ? 32 : 128, weightType));
         if (o.Suites.Contains("denoise"))
         {
             int[] lengths = o.DenoiseLength > 0 ? [o.DenoiseLength] : quick ? [64] : gpu ? [512, 1024, 2048] : [512];
@@ -263,6 +264,16 @@ public static class BenchPlan
             cases.Add(MatMul($"matmul.{id}", name, tokens, k, n, nk, gemm, devicePrecision));
             if (name.StartsWith("gpt2") && !nk) cases.Add(MatMulBackward($"matmul_backward.{id}", name + " backward", tokens, k, n, gemm, devicePrecision));
         }
+        // One projection with its weight stored as float32 and as BF16, for one row (decoding: bound by reading the weight)
+        // and for a batch of rows (bound by the FMAs, the widening hidden in the packing).
+        var (wName, wk, wn) = quick ? ("gpt2 mlp.c_fc", c, 4 * c) : ("llama7b gate/up_proj", Llama7BChannels, Llama7BHidden);
+        foreach (int m in new[] { 1, tokens })
+            foreach (var weightType in new[] { DType.F32, DType.BF16 })
+            {
+                string type = WeightTypes.Name(weightType);
+                cases.Add(MatMul($"matmul.weights.{wName.Replace(' ', '.').Replace('/', '-')}.m{m}.{type}", $"{wName} {type} weights", m, wk, wn, true, gemm,
+                    devicePrecision, weightType) with { Series = $"{type} weights" });
+            }
     }
 
     /// <summary>GEMM of the in-process reference library: (transA, transB, m, n, k, a, b, beta, c).</summary>
@@ -290,6 +301,19 @@ public static class BenchPlan
         return t;
     }
 
+    /// <summary><see cref="Random"/> stored as <paramref name="type"/> (rounded when 16-bit).</summary>
+    static Tensor Random(Device d, ulong stream, DType type, params int[] shape)
+    {
+        var values = Random(d, stream, shape);
+        if (type == DType.F32) return values;
+        using (values)
+        {
+            var t = d.Allocate(type, shape);
+            d.UploadRounded(t, 0, d.ToArray(values));
+            return t;
+        }
+    }
+
     static JsonObject Spec(string kind, params (string Key, JsonNode? Value)[] fields)
     {
         var o = new JsonObject { ["kind"] = kind };
@@ -297,23 +321,29 @@ public static class BenchPlan
         return o;
     }
 
-    /// <summary>x[M, K] · w with w [K, N], or [N, K] when <paramref name="nk"/>, in <paramref name="precision"/>.</summary>
-    static BenchCase MatMul(string id, string label, int m, int k, int n, bool nk, GemmIn library, MatMulPrecision precision)
+    /// <summary>
+    /// x[M, K] · w with w [K, N], or [N, K] when <paramref name="nk"/>, in <paramref name="precision"/>; w stored as
+    /// <paramref name="weightType"/> (the library and PyTorch multiply float32 weights). A one-row product is rated by the
+    /// weight bytes it reads.
+    /// </summary>
+    static BenchCase MatMul(string id, string label, int m, int k, int n, bool nk, GemmIn library, MatMulPrecision precision, DType weightType = DType.F32)
     {
-        (Tensor X, Tensor W, Tensor O) Make(Device d) => (Random(d, 1, m, k), nk ? Random(d, 2, n, k) : Random(d, 2, k, n), d.Allocate(DType.F32, m, n));
+        (Tensor X, Tensor W, Tensor O) Make(Device d, DType type) =>
+            (Random(d, 1, m, k), nk ? Random(d, 2, type, n, k) : Random(d, 2, type, k, n), d.Allocate(DType.F32, m, n));
         var gemm = library(precision);
         return new BenchCase(id, "matmul", label, $"{m}x{k}x{n} {(nk ? "x·wᵀ" : "x·w")}")
         {
-            Flops = 2.0 * m * k * n,
+            Flops = m == 1 ? 0 : 2.0 * m * k * n,
+            Bytes = m == 1 ? (double)k * n * Tensor.ElementSize(weightType) : 0,
             Prepare = d =>
             {
                 var scope = PrecisionScope.Enter(d, precision);
-                var (x, w, o) = Make(d);
+                var (x, w, o) = Make(d, weightType);
                 return new BenchRun(nk ? () => d.MatMulTransposed(x, w, null, o) : () => d.MatMul(x, w, null, o), x, w, o, scope);
             },
             PrepareLibrary = gemm is null ? null : d =>
             {
-                var (x, w, o) = Make(d);
+                var (x, w, o) = Make(d, DType.F32);
                 return new BenchRun(() => gemm(false, nk, m, n, k, x, w, 0f, o), x, w, o);
             },
             Torch = Spec("matmul", ("m", m), ("k", k), ("n", n), ("layout", nk ? "nk" : "kn"),
@@ -561,15 +591,16 @@ public static class BenchPlan
     /// Autoregressive decoding of <paramref name="tokens"/> tokens after one, greedy, on random weights: tokens/s, and the
     /// weights' bytes read per token against the measured bandwidth (decoding reads every weight once per token).
     /// </summary>
-    static BenchCase Decode(string name, IModelConfig config, int tokens) =>
-        new($"decode.{name}", "decode", $"{Describe(config)} AR decoding", $"B1 {tokens} tokens")
+    static BenchCase Decode(string name, IModelConfig config, int tokens, DType weightType = DType.F32) =>
+        new($"decode.{name}" + (weightType == DType.F32 ? "" : "." + WeightTypes.Name(weightType)), "decode",
+            $"{Describe(config)} AR decoding" + (weightType == DType.F32 ? "" : $", {WeightTypes.Name(weightType)} weights"), $"B1 {tokens} tokens")
         {
             Tokens = tokens,
-            Bytes = (double)tokens * ModelMemory.Weights(config),
+            Bytes = (double)tokens * ModelMemory.Weights(config, weightType),
             NoTorch = NoTorchDecoding,
             Prepare = d =>
             {
-                var model = ModelFamily.Of(config).CreateRandom(config, d, 1);
+                var model = ModelFamily.Of(config).CreateRandom(config, d, 1, weightType);
                 var decoder = new ArDecoder(model);
                 return new BenchRun(() => decoder.Generate([0], tokens, 0f, 0), model);
             },
