@@ -3,19 +3,24 @@ using Cpu = DiffuSharp.Kernels.Cpu;
 
 namespace DiffuSharp.Runtime;
 
-/// <summary>Host memory as a managed array of the tensor's element type.</summary>
+/// <summary>
+/// Host memory as a managed array of the tensor's element type. Arrays of <see cref="HugePages.Threshold"/> bytes or more
+/// (weight buffers, large activations) are pinned and backed by 2 MiB pages where the kernel allows it.
+/// </summary>
 public sealed class CpuStorage : DeviceStorage
 {
     public CpuStorage(DType dtype, long length) : base(dtype, length)
     {
+        bool large = length * Tensor.ElementSize(dtype) >= HugePages.Threshold;
         Data = dtype switch
         {
-            DType.F32 => new float[length],
-            DType.I32 => new int[length],
-            DType.U8 => new byte[length],
-            DType.BF16 or DType.F16 => new ushort[length],
+            DType.F32 => large ? GC.AllocateUninitializedArray<float>((int)length, pinned: true) : new float[length],
+            DType.I32 => large ? GC.AllocateUninitializedArray<int>((int)length, pinned: true) : new int[length],
+            DType.U8 => large ? GC.AllocateUninitializedArray<byte>((int)length, pinned: true) : new byte[length],
+            DType.BF16 or DType.F16 => large ? GC.AllocateUninitializedArray<ushort>((int)length, pinned: true) : new ushort[length],
             _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
         };
+        if (large) HugePages.Advise(Data);
     }
 
     public Array Data { get; }
