@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using DiffuSharp.Kernels;
 
 namespace DiffuSharp.IO;
 
@@ -212,13 +213,13 @@ public sealed unsafe class SafeTensorsFile : IDisposable
                 src[..(n * 4)].CopyTo(MemoryMarshal.AsBytes(dst));
                 break;
             case SafeTensorsDType.F16:
-                var table = HalfBits.Float16ToSingleTable;
+                var table = SixteenBit.HalfToSingleTable;
                 var halves = MemoryMarshal.Cast<byte, ushort>(src);
                 for (int i = 0; i < n; i++) dst[i] = table[halves[i]];
                 break;
             case SafeTensorsDType.BF16:
                 var bfloats = MemoryMarshal.Cast<byte, ushort>(src);
-                for (int i = 0; i < n; i++) dst[i] = HalfBits.BFloat16ToSingle(bfloats[i]);
+                for (int i = 0; i < n; i++) dst[i] = SixteenBit.BFloat16ToSingle(bfloats[i]);
                 break;
             default:
                 var doubles = MemoryMarshal.Cast<byte, double>(src);

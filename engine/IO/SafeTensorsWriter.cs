@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using DiffuSharp.Kernels;
 
 namespace DiffuSharp.IO;
 
@@ -50,7 +51,7 @@ public sealed class SafeTensorsEntry
     public static SafeTensorsEntry FromFloat16(string name, int[] shape, ReadOnlySpan<float> values)
     {
         var bits = new ushort[values.Length];
-        for (int i = 0; i < values.Length; i++) bits[i] = HalfBits.SingleToFloat16(values[i]);
+        for (int i = 0; i < values.Length; i++) bits[i] = SixteenBit.SingleToHalf(values[i]);
         return new(name, SafeTensorsDType.F16, shape, MemoryMarshal.AsBytes(bits.AsSpan()).ToArray());
     }
 
@@ -58,7 +59,7 @@ public sealed class SafeTensorsEntry
     public static SafeTensorsEntry FromBFloat16(string name, int[] shape, ReadOnlySpan<float> values)
     {
         var bits = new ushort[values.Length];
-        for (int i = 0; i < values.Length; i++) bits[i] = HalfBits.SingleToBFloat16(values[i]);
+        for (int i = 0; i < values.Length; i++) bits[i] = SixteenBit.SingleToBFloat16(values[i]);
         return new(name, SafeTensorsDType.BF16, shape, MemoryMarshal.AsBytes(bits.AsSpan()).ToArray());
     }
 
