@@ -4,7 +4,10 @@ using System.Runtime.Intrinsics;
 namespace DiffuSharp.Kernels.Cpu;
 
 /// <summary>
-/// float32 matrix products, the hot path of the CPU device.
+/// Matrix products in float32 arithmetic, the hot path of the CPU device. The weight operand may be stored as float32,
+/// BF16 or F16 (<see cref="WeightView"/>): every kernel is generic over how it reads weight elements
+/// (<see cref="IWeightElements"/>), so the 16-bit copies widen weights in registers as they stream them (half the bytes
+/// of a memory-bound product) and the packed product widens them while packing.
 /// <para>
 /// Large products run the packed, register-blocked <see cref="Gemm"/>: either operand may be read as stored or as
 /// the transpose of a row-major matrix (<see cref="Operand"/>), so Forward (w [K, N]), ForwardTransposed (w [N, K])
