@@ -66,8 +66,8 @@ public sealed class SixteenBitModelTests(string fixture, string deviceName)
     [TestCase(DType.F16, 2e-3)]
     public void SixteenBitWeightsGiveTheLogitsOfTheirValues(DType dtype, double rounding)
     {
-        if (deviceName == "ilgpu-cpu" && dtype == DType.F16)
-            Assert.Ignore("the simulator runs the BF16 case (three forward passes of seconds each); cpu and cuda run both types");
+        if (deviceName == "ilgpu-cpu")
+            Assert.Ignore("three whole-model passes on a fresh simulator device take 7-10 s; cpu and cuda run it, and SixteenBitOpTests runs every 16-bit op on the simulator");
         string dir = Copy(dtype);
         using var sixteen = ModelLoader.Load(dir, device);
         using var widened = ModelLoader.Load(dir, device, weightType: DType.F32);
