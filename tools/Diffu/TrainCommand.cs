@@ -183,7 +183,6 @@ static class TrainCommand
             if (options.Objective == TrainingObjective.Diffusion && request.MaskToken == "new")
                 throw new DiffuException("--mask-token new grows the vocabulary, which a LoRA run keeps frozen: append the token in a full run first, or give an existing id");
         }
-        var weightType = TrainedWeightType(request, options);
         IModelConfig config;
         if (request.Init is string init)
         {
@@ -193,6 +192,7 @@ static class TrainCommand
             config = ModelLoader.LoadConfig(from);
         }
         else config = Presets.Load(request.Config!);
+        var weightType = TrainedWeightType(request, options);
         string tokenizerSource = TokenizerFor(request);
         var tokenizer = Checkpoint.ReadTokenizer(tokenizerSource);
         var textTokenizer = ModelFolder.Tokenizer(tokenizerSource, config, null);
