@@ -71,6 +71,13 @@ public sealed class LlamaGoldenTests(string deviceName)
         }
     }
 
+    /// <summary>Tokens the ILGPU simulator decodes of a golden run: about 3.7 s a token there, so the whole 59-token run took 3.6 minutes of the suite.</summary>
+    const int SimulatorTokens = 12;
+
+    /// <summary>
+    /// Greedy decoding reproduces run.c's tokens: the whole run on cpu and cuda, its first <see cref="SimulatorTokens"/> on the
+    /// simulator (greedy decoding is deterministic, so a prefix is checked exactly).
+    /// </summary>
     [TestCase("stories260K_greedy_noprompt.json")]
     [TestCase("stories260K_greedy_once_upon_a_time.json")]
     public void GreedyDecodingReproducesRunC(string golden)
@@ -79,7 +86,9 @@ public sealed class LlamaGoldenTests(string deviceName)
         var g = Golden(golden);
         var prompt = Ints(g.GetProperty("prompt_tokens"));
         var fed = Ints(g.GetProperty("tokens_fed"));
-        var generated = new ArDecoder(model).Generate(prompt, fed.Length - prompt.Length, temperature: 0, seed: 0);
-        Assert.That(generated, Is.EqualTo(fed[prompt.Length..]));
+        int count = fed.Length - prompt.Length;
+        if (deviceName == "ilgpu-cpu") count = Math.Min(count, SimulatorTokens);
+        var generated = new ArDecoder(model).Generate(prompt, count, temperature: 0, seed: 0);
+        Assert.That(generated, Is.EqualTo(fed[prompt.Length..(prompt.Length + count)]));
     }
 }
