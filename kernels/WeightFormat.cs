@@ -101,10 +101,7 @@ public static class SixteenBit
     public static void Widen(ReadOnlySpan<ushort> bits, WeightFormat format, Span<float> destination)
     {
         if (destination.Length != bits.Length) throw new ArgumentException($"widening {bits.Length} elements into {destination.Length}");
-        if (format == WeightFormat.BF16)
-            for (int i = 0; i < bits.Length; i++) destination[i] = BFloat16ToSingle(bits[i]);
-        else
-            for (int i = 0; i < bits.Length; i++) destination[i] = ToSingle(bits[i], format);
+        for (int i = 0; i < bits.Length; i++) destination[i] = ToSingle(bits[i], format);
     }
 
     /// <summary>Rounds <paramref name="values"/> into <paramref name="bits"/> (the same length).</summary>

@@ -135,7 +135,7 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
         var names = new Gpt2WeightNames(checkpoint);
         if (!config.TieWordEmbeddings && !checkpoint.Contains("lm_head.weight"))
             throw new DiffuException($"{names.Source}: tie_word_embeddings is false but there is no 'lm_head.weight'");
-        var dtype = weightType ?? WeightTypes.Stored(checkpoint, Gpt2Weights.Shapes(config).Select(s => names.Resolve(s.Name)));
+        var dtype = weightType ?? StoredType(config, checkpoint);
         var weights = Gpt2Weights.Zeros(config, device, dtype: dtype);
         try
         {
@@ -147,6 +147,13 @@ public sealed class Gpt2Model : TransformerModel<Gpt2Config, Gpt2Weights, Gpt2Bl
             weights.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The type the checkpoint stores this config's weights in, under whichever GPT-2 names it uses (<see cref="WeightTypes.Stored"/>).</summary>
+    public static DType StoredType(Gpt2Config config, SafeTensorsCheckpoint checkpoint)
+    {
+        var names = new Gpt2WeightNames(checkpoint);
+        return WeightTypes.Stored(checkpoint, Gpt2Weights.Shapes(config).Select(s => names.Resolve(s.Name)));
     }
 
     /// <summary>

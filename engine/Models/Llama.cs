@@ -124,7 +124,7 @@ public sealed class LlamaModel : TransformerModel<LlamaConfig, LlamaWeights, Lla
 
     public static LlamaModel FromCheckpoint(LlamaConfig config, SafeTensorsCheckpoint checkpoint, Device device, DType? weightType = null)
     {
-        var dtype = weightType ?? WeightTypes.Stored(checkpoint, LlamaWeights.Shapes(config).Select(s => s.Name));
+        var dtype = weightType ?? ModelFamily.Of(config).StoredWeightType(config, checkpoint);
         var weights = LlamaWeights.Zeros(config, device, dtype: dtype);
         try
         {

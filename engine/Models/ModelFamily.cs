@@ -49,6 +49,9 @@ public abstract class ModelFamily
     /// <summary>The model in a folder holding config.json and safetensors weights, its weights stored as <paramref name="weightType"/> (null: as on disk).</summary>
     public abstract ITrainableModel Load(string directory, Device device, DType? weightType = null);
 
+    /// <summary>The type a checkpoint stores this config's weights in: BF16 or F16 when every one is stored so, else F32 (what --weights auto loads).</summary>
+    public abstract DType StoredWeightType(IModelConfig config, SafeTensorsCheckpoint checkpoint);
+
     /// <summary>A freshly initialised model of this config (the family's scheme), from the Philox stream of <paramref name="seed"/>.</summary>
     public abstract ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed, DType weightType = DType.F32);
 
@@ -94,6 +97,7 @@ sealed class Gpt2Family : ModelFamily
     protected override bool Owns(IModelConfig config) => config is Gpt2Config;
     public override IModelConfig LoadConfig(string configPath) => Gpt2Config.Load(configPath);
     public override ITrainableModel Load(string directory, Device device, DType? weightType = null) => Gpt2Model.Load(directory, device, weightType);
+    public override DType StoredWeightType(IModelConfig config, SafeTensorsCheckpoint checkpoint) => Gpt2Model.StoredType((Gpt2Config)config, checkpoint);
     public override ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed, DType weightType = DType.F32) =>
         Gpt2Model.CreateRandom((Gpt2Config)config, device, seed, weightType);
 
@@ -138,6 +142,8 @@ sealed class LlamaFamily : ModelFamily
     protected override bool Owns(IModelConfig config) => config is LlamaConfig;
     public override IModelConfig LoadConfig(string configPath) => LlamaConfig.Load(configPath);
     public override ITrainableModel Load(string directory, Device device, DType? weightType = null) => LlamaModel.Load(directory, device, weightType);
+    public override DType StoredWeightType(IModelConfig config, SafeTensorsCheckpoint checkpoint) =>
+        WeightTypes.Stored(checkpoint, LlamaWeights.Shapes((LlamaConfig)config).Select(s => s.Name));
     public override ITrainableModel CreateRandom(IModelConfig config, Device device, ulong seed, DType weightType = DType.F32) =>
         LlamaModel.CreateRandom((LlamaConfig)config, device, seed, weightType);
 

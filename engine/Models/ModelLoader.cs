@@ -55,14 +55,15 @@ public static class ModelLoader
         DeviceMemory.Require(device, ModelMemory.Weights(config, weightType), $"{what}: {config.ParameterCount:N0} parameters as {WeightTypes.Name(weightType)}");
 
     /// <summary>
-    /// The type a folder's weights load as by default: BF16 or F16 when every float tensor of the checkpoint is stored
-    /// so (read from the headers alone), else float32.
+    /// The type a folder's weights load as by default (the family's <see cref="ModelFamily.StoredWeightType"/>, read from
+    /// config.json and the safetensors headers alone).
     /// </summary>
     public static DType StoredType(string directory)
     {
         directory = RunLayout.ModelFolder(directory);
         if (PeftAdapter.IsAdapterFolder(directory)) return StoredType(PeftAdapter.BaseModelPath(directory));
+        var config = LoadConfig(directory);
         using var checkpoint = SafeTensorsCheckpoint.Open(directory);
-        return WeightTypes.Stored(checkpoint, checkpoint.Tensors.Where(t => SafeTensorsDTypes.IsFloat(t.DType)).Select(t => t.Name));
+        return ModelFamily.Of(config).StoredWeightType(config, checkpoint);
     }
 }

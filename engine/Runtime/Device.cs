@@ -152,15 +152,16 @@ public abstract class Device : IDisposable
     }
 
     /// <summary>
-    /// A float32 view of a vector parameter (a norm's weight, a bias) for the ops whose kernels read float32 vectors: the
-    /// tensor itself when it is F32, else a pooled widened copy that disposing the scope returns. Vectors are C elements
-    /// against the B·T·C the op reads, so widening them costs nothing measurable, and the kernels stay one copy each.
+    /// A float32 view of a weight for kernels that read float32: the tensor itself when it is F32, else a pooled widened
+    /// copy that disposing the scope returns. Every device takes vector parameters (a norm's weight, a bias) so: they are C
+    /// elements against the B·T·C the op reads, so widening them costs nothing measurable and the norm kernels stay one
+    /// copy each. The ILGPU matmuls take whole 16-bit matrices so too.
     /// </summary>
-    protected FloatScope Float32(Tensor vector)
+    protected FloatScope Float32(Tensor weight)
     {
-        if (vector.DType == DType.F32) return new FloatScope(vector, owned: false);
-        var wide = Allocate(DType.F32, vector.Shape);
-        WidenCore(vector, wide);
+        if (weight.DType == DType.F32) return new FloatScope(weight, owned: false);
+        var wide = Allocate(DType.F32, weight.Shape);
+        WidenCore(weight, wide);
         return new FloatScope(wide, owned: true);
     }
 

@@ -278,13 +278,6 @@ public sealed class IlgpuDevice : Device
         else kernels.Widen(Bits16(source), FormatOf(source), F32(destination));
     }
 
-    /// <summary>
-    /// A 16-bit weight widened into a pooled float32 copy for the matmul kernels, which read float32; the copy returns to
-    /// the pool when the scope ends (later work on the same stream is ordered after the kernels that read it). The weights
-    /// stay 16-bit in device memory; only one matrix at a time is held wide.
-    /// </summary>
-    FloatScope WideWeight(Tensor w) => Float32(w);
-
     protected override void UniformCore(Tensor t, ulong seed, ulong stream) => kernels.Uniform(F32(t), seed, stream);
 
     protected override void CopyRowsCore(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int columns) =>
@@ -301,15 +294,20 @@ public sealed class IlgpuDevice : Device
     protected override void LayerNormCore(Tensor x, Tensor weight, Tensor bias, Tensor output, Tensor mean, Tensor rstd, float eps) =>
         kernels.LayerNorm(F32(x), F32(weight), F32(bias), F32(output), F32(mean), F32(rstd), (int)x.Rows, x.Columns, eps);
 
+    /// <summary>
+    /// The matmul kernels read float32: a 16-bit weight is widened into a pooled float32 copy for the call, which returns to
+    /// the pool when the scope ends (later work on the same stream is ordered after the kernels that read it). The weights
+    /// stay 16-bit in device memory; only one matrix at a time is held wide. The backward products do the same.
+    /// </summary>
     protected override void MatMulCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n)
     {
-        using var wide = WideWeight(w);
+        using var wide = Float32(w);
         kernels.MatMul(F32(x), F32(wide.Tensor), bias is null ? null : F32(bias), F32(output), m, k, n, MatMulPrecision);
     }
 
     protected override void MatMulTransposedCore(Tensor x, Tensor w, Tensor? bias, Tensor output, int m, int k, int n)
     {
-        using var wide = WideWeight(w);
+        using var wide = Float32(w);
         kernels.MatMulTransposed(F32(x), F32(wide.Tensor), bias is null ? null : F32(bias), F32(output), m, k, n, MatMulPrecision);
     }
 
@@ -349,13 +347,13 @@ public sealed class IlgpuDevice : Device
 
     protected override void MatMulBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n)
     {
-        using var wide = WideWeight(w);
+        using var wide = Float32(w);
         kernels.MatMulBackward(F32(dOutput), F32(x), F32(wide.Tensor), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
     }
 
     protected override void MatMulTransposedBackwardCore(Tensor dOutput, Tensor x, Tensor w, Tensor dX, Tensor? dW, Tensor? dBias, int m, int k, int n)
     {
-        using var wide = WideWeight(w);
+        using var wide = Float32(w);
         kernels.MatMulTransposedBackward(F32(dOutput), F32(x), F32(wide.Tensor), F32(dX), dW is null ? null : F32(dW), dBias is null ? null : F32(dBias), m, k, n, MatMulPrecision);
     }
 
